@@ -1,0 +1,690 @@
+//! The socket API: routes, who may call them, and the JSON they answer.
+//!
+//! Tokens are served from the registry's in-memory copy, so the hot path touches neither
+//! SQLite nor the network. Access is decided from the peer's credentials ([`Peer`]) and the
+//! `[socket]` rules, re-read on every request so a reload applies at once.
+
+pub mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub use server::{Limits, Peer, serve};
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::names::{AccountKey, NameError, Provider, Status, validate_account_name};
+use crate::providers::shiphero::jwt_times;
+use crate::registry::{AccountRecord, NewAccount, Registry, RegistryError, TokenRecord};
+use crate::rotation::{Engine, EngineError, refresh_point, usable};
+use crate::secret::Secret;
+
+/// What every handler shares.
+pub struct ApiState {
+    /// The source of truth.
+    pub registry: Registry,
+    /// Runs rotate and verify on request.
+    pub engine: Arc<Engine>,
+    /// The live configuration (replaced on reload).
+    pub config: watch::Receiver<Arc<Config>>,
+    /// The daemon's clock.
+    pub clock: Clock,
+    /// Request counters.
+    pub metrics: Metrics,
+    /// The daemon's own uid, always an admin.
+    pub daemon_uid: u32,
+    /// Whether `POST /v1/debug/clock` may move the clock (tests and dev mode only).
+    pub movable_clock: bool,
+}
+
+/// A JSON error answer: `{"error": CODE, "message": TEXT, ...extra}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.code, "message": self.message });
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
+            map.extend(extra);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> ApiError {
+        match e {
+            NameError::UnknownProvider(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_provider", e.to_string())
+            }
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_account", e.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        match &e {
+            RegistryError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_account", e.to_string())
+            }
+            RegistryError::AccountExists(_)
+            | RegistryError::EmailTaken { .. }
+            | RegistryError::RefreshTokenTaken { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "account_exists", e.to_string())
+            }
+            _ => {
+                tracing::error!(error = %e, "registry failure while answering a request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registry_unavailable",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Registry(r) => r.into(),
+            EngineError::Flagged { status, .. } => {
+                ApiError::new(StatusCode::CONFLICT, status.error_code(), e.to_string())
+            }
+            EngineError::Upstream { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
+            }
+            EngineError::Nothing(m) => ApiError::new(StatusCode::CONFLICT, "account_pending", m),
+        }
+    }
+}
+
+type Shared = State<Arc<ApiState>>;
+
+/// Builds the router for the socket.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/tokens/{provider}/{account}", get(get_token))
+        .route("/v1/accounts", get(list_accounts).post(add_account))
+        .route(
+            "/v1/accounts/{provider}/{account}",
+            get(get_account).delete(remove_account),
+        )
+        .route(
+            "/v1/accounts/{provider}/{account}/rotate",
+            post(rotate_account),
+        )
+        .route(
+            "/v1/accounts/{provider}/{account}/verify",
+            post(verify_account),
+        )
+        .route(
+            "/v1/accounts/{provider}/{account}/events",
+            get(account_events),
+        )
+        .route("/v1/shippo/connect", post(shippo_connect))
+        .route("/v1/debug/clock", post(move_clock))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see GET /v1/health and the README",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// Counts every request by route template (never the raw path, so labels stay bounded).
+async fn observe(State(state): Shared, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .socket_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+fn peer_of(headers: &axum::http::Extensions) -> Result<Peer, ApiError> {
+    headers.get::<Peer>().copied().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "peer credentials unavailable",
+        )
+    })
+}
+
+impl ApiState {
+    fn is_admin(&self, peer: &Peer) -> bool {
+        peer.uid == self.daemon_uid || self.config.borrow().socket.admin_uids.contains(&peer.uid)
+    }
+
+    fn require_admin(&self, peer: &Peer, what: &str) -> Result<(), ApiError> {
+        if self.is_admin(peer) {
+            return Ok(());
+        }
+        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, action = what, "refused: not an admin");
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "uid {} may not {what}: only the daemon's user and socket.admin_uids may",
+                peer.uid
+            ),
+        ))
+    }
+
+    /// `Ok(rule name)` when the peer may read the account's token.
+    fn may_read(&self, peer: &Peer, key: &AccountKey) -> Result<Option<String>, ApiError> {
+        if self.is_admin(peer) {
+            return Ok(None);
+        }
+        let config = self.config.borrow();
+        let rules = &config.socket.clients;
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        if let Some(rule) = rules
+            .iter()
+            .find(|r| r.matches_peer(peer.uid, peer.gid) && r.allows(key))
+        {
+            return Ok(Some(rule.name.clone()));
+        }
+        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, account = %key, "refused: no socket.clients rule lets this peer read the account");
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("uid {} may not read {key}", peer.uid),
+        ))
+    }
+
+    fn visible(&self, peer: &Peer, key: &AccountKey) -> bool {
+        if self.is_admin(peer) {
+            return true;
+        }
+        let config = self.config.borrow();
+        config.socket.clients.is_empty()
+            || config
+                .socket
+                .clients
+                .iter()
+                .any(|r| r.matches_peer(peer.uid, peer.gid) && r.allows(key))
+    }
+
+    fn account_json(&self, a: &AccountRecord) -> Value {
+        let rotate_at = self.config.borrow().rotation.rotate_at;
+        json!({
+            "provider": a.key.provider,
+            "account": a.key.name,
+            "status": a.status,
+            "status_since": a.status_since,
+            "email": a.email,
+            "expires_at": a.current.as_ref().and_then(|t| t.expires_at),
+            "refresh_after": a.current.as_ref().and_then(|t| refresh_point(t, rotate_at)),
+            "last_rotated_at": a.last_rotated_at,
+            "last_verified_at": a.last_verified_at,
+            "last_error": a.last_error,
+        })
+    }
+}
+
+fn key_from(provider: &str, account: &str) -> Result<AccountKey, ApiError> {
+    Ok(AccountKey::new(provider, account)?)
+}
+
+async fn health(State(state): Shared) -> Response {
+    let accounts = state.registry.accounts();
+    let mut by_status = serde_json::Map::new();
+    for s in Status::ALL {
+        let n = accounts.iter().filter(|a| a.status == s).count();
+        by_status.insert(s.as_str().into(), n.into());
+    }
+    axum::Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "accounts": accounts.len(),
+        "by_status": by_status,
+        "now": state.clock.now(),
+    }))
+    .into_response()
+}
+
+async fn get_token(
+    State(state): Shared,
+    Path((provider, account)): Path<(String, String)>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    let key = key_from(&provider, &account)?;
+    state.may_read(&peer, &key)?;
+    let record = state
+        .registry
+        .account(&key)
+        .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+    let now = state.clock.now();
+    let token = match &record.current {
+        Some(t) if record.status == Status::Active && usable(t, now) => t,
+        _ => return Err(unusable(&record, now)),
+    };
+    let wants_text = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain") && !v.contains("application/json"));
+    if wants_text {
+        let mut response = token.access_token.expose().to_string().into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    let config = state.config.borrow().clone();
+    let mut upstream_headers = serde_json::Map::new();
+    upstream_headers.insert(
+        "Authorization".into(),
+        format!("Bearer {}", token.access_token.expose()).into(),
+    );
+    if key.provider == Provider::Shippo {
+        upstream_headers.insert(
+            "Shippo-API-Version".into(),
+            config.shippo.api_version.clone().into(),
+        );
+    }
+    let body = json!({
+        "provider": key.provider,
+        "account": key.name,
+        "access_token": token.access_token.expose(),
+        "token_type": "Bearer",
+        "expires_at": token.expires_at,
+        "refresh_after": refresh_point(token, config.rotation.rotate_at),
+        "status": "active",
+        "headers": upstream_headers,
+    });
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The 409 answer for an account that has no token to hand out.
+fn unusable(record: &AccountRecord, now: Timestamp) -> ApiError {
+    let status = match record.status {
+        Status::Active => Status::Expired,
+        s => s,
+    };
+    let message = match status {
+        Status::Pending => format!("{} has no proven token yet", record.key),
+        Status::Suspended => format!(
+            "{} is suspended: ShipHero issues tokens but its API rejects them",
+            record.key
+        ),
+        Status::Revoked => format!(
+            "{} is revoked: the provider rejects its credentials",
+            record.key
+        ),
+        Status::Expired | Status::Active => format!(
+            "{}'s token has expired and could not be refreshed",
+            record.key
+        ),
+    };
+    let since = if record.status == Status::Active {
+        record
+            .current
+            .as_ref()
+            .and_then(|t| t.expires_at)
+            .unwrap_or(now)
+    } else {
+        record.status_since
+    };
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code: status.error_code(),
+        message,
+        extra: Some(json!({
+            "provider": record.key.provider,
+            "account": record.key.name,
+            "status": status,
+            "status_since": since,
+            "last_error": record.last_error,
+        })),
+    }
+}
+
+async fn list_accounts(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    let accounts: Vec<Value> = state
+        .registry
+        .accounts()
+        .iter()
+        .filter(|a| state.visible(&peer, &a.key))
+        .map(|a| state.account_json(a))
+        .collect();
+    Ok(axum::Json(json!({ "accounts": accounts })).into_response())
+}
+
+async fn get_account(
+    State(state): Shared,
+    Path((provider, account)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    let key = key_from(&provider, &account)?;
+    state.may_read(&peer, &key)?;
+    let record = state
+        .registry
+        .account(&key)
+        .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+    Ok(axum::Json(state.account_json(&record)).into_response())
+}
+
+async fn account_events(
+    State(state): Shared,
+    Path((provider, account)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    let key = key_from(&provider, &account)?;
+    state.may_read(&peer, &key)?;
+    let events = state.registry.events(&key, 200).await?;
+    Ok(axum::Json(json!({ "events": events })).into_response())
+}
+
+/// The body of `POST /v1/accounts`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddAccount {
+    provider: String,
+    account: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    first_name: Option<String>,
+    #[serde(default)]
+    last_name: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<Secret>,
+    #[serde(default)]
+    access_token: Option<Secret>,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request needs a JSON body"));
+    }
+    // serde's messages name the field ("unknown field `x`", "missing field `account`") and
+    // never echo a value, so they are safe to return and log.
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn non_empty(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value.map(|v| v.trim().to_string()) {
+        Some(v) if v.is_empty() => Err(ApiError::bad_request(format!("{field} is empty"))),
+        Some(v) if v.len() > 256 || v.chars().any(char::is_control) => Err(ApiError::bad_request(
+            format!("{field} must be at most 256 printable characters"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn secret_field(field: &str, value: Option<Secret>) -> Result<Option<Secret>, ApiError> {
+    match value {
+        Some(s) if s.is_empty() => Err(ApiError::bad_request(format!("{field} is empty"))),
+        Some(s)
+            if s.expose().len() > 8192 || s.expose().trim().chars().any(char::is_whitespace) =>
+        {
+            Err(ApiError::bad_request(format!(
+                "{field} is not a token (whitespace inside, or over 8 KiB)"
+            )))
+        }
+        Some(s) => Ok(Some(Secret::new(s.expose().trim()))),
+        None => Ok(None),
+    }
+}
+
+async fn add_account(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "add accounts")?;
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the body is over 64 KiB",
+            )
+        })?;
+    let req: AddAccount = parse_json(&body)?;
+    let provider = Provider::parse(&req.provider).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "provider must be shiphero or shippo, not \"{}\"",
+            req.provider.chars().take(40).collect::<String>()
+        ))
+    })?;
+    validate_account_name(&req.account)?;
+    let key = AccountKey {
+        provider,
+        name: req.account.clone(),
+    };
+    let now = state.clock.now();
+    let email = non_empty("email", req.email)?;
+    let refresh_token = secret_field("refresh_token", req.refresh_token)?;
+    let access_token = secret_field("access_token", req.access_token)?;
+    let new = match provider {
+        Provider::ShipHero => {
+            let email = email.ok_or_else(|| {
+                ApiError::bad_request("email is required for a ShipHero developer user")
+            })?;
+            if !email.contains('@') || email.starts_with('@') || email.ends_with('@') {
+                return Err(ApiError::bad_request(format!(
+                    "email \"{email}\" is not an email address"
+                )));
+            }
+            let refresh_token = refresh_token.ok_or_else(|| {
+                ApiError::bad_request("refresh_token is required for a ShipHero developer user")
+            })?;
+            let access_token = match access_token {
+                Some(t) => {
+                    let Some((iat, exp)) = jwt_times(&t) else {
+                        return Err(ApiError::bad_request(
+                            "access_token is not a ShipHero JWT with an exp claim",
+                        ));
+                    };
+                    let issued_at = iat.map_or(now, |s| {
+                        Timestamp::from_secs(i64::try_from(s).unwrap_or(i64::MAX))
+                    });
+                    Some(TokenRecord {
+                        access_token: t,
+                        issued_at,
+                        expires_at: Some(Timestamp::from_secs(
+                            i64::try_from(exp).unwrap_or(i64::MAX),
+                        )),
+                    })
+                }
+                None => None,
+            };
+            NewAccount {
+                key: key.clone(),
+                email: Some(email),
+                first_name: non_empty("first_name", req.first_name)?,
+                last_name: non_empty("last_name", req.last_name)?,
+                refresh_token: Some(refresh_token),
+                access_token,
+            }
+        }
+        Provider::Shippo => {
+            if refresh_token.is_some() || email.is_some() {
+                return Err(ApiError::bad_request(
+                    "a Shippo account takes only provider, account and access_token",
+                ));
+            }
+            let access_token = access_token.ok_or_else(|| {
+                ApiError::bad_request("access_token is required for a Shippo account")
+            })?;
+            NewAccount {
+                key: key.clone(),
+                email: None,
+                first_name: None,
+                last_name: None,
+                refresh_token: None,
+                access_token: Some(TokenRecord {
+                    access_token,
+                    issued_at: now,
+                    expires_at: None,
+                }),
+            }
+        }
+    };
+    state.registry.add(new, now).await?;
+    tracing::info!(provider = %key.provider, account = %key.name, event = "added", uid = peer.uid, "account registered");
+    // Prove the credentials at once, so the answer already says whether they work. An
+    // upstream failure here is not a failed registration: the sweep retries.
+    if let Err(e) = state.engine.verify_now(&key).await {
+        tracing::info!(provider = %key.provider, account = %key.name, error = %e, "first check after registration did not pass");
+    }
+    let record = state
+        .registry
+        .account(&key)
+        .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+    Ok((StatusCode::CREATED, axum::Json(state.account_json(&record))).into_response())
+}
+
+async fn remove_account(
+    State(state): Shared,
+    Path((provider, account)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "remove accounts")?;
+    let key = key_from(&provider, &account)?;
+    state.registry.remove(&key, state.clock.now()).await?;
+    tracing::info!(provider = %key.provider, account = %key.name, event = "removed", uid = peer.uid, "account removed");
+    Ok(axum::Json(json!({ "removed": key.to_string() })).into_response())
+}
+
+async fn rotate_account(
+    State(state): Shared,
+    Path((provider, account)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "rotate tokens")?;
+    let key = key_from(&provider, &account)?;
+    let record = state.engine.rotate_now(&key).await?;
+    Ok(axum::Json(state.account_json(&record)).into_response())
+}
+
+async fn verify_account(
+    State(state): Shared,
+    Path((provider, account)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "verify tokens")?;
+    let key = key_from(&provider, &account)?;
+    let record = state.engine.verify_now(&key).await?;
+    Ok(axum::Json(state.account_json(&record)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Connect {
+    account: String,
+}
+
+async fn shippo_connect(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "connect Shippo accounts")?;
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the body is over 64 KiB",
+            )
+        })?;
+    let req: Connect = parse_json(&body)?;
+    validate_account_name(&req.account)?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "oauth_not_configured",
+        "Shippo OAuth is not configured: set shippo.client_id, shippo.client_secret_file and shippo.redirect_uri",
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveClock {
+    advance: String,
+}
+
+/// Test and dev-mode hook: moves the daemon's clock forward so a 28-day cycle takes seconds.
+async fn move_clock(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    if !state.movable_clock {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route; see GET /v1/health and the README",
+        ));
+    }
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "move the clock")?;
+    let body = axum::body::to_bytes(request.into_body(), 1024)
+        .await
+        .map_err(|_| ApiError::bad_request("body too large"))?;
+    let req: MoveClock = parse_json(&body)?;
+    let d: Duration = humantime::parse_duration(&req.advance)
+        .map_err(|e| ApiError::bad_request(format!("advance: {e}")))?;
+    state.clock.advance(d);
+    tracing::info!(advance = %req.advance, now = %state.clock.now().to_rfc3339(), "clock moved forward");
+    Ok(axum::Json(json!({ "now": state.clock.now() })).into_response())
+}

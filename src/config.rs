@@ -1,0 +1,940 @@
+//! The daemon's configuration: built-in defaults, then the TOML file, then `SHIPTOKEN_*`
+//! environment variables, validated into typed values.
+//!
+//! Every validation error names the key, where its value came from (file, variable or
+//! default) and why it is wrong, because an operator reading a failed start needs all three.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Profile};
+use serde::{Deserialize, Serialize};
+
+use crate::names::{AccountKey, Provider};
+use crate::secret::Secret;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
+
+/// The prefix of environment variables that override the file (`SHIPTOKEN_ROTATION__ROTATE_AT`).
+const ENV_PREFIX: &str = "SHIPTOKEN_";
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config` named a file that does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// The file or a variable could not be parsed into the expected shape.
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("{key} = {value} ({origin}): {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `rotation.rotate_at`.
+        key: String,
+        /// The offending value as written.
+        value: String,
+        /// Where it came from: the file, the environment variable, or the default.
+        origin: String,
+        /// What is wrong and what would be accepted.
+        reason: String,
+    },
+}
+
+/// The configuration exactly as written: strings where the typed form needs validation.
+///
+/// `deny_unknown_fields` turns a misspelt key into an error instead of a silently ignored line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// See [`Config::state_dir`].
+    pub state_dir: String,
+    /// See [`Config::key_file`].
+    pub key_file: String,
+    /// `[log]`
+    pub log: RawLog,
+    /// `[socket]`
+    pub socket: RawSocket,
+    /// `[metrics]`
+    pub metrics: RawMetrics,
+    /// `[rotation]`
+    pub rotation: RawRotation,
+    /// `[verify]`
+    pub verify: RawVerify,
+    /// `[shiphero]`
+    pub shiphero: RawShipHero,
+    /// `[shippo]`
+    pub shippo: RawShippo,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing `EnvFilter` directive string.
+    pub level: String,
+    /// `auto`, `journald`, `text` or `json`.
+    pub format: String,
+}
+
+/// `[socket]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSocket {
+    /// Path of the Unix socket.
+    pub path: String,
+    /// Octal file mode, e.g. `"0660"`.
+    pub mode: String,
+    /// Uids allowed to administer.
+    pub admin_uids: Vec<u32>,
+    /// `[[socket.clients]]` rules.
+    pub clients: Vec<ClientRule>,
+}
+
+/// `[metrics]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// `host:port`, or empty to turn the listener off.
+    pub listen: String,
+}
+
+/// `[rotation]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRotation {
+    /// Cron expression with a seconds field.
+    pub schedule: String,
+    /// Fraction of the lifetime after which a token is refreshed.
+    pub rotate_at: f64,
+    /// First backoff after a failed refresh.
+    pub retry_initial: String,
+    /// Longest backoff.
+    pub retry_max: String,
+    /// Upstream calls in flight at once.
+    pub concurrency: i64,
+}
+
+/// `[verify]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawVerify {
+    /// How often every token is probed.
+    pub interval: String,
+    /// How often a flagged account is re-checked.
+    pub suspended_interval: String,
+}
+
+/// `[shiphero]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShipHero {
+    /// Base URL of the public API.
+    pub api_base: String,
+    /// Timeout of one upstream request.
+    pub timeout: String,
+}
+
+/// `[shippo]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShippo {
+    /// Base URL of the REST API.
+    pub api_base: String,
+    /// Base URL of the OAuth pages and token endpoint.
+    pub oauth_base: String,
+    /// Value of the `Shippo-API-Version` header.
+    pub api_version: String,
+    /// The platform's OAuth client id.
+    pub client_id: String,
+    /// File holding the OAuth client secret.
+    pub client_secret_file: String,
+    /// The registered callback URL.
+    pub redirect_uri: String,
+    /// Where the OAuth callback listener binds.
+    pub callback_listen: String,
+}
+
+/// One `[[socket.clients]]` rule: which peers may read which tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRule {
+    /// A name for logs and the audit, e.g. `order-sync`.
+    pub name: String,
+    /// Peer uids this rule matches.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Peer gids (primary group) this rule matches.
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    /// Accounts readable under this rule: `provider/account` or `provider/*`.
+    #[serde(default)]
+    pub accounts: Vec<String>,
+}
+
+impl ClientRule {
+    /// Whether a peer with this uid and gid falls under the rule.
+    pub fn matches_peer(&self, uid: u32, gid: u32) -> bool {
+        self.uids.contains(&uid) || self.gids.contains(&gid)
+    }
+
+    /// Whether the rule grants the account.
+    pub fn allows(&self, key: &AccountKey) -> bool {
+        self.accounts
+            .iter()
+            .any(|pattern| match pattern.split_once('/') {
+                Some((provider, "*")) => provider == key.provider.as_str(),
+                Some((provider, name)) => provider == key.provider.as_str() && name == key.name,
+                None => false,
+            })
+    }
+}
+
+fn env_or(var: &str, suffix: &str, fallback: &str) -> String {
+    match std::env::var_os(var) {
+        // systemd may list several directories separated by ':'; the first is ours.
+        Some(v) if !v.is_empty() => {
+            let first = v
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            format!("{first}{suffix}")
+        }
+        _ => fallback.to_string(),
+    }
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            state_dir: env_or("STATE_DIRECTORY", "", "/var/lib/shiptoken"),
+            key_file: String::new(),
+            log: RawLog::default(),
+            socket: RawSocket::default(),
+            metrics: RawMetrics::default(),
+            rotation: RawRotation::default(),
+            verify: RawVerify::default(),
+            shiphero: RawShipHero::default(),
+            shippo: RawShippo::default(),
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: "auto".into(),
+        }
+    }
+}
+
+impl Default for RawSocket {
+    fn default() -> Self {
+        RawSocket {
+            path: env_or(
+                "RUNTIME_DIRECTORY",
+                "/shiptoken.sock",
+                "/run/shiptoken/shiptoken.sock",
+            ),
+            mode: "0660".into(),
+            admin_uids: vec![0],
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: "127.0.0.1:9847".into(),
+        }
+    }
+}
+
+impl Default for RawRotation {
+    fn default() -> Self {
+        RawRotation {
+            schedule: "0 * * * * *".into(),
+            rotate_at: 0.5,
+            retry_initial: "1m".into(),
+            retry_max: "1h".into(),
+            concurrency: 8,
+        }
+    }
+}
+
+impl Default for RawVerify {
+    fn default() -> Self {
+        RawVerify {
+            interval: "6h".into(),
+            suspended_interval: "6h".into(),
+        }
+    }
+}
+
+impl Default for RawShipHero {
+    fn default() -> Self {
+        RawShipHero {
+            api_base: "https://public-api.shiphero.com".into(),
+            timeout: "30s".into(),
+        }
+    }
+}
+
+impl Default for RawShippo {
+    fn default() -> Self {
+        RawShippo {
+            api_base: "https://api.goshippo.com".into(),
+            oauth_base: "https://goshippo.com".into(),
+            api_version: "2018-02-08".into(),
+            client_id: String::new(),
+            client_secret_file: String::new(),
+            redirect_uri: String::new(),
+            callback_listen: "127.0.0.1:8847".into(),
+        }
+    }
+}
+
+/// How log lines leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// journald when stderr is the journal, text otherwise.
+    Auto,
+    /// Structured fields to the journal socket.
+    Journald,
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where `registry.db` (and by default the key) live.
+    pub state_dir: PathBuf,
+    /// The key that encrypts tokens at rest; `None` means the systemd credential or the default file.
+    pub key_file: Option<PathBuf>,
+    /// The tracing filter directive.
+    pub log_level: String,
+    /// Where and how to log.
+    pub log_format: LogFormat,
+    /// The Unix socket.
+    pub socket: SocketConfig,
+    /// The Prometheus listener; `None` when turned off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// When and how tokens are refreshed.
+    pub rotation: RotationConfig,
+    /// How often tokens are proved to work.
+    pub verify: VerifyConfig,
+    /// ShipHero's endpoints.
+    pub shiphero: ShipHeroConfig,
+    /// Shippo's endpoints and OAuth client.
+    pub shippo: ShippoConfig,
+    /// The values as written, for `config check` to print.
+    pub raw: RawConfig,
+    /// The file it was read from, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// The validated `[socket]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketConfig {
+    /// Path of the Unix socket.
+    pub path: PathBuf,
+    /// File mode given to the socket.
+    pub mode: u32,
+    /// Uids allowed to administer (besides the daemon's own).
+    pub admin_uids: Vec<u32>,
+    /// Read rules; empty means every peer that can open the socket reads every token.
+    pub clients: Vec<ClientRule>,
+}
+
+/// The validated `[rotation]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationConfig {
+    /// Cron expression (with seconds) of the sweep.
+    pub schedule: String,
+    /// Fraction of a token's lifetime after which it is refreshed, in (0, 1).
+    pub rotate_at: f64,
+    /// First backoff after a failure.
+    pub retry_initial: Duration,
+    /// Longest backoff.
+    pub retry_max: Duration,
+    /// Upstream calls in flight at once.
+    pub concurrency: usize,
+}
+
+/// The validated `[verify]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyConfig {
+    /// How often each token is probed.
+    pub interval: Duration,
+    /// How often a flagged account is re-checked.
+    pub suspended_interval: Duration,
+}
+
+/// The validated `[shiphero]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShipHeroConfig {
+    /// Base URL without a trailing slash.
+    pub api_base: String,
+    /// Timeout of one request.
+    pub timeout: Duration,
+}
+
+/// The validated `[shippo]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShippoConfig {
+    /// API base URL without a trailing slash.
+    pub api_base: String,
+    /// OAuth base URL without a trailing slash.
+    pub oauth_base: String,
+    /// `Shippo-API-Version` header value.
+    pub api_version: String,
+    /// OAuth client id; empty when OAuth is not configured.
+    pub client_id: String,
+    /// File with the client secret, if configured.
+    pub client_secret_file: Option<PathBuf>,
+    /// Registered callback URL, if configured.
+    pub redirect_uri: Option<String>,
+    /// Where the callback listener binds; `None` turns it off.
+    pub callback_listen: Option<SocketAddr>,
+}
+
+impl ShippoConfig {
+    /// Whether the OAuth flow is configured (a client id is set).
+    pub fn oauth_enabled(&self) -> bool {
+        !self.client_id.is_empty()
+    }
+
+    /// Reads the client secret from `client_secret_file`, else the systemd credential
+    /// `shippo.client_secret`. `Ok(None)` when neither is present.
+    pub fn client_secret(&self) -> Result<Option<Secret>, String> {
+        let path = match &self.client_secret_file {
+            Some(p) => p.clone(),
+            None => match credential_path("shippo.client_secret") {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "cannot read the Shippo client secret from {}: {e}",
+                path.display()
+            )
+        })?;
+        let secret = Secret::new(text.trim());
+        if secret.is_empty() {
+            return Err(format!(
+                "the Shippo client secret file {} is empty",
+                path.display()
+            ));
+        }
+        Ok(Some(secret))
+    }
+}
+
+/// The path of a systemd credential, when `$CREDENTIALS_DIRECTORY` holds one by that name.
+pub fn credential_path(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = Path::new(&dir).join(name);
+    path.exists().then_some(path)
+}
+
+impl Config {
+    /// Loads the configuration. `file` is `--config`: a named file must exist; without it the
+    /// default path is read when present.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        if required && !path.exists() {
+            return Err(ConfigError::Missing(path));
+        }
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        let used_file = path.exists().then(|| path.clone());
+        if used_file.is_some() {
+            // `file_exact`: `Toml::file` would search parent folders for a relative path.
+            figment = figment.merge(Toml::file_exact(&path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::from_figment(&figment, used_file)
+    }
+
+    /// Validates an assembled figment (the seam tests use with `figment::Jail`).
+    pub fn from_figment(figment: &Figment, file: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let v = Validator { figment };
+        let config = Config {
+            state_dir: v.absolute_path("state_dir", &raw.state_dir)?,
+            key_file: v.optional_path("key_file", &raw.key_file)?,
+            log_level: v.log_level("log.level", &raw.log.level)?,
+            log_format: v.log_format("log.format", &raw.log.format)?,
+            socket: SocketConfig {
+                path: v.absolute_path("socket.path", &raw.socket.path)?,
+                mode: v.file_mode("socket.mode", &raw.socket.mode)?,
+                admin_uids: raw.socket.admin_uids.clone(),
+                clients: v.client_rules("socket.clients", &raw.socket.clients)?,
+            },
+            metrics_listen: v.listen("metrics.listen", &raw.metrics.listen)?,
+            rotation: RotationConfig {
+                schedule: v.cron("rotation.schedule", &raw.rotation.schedule)?,
+                rotate_at: v.fraction("rotation.rotate_at", raw.rotation.rotate_at)?,
+                retry_initial: v.duration("rotation.retry_initial", &raw.rotation.retry_initial)?,
+                retry_max: v.duration("rotation.retry_max", &raw.rotation.retry_max)?,
+                concurrency: v.concurrency("rotation.concurrency", raw.rotation.concurrency)?,
+            },
+            verify: VerifyConfig {
+                interval: v.duration("verify.interval", &raw.verify.interval)?,
+                suspended_interval: v
+                    .duration("verify.suspended_interval", &raw.verify.suspended_interval)?,
+            },
+            shiphero: ShipHeroConfig {
+                api_base: v.base_url("shiphero.api_base", &raw.shiphero.api_base)?,
+                timeout: v.duration("shiphero.timeout", &raw.shiphero.timeout)?,
+            },
+            shippo: ShippoConfig {
+                api_base: v.base_url("shippo.api_base", &raw.shippo.api_base)?,
+                oauth_base: v.base_url("shippo.oauth_base", &raw.shippo.oauth_base)?,
+                api_version: v.api_version("shippo.api_version", &raw.shippo.api_version)?,
+                client_id: raw.shippo.client_id.trim().to_string(),
+                client_secret_file: v
+                    .optional_path("shippo.client_secret_file", &raw.shippo.client_secret_file)?,
+                redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.shippo.redirect_uri)?,
+                callback_listen: v.listen("shippo.callback_listen", &raw.shippo.callback_listen)?,
+            },
+            raw: raw.clone(),
+            file,
+        };
+        if config.rotation.retry_max < config.rotation.retry_initial {
+            return Err(v.invalid(
+                "rotation.retry_max",
+                &raw.rotation.retry_max,
+                format!(
+                    "must not be shorter than rotation.retry_initial ({})",
+                    raw.rotation.retry_initial
+                ),
+            ));
+        }
+        if config.shippo.client_secret_file.is_some() && !config.shippo.oauth_enabled() {
+            return Err(v.invalid(
+                "shippo.client_id",
+                "\"\"",
+                "is empty although shippo.client_secret_file is set; set both or neither".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Environment variables with our prefix that name no key: almost always a typo.
+    pub fn unknown_env_vars() -> Vec<String> {
+        let known = known_env_keys();
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with(ENV_PREFIX))
+            .filter(|k| !known.contains(&k[ENV_PREFIX.len()..].to_ascii_lowercase()))
+            .collect()
+    }
+
+    /// The effective configuration as TOML, for `config check`. The file holds no secret
+    /// itself (secrets come from files and credentials), so this only says where they come from.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        if let Some(f) = &self.file {
+            out.push_str(&format!("# read from {}\n", f.display()));
+        } else {
+            out.push_str("# no config file: built-in defaults and environment\n");
+        }
+        out.push_str(&match self.shippo.client_secret() {
+            Ok(Some(_)) => "# shippo client secret: [redacted], loaded\n".to_string(),
+            Ok(None) => "# shippo client secret: not configured\n".to_string(),
+            Err(e) => format!("# shippo client secret: {e}\n"),
+        });
+        out.push_str(&toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# {e}\n")));
+        out
+    }
+}
+
+/// The flattened, lower-case keys that `SHIPTOKEN_<SECTION>__<KEY>` may name.
+fn known_env_keys() -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    if let Ok(serde_json::Value::Object(top)) = serde_json::to_value(RawConfig::default()) {
+        for (k, v) in top {
+            if let serde_json::Value::Object(section) = v {
+                keys.insert(k.clone());
+                for sub in section.keys() {
+                    keys.insert(format!("{k}__{sub}"));
+                }
+            } else {
+                keys.insert(k);
+            }
+        }
+    }
+    keys
+}
+
+/// Turns raw strings into typed values, naming key and origin on failure.
+struct Validator<'a> {
+    figment: &'a Figment,
+}
+
+impl Validator<'_> {
+    fn origin(&self, key: &str) -> String {
+        let Some(md) = self.figment.find_metadata(key) else {
+            return "built-in default".into();
+        };
+        match &md.source {
+            Some(figment::Source::File(path)) => format!("in {}", path.display()),
+            _ if md.name.contains("environment") => {
+                let parts: Vec<&str> = key.split('.').collect();
+                format!(
+                    "from environment variable {}",
+                    md.interpolate(&Profile::Default, &parts)
+                )
+            }
+            _ => format!("from {}", md.name),
+        }
+    }
+
+    fn invalid(&self, key: &str, value: &str, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: value.into(),
+            origin: self.origin(key),
+            reason,
+        }
+    }
+
+    fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(value.trim()).map_err(|e| {
+            self.invalid(
+                key,
+                value,
+                format!("not a duration ({e}); write e.g. \"90s\", \"15m\", \"14d\""),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.invalid(key, value, "must be longer than zero".into()));
+        }
+        Ok(d)
+    }
+
+    fn absolute_path(&self, key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+        let p = PathBuf::from(value);
+        if value.is_empty() || !p.is_absolute() {
+            return Err(self.invalid(key, value, "must be an absolute path".into()));
+        }
+        Ok(p)
+    }
+
+    fn optional_path(&self, key: &str, value: &str) -> Result<Option<PathBuf>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        self.absolute_path(key, value).map(Some)
+    }
+
+    fn log_level(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(value)
+            .map_err(|e| self.invalid(key, value, format!("not a tracing filter: {e}")))?;
+        Ok(value.to_string())
+    }
+
+    fn log_format(&self, key: &str, value: &str) -> Result<LogFormat, ConfigError> {
+        match value {
+            "auto" => Ok(LogFormat::Auto),
+            "journald" => Ok(LogFormat::Journald),
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(self.invalid(
+                key,
+                value,
+                "must be one of auto, journald, text, json".into(),
+            )),
+        }
+    }
+
+    fn file_mode(&self, key: &str, value: &str) -> Result<u32, ConfigError> {
+        let mode = u32::from_str_radix(value.trim_start_matches("0o"), 8).map_err(|_| {
+            self.invalid(
+                key,
+                value,
+                "must be an octal file mode such as \"0660\"".into(),
+            )
+        })?;
+        if mode > 0o777 {
+            return Err(self.invalid(key, value, "must be at most 0777".into()));
+        }
+        if mode & 0o600 != 0o600 {
+            return Err(self.invalid(
+                key,
+                value,
+                "the owner needs read and write (0600 at least)".into(),
+            ));
+        }
+        Ok(mode)
+    }
+
+    fn listen(&self, key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value.parse().map(Some).map_err(|_| {
+            self.invalid(
+                key,
+                value,
+                "must be host:port with an IP address, e.g. \"127.0.0.1:9847\", or \"\" for off"
+                    .into(),
+            )
+        })
+    }
+
+    fn cron(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        // The same parser settings tokio-cron-scheduler uses, so what passes here runs there.
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(value)
+            .map_err(|e| {
+                self.invalid(
+                    key,
+                    value,
+                    format!(
+                        "not a cron expression with a seconds field ({e}); e.g. \"0 * * * * *\""
+                    ),
+                )
+            })?;
+        Ok(value.to_string())
+    }
+
+    fn fraction(&self, key: &str, value: f64) -> Result<f64, ConfigError> {
+        if value > 0.0 && value < 1.0 {
+            Ok(value)
+        } else {
+            Err(self.invalid(
+                key,
+                &value.to_string(),
+                "must be between 0 and 1, exclusive (e.g. 0.5)".into(),
+            ))
+        }
+    }
+
+    fn concurrency(&self, key: &str, value: i64) -> Result<usize, ConfigError> {
+        match usize::try_from(value) {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(self.invalid(key, &value.to_string(), "must be between 1 and 1024".into())),
+        }
+    }
+
+    fn base_url(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let url = reqwest::Url::parse(value)
+            .map_err(|e| self.invalid(key, value, format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(self.invalid(
+                key,
+                value,
+                "must be an http:// or https:// URL with a host".into(),
+            ));
+        }
+        Ok(value.trim_end_matches('/').to_string())
+    }
+
+    fn api_version(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let well_formed = value.len() == 10
+            && value.chars().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    c == '-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+        if !well_formed || value < "2018-02-08" {
+            return Err(self.invalid(
+                key,
+                value,
+                "must be a date YYYY-MM-DD, 2018-02-08 or later".into(),
+            ));
+        }
+        Ok(value.to_string())
+    }
+
+    fn redirect_uri(&self, key: &str, value: &str) -> Result<Option<String>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let url = reqwest::Url::parse(value)
+            .map_err(|e| self.invalid(key, value, format!("must be an absolute URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.invalid(key, value, "must be an http:// or https:// URL".into()));
+        }
+        if !value.ends_with('/') {
+            return Err(self.invalid(
+                key,
+                value,
+                "must end in \"/\" (Shippo requires the closing slash)".into(),
+            ));
+        }
+        Ok(Some(value.to_string()))
+    }
+
+    fn client_rules(
+        &self,
+        key: &str,
+        rules: &[ClientRule],
+    ) -> Result<Vec<ClientRule>, ConfigError> {
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            if rule.name.trim().is_empty() {
+                return Err(self.invalid(
+                    &format!("{at}.name"),
+                    "\"\"",
+                    "every client rule needs a name".into(),
+                ));
+            }
+            if rule.uids.is_empty() && rule.gids.is_empty() {
+                return Err(self.invalid(
+                    &format!("{at}.uids"),
+                    "[]",
+                    format!(
+                        "client rule \"{}\" matches no peer: list uids or gids",
+                        rule.name
+                    ),
+                ));
+            }
+            for pattern in &rule.accounts {
+                let ok = match pattern.split_once('/') {
+                    Some((p, "*")) => Provider::parse(p).is_some(),
+                    Some(_) => AccountKey::parse(pattern).is_ok(),
+                    None => false,
+                };
+                if !ok {
+                    return Err(self.invalid(
+                        &format!("{at}.accounts"),
+                        pattern,
+                        "must be \"provider/account\" or \"provider/*\" with provider shiphero or shippo".into(),
+                    ));
+                }
+            }
+        }
+        Ok(rules.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(jail.directory().join(f)));
+        }
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Config::from_figment(&fig, None)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Jail::expect_with(|jail| {
+            let c = load_in(jail, None).map_err(|e| e.to_string())?;
+            assert_eq!(c.rotation.rotate_at, 0.5);
+            assert_eq!(c.verify.interval, Duration::from_secs(6 * 3600));
+            assert_eq!(c.socket.mode, 0o660);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_overrides_file_and_names_the_variable_on_error() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[shiphero]\napi_base = \"http://127.0.0.1:1\"\n")?;
+            jail.set_env("SHIPTOKEN_SHIPHERO__API_BASE", "http://127.0.0.1:2");
+            let c = load_in(jail, Some("c.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(c.shiphero.api_base, "http://127.0.0.1:2");
+            jail.set_env("SHIPTOKEN_ROTATION__ROTATE_AT", "1.5");
+            let err = load_in(jail, Some("c.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("rotation.rotate_at"), "{err}");
+            assert!(err.contains("SHIPTOKEN_ROTATION__ROTATE_AT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_key_file_and_reason() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[rotation]\nretry_initial = \"soon\"\n")?;
+            let err = load_in(jail, Some("c.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("rotation.retry_initial"), "{err}");
+            assert!(err.contains("c.toml"), "{err}");
+            assert!(err.contains("not a duration"), "{err}");
+
+            jail.create_file("d.toml", "[rotation]\nschedule = \"* * * * *\"\n")?;
+            let err = load_in(jail, Some("d.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("seconds field"), "{err}");
+
+            jail.create_file(
+                "e.toml",
+                "[shippo]\nredirect_uri = \"https://example.com/cb\"\n",
+            )?;
+            let err = load_in(jail, Some("e.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("closing slash"), "{err}");
+
+            jail.create_file("f.toml", "[rotation]\nrotate_every = \"1d\"\n")?;
+            let err = load_in(jail, Some("f.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("rotate_every"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn client_rules_match_wildcards() {
+        let rule = ClientRule {
+            name: "sync".into(),
+            uids: vec![1001],
+            gids: vec![],
+            accounts: vec!["shiphero/acme".into(), "shippo/*".into()],
+        };
+        let key = |s: &str| AccountKey::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        assert!(rule.allows(&key("shiphero/acme")));
+        assert!(!rule.allows(&key("shiphero/other")));
+        assert!(rule.allows(&key("shippo/anything")));
+        assert!(rule.matches_peer(1001, 5) && !rule.matches_peer(1002, 5));
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shiptoken.toml");
+        let fig = Figment::from(Serialized::defaults(RawConfig::default()))
+            .merge(Toml::file_exact(&path));
+        let c = Config::from_figment(&fig, Some(path.clone()));
+        assert!(c.is_ok(), "{:?}", c.err().map(|e| e.to_string()));
+    }
+}

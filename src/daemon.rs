@@ -1,0 +1,363 @@
+//! `shiptoken serve`: wires the parts together, runs until SIGTERM/SIGINT, reloads on SIGHUP.
+//!
+//! Start-up order matters for systemd: the registry is open and the socket listens before
+//! the daemon says it is ready. Shutdown stops accepting, lets in-flight work finish (bounded),
+//! removes the socket file and returns.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::net::UnixListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState, Limits};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::logging::LogHandle;
+use crate::metrics::Metrics;
+use crate::providers::{self, shiphero::ShipHero, shippo::Shippo};
+use crate::registry::Registry;
+use crate::rotation::Engine;
+use crate::scheduler::{self, Trigger};
+
+/// How long shutdown waits for connections and work in flight.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of `serve` beyond the configuration.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Allow `POST /v1/debug/clock` (tests, dev mode).
+    pub movable_clock: bool,
+    /// The clock to use (dev mode shares it with its simulated upstreams).
+    pub clock: Option<Clock>,
+    /// Called once the daemon is ready, with where it listens.
+    pub on_ready: Option<Box<dyn FnOnce(&Ready) + Send>>,
+}
+
+/// Where a ready daemon listens.
+pub struct Ready {
+    /// The Unix socket.
+    pub socket: PathBuf,
+    /// The metrics listener, if on.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs the daemon until it is told to stop.
+pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> anyhow::Result<()> {
+    for var in Config::unknown_env_vars() {
+        tracing::warn!(variable = %var, "environment variable names no configuration key; ignored");
+    }
+    let clock = options.clock.unwrap_or_else(Clock::system);
+    let registry = Registry::open(&config.state_dir)
+        .await
+        .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))?;
+    let metrics = Metrics::new();
+    let shiphero = ShipHero::new(
+        providers::http_client(config.shiphero.timeout),
+        &config.shiphero.api_base,
+        metrics.clone(),
+    );
+    let shippo = Shippo::new(
+        providers::http_client(config.shiphero.timeout),
+        &config.shippo.api_base,
+        &config.shippo.oauth_base,
+        &config.shippo.api_version,
+        metrics.clone(),
+    );
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let engine = Arc::new(Engine::new(
+        registry.clone(),
+        shiphero,
+        shippo,
+        clock.clone(),
+        metrics.clone(),
+        config_rx.clone(),
+    ));
+
+    let listener = bind_socket(&config.socket.path, config.socket.mode)?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let state = Arc::new(ApiState {
+        registry: registry.clone(),
+        engine: engine.clone(),
+        config: config_rx.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        daemon_uid: own_uid(),
+        movable_clock: options.movable_clock,
+    });
+    tracker.spawn(api::serve(
+        listener,
+        api::router(state),
+        Limits::default(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+
+    let last_sweep = Arc::new(AtomicI64::new(clock.now().millis()));
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => Some(
+            start_metrics(
+                addr,
+                metrics.clone(),
+                registry.clone(),
+                last_sweep.clone(),
+                clock.clone(),
+                &config,
+                shutdown.clone(),
+                &tracker,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
+    let notify = Arc::new(Notify::new());
+    let mut trigger = Trigger::start(&config.rotation.schedule, notify.clone())
+        .await
+        .context("cannot start the rotation scheduler")?;
+    tracker.spawn(scheduler::run_sweeper(
+        engine.clone(),
+        clock.clone(),
+        notify.clone(),
+        shutdown.clone(),
+        last_sweep.clone(),
+    ));
+
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("cannot install signal handlers")?;
+    let signals_handle = signals.handle();
+
+    let accounts = registry.accounts().len();
+    tracing::info!(
+        socket = %config.socket.path.display(),
+        metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        accounts,
+        logs = log.destination,
+        version = env!("CARGO_PKG_VERSION"),
+        "shiptoken ready"
+    );
+    if let Some(on_ready) = options.on_ready {
+        on_ready(&Ready {
+            socket: config.socket.path.clone(),
+            metrics: metrics_addr,
+        });
+    }
+
+    let file = config.file.clone();
+    let mut current = config;
+    while let Some(signal) = signals.next().await {
+        match signal {
+            SIGHUP => {
+                if let Some(new) = reload(file.as_deref(), &current, &log, &mut trigger).await {
+                    current = new.clone();
+                    config_tx.send_replace(Arc::new(new));
+                    notify.notify_one();
+                }
+            }
+            _ => {
+                tracing::info!(signal, "stopping");
+                break;
+            }
+        }
+    }
+    signals_handle.close();
+    trigger.stop().await;
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "some connections or work did not finish within {SHUTDOWN_TIMEOUT:?}; abandoning them"
+        );
+    }
+    match std::fs::remove_file(&current.socket.path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "cannot remove the socket file"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The daemon's own uid, which may always administer.
+fn own_uid() -> u32 {
+    // SAFETY: getuid takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Re-reads the configuration; returns it when it was valid and applied.
+async fn reload(
+    file: Option<&Path>,
+    current: &Config,
+    log: &LogHandle,
+    trigger: &mut Trigger,
+) -> Option<Config> {
+    let new = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the configuration is invalid; keeping the running one");
+            return None;
+        }
+    };
+    if let Err(e) = log.set_level(&new.log_level) {
+        tracing::error!(error = %e, "reload: cannot apply log.level");
+    }
+    if let Err(e) = trigger.reschedule(&new.rotation.schedule).await {
+        tracing::error!(error = %e, "reload: cannot apply rotation.schedule; keeping the old schedule");
+    }
+    let needs_restart = [
+        ("state_dir", current.state_dir != new.state_dir),
+        ("key_file", current.key_file != new.key_file),
+        ("socket.path", current.socket.path != new.socket.path),
+        ("socket.mode", current.socket.mode != new.socket.mode),
+        (
+            "metrics.listen",
+            current.metrics_listen != new.metrics_listen,
+        ),
+        (
+            "shippo.callback_listen",
+            current.shippo.callback_listen != new.shippo.callback_listen,
+        ),
+        ("shiphero", current.shiphero != new.shiphero),
+        ("shippo", current.shippo != new.shippo),
+        (
+            "rotation.concurrency",
+            current.rotation.concurrency != new.rotation.concurrency,
+        ),
+    ];
+    for (key, changed) in needs_restart {
+        if changed {
+            tracing::warn!(
+                key,
+                "reload: {key} changed but takes effect only after a restart"
+            );
+        }
+    }
+    tracing::info!("configuration reloaded");
+    Some(new)
+}
+
+/// Binds the Unix socket, replacing a stale file left by a crash but refusing to steal the
+/// path from a live daemon.
+pub fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the socket folder {}", parent.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            bail!(
+                "{} exists and is not a socket; remove it or set socket.path elsewhere",
+                path.display()
+            )
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => bail!(
+                "another process is already listening on {}; stop it (is shiptoken already running?) or set socket.path elsewhere",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::info!(socket = %path.display(), "removing a stale socket file left by a previous run");
+                std::fs::remove_file(path).with_context(|| {
+                    format!("cannot remove the stale socket {}", path.display())
+                })?;
+            }
+            Err(e) => bail!("cannot check the existing socket {}: {e}", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("cannot inspect {}: {e}", path.display()),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok(listener)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_metrics(
+    addr: SocketAddr,
+    metrics: Metrics,
+    registry: Registry,
+    last_sweep: Arc<AtomicI64>,
+    clock: Clock,
+    config: &Config,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<SocketAddr> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on metrics.listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    // A sweep that has not finished in two ticks plus a minute means the scheduler stalled.
+    let stall_after =
+        scheduler::tick_interval(&config.rotation.schedule).unwrap_or(Duration::from_secs(60)) * 2
+            + Duration::from_secs(60);
+    let render = {
+        let (metrics, registry) = (metrics.clone(), registry.clone());
+        move || {
+            let body = metrics.render(&registry.accounts());
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                body,
+            )
+        }
+    };
+    let healthz = move || {
+        let (registry, last_sweep, clock) = (registry.clone(), last_sweep.clone(), clock.clone());
+        async move {
+            if let Err(e) = registry.ping().await {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("registry unusable: {e}\n"),
+                )
+                    .into_response();
+            }
+            let last = crate::clock::Timestamp::from_millis(last_sweep.load(Ordering::Relaxed));
+            let age = clock.now().since(last);
+            if age > stall_after {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("scheduler stalled: last sweep {}s ago\n", age.as_secs()),
+                )
+                    .into_response();
+            }
+            (StatusCode::OK, "ok\n").into_response()
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(move || std::future::ready(render())))
+        .route("/healthz", get(healthz));
+    tracker.spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(bound)
+}

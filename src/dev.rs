@@ -1,0 +1,154 @@
+//! `serve --dev`: the real daemon against simulated ShipHero and Shippo servers on
+//! 127.0.0.1, with state in a temporary folder and short token lifetimes, so a newcomer sees
+//! a rotation and a suspension within a minute. Only where state lives and where upstream is
+//! differ from production.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::clock::Clock;
+use crate::config::{Config, RawConfig};
+use crate::names::AccountKey;
+use crate::registry::{NewAccount, Registry, TokenRecord};
+use crate::secret::Secret;
+use crate::sim::{FakeShipHero, FakeShippo, ShipHeroMode};
+
+/// Token lifetime in dev mode: rotation at half of it, i.e. every 30 seconds.
+pub const DEV_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// What dev mode keeps alive while the daemon runs; dropping it removes the temporary state
+/// folder unless asked to keep it.
+pub struct DevEnvironment {
+    /// The simulated ShipHero.
+    pub shiphero: FakeShipHero,
+    /// The simulated Shippo.
+    pub shippo: FakeShippo,
+    /// The configuration the daemon runs with.
+    pub config: Config,
+    state: Option<tempfile::TempDir>,
+    kept: Option<PathBuf>,
+}
+
+impl DevEnvironment {
+    /// Where state lives.
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    /// Stops the simulators and, unless kept, removes the state folder.
+    pub fn finish(mut self) {
+        self.shiphero.shutdown();
+        self.shippo.shutdown();
+        if let Some(path) = self.kept.take() {
+            eprintln!("dev state kept in {}", path.display());
+        }
+        drop(self.state.take());
+    }
+}
+
+/// Starts the simulators, writes a dev configuration and registers the demo accounts.
+pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
+    let dir = tempfile::Builder::new()
+        .prefix("shiptoken-dev-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let shiphero = FakeShipHero::start()
+        .await
+        .context("cannot start the simulated ShipHero")?;
+    let shippo = FakeShippo::start()
+        .await
+        .context("cannot start the simulated Shippo")?;
+    shiphero.set_token_lifetime(DEV_TOKEN_LIFETIME);
+
+    let mut raw = RawConfig::default();
+    raw.state_dir = dir.path().join("state").display().to_string();
+    raw.socket.path = dir.path().join("shiptoken.sock").display().to_string();
+    raw.metrics.listen = "127.0.0.1:0".into();
+    raw.log.format = "text".into();
+    raw.rotation.schedule = "* * * * * *".into();
+    raw.rotation.retry_initial = "2s".into();
+    raw.rotation.retry_max = "20s".into();
+    raw.verify.interval = "20s".into();
+    raw.verify.suspended_interval = "15s".into();
+    raw.shiphero.api_base = shiphero.base_url();
+    raw.shiphero.timeout = "5s".into();
+    raw.shippo.api_base = shippo.base_url();
+    raw.shippo.oauth_base = shippo.base_url();
+    raw.shippo.callback_listen = String::new();
+    let figment = figment::Figment::from(figment::providers::Serialized::defaults(raw));
+    let config = Config::from_figment(&figment, None)
+        .context("the built-in dev configuration is invalid")?;
+
+    let registry = Registry::open(&config.state_dir).await?;
+    let now = Clock::system().now();
+    let active = shiphero.add_user("demo-active@example.com");
+    let suspended = shiphero.add_user("demo-suspended@example.com");
+    shiphero.set_mode("demo-suspended@example.com", ShipHeroMode::Suspended);
+    for (name, user) in [("demo-active", &active), ("demo-suspended", &suspended)] {
+        registry
+            .add(
+                NewAccount {
+                    key: AccountKey::new("shiphero", name)?,
+                    email: Some(user.email.clone()),
+                    first_name: Some("Demo".into()),
+                    last_name: Some(name.into()),
+                    refresh_token: Some(Secret::new(user.refresh_token.clone())),
+                    access_token: None,
+                },
+                now,
+            )
+            .await?;
+    }
+    let shippo_token = shippo.add_token("demo-shippo");
+    registry
+        .add(
+            NewAccount {
+                key: AccountKey::new("shippo", "demo-shippo")?,
+                email: None,
+                first_name: None,
+                last_name: None,
+                refresh_token: None,
+                access_token: Some(TokenRecord {
+                    access_token: Secret::new(shippo_token),
+                    issued_at: now,
+                    expires_at: None,
+                }),
+            },
+            now,
+        )
+        .await?;
+    drop(registry);
+    let kept = keep.then(|| dir.path().to_path_buf());
+    let state = if keep {
+        let _ = dir.keep();
+        None
+    } else {
+        Some(dir)
+    };
+    Ok(DevEnvironment {
+        shiphero,
+        shippo,
+        config,
+        state,
+        kept,
+    })
+}
+
+/// The few lines dev mode prints once the daemon is ready.
+pub fn instructions(socket: &Path, metrics: Option<std::net::SocketAddr>) -> String {
+    let s = socket.display();
+    let mut out = format!(
+        "\nshiptoken dev mode is running (simulated ShipHero and Shippo; tokens live 60 s, rotate every 30 s).\n\n\
+         \x20 shiptoken --socket {s} accounts list\n\
+         \x20 shiptoken --socket {s} get shiphero/demo-active\n\
+         \x20 shiptoken --socket {s} get shiphero/demo-suspended   # exits 3: flagged suspended\n\
+         \x20 curl --unix-socket {s} http://localhost/v1/tokens/shippo/demo-shippo\n"
+    );
+    if let Some(m) = metrics {
+        out.push_str(&format!("  curl http://{m}/metrics\n"));
+    }
+    out.push_str("\nCtrl-C stops it and removes the temporary state (--keep keeps it).\n");
+    out
+}

@@ -1,0 +1,22 @@
+//! shiptoken keeps ShipHero and Shippo API credentials alive and serves them to local
+//! applications over a Unix socket.
+//!
+//! Data flows one way: [`scheduler`] triggers [`rotation`], which calls [`providers`] and
+//! stores what they return in the [`registry`], from which [`api`] serves tokens.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod dev;
+pub mod logging;
+pub mod metrics;
+pub mod names;
+pub mod providers;
+pub mod registry;
+pub mod rotation;
+pub mod scheduler;
+pub mod secret;
+pub mod sim;

@@ -1,0 +1,96 @@
+//! Where log lines go: journald (structured fields) under systemd, else text or JSON on
+//! stderr; never both, since stderr under systemd already is the journal.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+use crate::config::LogFormat;
+
+/// Changes the log filter of the running daemon (SIGHUP).
+pub struct LogHandle {
+    filter: reload::Handle<EnvFilter, Registry>,
+    /// What was chosen, for the start-up log line.
+    pub destination: &'static str,
+}
+
+impl LogHandle {
+    /// Applies a new filter directive.
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        self.filter.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM=dev:inode` of
+/// the stream it gave us, which we compare with stderr's own.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().is_ok_and(|d| d == meta.dev())
+        && ino.parse::<u64>().is_ok_and(|i| i == meta.ino())
+}
+
+/// Installs the global subscriber. Call once, before anything logs.
+pub fn init(level: &str, format: LogFormat) -> LogHandle {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let want_journald = match format {
+        LogFormat::Journald => true,
+        LogFormat::Auto => stderr_is_journal(),
+        LogFormat::Text | LogFormat::Json => false,
+    };
+    // Field names as given (ACCOUNT, PROVIDER, ...) so `journalctl ACCOUNT=acme` works.
+    let journald = if want_journald {
+        match tracing_journald::layer() {
+            Ok(l) => Some(
+                l.with_field_prefix(None)
+                    .with_syslog_identifier("shiptoken".into()),
+            ),
+            Err(e) => {
+                eprintln!("shiptoken: journald is not available ({e}); logging to stderr");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let destination = if journald.is_some() {
+        "journald"
+    } else if format == LogFormat::Json {
+        "stderr (json)"
+    } else {
+        "stderr"
+    };
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let text = (journald.is_none() && format != LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    });
+    let json = (journald.is_none() && format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(journald)
+        .try_init();
+    LogHandle {
+        filter: handle,
+        destination,
+    }
+}

@@ -1,0 +1,88 @@
+//! The `shiptoken` binary: parses the command line and hands off to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shiptoken::cli::{Cli, Command, ConfigCommand};
+use shiptoken::config::Config;
+use shiptoken::{daemon, dev, logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shiptoken: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Serve(args) => serve(&cli, args).await,
+            Command::Config(ConfigCommand::Check) => match Config::load(cli.config.as_deref()) {
+                Ok(c) => {
+                    print!("{}", c.to_toml());
+                    for var in Config::unknown_env_vars() {
+                        eprintln!("warning: environment variable {var} names no configuration key");
+                    }
+                    eprintln!("configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shiptoken: invalid configuration: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            _ => shiptoken::cli::run_client(&cli).await,
+        }
+    })
+}
+
+async fn serve(cli: &Cli, args: &shiptoken::cli::ServeArgs) -> ExitCode {
+    let (config, dev_env) = if args.dev {
+        let log = logging::init("info", shiptoken::config::LogFormat::Text);
+        match dev::prepare(args.keep).await {
+            Ok(env) => (env.config.clone(), Some((env, log))),
+            Err(e) => {
+                eprintln!("shiptoken: cannot start dev mode: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        match Config::load(cli.config.as_deref()) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                eprintln!("shiptoken: invalid configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let (log, env) = match dev_env {
+        Some((env, log)) => (log, Some(env)),
+        None => (logging::init(&config.log_level, config.log_format), None),
+    };
+    let mut options = daemon::ServeOptions {
+        movable_clock: args.movable_clock || args.dev,
+        ..Default::default()
+    };
+    if env.is_some() {
+        options.on_ready = Some(Box::new(|ready: &daemon::Ready| {
+            println!("{}", dev::instructions(&ready.socket, ready.metrics));
+        }));
+    }
+    let result = daemon::serve(config, log, options).await;
+    if let Some(env) = env {
+        env.finish();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("shiptoken: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

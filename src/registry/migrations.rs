@@ -1,0 +1,87 @@
+//! The registry's schema, as an ordered list of migrations.
+//!
+//! Migration `i` (0-based) moves the schema from version `i` to `i + 1`; `PRAGMA user_version`
+//! records the version. Each runs in its own transaction, so a crash mid-upgrade leaves the
+//! previous version intact. A file written by a newer build is refused rather than guessed at.
+
+use rusqlite::Connection;
+
+use super::RegistryError;
+
+/// Every migration, oldest first. Never edit one that has shipped: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, their tokens, and their history.
+    r#"
+    CREATE TABLE accounts (
+        id               INTEGER PRIMARY KEY,
+        provider         TEXT NOT NULL,
+        name             TEXT NOT NULL,
+        email            TEXT,
+        first_name       TEXT,
+        last_name        TEXT,
+        status           TEXT NOT NULL,
+        status_since     INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        last_rotated_at  INTEGER,
+        last_verified_at INTEGER,
+        last_error       TEXT,
+        failures         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  INTEGER,
+        UNIQUE (provider, name)
+    );
+    -- One developer user per integration: an email registered twice is refused.
+    CREATE UNIQUE INDEX accounts_email ON accounts (provider, email COLLATE NOCASE)
+        WHERE email IS NOT NULL;
+    CREATE TABLE tokens (
+        account_id            INTEGER PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+        refresh_token         TEXT,
+        -- A fingerprint, not the token, carries the uniqueness, so it can be indexed.
+        refresh_fingerprint   TEXT UNIQUE,
+        access_token          TEXT,
+        issued_at             INTEGER,
+        expires_at            INTEGER,
+        -- A freshly issued token waits here until a probe proves it works.
+        candidate_token       TEXT,
+        candidate_issued_at   INTEGER,
+        candidate_expires_at  INTEGER
+    );
+    -- History outlives the account (a removal is itself an event), so no foreign key.
+    CREATE TABLE events (
+        id       INTEGER PRIMARY KEY,
+        at       INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        account  TEXT NOT NULL,
+        kind     TEXT NOT NULL,
+        detail   TEXT
+    );
+    CREATE INDEX events_by_account ON events (provider, account, at);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to [`SCHEMA_VERSION`], refusing a newer file.
+pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(RegistryError::NewerSchema {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        let version = i64::try_from(i).unwrap_or(i64::MAX) + 1;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    debug_assert_eq!(now, SCHEMA_VERSION);
+    Ok(())
+}

@@ -1,0 +1,651 @@
+//! The rotation engine: decides what each account needs at a given `now`, and does it.
+//!
+//! [`plan`] is a pure function of an account and a time; [`Engine::sweep`] applies it to every
+//! account. All status transitions happen in [`Engine`]'s few methods below, and follow the
+//! state machine documented in the README:
+//!
+//! | what happened | ShipHero | Shippo |
+//! |---|---|---|
+//! | probe passes | `active` (clears a flag) | `active` |
+//! | refresh rejected (400/401/403) | `revoked` | - |
+//! | refresh ok, API rejects the new token | `suspended` | - |
+//! | API rejects the token | refresh, then decide as above | `revoked` |
+//! | ambiguous answer | probe again once; still failing -> flag | same |
+//! | 5xx, timeout, connection error | status kept, `last_error`, backoff | same |
+//! | throttled | status kept, wait as told | same |
+//! | served token past `expires_at` | `expired` | - |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::names::{AccountKey, Provider, Status};
+use crate::providers::Failure;
+use crate::providers::shiphero::ShipHero;
+use crate::providers::shippo::Shippo;
+use crate::registry::{AccountRecord, Flag, Registry, RegistryError, TokenRecord};
+
+/// How long to wait before the second probe that confirms an ambiguous answer: long enough
+/// for a glitch to pass, short enough that a real suspension is flagged in the same sweep.
+const CONFIRM_DELAY: Duration = Duration::from_secs(2);
+
+/// What an account needs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Get a new access token (ShipHero), then probe it.
+    Refresh,
+    /// Probe a token: the unproven candidate, or the served one.
+    Verify {
+        /// Whether the candidate is probed (and promoted if it passes).
+        candidate: bool,
+    },
+    /// The served token is past its expiry: say so.
+    Expire,
+}
+
+/// The settings [`plan`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Fraction of a lifetime after which a token is refreshed.
+    pub rotate_at: f64,
+    /// How often tokens are probed.
+    pub verify_interval: Duration,
+}
+
+/// When a token should be replaced: `rotate_at` of its lifetime after issue. `None` for
+/// tokens that never expire.
+pub fn refresh_point(token: &TokenRecord, rotate_at: f64) -> Option<Timestamp> {
+    let expires = token.expires_at?;
+    let lifetime = expires.since(token.issued_at);
+    Some(token.issued_at.add(lifetime.mul_f64(rotate_at)))
+}
+
+/// Whether `token` can be handed out at `now`.
+pub fn usable(token: &TokenRecord, now: Timestamp) -> bool {
+    token.expires_at.is_none_or(|e| e > now)
+}
+
+/// Decides what `account` needs at `now`. Pure: the same inputs always give the same answer.
+pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy) -> Option<Work> {
+    if account.status == Status::Active && account.current.as_ref().is_some_and(|t| !usable(t, now))
+    {
+        return Some(Work::Expire);
+    }
+    // Backoff, throttling and the flagged re-check interval all gate routine work.
+    if account.next_attempt_at.is_some_and(|t| t > now) {
+        return None;
+    }
+    let verify_due = account
+        .last_verified_at
+        .is_none_or(|v| now >= v.add(policy.verify_interval));
+    match account.key.provider {
+        Provider::ShipHero => {
+            if account.status.is_flagged() {
+                return Some(Work::Refresh);
+            }
+            if account.candidate.is_some() {
+                return Some(Work::Verify { candidate: true });
+            }
+            let Some(current) = &account.current else {
+                return Some(Work::Refresh);
+            };
+            // A clock that runs before the issue time cannot be trusted to judge the age.
+            let due = now < current.issued_at
+                || refresh_point(current, policy.rotate_at).is_none_or(|p| now >= p);
+            if due {
+                Some(Work::Refresh)
+            } else if verify_due {
+                Some(Work::Verify { candidate: false })
+            } else {
+                None
+            }
+        }
+        Provider::Shippo => {
+            if account.candidate.is_some() {
+                Some(Work::Verify { candidate: true })
+            } else if account.current.is_some() && (verify_due || account.status.is_flagged()) {
+                Some(Work::Verify { candidate: false })
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `initial * 2^(failures-1)`, capped at `max`, then a
+/// random point in its upper half so that accounts failing together do not retry together.
+pub fn backoff(failures: u32, initial: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let base = initial.saturating_mul(1u32 << exp).min(max);
+    let half = base / 2;
+    half + half.mul_f64(rng.random::<f64>())
+}
+
+/// Why a requested operation did not end with a working token.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The provider refused; the account is flagged.
+    #[error("{key} is {status}: {message}")]
+    Flagged {
+        /// The account.
+        key: AccountKey,
+        /// Its new status.
+        status: Status,
+        /// What the provider said.
+        message: String,
+    },
+    /// The provider could not be reached or throttled us; the status is unchanged.
+    #[error("{key}: {message}")]
+    Upstream {
+        /// The account.
+        key: AccountKey,
+        /// What went wrong.
+        message: String,
+    },
+    /// The account has nothing to act on (e.g. a Shippo account still waiting for OAuth).
+    #[error("{0}")]
+    Nothing(String),
+}
+
+/// Runs refreshes and probes; one operation per account at a time, and at most
+/// `rotation.concurrency` upstream calls in flight.
+pub struct Engine {
+    registry: Registry,
+    shiphero: ShipHero,
+    shippo: Shippo,
+    clock: Clock,
+    metrics: Metrics,
+    config: watch::Receiver<Arc<Config>>,
+    upstream_permits: Arc<Semaphore>,
+    account_locks: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>,
+    sweep_lock: tokio::sync::Mutex<()>,
+}
+
+impl Engine {
+    /// Builds the engine.
+    pub fn new(
+        registry: Registry,
+        shiphero: ShipHero,
+        shippo: Shippo,
+        clock: Clock,
+        metrics: Metrics,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Engine {
+        let permits = config.borrow().rotation.concurrency;
+        Engine {
+            registry,
+            shiphero,
+            shippo,
+            clock,
+            metrics,
+            config,
+            upstream_permits: Arc::new(Semaphore::new(permits)),
+            account_locks: Mutex::new(HashMap::new()),
+            sweep_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn policy(&self) -> Policy {
+        let c = self.config.borrow();
+        Policy {
+            rotate_at: c.rotation.rotate_at,
+            verify_interval: c.verify.interval,
+        }
+    }
+
+    fn account_lock(&self, key: &AccountKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.account_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(key.clone()).or_default().clone()
+    }
+
+    /// Does the due work of every account at `now`. A sweep that finds the previous one still
+    /// running returns at once (the cron trigger must never stack sweeps). Returns how many
+    /// accounts had work.
+    pub async fn sweep(self: &Arc<Self>, now: Timestamp) -> usize {
+        let Ok(_running) = self.sweep_lock.try_lock() else {
+            tracing::debug!("previous sweep still running; skipping this tick");
+            return 0;
+        };
+        let policy = self.policy();
+        let due: Vec<(AccountKey, Work)> = self
+            .registry
+            .accounts()
+            .iter()
+            .filter_map(|a| plan(a, now, policy).map(|w| (a.key.clone(), w)))
+            .collect();
+        let count = due.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (key, work) in due {
+            let engine = self.clone();
+            tasks.spawn(async move {
+                let lock = engine.account_lock(&key);
+                // Busy means a manual rotate or verify is on it right now: skip, not queue.
+                let Ok(_guard) = lock.try_lock() else { return };
+                if let Err(e) = engine.perform(&key, work).await {
+                    tracing::debug!(account = %key, error = %e, "sweep work ended without a working token");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        self.metrics.sweep_done(self.clock.now());
+        count
+    }
+
+    /// Refreshes (ShipHero) or re-checks (Shippo) the account now, ignoring backoff; waits
+    /// for any operation already running on it.
+    pub async fn rotate_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let lock = self.account_lock(key);
+        let _guard = lock.lock().await;
+        let work = match key.provider {
+            Provider::ShipHero => Work::Refresh,
+            Provider::Shippo => self.shippo_verify_work(key)?,
+        };
+        self.perform(key, work).await
+    }
+
+    /// Probes the account's token now (the candidate first, if one waits).
+    pub async fn verify_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let lock = self.account_lock(key);
+        let _guard = lock.lock().await;
+        let account = self
+            .registry
+            .account(key)
+            .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+        let work = if account.candidate.is_some() {
+            Work::Verify { candidate: true }
+        } else if account.current.is_some() {
+            Work::Verify { candidate: false }
+        } else if key.provider == Provider::ShipHero {
+            Work::Refresh
+        } else {
+            return Err(EngineError::Nothing(format!(
+                "{key} has no token yet: connect it with `shiptoken shippo connect {}`",
+                key.name
+            )));
+        };
+        self.perform(key, work).await
+    }
+
+    fn shippo_verify_work(&self, key: &AccountKey) -> Result<Work, EngineError> {
+        let account = self
+            .registry
+            .account(key)
+            .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+        match (&account.candidate, &account.current) {
+            (Some(_), _) => Ok(Work::Verify { candidate: true }),
+            (None, Some(_)) => Ok(Work::Verify { candidate: false }),
+            (None, None) => Err(EngineError::Nothing(format!(
+                "{key} has no token yet: connect it with `shiptoken shippo connect {}`",
+                key.name
+            ))),
+        }
+    }
+
+    async fn perform(
+        &self,
+        key: &AccountKey,
+        work: Work,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
+        match work {
+            Work::Refresh => self.refresh(key).await,
+            Work::Verify { candidate } => self.verify(key, candidate).await,
+            Work::Expire => self.expire(key).await,
+        }
+    }
+
+    async fn expire(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let account = self
+            .registry
+            .account(key)
+            .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+        let expired_at = account
+            .current
+            .as_ref()
+            .and_then(|t| t.expires_at)
+            .map(Timestamp::to_rfc3339)
+            .unwrap_or_default();
+        let message = match &account.last_error {
+            Some(e) => format!("token expired at {expired_at} and could not be refreshed: {e}"),
+            None => format!("token expired at {expired_at} and could not be refreshed"),
+        };
+        tracing::warn!(provider = %key.provider, account = %key.name, event = "flagged", status = "expired", "{message}");
+        let flag = Flag {
+            status: Status::Expired,
+            error: message.clone(),
+            retry_at: account.next_attempt_at,
+        };
+        self.registry
+            .record_flag(key, flag, self.clock.now())
+            .await?;
+        Err(EngineError::Flagged {
+            key: key.clone(),
+            status: Status::Expired,
+            message,
+        })
+    }
+
+    /// ShipHero: refresh with the stored refresh token, store the new token, then probe it.
+    async fn refresh(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let Some(refresh_token) = self.registry.refresh_token(key).await? else {
+            return Err(EngineError::Nothing(format!("{key} has no refresh token")));
+        };
+        let result = {
+            let _permit = self.upstream_permits.acquire().await;
+            self.shiphero.refresh(&refresh_token).await
+        };
+        let now = self.clock.now();
+        match result {
+            Ok(issued) => {
+                self.metrics.rotation(key.provider, "ok");
+                let token = TokenRecord {
+                    access_token: issued.access_token,
+                    issued_at: now,
+                    expires_at: Some(now.add(issued.lifetime)),
+                };
+                let expires = token.expires_at;
+                // Stored before it is probed or served: ShipHero may have invalidated the old one.
+                self.registry.store_issued(key, token, now).await?;
+                tracing::info!(
+                    provider = %key.provider, account = %key.name, event = "rotated",
+                    expires_at = %expires.map(Timestamp::to_rfc3339).unwrap_or_default(),
+                    "issued a new access token; probing it"
+                );
+                self.verify(key, true).await
+            }
+            Err(Failure::Rejected(message)) => {
+                self.metrics.rotation(key.provider, "rejected");
+                self.flag(key, Status::Revoked, message).await
+            }
+            Err(failure) => {
+                self.metrics.rotation(key.provider, failure.metric_result());
+                self.failed(key, "refresh", failure).await
+            }
+        }
+    }
+
+    /// Probes a token; a clear rejection flags, an ambiguous answer is confirmed once first.
+    async fn verify(
+        &self,
+        key: &AccountKey,
+        candidate: bool,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
+        let mut result = self.probe(key, candidate).await?;
+        if let Err(Failure::Ambiguous(first)) = &result {
+            tracing::info!(provider = %key.provider, account = %key.name, error = %first, "ambiguous probe answer; confirming with a second probe");
+            tokio::time::sleep(CONFIRM_DELAY).await;
+            result = match self.probe(key, candidate).await? {
+                // Two ambiguous answers in a row are treated as a rejection.
+                Err(Failure::Ambiguous(second)) => Err(Failure::Rejected(second)),
+                other => other,
+            };
+        }
+        let now = self.clock.now();
+        match result {
+            Ok(detail) => {
+                self.metrics.verification(key.provider, "ok");
+                let before = self.registry.account(key).map(|a| a.status);
+                let record = self
+                    .registry
+                    .record_verified(key, candidate, detail, now)
+                    .await?;
+                if before.is_some_and(Status::is_flagged) {
+                    tracing::info!(provider = %key.provider, account = %key.name, event = "cleared", status = "active", "account reactivated: its token works again");
+                } else {
+                    tracing::info!(provider = %key.provider, account = %key.name, event = "checked", status = "active", promoted = candidate, "token works");
+                }
+                Ok(record)
+            }
+            Err(Failure::Rejected(message)) => {
+                self.metrics.verification(key.provider, "rejected");
+                match key.provider {
+                    // A refresh just succeeded, so the refresh token is fine: the silent failure.
+                    Provider::ShipHero if candidate => {
+                        self.flag(key, Status::Suspended, message).await
+                    }
+                    // An older token failing proves little; a fresh refresh decides.
+                    Provider::ShipHero => {
+                        tracing::info!(provider = %key.provider, account = %key.name, error = %message, "served token rejected; refreshing to tell suspension from revocation");
+                        Box::pin(self.refresh(key)).await
+                    }
+                    Provider::Shippo => self.flag(key, Status::Revoked, message).await,
+                }
+            }
+            Err(failure) => {
+                self.metrics
+                    .verification(key.provider, failure.metric_result());
+                self.failed(key, "probe", failure).await
+            }
+        }
+    }
+
+    /// Sends the probe for the candidate or served token. `Ok(Err(..))` is a probe answer;
+    /// `Err` means there was nothing to probe.
+    async fn probe(
+        &self,
+        key: &AccountKey,
+        candidate: bool,
+    ) -> Result<Result<Option<String>, Failure>, EngineError> {
+        let account = self
+            .registry
+            .account(key)
+            .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+        let token = if candidate {
+            &account.candidate
+        } else {
+            &account.current
+        };
+        let Some(token) = token else {
+            return Err(EngineError::Nothing(format!("{key} has no token to check")));
+        };
+        let _permit = self.upstream_permits.acquire().await;
+        Ok(match key.provider {
+            Provider::ShipHero => self
+                .shiphero
+                .probe(&token.access_token)
+                .await
+                .map(|ok| ok.request_id.map(|id| format!("request_id {id}"))),
+            Provider::Shippo => self.shippo.probe(&token.access_token).await.map(|()| None),
+        })
+    }
+
+    async fn flag(
+        &self,
+        key: &AccountKey,
+        status: Status,
+        message: String,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
+        let now = self.clock.now();
+        let recheck = self.config.borrow().verify.suspended_interval;
+        tracing::warn!(provider = %key.provider, account = %key.name, event = "flagged", status = %status, error = %message, "account flagged {status}");
+        let flag = Flag {
+            status,
+            error: message.clone(),
+            retry_at: Some(now.add(recheck)),
+        };
+        self.registry.record_flag(key, flag, now).await?;
+        Err(EngineError::Flagged {
+            key: key.clone(),
+            status,
+            message,
+        })
+    }
+
+    async fn failed(
+        &self,
+        key: &AccountKey,
+        what: &str,
+        failure: Failure,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
+        let now = self.clock.now();
+        let failures = self.registry.account(key).map_or(0, |a| a.failures);
+        let (retry_in, counts) = match &failure {
+            Failure::Throttled { wait, .. } => (*wait, false),
+            _ => {
+                let c = self.config.borrow();
+                (
+                    backoff(
+                        failures + 1,
+                        c.rotation.retry_initial,
+                        c.rotation.retry_max,
+                        &mut rand::rng(),
+                    ),
+                    true,
+                )
+            }
+        };
+        let message = failure.message().to_string();
+        tracing::warn!(
+            provider = %key.provider, account = %key.name, event = "failed", error = %message,
+            retry_in = %humantime::format_duration(Duration::from_secs(retry_in.as_secs())),
+            "{what} failed; status unchanged, will retry"
+        );
+        self.registry
+            .record_failure(key, message.clone(), now.add(retry_in), counts, now)
+            .await?;
+        Err(EngineError::Upstream {
+            key: key.clone(),
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn t0() -> Timestamp {
+        Timestamp::from_secs(1_800_000_000)
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            rotate_at: 0.5,
+            verify_interval: Duration::from_secs(6 * 3600),
+        }
+    }
+
+    fn shiphero_account(current: Option<TokenRecord>) -> AccountRecord {
+        AccountRecord {
+            key: AccountKey::parse("shiphero/acme").unwrap(),
+            email: Some("a@b.c".into()),
+            first_name: None,
+            last_name: None,
+            status: if current.is_some() {
+                Status::Active
+            } else {
+                Status::Pending
+            },
+            status_since: t0(),
+            created_at: t0(),
+            last_rotated_at: None,
+            last_verified_at: Some(t0()),
+            last_error: None,
+            failures: 0,
+            next_attempt_at: None,
+            current,
+            candidate: None,
+            has_refresh_token: true,
+        }
+    }
+
+    fn token(issued: Timestamp, lifetime: Duration) -> TokenRecord {
+        TokenRecord {
+            access_token: Secret::new("t"),
+            issued_at: issued,
+            expires_at: Some(issued.add(lifetime)),
+        }
+    }
+
+    #[test]
+    fn a_28_day_token_is_refreshed_after_14_days() {
+        let a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        let p = Policy {
+            verify_interval: 30 * DAY,
+            ..policy()
+        };
+        assert_eq!(plan(&a, t0().add(13 * DAY), p), None);
+        assert_eq!(plan(&a, t0().add(14 * DAY), p), Some(Work::Refresh));
+    }
+
+    #[test]
+    fn no_token_or_a_clock_before_issue_means_refresh_now() {
+        assert_eq!(
+            plan(&shiphero_account(None), t0(), policy()),
+            Some(Work::Refresh)
+        );
+        let a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        assert_eq!(
+            plan(&a, Timestamp::from_secs(t0().secs() - 60), policy()),
+            Some(Work::Refresh)
+        );
+    }
+
+    #[test]
+    fn backoff_gates_routine_work_but_not_expiry() {
+        let mut a = shiphero_account(Some(token(t0(), 20 * DAY)));
+        a.next_attempt_at = Some(t0().add(30 * DAY));
+        assert_eq!(plan(&a, t0().add(15 * DAY), policy()), None);
+        assert_eq!(plan(&a, t0().add(21 * DAY), policy()), Some(Work::Expire));
+    }
+
+    #[test]
+    fn verification_comes_due_on_its_interval() {
+        let a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        assert_eq!(
+            plan(&a, t0().add(Duration::from_secs(3600)), policy()),
+            None
+        );
+        assert_eq!(
+            plan(&a, t0().add(Duration::from_secs(6 * 3600)), policy()),
+            Some(Work::Verify { candidate: false })
+        );
+    }
+
+    #[test]
+    fn an_unproven_candidate_is_probed_first() {
+        let mut a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        a.candidate = Some(token(t0(), 28 * DAY));
+        assert_eq!(
+            plan(&a, t0(), policy()),
+            Some(Work::Verify { candidate: true })
+        );
+    }
+
+    #[test]
+    fn flagged_accounts_wait_for_their_recheck() {
+        let mut a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        a.status = Status::Suspended;
+        a.next_attempt_at = Some(t0().add(Duration::from_secs(6 * 3600)));
+        assert_eq!(
+            plan(&a, t0().add(Duration::from_secs(3600)), policy()),
+            None
+        );
+        assert_eq!(
+            plan(&a, t0().add(Duration::from_secs(6 * 3600)), policy()),
+            Some(Work::Refresh)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut rng = rand::rng();
+        let (i, m) = (Duration::from_secs(60), Duration::from_secs(3600));
+        for n in 1..12 {
+            let d = backoff(n, i, m, &mut rng);
+            let base = (i * 2u32.pow(n - 1)).min(m);
+            assert!(d >= base / 2 && d <= base, "{n}: {d:?} vs {base:?}");
+        }
+    }
+}
