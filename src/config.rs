@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::{Figment, Profile};
 use serde::{Deserialize, Serialize};
 
 use crate::names::{AccountKey, Provider};
@@ -32,17 +32,22 @@ pub enum ConfigError {
     #[error("{0}")]
     Parse(Box<figment::Error>),
     /// A value parsed but is not acceptable.
-    #[error("{key} = {value} ({origin}): {reason}")]
-    Invalid {
-        /// The dotted key, e.g. `rotation.rotate_at`.
-        key: String,
-        /// The offending value as written.
-        value: String,
-        /// Where it came from: the file, the environment variable, or the default.
-        origin: String,
-        /// What is wrong and what would be accepted.
-        reason: String,
-    },
+    #[error("{}", .0)]
+    Invalid(Box<Invalid>),
+}
+
+/// A value that parsed but is not acceptable, with where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {value} ({origin}): {reason}")]
+pub struct Invalid {
+    /// The dotted key, e.g. `rotation.rotate_at`.
+    pub key: String,
+    /// The offending value as written.
+    pub value: String,
+    /// Where it came from: the file, the environment variable, or the default.
+    pub origin: String,
+    /// What is wrong and what would be accepted.
+    pub reason: String,
 }
 
 /// The configuration exactly as written: strings where the typed form needs validation.
@@ -597,10 +602,9 @@ impl Validator<'_> {
         match &md.source {
             Some(figment::Source::File(path)) => format!("in {}", path.display()),
             _ if md.name.contains("environment") => {
-                let parts: Vec<&str> = key.split('.').collect();
                 format!(
-                    "from environment variable {}",
-                    md.interpolate(&Profile::Default, &parts)
+                    "from environment variable {ENV_PREFIX}{}",
+                    key.replace('.', "__").to_ascii_uppercase()
                 )
             }
             _ => format!("from {}", md.name),
@@ -608,12 +612,12 @@ impl Validator<'_> {
     }
 
     fn invalid(&self, key: &str, value: &str, reason: String) -> ConfigError {
-        ConfigError::Invalid {
+        ConfigError::Invalid(Box::new(Invalid {
             key: key.into(),
             value: value.into(),
             origin: self.origin(key),
             reason,
-        }
+        }))
     }
 
     fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -833,6 +837,8 @@ impl Validator<'_> {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -40,8 +40,11 @@ pub struct ServeOptions {
     /// The clock to use (dev mode shares it with its simulated upstreams).
     pub clock: Option<Clock>,
     /// Called once the daemon is ready, with where it listens.
-    pub on_ready: Option<Box<dyn FnOnce(&Ready) + Send>>,
+    pub on_ready: Option<OnReady>,
 }
+
+/// A callback run once the daemon is ready.
+pub type OnReady = Box<dyn FnOnce(&Ready) + Send>;
 
 /// Where a ready daemon listens.
 pub struct Ready {
@@ -87,6 +90,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let last_sweep = Arc::new(AtomicI64::new(clock.now().millis()));
     let state = Arc::new(ApiState {
         registry: registry.clone(),
         engine: engine.clone(),
@@ -95,6 +99,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         metrics: metrics.clone(),
         daemon_uid: own_uid(),
         movable_clock: options.movable_clock,
+        last_sweep: last_sweep.clone(),
     });
     tracker.spawn(api::serve(
         listener,
@@ -104,7 +109,6 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         tracker.clone(),
     ));
 
-    let last_sweep = Arc::new(AtomicI64::new(clock.now().millis()));
     let metrics_addr = match config.metrics_listen {
         Some(addr) => Some(
             start_metrics(

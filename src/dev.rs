@@ -62,21 +62,42 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
         .context("cannot start the simulated Shippo")?;
     shiphero.set_token_lifetime(DEV_TOKEN_LIFETIME);
 
-    let mut raw = RawConfig::default();
-    raw.state_dir = dir.path().join("state").display().to_string();
-    raw.socket.path = dir.path().join("shiptoken.sock").display().to_string();
-    raw.metrics.listen = "127.0.0.1:0".into();
-    raw.log.format = "text".into();
-    raw.rotation.schedule = "* * * * * *".into();
-    raw.rotation.retry_initial = "2s".into();
-    raw.rotation.retry_max = "20s".into();
-    raw.verify.interval = "20s".into();
-    raw.verify.suspended_interval = "15s".into();
-    raw.shiphero.api_base = shiphero.base_url();
-    raw.shiphero.timeout = "5s".into();
-    raw.shippo.api_base = shippo.base_url();
-    raw.shippo.oauth_base = shippo.base_url();
-    raw.shippo.callback_listen = String::new();
+    let defaults = RawConfig::default();
+    let raw = RawConfig {
+        state_dir: dir.path().join("state").display().to_string(),
+        socket: crate::config::RawSocket {
+            path: dir.path().join("shiptoken.sock").display().to_string(),
+            ..defaults.socket
+        },
+        metrics: crate::config::RawMetrics {
+            listen: "127.0.0.1:0".into(),
+        },
+        log: crate::config::RawLog {
+            format: "text".into(),
+            ..defaults.log
+        },
+        rotation: crate::config::RawRotation {
+            schedule: "* * * * * *".into(),
+            retry_initial: "2s".into(),
+            retry_max: "20s".into(),
+            ..defaults.rotation
+        },
+        verify: crate::config::RawVerify {
+            interval: "20s".into(),
+            suspended_interval: "15s".into(),
+        },
+        shiphero: crate::config::RawShipHero {
+            api_base: shiphero.base_url(),
+            timeout: "5s".into(),
+        },
+        shippo: crate::config::RawShippo {
+            api_base: shippo.base_url(),
+            oauth_base: shippo.base_url(),
+            callback_listen: String::new(),
+            ..defaults.shippo
+        },
+        ..defaults
+    };
     let figment = figment::Figment::from(figment::providers::Serialized::defaults(raw));
     let config = Config::from_figment(&figment, None)
         .context("the built-in dev configuration is invalid")?;

@@ -63,7 +63,7 @@ pub struct Policy {
 pub fn refresh_point(token: &TokenRecord, rotate_at: f64) -> Option<Timestamp> {
     let expires = token.expires_at?;
     let lifetime = expires.since(token.issued_at);
-    Some(token.issued_at.add(lifetime.mul_f64(rotate_at)))
+    Some(token.issued_at.plus(lifetime.mul_f64(rotate_at)))
 }
 
 /// Whether `token` can be handed out at `now`.
@@ -83,7 +83,7 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy) -> Option<W
     }
     let verify_due = account
         .last_verified_at
-        .is_none_or(|v| now >= v.add(policy.verify_interval));
+        .is_none_or(|v| now >= v.plus(policy.verify_interval));
     match account.key.provider {
         Provider::ShipHero => {
             if account.status.is_flagged() {
@@ -349,7 +349,7 @@ impl Engine {
                 let token = TokenRecord {
                     access_token: issued.access_token,
                     issued_at: now,
-                    expires_at: Some(now.add(issued.lifetime)),
+                    expires_at: Some(now.plus(issued.lifetime)),
                 };
                 let expires = token.expires_at;
                 // Stored before it is probed or served: ShipHero may have invalidated the old one.
@@ -469,7 +469,7 @@ impl Engine {
         let flag = Flag {
             status,
             error: message.clone(),
-            retry_at: Some(now.add(recheck)),
+            retry_at: Some(now.plus(recheck)),
         };
         self.registry.record_flag(key, flag, now).await?;
         Err(EngineError::Flagged {
@@ -509,7 +509,7 @@ impl Engine {
             "{what} failed; status unchanged, will retry"
         );
         self.registry
-            .record_failure(key, message.clone(), now.add(retry_in), counts, now)
+            .record_failure(key, message.clone(), now.plus(retry_in), counts, now)
             .await?;
         Err(EngineError::Upstream {
             key: key.clone(),
@@ -564,7 +564,7 @@ mod tests {
         TokenRecord {
             access_token: Secret::new("t"),
             issued_at: issued,
-            expires_at: Some(issued.add(lifetime)),
+            expires_at: Some(issued.plus(lifetime)),
         }
     }
 
@@ -575,8 +575,8 @@ mod tests {
             verify_interval: 30 * DAY,
             ..policy()
         };
-        assert_eq!(plan(&a, t0().add(13 * DAY), p), None);
-        assert_eq!(plan(&a, t0().add(14 * DAY), p), Some(Work::Refresh));
+        assert_eq!(plan(&a, t0().plus(13 * DAY), p), None);
+        assert_eq!(plan(&a, t0().plus(14 * DAY), p), Some(Work::Refresh));
     }
 
     #[test]
@@ -595,20 +595,20 @@ mod tests {
     #[test]
     fn backoff_gates_routine_work_but_not_expiry() {
         let mut a = shiphero_account(Some(token(t0(), 20 * DAY)));
-        a.next_attempt_at = Some(t0().add(30 * DAY));
-        assert_eq!(plan(&a, t0().add(15 * DAY), policy()), None);
-        assert_eq!(plan(&a, t0().add(21 * DAY), policy()), Some(Work::Expire));
+        a.next_attempt_at = Some(t0().plus(30 * DAY));
+        assert_eq!(plan(&a, t0().plus(15 * DAY), policy()), None);
+        assert_eq!(plan(&a, t0().plus(21 * DAY), policy()), Some(Work::Expire));
     }
 
     #[test]
     fn verification_comes_due_on_its_interval() {
         let a = shiphero_account(Some(token(t0(), 28 * DAY)));
         assert_eq!(
-            plan(&a, t0().add(Duration::from_secs(3600)), policy()),
+            plan(&a, t0().plus(Duration::from_secs(3600)), policy()),
             None
         );
         assert_eq!(
-            plan(&a, t0().add(Duration::from_secs(6 * 3600)), policy()),
+            plan(&a, t0().plus(Duration::from_secs(6 * 3600)), policy()),
             Some(Work::Verify { candidate: false })
         );
     }
@@ -627,13 +627,13 @@ mod tests {
     fn flagged_accounts_wait_for_their_recheck() {
         let mut a = shiphero_account(Some(token(t0(), 28 * DAY)));
         a.status = Status::Suspended;
-        a.next_attempt_at = Some(t0().add(Duration::from_secs(6 * 3600)));
+        a.next_attempt_at = Some(t0().plus(Duration::from_secs(6 * 3600)));
         assert_eq!(
-            plan(&a, t0().add(Duration::from_secs(3600)), policy()),
+            plan(&a, t0().plus(Duration::from_secs(3600)), policy()),
             None
         );
         assert_eq!(
-            plan(&a, t0().add(Duration::from_secs(6 * 3600)), policy()),
+            plan(&a, t0().plus(Duration::from_secs(6 * 3600)), policy()),
             Some(Work::Refresh)
         );
     }

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub daemon_uid: u32,
     /// Whether `POST /v1/debug/clock` may move the clock (tests and dev mode only).
     pub movable_clock: bool,
+    /// Clock time (ms) when the last sweep finished, shown by `/v1/health`.
+    pub last_sweep: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A JSON error answer: `{"error": CODE, "message": TEXT, ...extra}`.
@@ -271,6 +273,7 @@ impl ApiState {
             "last_rotated_at": a.last_rotated_at,
             "last_verified_at": a.last_verified_at,
             "last_error": a.last_error,
+            "next_attempt_at": a.next_attempt_at,
         })
     }
 }
@@ -292,6 +295,7 @@ async fn health(State(state): Shared) -> Response {
         "accounts": accounts.len(),
         "by_status": by_status,
         "now": state.clock.now(),
+        "last_sweep_at": Timestamp::from_millis(state.last_sweep.load(std::sync::atomic::Ordering::Relaxed)),
     }))
     .into_response()
 }

@@ -759,7 +759,7 @@ mod tests {
             let tok = TokenRecord {
                 access_token: Secret::new("tok-1"),
                 issued_at: t0,
-                expires_at: Some(t0.add(std::time::Duration::from_secs(60))),
+                expires_at: Some(t0.plus(std::time::Duration::from_secs(60))),
             };
             reg.store_issued(&key("shiphero/acme"), tok.clone(), t0)
                 .await
