@@ -28,6 +28,9 @@ pub struct Metrics {
     socket_requests: IntCounterVec,
     socket_duration: Histogram,
     last_sweep: IntGauge,
+    /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
+    /// Prometheus servers) must not gather while the other is half way through the rebuild.
+    render_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -165,6 +168,7 @@ impl Metrics {
             socket_requests,
             socket_duration,
             last_sweep,
+            render_lock: std::sync::Arc::default(),
         }
     }
 
@@ -207,6 +211,11 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the per-account gauges rebuilt from `accounts`.
     pub fn render(&self, accounts: &[std::sync::Arc<AccountRecord>]) -> String {
+        // A poisoned lock only means another render panicked; the gauges are rebuilt anyway.
+        let _rendering = self
+            .render_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.account_status.reset();
         self.token_expiry.reset();
         self.last_rotation.reset();
