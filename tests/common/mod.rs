@@ -1,0 +1,287 @@
+//! Shared harness for the integration tests: runs the real `shiptoken` binary with a config
+//! in a temporary folder against the in-process simulated upstreams, and talks to it over
+//! its real Unix socket.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub use shiptoken::sim::{FakeShipHero, FakeShippo, ShipHeroMode};
+
+/// The built binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test after `DEADLINE`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A config for a daemon in `dir` talking to `shiphero_base`, with `extra` TOML appended
+/// (sections in `extra` must not repeat the ones written here).
+pub fn config_text(dir: &Path, shiphero_base: &str, extra: &str) -> String {
+    format!(
+        r#"state_dir = "{state}"
+
+[log]
+level = "debug,tokio_cron_scheduler=warn,hyper=info,reqwest=info"
+format = "text"
+
+[socket]
+path = "{socket}"
+
+[metrics]
+listen = ""
+
+[rotation]
+schedule = "* * * * * *"
+retry_initial = "1s"
+retry_max = "4s"
+
+[shiphero]
+api_base = "{shiphero_base}"
+timeout = "3s"
+
+[shippo]
+callback_listen = ""
+{extra}
+"#,
+        state = dir.join("state").display(),
+        socket = dir.join("shiptoken.sock").display(),
+    )
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    /// The temporary folder holding state, socket and config.
+    pub dir: PathBuf,
+    /// The Unix socket.
+    pub socket: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Writes `config` into `dir` and starts `shiptoken serve --movable-clock`, returning
+    /// once the socket answers.
+    pub async fn start(dir: &Path, config: &str) -> Daemon {
+        let path = dir.join("shiptoken.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_with(dir, &path, &[]).await
+    }
+
+    /// Starts the daemon on an existing config file with extra environment variables.
+    pub async fn start_with(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::spawn(dir, config, env);
+        let socket = d.socket.clone();
+        let logs = d.logs.clone();
+        let child = d.child.as_mut().unwrap();
+        wait_for("the daemon to answer on its socket", || {
+            let socket = socket.clone();
+            let exited = child.try_wait().unwrap();
+            let logs = logs.clone();
+            async move {
+                if let Some(status) = exited {
+                    panic!("daemon exited early with {status}:\n{}", logs.lock().unwrap());
+                }
+                shiptoken::client::call(&socket, "GET", "/v1/health", None).await.ok().map(|_| ())
+            }
+        })
+        .await;
+        d
+    }
+
+    /// Spawns the daemon without waiting for it.
+    pub fn spawn(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--movable-clock", "--config"])
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        for stream in [child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)].into_iter().flatten() {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut l = logs.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Daemon {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            socket: dir.join("shiptoken.sock"),
+            config: config.to_path_buf(),
+            logs,
+        }
+    }
+
+    /// Everything the daemon wrote to stderr and stdout so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the daemon's output contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let logs = self.logs.clone();
+        wait_for(&format!("log line containing {needle:?}"), || {
+            let found = logs.lock().unwrap().contains(needle);
+            async move { found.then_some(()) }
+        })
+        .await
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().and_then(|c| c.id()).unwrap() as i32
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait().await
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        tokio::time::timeout(DEADLINE, child.wait()).await.expect("daemon did not exit in time").unwrap()
+    }
+
+    /// A request over the socket.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let reply = shiptoken::client::call(&self.socket, method, path, body).await.unwrap();
+        (reply.status, reply.body)
+    }
+
+    /// `GET /v1/accounts/{key}`.
+    pub async fn account(&self, key: &str) -> Value {
+        let (status, body) = self.call("GET", &format!("/v1/accounts/{key}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until the account's status is `status`.
+    pub async fn wait_for_status(&self, key: &str, status: &str) -> Value {
+        wait_for(&format!("{key} to become {status}"), || async {
+            let a = self.account(key).await;
+            (a["status"] == status).then_some(a)
+        })
+        .await
+    }
+
+    /// Waits until at least one sweep has finished after this call.
+    pub async fn wait_for_sweep(&self) {
+        let (_, h) = self.call("GET", "/v1/health", None).await;
+        let now = h["now"].as_str().unwrap().to_string();
+        wait_for("a sweep to finish", || {
+            let now = now.clone();
+            async move {
+                let (_, h) = self.call("GET", "/v1/health", None).await;
+                (h["last_sweep_at"].as_str().unwrap() > now.as_str()).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Moves the daemon's clock forward.
+    pub async fn advance(&self, by: &str) {
+        let (status, body) = self.call("POST", "/v1/debug/clock", Some(&serde_json::json!({ "advance": by }))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Runs the CLI against this daemon's socket.
+    pub async fn cli(&self, args: &[&str]) -> Cli {
+        cli(&[&["--socket", self.socket.to_str().unwrap()], args].concat(), None).await
+    }
+
+    /// Runs the CLI with `stdin` piped in.
+    pub async fn cli_stdin(&self, args: &[&str], stdin: &str) -> Cli {
+        cli(&[&["--socket", self.socket.to_str().unwrap()], args].concat(), Some(stdin)).await
+    }
+
+    /// Registers a ShipHero developer user through the CLI, with the refresh token in a file.
+    pub async fn add_shiphero(&self, name: &str, email: &str, refresh_token: &str, access_token: Option<&str>) -> Cli {
+        let refresh_file = self.dir.join(format!("{name}.refresh"));
+        std::fs::write(&refresh_file, format!("{refresh_token}\n")).unwrap();
+        let mut args = vec!["accounts", "add", "shiphero", name, "--email", email, "--refresh-token-file", refresh_file.to_str().unwrap()];
+        let access_file = self.dir.join(format!("{name}.access"));
+        if let Some(t) = access_token {
+            std::fs::write(&access_file, t).unwrap();
+            args.extend(["--access-token-file", access_file.to_str().unwrap()]);
+        }
+        self.cli(&args).await
+    }
+}
+
+/// A finished CLI run.
+#[derive(Debug)]
+pub struct Cli {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the CLI with `args`.
+pub async fn cli(args: &[&str], stdin: Option<&str>) -> Cli {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).await.unwrap();
+    }
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output()).await.expect("CLI hung").unwrap();
+    Cli {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
