@@ -5,7 +5,8 @@
 #     demo account is flagged;
 #  3. a real Prometheus server (Debian's package, loopback only, 1 s scrape interval) scrapes
 #     that daemon with alerts.yml loaded; its HTTP API must show the target up, the account
-#     series, every rule evaluating without error and the suspended alert pending or firing.
+#     series, every rule evaluating without error, the suspended alert pending or firing,
+#     and every query of monitoring/grafana-dashboard.json parsing and returning data.
 # Everything it starts is stopped on exit. Needs root (or promtool/prometheus/curl installed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,17 +16,9 @@ say() { printf '[metrics-promtool] %s\n' "$*"; }
 fail() { printf '[metrics-promtool] FAIL: %s\n' "$*" >&2; exit 1; }
 
 # --- tools ------------------------------------------------------------------------------
-need=()
-command -v promtool >/dev/null && [ -x /usr/bin/prometheus ] || need+=(prometheus)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]} from Debian"
-    if apt-cache policy "${need[@]}" | grep -q 'Candidate: (none)' \
-        || ! apt-cache policy "${need[@]}" | grep -q 'Candidate:'; then
-        apt-get update -qq
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# shellcheck source=lib.sh.inc
+. .ci/checks/lib.sh.inc
+apt_install prometheus curl   # prometheus brings promtool and the server, /usr/bin/prometheus
 bin=$root/target/debug/shiptoken
 if [ ! -x "$bin" ]; then
     say "building shiptoken"
