@@ -110,14 +110,16 @@ impl Metrics {
             ),
             &["route", "code"],
         ));
-        // Served from memory: tens of microseconds normally, more under load.
+        // Tokens are served from memory: tens of microseconds normally, more under load. The
+        // admin routes (add, rotate, verify) and a token read that waits for a probe verdict
+        // wait for the provider, up to its timeout: the top buckets keep those out of +Inf.
         let socket_duration = must(Histogram::with_opts(
             HistogramOpts::new(
                 "shiptoken_socket_request_duration_seconds",
                 "Latency of Unix socket requests",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0,
             ]),
         ));
         let last_sweep = must(IntGauge::new(
