@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub clock: Option<Clock>,
     /// Called once the daemon is ready, with where it listens.
     pub on_ready: Option<OnReady>,
+    /// What systemd passed: notify socket, watchdog, inherited listening socket.
+    pub systemd: crate::systemd::Systemd,
 }
 
 /// A callback run once the daemon is ready.
@@ -86,7 +88,21 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         config_rx.clone(),
     ));
 
-    let listener = bind_socket(&config.socket.path, config.socket.mode)?;
+    let mut systemd = options.systemd;
+    for warning in &systemd.warnings {
+        tracing::warn!("{warning}");
+    }
+    // Socket activation: systemd owns the socket file, so it is neither bound nor removed here.
+    let activated = systemd.listener.is_some();
+    let listener = match systemd.listener.take() {
+        Some(inherited) => {
+            let inherited = inherited.map_err(anyhow::Error::msg)?;
+            tracing::info!(socket = ?inherited.local_addr().ok(), "using the socket passed by systemd");
+            crate::systemd::into_tokio(inherited)
+                .context("cannot use the socket passed by systemd")?
+        }
+        None => bind_socket(&config.socket.path, config.socket.mode)?,
+    };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -151,6 +167,17 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         version = env!("CARGO_PKG_VERSION"),
         "shiptoken ready"
     );
+    systemd
+        .notifier
+        .ready(&crate::systemd::registry_status(&registry));
+    tracker.spawn(crate::systemd::supervise(
+        systemd.notifier.clone(),
+        systemd.watchdog,
+        registry.clone(),
+        last_sweep.clone(),
+        config_rx.clone(),
+        shutdown.clone(),
+    ));
     if let Some(on_ready) = options.on_ready {
         on_ready(&Ready {
             socket: config.socket.path.clone(),
@@ -163,14 +190,23 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     while let Some(signal) = signals.next().await {
         match signal {
             SIGHUP => {
+                // systemd pairs RELOADING=1 with the READY=1 that follows, failed or not.
+                systemd.notifier.reloading();
+                let status = crate::systemd::registry_status(&registry);
                 if let Some(new) = reload(file.as_deref(), &current, &log, &mut trigger).await {
                     current = new.clone();
                     config_tx.send_replace(Arc::new(new));
                     notify.notify_one();
+                    systemd.notifier.ready(&status);
+                } else {
+                    systemd.notifier.ready(&format!(
+                        "reload refused, previous configuration kept (see the log); {status}"
+                    ));
                 }
             }
             _ => {
                 tracing::info!(signal, "stopping");
+                systemd.notifier.stopping();
                 break;
             }
         }
@@ -187,7 +223,13 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
             "some connections or work did not finish within {SHUTDOWN_TIMEOUT:?}; abandoning them"
         );
     }
-    match std::fs::remove_file(&current.socket.path) {
+    // With socket activation the file belongs to systemd, which keeps listening on it.
+    let removed = if activated {
+        Ok(())
+    } else {
+        std::fs::remove_file(&current.socket.path)
+    };
+    match removed {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(error = %e, "cannot remove the socket file"),

@@ -20,3 +20,4 @@ pub mod rotation;
 pub mod scheduler;
 pub mod secret;
 pub mod sim;
+pub mod systemd;

@@ -41,6 +41,19 @@ fn stderr_is_journal() -> bool {
         && ino.parse::<u64>().is_ok_and(|i| i == meta.ino())
 }
 
+/// tracing levels as the syslog priorities journalctl expects: the crate's default maps info
+/// to notice (5), which makes `journalctl -p info` useless for telling them apart.
+fn syslog_priorities() -> tracing_journald::PriorityMappings {
+    use tracing_journald::Priority;
+    tracing_journald::PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(level: &str, format: LogFormat) -> LogHandle {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -55,7 +68,8 @@ pub fn init(level: &str, format: LogFormat) -> LogHandle {
         match tracing_journald::layer() {
             Ok(l) => Some(
                 l.with_field_prefix(None)
-                    .with_syslog_identifier("shiptoken".into()),
+                    .with_syslog_identifier("shiptoken".into())
+                    .with_priority_mappings(syslog_priorities()),
             ),
             Err(e) => {
                 eprintln!("shiptoken: journald is not available ({e}); logging to stderr");

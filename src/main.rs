@@ -9,6 +9,8 @@ use shiptoken::{daemon, dev, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SAFETY: no other thread exists yet; the async runtime starts below.
+    let systemd = unsafe { shiptoken::systemd::Systemd::from_env() };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,7 +23,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match &cli.command {
-            Command::Serve(args) => serve(&cli, args).await,
+            Command::Serve(args) => serve(&cli, args, systemd).await,
             Command::Config(ConfigCommand::Check) => match Config::load(cli.config.as_deref()) {
                 Ok(c) => {
                     print!("{}", c.to_toml());
@@ -41,7 +43,11 @@ fn main() -> ExitCode {
     })
 }
 
-async fn serve(cli: &Cli, args: &shiptoken::cli::ServeArgs) -> ExitCode {
+async fn serve(
+    cli: &Cli,
+    args: &shiptoken::cli::ServeArgs,
+    systemd: shiptoken::systemd::Systemd,
+) -> ExitCode {
     let (config, dev_env) = if args.dev {
         let log = logging::init("info", shiptoken::config::LogFormat::Text);
         match dev::prepare(args.keep).await {
@@ -66,6 +72,7 @@ async fn serve(cli: &Cli, args: &shiptoken::cli::ServeArgs) -> ExitCode {
     };
     let mut options = daemon::ServeOptions {
         movable_clock: args.movable_clock || args.dev,
+        systemd,
         ..Default::default()
     };
     if env.is_some() {

@@ -392,15 +392,20 @@ impl Engine {
         match result {
             Ok(detail) => {
                 self.metrics.verification(key.provider, "ok");
+                // A journald field of its own, so a ShipHero support ticket can quote it.
+                let upstream_request_id = detail
+                    .as_deref()
+                    .and_then(|d| d.strip_prefix("request_id "))
+                    .map(str::to_string);
                 let before = self.registry.account(key).map(|a| a.status);
                 let record = self
                     .registry
                     .record_verified(key, candidate, detail, now)
                     .await?;
                 if before.is_some_and(Status::is_flagged) {
-                    tracing::info!(provider = %key.provider, account = %key.name, event = "cleared", status = "active", "account reactivated: its token works again");
+                    tracing::info!(provider = %key.provider, account = %key.name, event = "cleared", status = "active", upstream_request_id, "account reactivated: its token works again");
                 } else {
-                    tracing::info!(provider = %key.provider, account = %key.name, event = "checked", status = "active", promoted = candidate, "token works");
+                    tracing::info!(provider = %key.provider, account = %key.name, event = "checked", status = "active", promoted = candidate, upstream_request_id, "token works");
                 }
                 Ok(record)
             }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The Debian package builds with cargo-deb and holds what an install needs: the binary, both
+# units, sysusers.d and tmpfiles.d files, the example config as a conffile, the docs; its
+# postinst creates the user and enables and starts nothing.
+#
+# Packs the debug binary `cargo build` already made (stripped, fast compression), so the
+# check costs seconds, not a release build; `cargo deb` makes the real release package.
+# Installing cargo-deb the first time compiles it (about 5 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v cargo-deb >/dev/null; then
+    echo "installing cargo-deb from crates.io"
+    cargo install cargo-deb --locked --quiet
+fi
+[ -x target/debug/shiptoken ] || { echo "error: target/debug/shiptoken missing; run cargo build first" >&2; exit 1; }
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+cargo deb --no-build --profile dev --fast --output "$out/" --quiet >/dev/null
+deb=$(ls "$out"/shiptoken_*.deb)
+echo "built $(basename "$deb") ($(du -h "$deb" | cut -f1))"
+
+contents=$(dpkg-deb -c "$deb" | awk '{ print $1, $6 }')
+fail=0
+want() { # want MODE PATH
+    if ! grep -qx -- "$1 ./$2" <<<"$contents"; then
+        echo "error: the package lacks $2 with mode $1" >&2
+        fail=1
+    fi
+}
+want -rwxr-xr-x usr/bin/shiptoken
+want -rw-r--r-- usr/lib/systemd/system/shiptoken.service
+want -rw-r--r-- usr/lib/systemd/system/shiptoken.socket
+want -rw-r--r-- usr/lib/sysusers.d/shiptoken.conf
+want -rw-r--r-- usr/lib/tmpfiles.d/shiptoken.conf
+want -rw-r--r-- etc/shiptoken/shiptoken.toml
+want -rw-r--r-- usr/share/doc/shiptoken/README.systemd.md
+want -rw-r--r-- usr/share/doc/shiptoken/copyright
+
+# The files are the ones in the repo, byte for byte.
+x="$out/x"
+dpkg-deb -x "$deb" "$x"
+cmp systemd/shiptoken.service "$x/usr/lib/systemd/system/shiptoken.service"
+cmp systemd/shiptoken.socket "$x/usr/lib/systemd/system/shiptoken.socket"
+cmp systemd/shiptoken.sysusers "$x/usr/lib/sysusers.d/shiptoken.conf"
+cmp systemd/shiptoken.tmpfile "$x/usr/lib/tmpfiles.d/shiptoken.conf"
+cmp config/shiptoken.toml "$x/etc/shiptoken/shiptoken.toml"
+"$x/usr/bin/shiptoken" --help >/dev/null
+
+ctl="$out/ctl"
+dpkg-deb -e "$deb" "$ctl"
+grep -qx /etc/shiptoken/shiptoken.toml "$ctl/conffiles" \
+    || { echo "error: /etc/shiptoken/shiptoken.toml is not a conffile" >&2; fail=1; }
+grep -q 'systemd-sysusers .*shiptoken.conf' "$ctl/postinst" \
+    || { echo "error: postinst does not run systemd-sysusers" >&2; fail=1; }
+grep -q 'systemd-tmpfiles --create shiptoken.conf' "$ctl/postinst" \
+    || { echo "error: postinst does not create /run/shiptoken" >&2; fail=1; }
+# Nothing is enabled or started on a fresh install: every `deb-systemd-helper enable` sits
+# under `was-enabled` (re-enabling on upgrade only), and nothing but try-restart is invoked.
+enables=$(grep -c 'deb-systemd-helper enable' "$ctl/postinst" || true)
+guards=$(grep -c 'deb-systemd-helper --quiet was-enabled' "$ctl/postinst" || true)
+if [ "$enables" != "$guards" ] || grep -Eq 'deb-systemd-invoke +(start|restart)' "$ctl/postinst"; then
+    echo "error: postinst enables or starts a unit on install" >&2
+    fail=1
+fi
+dpkg-deb -f "$deb" Depends | grep -q systemd-sysusers \
+    || { echo "error: Depends lacks a provider of systemd-sysusers" >&2; fail=1; }
+
+[ "$fail" = 0 ] || exit 1
+echo "deb package: ok"
