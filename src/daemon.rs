@@ -54,6 +54,8 @@ pub struct Ready {
     pub socket: PathBuf,
     /// The metrics listener, if on.
     pub metrics: Option<SocketAddr>,
+    /// The Shippo OAuth callback listener, if OAuth is configured.
+    pub shippo_callback: Option<SocketAddr>,
 }
 
 /// Runs the daemon until it is told to stop.
@@ -82,11 +84,20 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     let engine = Arc::new(Engine::new(
         registry.clone(),
         shiphero,
-        shippo,
+        shippo.clone(),
         clock.clone(),
         metrics.clone(),
         config_rx.clone(),
     ));
+    // Checked before anything listens: OAuth configured without its secret is a start-up error.
+    let oauth = crate::oauth::OAuthFlow::from_config(
+        &config.shippo,
+        registry.clone(),
+        shippo,
+        engine.clone(),
+        clock.clone(),
+    )?
+    .map(Arc::new);
 
     let mut systemd = options.systemd;
     for warning in &systemd.warnings {
@@ -116,6 +127,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         daemon_uid: own_uid(),
         movable_clock: options.movable_clock,
         last_sweep: last_sweep.clone(),
+        oauth: oauth.clone(),
     });
     tracker.spawn(api::serve(
         listener,
@@ -142,6 +154,18 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         None => None,
     };
 
+    let shippo_callback = match (&oauth, config.shippo.callback_listen) {
+        (Some(flow), Some(addr)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on shippo.callback_listen {addr}"))?;
+            let bound = listener.local_addr()?;
+            tracker.spawn(flow.clone().serve(listener, shutdown.clone()));
+            Some(bound)
+        }
+        _ => None,
+    };
+
     let notify = Arc::new(Notify::new());
     let mut trigger = Trigger::start(&config.rotation.schedule, notify.clone())
         .await
@@ -162,6 +186,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     tracing::info!(
         socket = %config.socket.path.display(),
         metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        shippo_callback = %shippo_callback.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         accounts,
         logs = log.destination,
         version = env!("CARGO_PKG_VERSION"),
@@ -182,6 +207,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         on_ready(&Ready {
             socket: config.socket.path.clone(),
             metrics: metrics_addr,
+            shippo_callback,
         });
     }
 

@@ -18,6 +18,9 @@ use crate::sim::{FakeShipHero, FakeShippo, ShipHeroMode};
 /// Token lifetime in dev mode: rotation at half of it, i.e. every 30 seconds.
 pub const DEV_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
+/// The OAuth client id dev mode registers with its simulated Shippo.
+const DEV_SHIPPO_CLIENT_ID: &str = "shiptoken-dev";
+
 /// What dev mode keeps alive while the daemon runs; dropping it removes the temporary state
 /// folder unless asked to keep it.
 pub struct DevEnvironment {
@@ -62,6 +65,19 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
         .context("cannot start the simulated Shippo")?;
     shiphero.set_token_lifetime(DEV_TOKEN_LIFETIME);
 
+    // The simulated Shippo is also the OAuth host, so `shippo connect` works end to end. The
+    // callback port is chosen now because the redirect URI registered with Shippo names it.
+    let callback_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free port for the Shippo OAuth callback")?
+        .port();
+    let redirect_uri = format!("http://127.0.0.1:{callback_port}/shippo-oauth-redirect/");
+    let client_secret = crate::sim::random_hex(16);
+    let secret_file = dir.path().join("shippo-client-secret");
+    std::fs::write(&secret_file, &client_secret)
+        .context("cannot write the dev Shippo client secret")?;
+    shippo.new_client(DEV_SHIPPO_CLIENT_ID, &client_secret, &[&redirect_uri]);
+
     let defaults = RawConfig::default();
     let raw = RawConfig {
         state_dir: dir.path().join("state").display().to_string(),
@@ -93,7 +109,10 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
         shippo: crate::config::RawShippo {
             api_base: shippo.base_url(),
             oauth_base: shippo.base_url(),
-            callback_listen: String::new(),
+            client_id: DEV_SHIPPO_CLIENT_ID.into(),
+            client_secret_file: secret_file.display().to_string(),
+            redirect_uri,
+            callback_listen: format!("127.0.0.1:{callback_port}"),
             ..defaults.shippo
         },
         ..defaults
@@ -165,7 +184,8 @@ pub fn instructions(socket: &Path, metrics: Option<std::net::SocketAddr>) -> Str
          \x20 shiptoken --socket {s} accounts list\n\
          \x20 shiptoken --socket {s} get shiphero/demo-active\n\
          \x20 shiptoken --socket {s} get shiphero/demo-suspended   # exits 3: flagged suspended\n\
-         \x20 curl --unix-socket {s} http://localhost/v1/tokens/shippo/demo-shippo\n"
+         \x20 curl --unix-socket {s} http://localhost/v1/tokens/shippo/demo-shippo\n\
+         \x20 shiptoken --socket {s} shippo connect demo-oauth   # then open the link it prints\n"
     );
     if let Some(m) = metrics {
         out.push_str(&format!("  curl http://{m}/metrics\n"));

@@ -49,6 +49,8 @@ pub struct ApiState {
     pub movable_clock: bool,
     /// Clock time (ms) when the last sweep finished, shown by `/v1/health`.
     pub last_sweep: Arc<std::sync::atomic::AtomicI64>,
+    /// The Shippo OAuth flow; `None` when OAuth is not configured, which disables connect.
+    pub oauth: Option<Arc<crate::oauth::OAuthFlow>>,
 }
 
 /// A JSON error answer: `{"error": CODE, "message": TEXT, ...extra}`.
@@ -658,11 +660,26 @@ async fn shippo_connect(State(state): Shared, request: Request) -> Result<Respon
         })?;
     let req: Connect = parse_json(&body)?;
     validate_account_name(&req.account)?;
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "oauth_not_configured",
-        "Shippo OAuth is not configured: set shippo.client_id, shippo.client_secret_file and shippo.redirect_uri",
-    ))
+    let Some(oauth) = &state.oauth else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "oauth_not_configured",
+            "Shippo OAuth is not configured: set shippo.client_id, shippo.client_secret_file and shippo.redirect_uri",
+        ));
+    };
+    match oauth.start(&req.account).await {
+        Ok(url) => {
+            tracing::info!(account = %req.account, uid = peer.uid, "Shippo connect link issued");
+            Ok(axum::Json(json!({ "authorize_url": url, "account": req.account })).into_response())
+        }
+        Err(crate::oauth::OAuthError::InvalidName(e)) => Err(e.into()),
+        Err(e @ crate::oauth::OAuthError::AccountExists(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "account_exists",
+            e.to_string(),
+        )),
+        Err(crate::oauth::OAuthError::Registry(e)) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -56,6 +56,21 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_account ON events (provider, account, at);
     "#,
+    // 2: Shippo OAuth states. Only a SHA-256 of each state is kept, so a copy of the database
+    // cannot finish a flow; no foreign key, because a state names an account that the flow
+    // itself creates and may remove.
+    r#"
+    CREATE TABLE oauth_states (
+        state_hash TEXT PRIMARY KEY,
+        provider   TEXT NOT NULL,
+        account    TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+    );
+    CREATE INDEX oauth_states_by_account ON oauth_states (provider, account);
+    CREATE INDEX oauth_states_by_expiry ON oauth_states (expires_at);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -6,6 +6,7 @@
 //! durably stored, and reading it touches neither SQLite nor the network.
 
 mod migrations;
+mod oauth_states;
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

@@ -1,0 +1,651 @@
+//! Shippo OAuth end to end: the real `shiptoken` binary, configured as a Shippo platform,
+//! against the in-process fake Shippo, driven like a browser would (no redirect following, so
+//! every hop is checked).
+
+// Helpers outside `#[test]` functions are test code too; clippy's allow-*-in-tests only
+// covers the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shiptoken::sim::{ExchangeMode, FakeShippo, UserDecision};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
+const DEADLINE: Duration = Duration::from_secs(20);
+const CLIENT_ID: &str = "platform-test";
+const CLIENT_SECRET: &str = "client-secret-0123456789abcdef";
+
+/// Polls `check` every 25 ms until it holds, failing after [`DEADLINE`].
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free loopback port: bound, read, released. The daemon binds it a moment later.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cli {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run_cli(args: &[&str]) -> Cli {
+    let out = tokio::time::timeout(
+        DEADLINE,
+        Command::new(BIN).args(args).stdin(Stdio::null()).output(),
+    )
+    .await
+    .expect("CLI hung")
+    .unwrap();
+    Cli {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The daemon under test, its fake Shippo, and a browser-like HTTP client.
+struct Env {
+    fake: FakeShippo,
+    child: Child,
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    callback: SocketAddr,
+    redirect_uri: String,
+    logs: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+/// Writes the config; `secret` is the client secret file's content (`None`: no file).
+fn write_config(dir: &Path, fake: &FakeShippo, port: u16, secret: Option<&str>) -> PathBuf {
+    let secret_line = match secret {
+        Some(s) => {
+            let f = dir.join("client_secret");
+            std::fs::write(&f, format!("{s}\n")).unwrap();
+            format!("client_secret_file = \"{}\"", f.display())
+        }
+        None => String::new(),
+    };
+    let config = format!(
+        r#"state_dir = "{state}"
+
+[log]
+level = "debug,tokio_cron_scheduler=warn,hyper=info,hyper_util=info,reqwest=info"
+format = "text"
+
+[socket]
+path = "{socket}"
+
+[metrics]
+listen = ""
+
+[rotation]
+schedule = "* * * * * *"
+
+[shiphero]
+api_base = "{base}"
+timeout = "2s"
+
+[shippo]
+api_base = "{base}"
+oauth_base = "{base}"
+client_id = "{CLIENT_ID}"
+{secret_line}
+redirect_uri = "http://127.0.0.1:{port}/shippo-oauth-redirect/"
+callback_listen = "127.0.0.1:{port}"
+"#,
+        state = dir.join("state").display(),
+        socket = dir.join("shiptoken.sock").display(),
+        base = fake.base_url(),
+    );
+    let path = dir.join("shiptoken.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn spawn_daemon(config: &Path) -> (Child, Arc<Mutex<String>>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--movable-clock", "--config"])
+        .arg(config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logs = Arc::new(Mutex::new(String::new()));
+    let streams: [Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>; 2] = [
+        child.stdout.take().map(|s| Box::new(s) as _),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ];
+    for stream in streams.into_iter().flatten() {
+        let logs = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut l = logs.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    (child, logs)
+}
+
+impl Env {
+    async fn start() -> Env {
+        let fake = FakeShippo::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let redirect_uri = format!("http://127.0.0.1:{port}/shippo-oauth-redirect/");
+        fake.new_client(CLIENT_ID, CLIENT_SECRET, &[&redirect_uri]);
+        let config = write_config(dir.path(), &fake, port, Some(CLIENT_SECRET));
+        let (mut child, logs) = spawn_daemon(&config);
+        let socket = dir.path().join("shiptoken.sock");
+        let callback = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until("the daemon's socket and callback listener", || {
+            let exited = child.try_wait().unwrap();
+            let logs = logs.clone();
+            let socket = socket.clone();
+            async move {
+                if let Some(status) = exited {
+                    panic!("daemon exited with {status}:\n{}", logs.lock().unwrap());
+                }
+                shiptoken::client::call(&socket, "GET", "/v1/health", None)
+                    .await
+                    .is_ok()
+                    && tokio::net::TcpStream::connect(callback).await.is_ok()
+            }
+        })
+        .await;
+        Env {
+            fake,
+            child,
+            _dir: dir,
+            socket,
+            callback,
+            redirect_uri,
+            logs,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    async fn cli(&self, args: &[&str]) -> Cli {
+        run_cli(&[&["--socket", self.socket.to_str().unwrap()], args].concat()).await
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let r = shiptoken::client::call(&self.socket, method, path, body)
+            .await
+            .unwrap();
+        (r.status, r.body)
+    }
+
+    /// `shiptoken shippo connect NAME`, returning the authorize URL it printed.
+    async fn connect(&self, name: &str) -> String {
+        let out = self.cli(&["shippo", "connect", name]).await;
+        assert_eq!(out.code, 0, "connect failed: {}", out.stderr);
+        out.stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {:?}", out.stdout))
+            .to_string()
+    }
+
+    /// Plays the user at Shippo: opens the authorize URL and returns where Shippo redirects.
+    async fn authorize(&self, url: &str) -> String {
+        let r = self.http.get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND, "{}", r.text().await.unwrap());
+        let location = r.headers()[reqwest::header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(location.starts_with(&self.redirect_uri), "{location}");
+        location
+    }
+
+    /// Loads a callback URL like a browser and returns the status, headers and page.
+    async fn open(&self, url: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
+        let r = self.http.get(url).send().await.unwrap();
+        let (status, headers) = (r.status(), r.headers().clone());
+        (status, headers, r.text().await.unwrap())
+    }
+
+    fn callback_url(&self, query: &str) -> String {
+        format!("http://{}/shippo-oauth-redirect/?{query}", self.callback)
+    }
+
+    /// The whole flow for `name`, asserting it lands on the connected page.
+    async fn connect_fully(&self, name: &str) -> String {
+        self.fake.set_next_grant_account(name);
+        let url = self.connect(name).await;
+        let location = self.authorize(&url).await;
+        let (status, _, page) = self.open(&location).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            page.contains(&format!("Shippo account {name} connected")),
+            "{page}"
+        );
+        location
+    }
+
+    async fn status_of(&self, name: &str) -> Option<String> {
+        let (_, body) = self.call("GET", "/v1/accounts", None).await;
+        body["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["provider"] == "shippo" && a["account"] == name)
+            .map(|a| a["status"].as_str().unwrap().to_string())
+    }
+}
+
+/// The `state` parameter of a URL.
+fn param(url: &str, name: &str) -> String {
+    reqwest::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+}
+
+fn assert_page_headers(headers: &reqwest::header::HeaderMap) {
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_flow_connects_an_account_and_serves_its_token() {
+    let env = Env::start().await;
+    let url = env.connect("acme").await;
+    assert!(url.contains("response_type=code"), "{url}");
+    assert!(url.contains(&format!("client_id={CLIENT_ID}")), "{url}");
+    assert!(
+        url.contains("scope=*") || url.contains("scope=%2A"),
+        "{url}"
+    );
+    assert!(url.contains("redirect_uri=http%3A%2F%2F127.0.0.1"), "{url}");
+    assert!(param(&url, "state").len() >= 22, "at least 128 bits");
+    assert_eq!(env.status_of("acme").await.as_deref(), Some("pending"));
+    let pending = env.cli(&["get", "shippo/acme"]).await;
+    assert_eq!(pending.code, 3, "{}", pending.stderr);
+
+    env.fake.set_next_grant_account("acme");
+    let location = env.authorize(&url).await;
+    let code = param(&location, "code");
+    let (status, headers, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_page_headers(&headers);
+    assert!(page.contains("Shippo account acme connected"), "{page}");
+    assert!(
+        page.contains(r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#)
+    );
+    assert!(!page.contains("<script"), "{page}");
+    assert_eq!(env.fake.exchange_count(), 1);
+    let content_type = env.fake.last_exchange_content_type().unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/x-www-form-urlencoded"),
+        "{content_type}"
+    );
+
+    let out = env.cli(&["get", "shippo/acme", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    let token = env.fake.tokens_of("acme").pop().unwrap();
+    assert_eq!(answer["access_token"], token.as_str());
+    assert_eq!(answer["expires_at"], Value::Null);
+    assert_eq!(answer["status"], "active");
+    assert_eq!(
+        answer["headers"]["Authorization"],
+        format!("Bearer {token}")
+    );
+    assert_eq!(answer["headers"]["Shippo-API-Version"], "2018-02-08");
+    assert_eq!(env.status_of("acme").await.as_deref(), Some("active"));
+    assert!(env.fake.api_count(&token) >= 1, "the token was probed");
+
+    // A connected account is not connected again behind the operator's back.
+    let again = env.cli(&["shippo", "connect", "acme"]).await;
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+
+    // Nothing secret reaches the log.
+    let logs = env.logs();
+    assert!(
+        logs.contains("Shippo account") || logs.contains("connected"),
+        "{logs}"
+    );
+    for secret in [
+        token.as_str(),
+        CLIENT_SECRET,
+        code.as_str(),
+        &param(&url, "state"),
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the log:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_encoded_token_answer_is_accepted() {
+    let env = Env::start().await;
+    env.fake.set_token_answer_form_encoded(true);
+    env.connect_fully("formshop").await;
+    let out = env.cli(&["get", "shippo/formshop"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), env.fake.tokens_of("formshop")[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_expired_states_never_reach_shippo() {
+    let env = Env::start().await;
+
+    // Forged: well-formed but never issued, malformed, or missing.
+    let forged = "A".repeat(43);
+    for query in [
+        format!("code=abc&state={forged}"),
+        "code=abc&state=%3Cscript%3E".to_string(),
+        "code=abc".to_string(),
+        String::new(),
+    ] {
+        let (status, headers, page) = env.open(&env.callback_url(&query)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {page}");
+        assert_page_headers(&headers);
+        assert!(page.contains("not valid"), "{page}");
+        assert!(!page.contains("<script"), "{page}");
+    }
+    // The path without its closing slash is served too.
+    let r = env
+        .http
+        .get(format!(
+            "http://{}/shippo-oauth-redirect?state=x",
+            env.callback
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(env.fake.exchange_count(), 0);
+
+    // Replayed: a callback that already connected an account.
+    let location = env.connect_fully("shop").await;
+    assert_eq!(env.fake.exchange_count(), 1);
+    let (status, _, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("not valid"), "{page}");
+    assert_eq!(env.fake.exchange_count(), 1, "a replay reached Shippo");
+
+    // Superseded: a second `connect` makes the first link useless.
+    env.fake.set_next_grant_account("twice");
+    let first = env.connect("twice").await;
+    let second = env.connect("twice").await;
+    let old = env.authorize(&first).await;
+    let (status, _, _) = env.open(&old).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(env.fake.exchange_count(), 1);
+    let new = env.authorize(&second).await;
+    let (status, _, page) = env.open(&new).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(env.fake.exchange_count(), 2);
+
+    // Expired: the link is followed 31 minutes later (the daemon's clock moves; the fake's
+    // code would still be good, so only the state's expiry can refuse it).
+    let url = env.connect("late").await;
+    let location = env.authorize(&url).await;
+    let (status, body) = env
+        .call("POST", "/v1/debug/clock", Some(&json!({"advance": "31m"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("expired"), "{page}");
+    assert_eq!(
+        env.fake.exchange_count(),
+        2,
+        "an expired state reached Shippo"
+    );
+    assert_eq!(env.status_of("late").await.as_deref(), Some("pending"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_flow_says_so_and_leaves_nothing_behind() {
+    let env = Env::start().await;
+    env.fake.set_user_decision(UserDecision::Decline);
+    let url = env.connect("nope").await;
+    assert_eq!(env.status_of("nope").await.as_deref(), Some("pending"));
+    let location = env.authorize(&url).await;
+    assert!(location.contains("error=access_denied"), "{location}");
+    let (status, headers, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_page_headers(&headers);
+    assert!(page.contains("declined"), "{page}");
+    assert!(
+        page.contains("Shippo account nope was not connected"),
+        "{page}"
+    );
+    assert_eq!(env.fake.exchange_count(), 0);
+    assert_eq!(
+        env.status_of("nope").await,
+        None,
+        "the placeholder is removed"
+    );
+    // The state died with the flow.
+    let (status, _, _) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Whatever comes back in the query string is shown escaped, never as markup.
+    let url = env.connect("nope").await;
+    let state = param(&url, "state");
+    let (status, _, page) = env
+        .open(&env.callback_url(&format!(
+            "error=%3Cb%3Eno%3C%2Fb%3E&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E&state={state}"
+        )))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(page.contains("&lt;b&gt;no&lt;/b&gt;"), "{page}");
+    assert!(
+        !page.contains("<script") && !page.contains("<b>no"),
+        "{page}"
+    );
+    assert_eq!(env.fake.exchange_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_failures_store_nothing_and_spend_the_state() {
+    let env = Env::start().await;
+
+    // invalid_grant: a code Shippo never issued (or already used), with a good state.
+    let url = env.connect("badcode").await;
+    let location = env.authorize(&url).await;
+    let state = param(&location, "state");
+    let (status, headers, page) = env
+        .open(&env.callback_url(&format!("code=not-a-real-code&state={state}")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert_page_headers(&headers);
+    assert!(page.contains("invalid_grant"), "{page}");
+    assert!(page.contains("was not connected"), "{page}");
+    assert_eq!(env.fake.exchange_count(), 1);
+    // The state is spent: even the genuine code cannot be brought with it now.
+    let (status, _, _) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(env.fake.exchange_count(), 1);
+    assert_eq!(env.status_of("badcode").await.as_deref(), Some("pending"));
+    let (_, account) = env.call("GET", "/v1/accounts/shippo/badcode", None).await;
+    assert!(
+        account["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant"),
+        "{account}"
+    );
+    assert_eq!(env.cli(&["get", "shippo/badcode"]).await.code, 3);
+
+    // Shippo's token endpoint is down (5xx).
+    env.fake.set_exchange_mode(ExchangeMode::Down);
+    let url = env.connect("down").await;
+    let location = env.authorize(&url).await;
+    let (status, _, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{page}");
+    assert!(
+        page.contains("could not be reached or had an error"),
+        "{page}"
+    );
+    assert_eq!(env.fake.exchange_count(), 2);
+    assert_eq!(env.status_of("down").await.as_deref(), Some("pending"));
+
+    // Shippo never answers: the daemon gives up after its timeout (2 s here).
+    env.fake.set_exchange_mode(ExchangeMode::Hang);
+    let url = env.connect("hang").await;
+    let location = env.authorize(&url).await;
+    let (status, _, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{page}");
+    assert!(page.contains("did not answer in time"), "{page}");
+    env.fake.set_exchange_mode(ExchangeMode::Normal);
+
+    // The platform's client secret no longer matches (invalid_client).
+    env.fake
+        .new_client(CLIENT_ID, "rotated-at-shippo", &[&env.redirect_uri]);
+    let url = env.connect("wrongsecret").await;
+    let location = env.authorize(&url).await;
+    let (status, _, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{page}");
+    assert!(page.contains("client credentials"), "{page}");
+    assert_eq!(
+        env.status_of("wrongsecret").await.as_deref(),
+        Some("pending")
+    );
+
+    for name in ["badcode", "down", "hang", "wrongsecret"] {
+        let out = env.cli(&["get", &format!("shippo/{name}")]).await;
+        assert_eq!(out.code, 3, "{name}: {}", out.stderr);
+    }
+    let logs = env.logs();
+    assert!(logs.contains("code exchange failed"), "{logs}");
+    assert!(
+        !logs.contains(CLIENT_SECRET),
+        "the client secret reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_flagged_revoked() {
+    let env = Env::start().await;
+    env.connect_fully("gone").await;
+    let token = env.fake.tokens_of("gone").pop().unwrap();
+    assert_eq!(env.cli(&["get", "shippo/gone"]).await.code, 0);
+    env.fake.revoke(&token);
+    let verify = env.cli(&["verify", "shippo/gone"]).await;
+    assert_ne!(verify.code, 0);
+    assert!(
+        verify.stderr.contains("Token does not exist"),
+        "{}",
+        verify.stderr
+    );
+    assert_eq!(env.status_of("gone").await.as_deref(), Some("revoked"));
+    let get = env.cli(&["get", "shippo/gone"]).await;
+    assert_eq!(get.code, 3, "{}", get.stderr);
+    assert!(get.stderr.contains("revoked"), "{}", get.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_without_a_client_secret_does_not_start() {
+    let fake = FakeShippo::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, free_port(), None);
+    let (mut child, logs) = spawn_daemon(&config);
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the daemon should refuse to start")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let logs = logs.lock().unwrap().clone();
+    assert!(logs.contains("shippo.client_secret_file"), "{logs}");
+    assert!(logs.contains("shippo.client_secret"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_without_oauth_configured_says_so() {
+    let fake = FakeShippo::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, free_port(), None);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("client_id = \"{CLIENT_ID}\""), "client_id = \"\"");
+    std::fs::write(&config, text).unwrap();
+    let (mut child, logs) = spawn_daemon(&config);
+    let socket = dir.path().join("shiptoken.sock");
+    wait_until("the daemon's socket", || {
+        let socket = socket.clone();
+        let exited = child.try_wait().unwrap();
+        let logs = logs.clone();
+        async move {
+            if let Some(s) = exited {
+                panic!("daemon exited with {s}:\n{}", logs.lock().unwrap());
+            }
+            shiptoken::client::call(&socket, "GET", "/v1/health", None)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let out = run_cli(&[
+        "--socket",
+        socket.to_str().unwrap(),
+        "shippo",
+        "connect",
+        "acme",
+    ])
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("not configured"), "{}", out.stderr);
+    let (_, body) = shiptoken::client::call(&socket, "GET", "/v1/accounts", None)
+        .await
+        .map(|r| (r.status, r.body))
+        .unwrap();
+    assert_eq!(body["accounts"], json!([]));
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
