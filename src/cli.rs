@@ -48,10 +48,14 @@ pub enum Command {
     /// List, register and remove accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
-    /// Refresh the access token now, then check it.
+    /// Refresh access tokens now, then check them (a progress bar for many).
     Rotate {
-        /// PROVIDER/ACCOUNT.
-        account: String,
+        /// PROVIDER/ACCOUNT, one or more.
+        #[arg(required_unless_present = "all")]
+        accounts: Vec<String>,
+        /// Every registered account.
+        #[arg(long, conflicts_with = "accounts")]
+        all: bool,
     },
     /// Check the current token against the provider's API now.
     Verify {
@@ -61,6 +65,13 @@ pub enum Command {
     /// Shippo OAuth.
     #[command(subcommand)]
     Shippo(ShippoCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `shiptoken man > shiptoken.1`.
+    Man,
 }
 
 /// Options of `serve`.
@@ -90,8 +101,11 @@ pub enum AccountsCommand {
     /// One row per account: status, expiry, last rotation, last check, last error.
     List {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw a live view every second: status, token lifetime, rotation point.
+        #[arg(long)]
+        watch: bool,
     },
     /// Register an account.
     #[command(subcommand)]
@@ -196,11 +210,30 @@ fn default_socket() -> PathBuf {
 
 /// Runs a client command (everything but `serve` and `config check`).
 pub async fn run_client(cli: &Cli) -> ExitCode {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "shiptoken", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shiptoken: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let result = async {
         let socket = socket_path(cli)?;
         match &cli.command {
             Command::Get { account, json } => get(&socket, account, *json).await,
-            Command::Accounts(AccountsCommand::List { json }) => list(&socket, *json).await,
+            Command::Accounts(AccountsCommand::List { watch: true, .. }) => watch(&socket).await,
+            Command::Accounts(AccountsCommand::List { json, .. }) => list(&socket, *json).await,
             Command::Accounts(AccountsCommand::Add(add)) => add_account(&socket, add).await,
             Command::Accounts(AccountsCommand::Remove { account }) => {
                 let reply = client::call(&socket, "DELETE", &account_path(account)?, None).await?;
@@ -208,7 +241,7 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
                 println!("removed {account}");
                 Ok(())
             }
-            Command::Rotate { account } => act(&socket, account, "rotate").await,
+            Command::Rotate { accounts, all } => rotate_many(&socket, accounts, *all).await,
             Command::Verify { account } => act(&socket, account, "verify").await,
             Command::Shippo(ShippoCommand::Connect { name }) => {
                 let reply = client::call(&socket, "POST", "/v1/shippo/connect", Some(&json!({ "account": name }))).await?;
@@ -218,7 +251,9 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
                 println!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works.");
                 Ok(())
             }
-            Command::Serve(_) | Command::Config(_) => Err(fail("not a client command")),
+            Command::Serve(_) | Command::Config(_) | Command::Completions { .. } | Command::Man => {
+                Err(fail("not a client command"))
+            }
         }
     }
     .await;
@@ -285,18 +320,263 @@ async fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
 }
 
 async fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
+    let line = act_quiet(socket, account, action).await?;
+    println!("{line}");
+    Ok(())
+}
+
+/// Performs `action` on one account and returns the line to print.
+async fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String, Failed> {
     let path = format!("{}/{action}", account_path(account)?);
     let reply = client::call(socket, "POST", &path, None).await?;
     expect_ok(&reply)?;
     let b = &reply.body;
     let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    println!(
+    Ok(format!(
         "{account}: {} (expires {}, last check {})",
         s("status"),
         s("expires_at"),
         s("last_verified_at")
+    ))
+}
+
+/// Rotates several accounts one after another: a progress bar on a terminal, a line per
+/// account otherwise. Exits with the worst outcome (1 before 3 before 0).
+async fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
+    let keys: Vec<String> = if all {
+        let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
+        expect_ok(&reply)?;
+        let empty = Vec::new();
+        let list = reply
+            .body
+            .get("accounts")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty);
+        list.iter()
+            .map(|a| {
+                format!(
+                    "{}/{}",
+                    a["provider"].as_str().unwrap_or(""),
+                    a["account"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    } else {
+        accounts.to_vec()
+    };
+    if let [only] = keys.as_slice() {
+        return act(socket, only, "rotate").await;
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(keys.len() as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let mut worst: Option<Failed> = None;
+    for key in &keys {
+        if let Some(b) = &bar {
+            b.set_message(key.clone());
+        }
+        let line = match act_quiet(socket, key, "rotate").await {
+            Ok(line) => line,
+            Err(f) if f.code == 4 => return Err(f),
+            Err(f) => {
+                let line = format!("{key}: {}", f.message);
+                if worst.as_ref().is_none_or(|w| w.code != 1) {
+                    worst = Some(Failed {
+                        code: f.code,
+                        message: line.clone(),
+                    });
+                }
+                line
+            }
+        };
+        match &bar {
+            Some(b) => {
+                b.println(line);
+                b.inc(1);
+            }
+            None => println!("{line}"),
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match worst {
+        Some(w) => Err(Failed {
+            code: w.code,
+            message: format!("not every rotation worked; first problem: {}", w.message),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The terminal's width in columns (`COLUMNS`, else the tty's, else 100).
+fn terminal_width() -> usize {
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return n;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass, nothing else.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        100
+    }
+}
+
+/// A bar of a token's life: `#` for time gone, `.` for time left, `|` at the rotation point.
+pub fn lifetime_bar(
+    issued: Timestamp,
+    refresh_after: Option<Timestamp>,
+    expires: Timestamp,
+    now: Timestamp,
+    width: usize,
+) -> String {
+    let total = expires.since(issued).as_secs_f64().max(1.0);
+    let cell =
+        |t: Timestamp| ((t.since(issued).as_secs_f64() / total) * width as f64).round() as usize;
+    let gone = cell(now).min(width);
+    let mark = refresh_after.map(|r| cell(r).min(width.saturating_sub(1)));
+    (0..width)
+        .map(|i| {
+            if Some(i) == mark {
+                '|'
+            } else if i < gone {
+                '#'
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+/// `accounts list --watch`: redraws the table every second until interrupted. On a terminal
+/// it clears the screen and colours the status; without one (or with NO_COLOR) it prints
+/// plain snapshots.
+async fn watch(socket: &Path) -> Result<(), Failed> {
+    use std::io::Write;
+    let tty = std::io::stdout().is_terminal();
+    let color = tty && std::env::var_os("NO_COLOR").is_none();
+    loop {
+        let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
+        expect_ok(&reply)?;
+        // The daemon's clock, so the view agrees with it even when tests move it.
+        let health = client::call(socket, "GET", "/v1/health", None)
+            .await
+            .map(|h| h.body)
+            .unwrap_or(Value::Null);
+        let now = health
+            .get("now")
+            .and_then(Value::as_str)
+            .and_then(Timestamp::parse_rfc3339)
+            .unwrap_or_else(|| Clock::system().now());
+        let screen = render_watch(&reply.body, now, terminal_width(), color);
+        if tty {
+            print!("\x1b[H\x1b[2J{screen}");
+        } else {
+            println!("{screen}");
+        }
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// Cuts a line to `width` characters; the last columns (the error) go first.
+fn fit(line: String, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line;
+    }
+    line.chars()
+        .take(width.saturating_sub(1))
+        .collect::<String>()
+        + "…"
+}
+
+/// One frame of the live view.
+pub fn render_watch(accounts: &Value, now: Timestamp, width: usize, color: bool) -> String {
+    let ts = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .and_then(Timestamp::parse_rfc3339)
+    };
+    let key_of = |a: &Value| {
+        format!(
+            "{}/{}",
+            a["provider"].as_str().unwrap_or(""),
+            a["account"].as_str().unwrap_or("")
+        )
+    };
+    let empty = Vec::new();
+    let list = accounts
+        .get("accounts")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let name_w = list
+        .iter()
+        .map(|a| key_of(a).len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let bar_w = 25;
+    let mut out = format!(
+        "shiptoken  {}  {} accounts\n\n",
+        now.to_rfc3339(),
+        list.len()
     );
-    Ok(())
+    let header = format!(
+        "{:<name_w$}  {:<10} {:<bar_w$}  {:<14} {:<14} LAST ERROR",
+        "ACCOUNT", "STATUS", "TOKEN LIFE (| rotation)", "EXPIRES", "LAST CHECK"
+    );
+    out.push_str(&fit(header, width));
+    out.push('\n');
+    for a in list {
+        let status = a["status"].as_str().unwrap_or("-");
+        let bar = match (ts(a, "issued_at"), ts(a, "expires_at")) {
+            (Some(i), Some(e)) => lifetime_bar(i, ts(a, "refresh_after"), e, now, bar_w),
+            (Some(_), None) => format!("{:<bar_w$}", "never expires"),
+            _ => format!("{:<bar_w$}", "-"),
+        };
+        let expires = if a["expires_at"].is_null() && a["issued_at"].is_string() {
+            "never".to_string()
+        } else {
+            relative(ts(a, "expires_at"), now)
+        };
+        let padded = format!("{status:<10}");
+        let status_cell = if color {
+            let code = match status {
+                "active" => "32",
+                "pending" => "33",
+                _ => "31",
+            };
+            format!("\x1b[{code}m{padded}\x1b[0m")
+        } else {
+            padded
+        };
+        let checked = relative(ts(a, "last_verified_at"), now);
+        let error = a["last_error"].as_str().unwrap_or("-");
+        let line = format!(
+            "{:<name_w$}  {status_cell} {bar}  {expires:<14} {checked:<14} {error}",
+            key_of(a)
+        );
+        // Colour codes take no room on screen.
+        out.push_str(&fit(line, if color { width + 9 } else { width }));
+        out.push('\n');
+    }
+    out
 }
 
 fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String, Failed> {
@@ -482,6 +762,36 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_lifetime_bar_marks_the_rotation_point() {
+        let t = |s: i64| Timestamp::from_secs(1_800_000_000 + s);
+        assert_eq!(
+            lifetime_bar(t(0), Some(t(50)), t(100), t(25), 10),
+            "###..|...."
+        );
+        assert_eq!(
+            lifetime_bar(t(0), Some(t(50)), t(100), t(200), 10),
+            "#####|####"
+        );
+    }
+
+    #[test]
+    fn the_watch_view_fits_the_terminal_and_has_no_colour_when_asked() {
+        let now = Timestamp::from_secs(1_800_000_000);
+        let accounts = serde_json::json!({"accounts": [{
+            "provider": "shiphero", "account": "acme", "status": "suspended",
+            "issued_at": "2027-01-15T08:00:00Z", "expires_at": "2027-01-15T08:01:00Z",
+            "refresh_after": "2027-01-15T08:00:30Z", "last_verified_at": null,
+            "last_error": "x".repeat(300)
+        }]});
+        let plain = render_watch(&accounts, now, 80, false);
+        assert!(!plain.contains('\x1b'));
+        assert!(plain.lines().all(|l| l.chars().count() <= 80), "{plain}");
+        assert!(plain.contains("shiphero/acme") && plain.contains("suspended"));
+        let colored = render_watch(&accounts, now, 80, true);
+        assert!(colored.contains("\x1b[31msuspended"));
     }
 
     #[test]

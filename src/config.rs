@@ -74,6 +74,52 @@ pub struct RawConfig {
     pub shiphero: RawShipHero,
     /// `[shippo]`
     pub shippo: RawShippo,
+    /// `[notify]`
+    pub notify: RawNotify,
+}
+
+/// `[notify]` as written: where status changes are reported besides logs and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotify {
+    /// Webhooks that get a signed JSON POST per status change.
+    pub webhooks: Vec<Webhook>,
+    /// A command (argv) run per status change with the event on stdin; empty for none.
+    pub command: Vec<String>,
+    /// Timeout of one delivery attempt.
+    pub timeout: String,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        RawNotify {
+            webhooks: Vec::new(),
+            command: Vec::new(),
+            timeout: "10s".into(),
+        }
+    }
+}
+
+/// One `[[notify.webhooks]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Where to POST the event.
+    pub url: String,
+    /// File holding the HMAC-SHA256 key for the `X-Shiptoken-Signature` header; empty: unsigned.
+    #[serde(default)]
+    pub secret_file: String,
+}
+
+/// The validated `[notify]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyConfig {
+    /// Webhooks (URLs validated; secret files checked to exist).
+    pub webhooks: Vec<Webhook>,
+    /// The command and its arguments; empty for none.
+    pub command: Vec<String>,
+    /// Timeout of one delivery attempt.
+    pub timeout: Duration,
 }
 
 /// `[log]` as written.
@@ -227,6 +273,7 @@ impl Default for RawConfig {
             verify: RawVerify::default(),
             shiphero: RawShipHero::default(),
             shippo: RawShippo::default(),
+            notify: RawNotify::default(),
         }
     }
 }
@@ -343,6 +390,8 @@ pub struct Config {
     pub shiphero: ShipHeroConfig,
     /// Shippo's endpoints and OAuth client.
     pub shippo: ShippoConfig,
+    /// Where status changes are reported.
+    pub notify: NotifyConfig,
     /// The values as written, for `config check` to print.
     pub raw: RawConfig,
     /// The file it was read from, if any.
@@ -518,6 +567,11 @@ impl Config {
                     .optional_path("shippo.client_secret_file", &raw.shippo.client_secret_file)?,
                 redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.shippo.redirect_uri)?,
                 callback_listen: v.listen("shippo.callback_listen", &raw.shippo.callback_listen)?,
+            },
+            notify: NotifyConfig {
+                webhooks: v.webhooks("notify.webhooks", &raw.notify.webhooks)?,
+                command: v.command("notify.command", &raw.notify.command)?,
+                timeout: v.duration("notify.timeout", &raw.notify.timeout)?,
             },
             raw: raw.clone(),
             file,
@@ -791,6 +845,31 @@ impl Validator<'_> {
             ));
         }
         Ok(Some(value.to_string()))
+    }
+
+    fn webhooks(&self, key: &str, hooks: &[Webhook]) -> Result<Vec<Webhook>, ConfigError> {
+        for (i, hook) in hooks.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            self.base_url(&format!("{at}.url"), &hook.url)?;
+            if !hook.secret_file.is_empty() {
+                let path = self.absolute_path(&format!("{at}.secret_file"), &hook.secret_file)?;
+                if !path.is_file() {
+                    return Err(self.invalid(
+                        &format!("{at}.secret_file"),
+                        &hook.secret_file,
+                        "is not a readable file".into(),
+                    ));
+                }
+            }
+        }
+        Ok(hooks.to_vec())
+    }
+
+    fn command(&self, key: &str, argv: &[String]) -> Result<Vec<String>, ConfigError> {
+        if let Some(program) = argv.first().filter(|p| !Path::new(p).is_absolute()) {
+            return Err(self.invalid(key, program, "the program must be an absolute path".into()));
+        }
+        Ok(argv.to_vec())
     }
 
     fn client_rules(

@@ -81,14 +81,17 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         metrics.clone(),
     );
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let engine = Arc::new(Engine::new(
-        registry.clone(),
-        shiphero,
-        shippo.clone(),
-        clock.clone(),
-        metrics.clone(),
-        config_rx.clone(),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            registry.clone(),
+            shiphero,
+            shippo.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config_rx.clone(),
+        )
+        .with_notifier(crate::notify::Notifier::start(&config.notify)),
+    );
     // Checked before anything listens: OAuth configured without its secret is a start-up error.
     let oauth = crate::oauth::OAuthFlow::from_config(
         &config.shippo,

@@ -14,6 +14,7 @@ pub mod dev;
 pub mod logging;
 pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod oauth;
 pub mod providers;
 pub mod registry;

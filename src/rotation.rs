@@ -15,7 +15,7 @@
 //! | throttled | status kept, wait as told | same |
 //! | served token past `expires_at` | `expired` | - |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::{AccountKey, Provider, Status};
+use crate::notify::{Notifier, StatusChange};
 use crate::providers::Failure;
 use crate::providers::shiphero::ShipHero;
 use crate::providers::shippo::Shippo;
@@ -66,6 +67,30 @@ pub fn refresh_point(token: &TokenRecord, rotate_at: f64) -> Option<Timestamp> {
     Some(token.issued_at.plus(lifetime.mul_f64(rotate_at)))
 }
 
+/// A stable offset in `[0, interval)` for the account, from a hash of its name, so that the
+/// checks of accounts registered together spread over the interval instead of arriving in
+/// one burst every `interval`.
+fn phase(key: &AccountKey, interval: Duration) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.to_string().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let span = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    i64::try_from(u64::from_le_bytes(first) % span.unsigned_abs()).unwrap_or(0)
+}
+
+/// When the account is next checked after one at `last`: the next point of its phase,
+/// never more than `interval` later.
+pub fn next_check(key: &AccountKey, last: Timestamp, interval: Duration) -> Timestamp {
+    let span = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let into_slot = (last.millis() - phase(key, interval)).rem_euclid(span);
+    Timestamp::from_millis(last.millis().saturating_add(span - into_slot))
+}
+
 /// Whether `token` can be handed out at `now`.
 pub fn usable(token: &TokenRecord, now: Timestamp) -> bool {
     token.expires_at.is_none_or(|e| e > now)
@@ -83,7 +108,7 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy) -> Option<W
     }
     let verify_due = account
         .last_verified_at
-        .is_none_or(|v| now >= v.plus(policy.verify_interval));
+        .is_none_or(|v| now >= next_check(&account.key, v, policy.verify_interval));
     match account.key.provider {
         Provider::ShipHero => {
             if account.status.is_flagged() {
@@ -168,6 +193,30 @@ pub struct Engine {
     upstream_permits: Arc<Semaphore>,
     account_locks: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>,
     sweep_lock: tokio::sync::Mutex<()>,
+    /// Accounts whose freshly issued candidate token is being probed right now; readers wait
+    /// for the outcome rather than get a token that may be superseded a moment later.
+    probing: Mutex<HashSet<AccountKey>>,
+    /// Bumped whenever a candidate probe ends, to wake those readers.
+    probe_ended: watch::Sender<u64>,
+    /// Where status changes are reported besides logs and metrics.
+    notifier: Notifier,
+}
+
+/// Removes the account from `probing` and wakes waiting readers, however the probe ends.
+struct ProbingGuard<'a> {
+    engine: &'a Engine,
+    key: AccountKey,
+}
+
+impl Drop for ProbingGuard<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+        self.engine.probe_ended.send_modify(|n| *n += 1);
+    }
 }
 
 impl Engine {
@@ -191,7 +240,16 @@ impl Engine {
             upstream_permits: Arc::new(Semaphore::new(permits)),
             account_locks: Mutex::new(HashMap::new()),
             sweep_lock: tokio::sync::Mutex::new(()),
+            probing: Mutex::new(HashSet::new()),
+            probe_ended: watch::channel(0).0,
+            notifier: Notifier::disabled(),
         }
+    }
+
+    /// Reports status changes through `notifier` (webhooks, a command).
+    pub fn with_notifier(mut self, notifier: Notifier) -> Engine {
+        self.notifier = notifier;
+        self
     }
 
     fn policy(&self) -> Policy {
@@ -240,11 +298,40 @@ impl Engine {
         count
     }
 
+    /// Waits (at most `max`) while a freshly issued token of the account is being probed, so
+    /// a reader gets the outcome: the promoted token, a flag, or an inconclusive candidate.
+    pub async fn settle(&self, key: &AccountKey, max: Duration) {
+        let mut ended = self.probe_ended.subscribe();
+        let deadline = tokio::time::Instant::now() + max;
+        while self
+            .probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+        {
+            if tokio::time::timeout_at(deadline, ended.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
     /// Refreshes (ShipHero) or re-checks (Shippo) the account now, ignoring backoff; waits
-    /// for any operation already running on it.
+    /// for any operation already running on it, and returns that one's outcome instead when
+    /// it already produced a fresh, proven token.
     pub async fn rotate_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let requested = self.clock.now();
         let lock = self.account_lock(key);
         let _guard = lock.lock().await;
+        if let Some(a) = self.registry.account(key).filter(|a| {
+            a.status == Status::Active
+                && a.candidate.is_none()
+                && a.last_rotated_at.is_some_and(|t| t >= requested)
+        }) {
+            return Ok(a);
+        }
         let work = match key.provider {
             Provider::ShipHero => Work::Refresh,
             Provider::Shippo => self.shippo_verify_work(key)?,
@@ -254,12 +341,20 @@ impl Engine {
 
     /// Probes the account's token now (the candidate first, if one waits).
     pub async fn verify_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let requested = self.clock.now();
         let lock = self.account_lock(key);
         let _guard = lock.lock().await;
         let account = self
             .registry
             .account(key)
             .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+        // A sweep that held the lock may have just done this very work.
+        if account.status == Status::Active
+            && account.candidate.is_none()
+            && account.last_verified_at.is_some_and(|t| t >= requested)
+        {
+            return Ok(account);
+        }
         let work = if account.candidate.is_some() {
             Work::Verify { candidate: true }
         } else if account.current.is_some() {
@@ -323,9 +418,15 @@ impl Engine {
             error: message.clone(),
             retry_at: account.next_attempt_at,
         };
-        self.registry
-            .record_flag(key, flag, self.clock.now())
-            .await?;
+        let now = self.clock.now();
+        self.registry.record_flag(key, flag, now).await?;
+        self.announce(
+            key,
+            account.status,
+            Status::Expired,
+            Some(message.clone()),
+            now,
+        );
         Err(EngineError::Flagged {
             key: key.clone(),
             status: Status::Expired,
@@ -378,6 +479,16 @@ impl Engine {
         key: &AccountKey,
         candidate: bool,
     ) -> Result<Arc<AccountRecord>, EngineError> {
+        let _probing = candidate.then(|| {
+            self.probing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone());
+            ProbingGuard {
+                engine: self,
+                key: key.clone(),
+            }
+        });
         let mut result = self.probe(key, candidate).await?;
         if let Err(Failure::Ambiguous(first)) = &result {
             tracing::info!(provider = %key.provider, account = %key.name, error = %first, "ambiguous probe answer; confirming with a second probe");
@@ -402,6 +513,12 @@ impl Engine {
                     .registry
                     .record_verified(key, candidate, detail, now)
                     .await?;
+                if let Some(before) = before {
+                    let reason = before
+                        .is_flagged()
+                        .then(|| "account reactivated: its token works again".to_string());
+                    self.announce(key, before, Status::Active, reason, now);
+                }
                 if before.is_some_and(Status::is_flagged) {
                     tracing::info!(provider = %key.provider, account = %key.name, event = "cleared", status = "active", upstream_request_id, "account reactivated: its token works again");
                 } else {
@@ -476,12 +593,39 @@ impl Engine {
             error: message.clone(),
             retry_at: Some(now.plus(recheck)),
         };
+        let before = self.registry.account(key).map(|a| a.status);
         self.registry.record_flag(key, flag, now).await?;
+        if let Some(before) = before {
+            self.announce(key, before, status, Some(message.clone()), now);
+        }
         Err(EngineError::Flagged {
             key: key.clone(),
             status,
             message,
         })
+    }
+
+    /// Reports a status change to the notifier (webhooks, command); no-op when unchanged.
+    fn announce(
+        &self,
+        key: &AccountKey,
+        before: Status,
+        after: Status,
+        reason: Option<String>,
+        at: Timestamp,
+    ) {
+        if before == after {
+            return;
+        }
+        self.notifier.status_changed(StatusChange {
+            event: "account.status_changed",
+            provider: key.provider,
+            account: key.name.clone(),
+            previous_status: before,
+            status: after,
+            at,
+            reason,
+        });
     }
 
     async fn failed(
@@ -575,7 +719,9 @@ mod tests {
 
     #[test]
     fn a_28_day_token_is_refreshed_after_14_days() {
-        let a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        let mut a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        // Checked moments ago, so only the token's age can make work due.
+        a.last_verified_at = Some(t0().plus(13 * DAY));
         let p = Policy {
             verify_interval: 30 * DAY,
             ..policy()
@@ -608,14 +754,14 @@ mod tests {
     #[test]
     fn verification_comes_due_on_its_interval() {
         let a = shiphero_account(Some(token(t0(), 28 * DAY)));
+        let due = next_check(&a.key, t0(), policy().verify_interval);
+        let just_before = Timestamp::from_millis(due.millis() - 1);
+        assert_eq!(plan(&a, just_before, policy()), None);
         assert_eq!(
-            plan(&a, t0().plus(Duration::from_secs(3600)), policy()),
-            None
-        );
-        assert_eq!(
-            plan(&a, t0().plus(Duration::from_secs(6 * 3600)), policy()),
+            plan(&a, due, policy()),
             Some(Work::Verify { candidate: false })
         );
+        assert!(due <= t0().plus(policy().verify_interval));
     }
 
     #[test]
@@ -640,6 +786,25 @@ mod tests {
         assert_eq!(
             plan(&a, t0().plus(Duration::from_secs(6 * 3600)), policy()),
             Some(Work::Refresh)
+        );
+    }
+
+    #[test]
+    fn checks_of_accounts_registered_together_spread_over_the_interval() {
+        let interval = Duration::from_secs(6 * 3600);
+        let mut buckets = [0u32; 10];
+        for i in 0..1000 {
+            let key = AccountKey::parse(&format!("shiphero/merchant-{i}")).unwrap();
+            let next = next_check(&key, t0(), interval);
+            assert!(next > t0() && next <= t0().plus(interval));
+            let frac = next.since(t0()).as_secs_f64() / interval.as_secs_f64();
+            buckets[((frac * 10.0) as usize).min(9)] += 1;
+            // Stable: the following check is exactly one interval later.
+            assert_eq!(next_check(&key, next, interval), next.plus(interval));
+        }
+        assert!(
+            buckets.iter().all(|&n| (60..=140).contains(&n)),
+            "bursty: {buckets:?}"
         );
     }
 

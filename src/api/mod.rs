@@ -138,6 +138,9 @@ impl From<EngineError> for ApiError {
 
 type Shared = State<Arc<ApiState>>;
 
+/// How long a token request waits for the probe of a token issued a moment ago.
+const CANDIDATE_WAIT: Duration = Duration::from_secs(3);
+
 /// Builds the router for the socket.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -275,6 +278,7 @@ impl ApiState {
             "last_rotated_at": a.last_rotated_at,
             "last_verified_at": a.last_verified_at,
             "last_error": a.last_error,
+            "issued_at": a.current.as_ref().map(|t| t.issued_at),
             "next_attempt_at": a.next_attempt_at,
         })
     }
@@ -311,12 +315,27 @@ async fn get_token(
     let peer = peer_of(request.extensions())?;
     let key = key_from(&provider, &account)?;
     state.may_read(&peer, &key)?;
-    let record = state
-        .registry
-        .account(&key)
-        .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+    let lookup = || {
+        state
+            .registry
+            .account(&key)
+            .ok_or_else(|| RegistryError::NotFound(key.clone()))
+    };
+    let mut record = lookup()?;
+    if record.candidate.is_some() {
+        // A token issued a moment ago is being probed: wait for the verdict rather than hand
+        // out the previous token, which ShipHero may already have invalidated.
+        state.engine.settle(&key, CANDIDATE_WAIT).await;
+        record = lookup()?;
+    }
     let now = state.clock.now();
-    let token = match &record.current {
+    // The newest stored token wins. A candidate still here after its probe was inconclusive
+    // (outage, throttling) is newer than the served one, which may no longer work.
+    let newest = match (&record.candidate, &record.current) {
+        (Some(c), _) if usable(c, now) => Some(c),
+        (_, current) => current.as_ref(),
+    };
+    let token = match newest {
         Some(t) if record.status == Status::Active && usable(t, now) => t,
         _ => return Err(unusable(&record, now)),
     };

@@ -1,7 +1,7 @@
 //! Shared harness for the integration tests: runs the real `shiptoken` binary with a config
 //! in a temporary folder against the in-process simulated upstreams, and talks to it over
 //! its real Unix socket.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+#[allow(unused_imports)]
 pub use shiptoken::sim::{FakeShipHero, FakeShippo, ShipHeroMode};
 
 /// The built binary under test.
@@ -105,9 +106,15 @@ impl Daemon {
             let logs = logs.clone();
             async move {
                 if let Some(status) = exited {
-                    panic!("daemon exited early with {status}:\n{}", logs.lock().unwrap());
+                    panic!(
+                        "daemon exited early with {status}:\n{}",
+                        logs.lock().unwrap()
+                    );
                 }
-                shiptoken::client::call(&socket, "GET", "/v1/health", None).await.ok().map(|_| ())
+                shiptoken::client::call(&socket, "GET", "/v1/health", None)
+                    .await
+                    .ok()
+                    .map(|_| ())
             }
         })
         .await;
@@ -130,7 +137,19 @@ impl Daemon {
         }
         let mut child = cmd.spawn().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
-        for stream in [child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)].into_iter().flatten() {
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let logs = logs.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
@@ -185,12 +204,17 @@ impl Daemon {
     /// Waits for the process to exit.
     pub async fn wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        tokio::time::timeout(DEADLINE, child.wait()).await.expect("daemon did not exit in time").unwrap()
+        tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("daemon did not exit in time")
+            .unwrap()
     }
 
     /// A request over the socket.
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let reply = shiptoken::client::call(&self.socket, method, path, body).await.unwrap();
+        let reply = shiptoken::client::call(&self.socket, method, path, body)
+            .await
+            .unwrap();
         (reply.status, reply.body)
     }
 
@@ -226,25 +250,54 @@ impl Daemon {
 
     /// Moves the daemon's clock forward.
     pub async fn advance(&self, by: &str) {
-        let (status, body) = self.call("POST", "/v1/debug/clock", Some(&serde_json::json!({ "advance": by }))).await;
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/debug/clock",
+                Some(&serde_json::json!({ "advance": by })),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
 
     /// Runs the CLI against this daemon's socket.
     pub async fn cli(&self, args: &[&str]) -> Cli {
-        cli(&[&["--socket", self.socket.to_str().unwrap()], args].concat(), None).await
+        cli(
+            &[&["--socket", self.socket.to_str().unwrap()], args].concat(),
+            None,
+        )
+        .await
     }
 
     /// Runs the CLI with `stdin` piped in.
     pub async fn cli_stdin(&self, args: &[&str], stdin: &str) -> Cli {
-        cli(&[&["--socket", self.socket.to_str().unwrap()], args].concat(), Some(stdin)).await
+        cli(
+            &[&["--socket", self.socket.to_str().unwrap()], args].concat(),
+            Some(stdin),
+        )
+        .await
     }
 
     /// Registers a ShipHero developer user through the CLI, with the refresh token in a file.
-    pub async fn add_shiphero(&self, name: &str, email: &str, refresh_token: &str, access_token: Option<&str>) -> Cli {
+    pub async fn add_shiphero(
+        &self,
+        name: &str,
+        email: &str,
+        refresh_token: &str,
+        access_token: Option<&str>,
+    ) -> Cli {
         let refresh_file = self.dir.join(format!("{name}.refresh"));
         std::fs::write(&refresh_file, format!("{refresh_token}\n")).unwrap();
-        let mut args = vec!["accounts", "add", "shiphero", name, "--email", email, "--refresh-token-file", refresh_file.to_str().unwrap()];
+        let mut args = vec![
+            "accounts",
+            "add",
+            "shiphero",
+            name,
+            "--email",
+            email,
+            "--refresh-token-file",
+            refresh_file.to_str().unwrap(),
+        ];
         let access_file = self.dir.join(format!("{name}.access"));
         if let Some(t) = access_token {
             std::fs::write(&access_file, t).unwrap();
@@ -270,7 +323,11 @@ pub async fn cli(args: &[&str], stdin: Option<&str>) -> Cli {
     use tokio::io::AsyncWriteExt;
     let mut child = Command::new(BIN)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -278,7 +335,10 @@ pub async fn cli(args: &[&str], stdin: Option<&str>) -> Cli {
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes()).await.unwrap();
     }
-    let out = tokio::time::timeout(DEADLINE, child.wait_with_output()).await.expect("CLI hung").unwrap();
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("CLI hung")
+        .unwrap();
     Cli {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
