@@ -657,6 +657,9 @@ pub fn relative(t: Option<Timestamp>, now: Timestamp) -> String {
         (now.since(t), false)
     };
     let secs = d.as_secs();
+    if secs == 0 {
+        return "now".into();
+    }
     let (n, unit) = match secs {
         0..=59 => (secs, "second"),
         60..=3599 => (secs / 60, "minute"),

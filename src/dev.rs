@@ -179,17 +179,34 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
 /// The few lines dev mode prints once the daemon is ready.
 pub fn instructions(socket: &Path, metrics: Option<std::net::SocketAddr>) -> String {
     let s = socket.display();
+    let bin = command_name();
     let mut out = format!(
         "\nshiptoken dev mode is running (simulated ShipHero and Shippo; tokens live 60 s, rotate every 30 s).\n\n\
-         \x20 shiptoken --socket {s} accounts list\n\
-         \x20 shiptoken --socket {s} get shiphero/demo-active\n\
-         \x20 shiptoken --socket {s} get shiphero/demo-suspended   # exits 3: flagged suspended\n\
+         \x20 {bin} --socket {s} accounts list\n\
+         \x20 {bin} --socket {s} accounts list --watch   # live view; Ctrl-C stops it\n\
+         \x20 {bin} --socket {s} get shiphero/demo-active\n\
+         \x20 {bin} --socket {s} get shiphero/demo-suspended   # exits 3: flagged suspended\n\
          \x20 curl --unix-socket {s} http://localhost/v1/tokens/shippo/demo-shippo\n\
-         \x20 shiptoken --socket {s} shippo connect demo-oauth   # then open the link it prints\n"
+         \x20 {bin} --socket {s} shippo connect demo-oauth   # then open the link it prints\n"
     );
     if let Some(m) = metrics {
         out.push_str(&format!("  curl http://{m}/metrics\n"));
     }
     out.push_str("\nCtrl-C stops it and removes the temporary state (--keep keeps it).\n");
     out
+}
+
+/// How to call this binary in a pasted command: `shiptoken` when that is what `PATH` finds,
+/// else the full path (e.g. `target/release/shiptoken` under `cargo run`).
+fn command_name() -> String {
+    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            dir.join("shiptoken").canonicalize().ok().is_some_and(|found| Some(found) == me)
+        })
+    });
+    match (on_path, me) {
+        (false, Some(path)) => path.display().to_string(),
+        _ => "shiptoken".to_string(),
+    }
 }
