@@ -6,37 +6,12 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_shows_rotation_suspension_and_shippo_then_cleans_up() {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--dev"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = String::new();
-    let socket: std::path::PathBuf = tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            printed.push_str(&line);
-            printed.push('\n');
-            if line.starts_with("Ctrl-C stops it") {
-                break;
-            }
-        }
-        printed.split("--socket ").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
-    })
-    .await
-    .unwrap()
-    .into();
+    let DevDaemon { mut child, socket, printed } = start_dev().await;
     assert!(printed.contains("curl --unix-socket") && printed.contains("/metrics"), "{printed}");
     let call = |path: &'static str| {
         let socket = socket.clone();

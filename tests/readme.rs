@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Placeholders the README uses for socket paths, replaced by the test's.
 const DEV_SOCKET: &str = "/tmp/shiptoken-dev-XXXX/shiptoken.sock";
@@ -66,30 +65,6 @@ fn localize(line: &str, dev_socket: &Path, socket: &Path) -> String {
     cmd
 }
 
-async fn start_dev() -> (tokio::process::Child, std::path::PathBuf) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--dev"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let socket = tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(path) = line.split("--socket ").nth(1) {
-                return path.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("dev mode printed no socket path");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, socket.into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_readme_command_works() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
@@ -110,7 +85,8 @@ async fn every_readme_command_works() {
     );
     let config = config_text(dir.path(), &shiphero.base_url(), "").replace("callback_listen = \"\"\n", &oauth);
     let daemon = Daemon::start(dir.path(), &config).await;
-    let (_dev, dev_socket) = start_dev().await;
+    let dev = start_dev().await;
+    let dev_socket = dev.socket.clone();
     // Dev mode flags its suspended demo account within seconds; the README promises exit 3.
     wait_for("dev mode to flag demo-suspended", || {
         let socket = dev_socket.clone();

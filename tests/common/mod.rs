@@ -345,3 +345,44 @@ pub async fn cli(args: &[&str], stdin: Option<&str>) -> Cli {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A running `shiptoken serve --dev`: the process, the socket it printed, and everything it
+/// printed up to its "Ctrl-C stops it" line.
+pub struct DevDaemon {
+    /// The process (killed on drop).
+    pub child: Child,
+    /// The socket path dev mode printed.
+    pub socket: PathBuf,
+    /// What it printed on stdout before it was ready for commands.
+    pub printed: String,
+}
+
+/// Starts `shiptoken serve --dev` and reads the socket path from what it prints.
+pub async fn start_dev() -> DevDaemon {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--dev"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("Ctrl-C stops it") {
+                return;
+            }
+        }
+        panic!("dev mode exited early:\n{printed}");
+    })
+    .await
+    .expect("dev mode did not start in time");
+    // Keep draining stdout so the daemon never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let socket = printed.split("--socket ").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("no socket path printed");
+    DevDaemon { child, socket: PathBuf::from(socket), printed }
+}
