@@ -6,78 +6,26 @@
 // covers the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use common::{Daemon, free_port, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shiptoken::sim::{ExchangeMode, FakeShippo, UserDecision};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
-const DEADLINE: Duration = Duration::from_secs(20);
 const CLIENT_ID: &str = "platform-test";
 const CLIENT_SECRET: &str = "client-secret-0123456789abcdef";
-
-/// Polls `check` every 25 ms until it holds, failing after [`DEADLINE`].
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// A free loopback port: bound, read, released. The daemon binds it a moment later.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Cli {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run_cli(args: &[&str]) -> Cli {
-    let out = tokio::time::timeout(
-        DEADLINE,
-        Command::new(BIN).args(args).stdin(Stdio::null()).output(),
-    )
-    .await
-    .expect("CLI hung")
-    .unwrap();
-    Cli {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The daemon under test, its fake Shippo, and a browser-like HTTP client.
 struct Env {
     fake: FakeShippo,
-    child: Child,
+    daemon: Daemon,
     _dir: tempfile::TempDir,
-    socket: PathBuf,
     callback: SocketAddr,
     redirect_uri: String,
-    logs: Arc<Mutex<String>>,
     http: reqwest::Client,
 }
 
@@ -128,38 +76,6 @@ callback_listen = "127.0.0.1:{port}"
     path
 }
 
-fn spawn_daemon(config: &Path) -> (Child, Arc<Mutex<String>>) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--movable-clock", "--config"])
-        .arg(config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(String::new()));
-    let streams: [Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>; 2] = [
-        child.stdout.take().map(|s| Box::new(s) as _),
-        child.stderr.take().map(|s| Box::new(s) as _),
-    ];
-    for stream in streams.into_iter().flatten() {
-        let logs = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut l = logs.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    (child, logs)
-}
-
 impl Env {
     async fn start() -> Env {
         let fake = FakeShippo::start().await.unwrap();
@@ -168,32 +84,21 @@ impl Env {
         let redirect_uri = format!("http://127.0.0.1:{port}/shippo-oauth-redirect/");
         fake.new_client(CLIENT_ID, CLIENT_SECRET, &[&redirect_uri]);
         let config = write_config(dir.path(), &fake, port, Some(CLIENT_SECRET));
-        let (mut child, logs) = spawn_daemon(&config);
-        let socket = dir.path().join("shiptoken.sock");
+        let daemon = Daemon::start_with(dir.path(), &config, &[]).await;
         let callback = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_until("the daemon's socket and callback listener", || {
-            let exited = child.try_wait().unwrap();
-            let logs = logs.clone();
-            let socket = socket.clone();
-            async move {
-                if let Some(status) = exited {
-                    panic!("daemon exited with {status}:\n{}", logs.lock().unwrap());
-                }
-                shiptoken::client::call(&socket, "GET", "/v1/health", None)
-                    .await
-                    .is_ok()
-                    && tokio::net::TcpStream::connect(callback).await.is_ok()
-            }
+        wait_for("the callback listener", || async move {
+            tokio::net::TcpStream::connect(callback)
+                .await
+                .ok()
+                .map(|_| ())
         })
         .await;
         Env {
             fake,
-            child,
+            daemon,
             _dir: dir,
-            socket,
             callback,
             redirect_uri,
-            logs,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -202,18 +107,15 @@ impl Env {
     }
 
     fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
+        self.daemon.logs()
     }
 
-    async fn cli(&self, args: &[&str]) -> Cli {
-        run_cli(&[&["--socket", self.socket.to_str().unwrap()], args].concat()).await
+    async fn cli(&self, args: &[&str]) -> common::Cli {
+        self.daemon.cli(args).await
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let r = shiptoken::client::call(&self.socket, method, path, body)
-            .await
-            .unwrap();
-        (r.status, r.body)
+        self.daemon.call(method, path, body).await
     }
 
     /// `shiptoken shippo connect NAME`, returning the authorize URL it printed.
@@ -591,13 +493,11 @@ async fn oauth_without_a_client_secret_does_not_start() {
     let fake = FakeShippo::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &fake, free_port(), None);
-    let (mut child, logs) = spawn_daemon(&config);
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("the daemon should refuse to start")
-        .unwrap();
+    let mut daemon = Daemon::spawn(dir.path(), &config, &[]);
+    let status = daemon.wait().await;
     assert_eq!(status.code(), Some(1));
-    let logs = logs.lock().unwrap().clone();
+    daemon.wait_for_log("shippo.client_secret").await;
+    let logs = daemon.logs();
     assert!(logs.contains("shippo.client_secret_file"), "{logs}");
     assert!(logs.contains("shippo.client_secret"), "{logs}");
 }
@@ -611,41 +511,10 @@ async fn connect_without_oauth_configured_says_so() {
         .unwrap()
         .replace(&format!("client_id = \"{CLIENT_ID}\""), "client_id = \"\"");
     std::fs::write(&config, text).unwrap();
-    let (mut child, logs) = spawn_daemon(&config);
-    let socket = dir.path().join("shiptoken.sock");
-    wait_until("the daemon's socket", || {
-        let socket = socket.clone();
-        let exited = child.try_wait().unwrap();
-        let logs = logs.clone();
-        async move {
-            if let Some(s) = exited {
-                panic!("daemon exited with {s}:\n{}", logs.lock().unwrap());
-            }
-            shiptoken::client::call(&socket, "GET", "/v1/health", None)
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    let out = run_cli(&[
-        "--socket",
-        socket.to_str().unwrap(),
-        "shippo",
-        "connect",
-        "acme",
-    ])
-    .await;
+    let daemon = Daemon::start_with(dir.path(), &config, &[]).await;
+    let out = daemon.cli(&["shippo", "connect", "acme"]).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not configured"), "{}", out.stderr);
-    let (_, body) = shiptoken::client::call(&socket, "GET", "/v1/accounts", None)
-        .await
-        .map(|r| (r.status, r.body))
-        .unwrap();
+    let (_, body) = daemon.call("GET", "/v1/accounts", None).await;
     assert_eq!(body["accounts"], json!([]));
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
 }

@@ -17,7 +17,10 @@ const SYSTEM_SOCKET: &str = "/run/shiptoken/shiptoken.sock";
 
 /// Commands shown but not run here, each with the reason.
 const NOT_RUN: &[(&str, &str)] = &[
-    ("cargo run --release -- serve --dev", "tests/dev_mode.rs runs `serve --dev` itself"),
+    (
+        "cargo run --release -- serve --dev",
+        "tests/dev_mode.rs runs `serve --dev` itself",
+    ),
     ("cargo test --locked", "this is the test suite"),
 ];
 
@@ -47,15 +50,28 @@ fn blocks(markdown: &str, lang: &str) -> Vec<Vec<String>> {
 
 /// The exit code a line's `# exits N` comment promises, else 0.
 fn expected_exit(line: &str) -> i32 {
-    line.split("# exits ").nth(1).and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    line.split("# exits ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Rewrites a README line to run here: our binary, our sockets, the repo's config.
 fn localize(line: &str, dev_socket: &Path, socket: &Path) -> String {
-    let mut cmd = line.replace(DEV_SOCKET, dev_socket.to_str().unwrap()).replace(SYSTEM_SOCKET, socket.to_str().unwrap());
-    cmd = cmd.replace("config/shiptoken.toml", concat!(env!("CARGO_MANIFEST_DIR"), "/config/shiptoken.toml"));
+    let mut cmd = line
+        .replace(DEV_SOCKET, dev_socket.to_str().unwrap())
+        .replace(SYSTEM_SOCKET, socket.to_str().unwrap());
+    cmd = cmd.replace(
+        "config/shiptoken.toml",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/shiptoken.toml"),
+    );
     if let Some(rest) = cmd.strip_prefix("shiptoken ") {
-        let socket_arg = if rest.contains("--socket") { String::new() } else { format!("--socket {} ", socket.display()) };
+        let socket_arg = if rest.contains("--socket") {
+            String::new()
+        } else {
+            format!("--socket {} ", socket.display())
+        };
         cmd = format!("{BIN} {socket_arg}{rest}");
     }
     if cmd.contains("--watch") {
@@ -67,14 +83,15 @@ fn localize(line: &str, dev_socket: &Path, socket: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_readme_command_works() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
 
     // The daemon an operator installed: simulated ShipHero and Shippo, OAuth configured.
     let shiphero = FakeShipHero::start().await.unwrap();
     let shippo = FakeShippo::start().await.unwrap();
     let user = shiphero.add_user("integrations+acme@example.com");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let redirect = format!("http://127.0.0.1:{port}/shippo-oauth-redirect/");
     shippo.new_client("readme-client", "readme-secret", &[&redirect]);
     std::fs::write(dir.path().join("client_secret"), "readme-secret").unwrap();
@@ -83,7 +100,8 @@ async fn every_readme_command_works() {
         b = shippo.base_url(),
         f = dir.path().join("client_secret").display(),
     );
-    let config = config_text(dir.path(), &shiphero.base_url(), "").replace("callback_listen = \"\"\n", &oauth);
+    let config = config_text(dir.path(), &shiphero.base_url(), "")
+        .replace("callback_listen = \"\"\n", &oauth);
     let daemon = Daemon::start(dir.path(), &config).await;
     let dev = start_dev().await;
     let dev_socket = dev.socket.clone();
@@ -91,7 +109,14 @@ async fn every_readme_command_works() {
     wait_for("dev mode to flag demo-suspended", || {
         let socket = dev_socket.clone();
         async move {
-            let reply = shiptoken::client::call(&socket, "GET", "/v1/accounts/shiphero/demo-suspended", None).await.ok()?;
+            let reply = shiptoken::client::call(
+                &socket,
+                "GET",
+                "/v1/accounts/shiphero/demo-suspended",
+                None,
+            )
+            .await
+            .ok()?;
             (reply.body["status"] == "suspended").then_some(())
         }
     })
@@ -104,7 +129,10 @@ async fn every_readme_command_works() {
 
     let mut ran = 0;
     for block in blocks(&readme, "sh") {
-        for line in block.iter().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
+        for line in block
+            .iter()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
             if let Some((_, why)) = NOT_RUN.iter().find(|(cmd, _)| line.starts_with(cmd)) {
                 eprintln!("not run: {line}  ({why})");
                 continue;
@@ -112,7 +140,11 @@ async fn every_readme_command_works() {
             let cmd = localize(line, &dev_socket, &daemon.socket);
             let out = tokio::time::timeout(
                 DEADLINE,
-                tokio::process::Command::new("bash").args(["-c", &cmd]).current_dir(cwd.path()).stdin(Stdio::null()).output(),
+                tokio::process::Command::new("bash")
+                    .args(["-c", &cmd])
+                    .current_dir(cwd.path())
+                    .stdin(Stdio::null())
+                    .output(),
             )
             .await
             .unwrap_or_else(|_| panic!("README command hung: {line}"))
@@ -129,17 +161,41 @@ async fn every_readme_command_works() {
             ran += 1;
         }
     }
-    assert!(ran >= 15, "only {ran} README commands ran: did the README lose its examples?");
+    assert!(
+        ran >= 15,
+        "only {ran} README commands ran: did the README lose its examples?"
+    );
     // What the commands did is visible: the account is active and serves ShipHero's token.
     assert_eq!(daemon.account("shiphero/acme").await["status"], "active");
-    assert!(!cwd.path().join("refresh.txt").exists(), "the README says to shred the token files");
-    assert!(std::fs::read_to_string(cwd.path().join("shiptoken.1")).unwrap().contains(".TH shiptoken"));
+    assert!(
+        !cwd.path().join("refresh.txt").exists(),
+        "the README says to shred the token files"
+    );
+    assert!(
+        std::fs::read_to_string(cwd.path().join("shiptoken.1"))
+            .unwrap()
+            .contains(".TH shiptoken")
+    );
 
     // The Python client, standard library only.
     let python = blocks(&readme, "python");
     assert_eq!(python.len(), 1, "one Python example expected");
-    let script = python[0].join("\n").replace(SYSTEM_SOCKET, daemon.socket.to_str().unwrap());
-    let out = tokio::process::Command::new("python3").args(["-c", &script]).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("active until 20"), "{}", String::from_utf8_lossy(&out.stdout));
+    let script = python[0]
+        .join("\n")
+        .replace(SYSTEM_SOCKET, daemon.socket.to_str().unwrap());
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("active until 20"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -21,6 +21,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// A free loopback port: bound, read, released; the daemon binds it a moment later.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `DEADLINE`.
 pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -128,6 +137,7 @@ impl Daemon {
             .arg(config)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("CREDENTIALS_DIRECTORY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -383,6 +393,14 @@ pub async fn start_dev() -> DevDaemon {
     .expect("dev mode did not start in time");
     // Keep draining stdout so the daemon never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let socket = printed.split("--socket ").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("no socket path printed");
-    DevDaemon { child, socket: PathBuf::from(socket), printed }
+    let socket = printed
+        .split("--socket ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("no socket path printed");
+    DevDaemon {
+        child,
+        socket: PathBuf::from(socket),
+        printed,
+    }
 }
