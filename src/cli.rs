@@ -72,6 +72,26 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `shiptoken man > shiptoken.1`.
     Man,
+    /// Copy the registry consistently while the daemon runs (SQLite online backup).
+    Backup {
+        /// Where to write the copy (must not exist; created with mode 0600).
+        file: PathBuf,
+    },
+    /// The key that seals tokens at rest.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Re-seal every token with a new key, in one transaction; run with the daemon stopped.
+    Rotate {
+        /// Write the new key here instead of replacing the key file (required when the key
+        /// is the systemd credential shiptoken.key).
+        #[arg(long, value_name = "FILE")]
+        new_key_out: Option<PathBuf>,
+    },
 }
 
 /// Options of `serve`.
@@ -251,7 +271,12 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
                 println!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works.");
                 Ok(())
             }
-            Command::Serve(_) | Command::Config(_) | Command::Completions { .. } | Command::Man => {
+            Command::Serve(_)
+            | Command::Config(_)
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Backup { .. }
+            | Command::Key(_) => {
                 Err(fail("not a client command"))
             }
         }

@@ -64,10 +64,25 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         tracing::warn!(variable = %var, "environment variable names no configuration key; ignored");
     }
     let clock = options.clock.unwrap_or_else(Clock::system);
-    let registry = Registry::open(&config.state_dir)
-        .await
-        .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))?;
+    // Held until the process ends: `key rotate` refuses to run under a live daemon, and a
+    // second daemon refuses to share the registry.
+    crate::keys::prepare_state_dir(&config.state_dir)?;
+    let _state_lock = crate::keys::StateLock::try_take(&config.state_dir)?.with_context(|| {
+        format!(
+            "another shiptoken process is using the state folder {}; stop it first",
+            config.state_dir.display()
+        )
+    })?;
     let metrics = Metrics::new();
+    let registry = Registry::open_with(
+        &config.state_dir,
+        crate::registry::OpenOptions {
+            key_file: config.key_file.clone(),
+            errors: Some(metrics.registry_errors()),
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))?;
     let shiphero = ShipHero::new(
         providers::http_client(config.shiphero.timeout),
         &config.shiphero.api_base,
@@ -410,6 +425,10 @@ async fn start_metrics(
                     format!("registry unusable: {e}\n"),
                 )
                     .into_response();
+            }
+            // Tokens are still served from memory, but a restart now would lose the unsaved ones.
+            if let Some(problem) = registry.write_problem() {
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
             }
             let last = crate::clock::Timestamp::from_millis(last_sweep.load(Ordering::Relaxed));
             let age = clock.now().since(last);

@@ -5,12 +5,14 @@
 //! stores what they return in the [`registry`], from which [`api`] serves tokens.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod names;

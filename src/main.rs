@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shiptoken::cli::{Cli, Command, ConfigCommand};
+use shiptoken::cli::{Cli, Command, ConfigCommand, KeyCommand};
 use shiptoken::config::Config;
 use shiptoken::{daemon, dev, logging};
 
@@ -38,9 +38,31 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Command::Backup { file } => offline(&cli, |c| shiptoken::backup::backup(c, file)),
+            Command::Key(KeyCommand::Rotate { new_key_out }) => offline(&cli, |c| {
+                shiptoken::backup::rotate_key(c, new_key_out.as_deref())
+            }),
             _ => shiptoken::cli::run_client(&cli).await,
         }
     })
+}
+
+/// Runs a command that works on the state folder itself (backup, key rotation).
+fn offline(cli: &Cli, run: impl FnOnce(&Config) -> anyhow::Result<()>) -> ExitCode {
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shiptoken: invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shiptoken: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry as PromRegistry, TextEncoder,
 };
 
@@ -28,6 +28,8 @@ pub struct Metrics {
     socket_requests: IntCounterVec,
     socket_duration: Histogram,
     last_sweep: IntGauge,
+    /// Failed registry writes; the registry increments it itself.
+    registry_errors: IntCounter,
     /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
     /// Prometheus servers) must not gather while the other is half way through the rebuild.
     render_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -126,6 +128,10 @@ impl Metrics {
             "shiptoken_last_sweep_timestamp_seconds",
             "When the scheduler last completed a sweep for due work",
         ));
+        let registry_errors = must(IntCounter::new(
+            "shiptoken_registry_errors_total",
+            "Writes to registry.db that failed (read-only file system, disk full, I/O error)",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new(
                 "shiptoken_build_info",
@@ -136,6 +142,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        reg(Box::new(registry_errors.clone()));
         reg(Box::new(account_status.clone()));
         reg(Box::new(token_expiry.clone()));
         reg(Box::new(last_rotation.clone()));
@@ -170,8 +177,14 @@ impl Metrics {
             socket_requests,
             socket_duration,
             last_sweep,
+            registry_errors,
             render_lock: std::sync::Arc::default(),
         }
+    }
+
+    /// The counter of failed registry writes, handed to the registry when it opens.
+    pub fn registry_errors(&self) -> IntCounter {
+        self.registry_errors.clone()
     }
 
     /// Counts a refresh attempt; `result` is ok, rejected, throttled or failed.

@@ -71,6 +71,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX oauth_states_by_account ON oauth_states (provider, account);
     CREATE INDEX oauth_states_by_expiry ON oauth_states (expires_at);
     "#,
+    // 3: settings of the file itself; `key_check` (a known value sealed with the master key)
+    // tells a wrong key at start-up. Token columns stay TEXT: from now on they hold
+    // `v1:`-sealed values, converted from plaintext in Rust once the key is known.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -7,11 +7,14 @@
 
 mod migrations;
 mod oauth_states;
+pub mod rekey;
+pub mod seal;
 
-use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
@@ -19,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 pub use migrations::SCHEMA_VERSION;
 
 use crate::clock::Timestamp;
+use crate::keys::{KeyError, KeySource};
 use crate::names::{AccountKey, Provider, Status};
 use crate::secret::Secret;
 
@@ -73,7 +77,69 @@ pub enum RegistryError {
     /// The owner thread is gone (the daemon is stopping).
     #[error("the registry is closed")]
     Closed,
+    /// The key, or the permissions of the key or the state folder.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A sealed value did not open or a value could not be sealed.
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+    /// The registry was sealed with another key than the one configured.
+    #[error(
+        "{db} was sealed with a different key than {key}; restore the right key (key_file, the systemd credential shiptoken.key or <state_dir>/secret.key), or a backup taken with this key"
+    )]
+    WrongKey {
+        /// The database.
+        db: PathBuf,
+        /// The key file tried.
+        key: PathBuf,
+    },
 }
+
+/// How the registry is opened.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// `key_file` from the configuration; `None` means the systemd credential or
+    /// `<state_dir>/secret.key`.
+    pub key_file: Option<PathBuf>,
+    /// Counts failed writes (`shiptoken_registry_errors_total`).
+    pub errors: Option<prometheus::IntCounter>,
+}
+
+/// Writes that failed, and what they left in memory only. A token the provider issued is
+/// never dropped because the disk refused it: it is served from memory and written back as
+/// soon as a write succeeds.
+#[derive(Default)]
+struct Unsaved {
+    /// The last write error, until the registry is written successfully again.
+    error: Option<String>,
+    /// Accounts whose record in memory is newer than the one on disk.
+    accounts: HashSet<AccountKey>,
+}
+
+/// Shared by the handles and the owner thread.
+#[derive(Clone, Default)]
+struct WriteHealth {
+    unsaved: Arc<Mutex<Unsaved>>,
+    errors: Option<prometheus::IntCounter>,
+}
+
+impl WriteHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Unsaved> {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Logs a failed write loudly and counts it.
+    fn failed(&self, what: &str, error: &RegistryError) {
+        tracing::error!(error = %error, "cannot write the registry ({what}); serving what is in memory and retrying");
+        if let Some(c) = &self.errors {
+            c.inc();
+        }
+        self.lock().error = Some(error.to_string());
+    }
+}
+
+/// How often the owner thread retries writing records kept in memory.
+const RETRY_UNSAVED: Duration = Duration::from_secs(2);
 
 /// An access token with its lifetime.
 #[derive(Clone, Debug, PartialEq)]
@@ -164,6 +230,8 @@ pub struct Flag {
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// The in-memory form of a write the disk refused (see `update_or_keep`).
+type Keep = Box<dyn FnOnce(&mut AccountRecord) + Send>;
 type Cache = Arc<RwLock<HashMap<AccountKey, Arc<AccountRecord>>>>;
 
 /// A handle to the registry; cheap to clone.
@@ -173,6 +241,7 @@ pub struct Registry {
     cache: Cache,
     changes: watch::Sender<u64>,
     path: PathBuf,
+    health: WriteHealth,
 }
 
 /// Reads the cache even if a writer panicked while holding the lock: the map itself is
@@ -188,24 +257,60 @@ fn write(
 }
 
 impl Registry {
-    /// Opens (creating if needed) `<state_dir>/registry.db`, migrates it and loads the accounts.
+    /// Opens (creating if needed) `<state_dir>/registry.db` with the default key (the systemd
+    /// credential or `<state_dir>/secret.key`), migrates it and loads the accounts.
     pub async fn open(state_dir: &Path) -> Result<Registry, RegistryError> {
+        Self::open_with(state_dir, OpenOptions::default()).await
+    }
+
+    /// Opens the registry: checks the state folder's permissions, loads the key (see
+    /// [`crate::keys`]), migrates, seals any plaintext left by an older build, and proves the
+    /// key opens the registry before a single token is loaded.
+    pub async fn open_with(
+        state_dir: &Path,
+        options: OpenOptions,
+    ) -> Result<Registry, RegistryError> {
         let state_dir = state_dir.to_path_buf();
         let path = state_dir.join("registry.db");
         let (conn, records) = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || open_blocking(&state_dir, &path))
-                .await
-                .map_err(|_| RegistryError::Closed)??
+            let key_file = options.key_file.clone();
+            tokio::task::spawn_blocking(move || {
+                open_blocking(&state_dir, &path, key_file.as_deref())
+            })
+            .await
+            .map_err(|_| RegistryError::Closed)??
+        };
+        let cache: Cache = Arc::new(RwLock::new(
+            records
+                .into_iter()
+                .map(|r| (r.key.clone(), Arc::new(r)))
+                .collect(),
+        ));
+        let health = WriteHealth {
+            unsaved: Arc::default(),
+            errors: options.errors,
         };
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (thread_cache, thread_health) = (cache.clone(), health.clone());
         std::thread::Builder::new()
             .name("registry".into())
             .spawn(move || {
                 let mut conn = conn;
                 // Ends when every Registry handle is dropped.
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
+                loop {
+                    match rx.recv_timeout(RETRY_UNSAVED) {
+                        Ok(job) => {
+                            // Records kept in memory go first, so a later write never
+                            // reloads an older token over them.
+                            store_unsaved(&mut conn, &thread_cache, &thread_health);
+                            job(&mut conn);
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            store_unsaved(&mut conn, &thread_cache, &thread_health);
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             })
             .map_err(|source| RegistryError::Io {
@@ -213,18 +318,26 @@ impl Registry {
                 path: path.clone(),
                 source,
             })?;
-        let cache: Cache = Arc::new(RwLock::new(
-            records
-                .into_iter()
-                .map(|r| (r.key.clone(), Arc::new(r)))
-                .collect(),
-        ));
         let (changes, _) = watch::channel(0);
         Ok(Registry {
             jobs,
             cache,
             changes,
             path,
+            health,
+        })
+    }
+
+    /// Why the registry cannot be written right now, if it cannot: the last write error and
+    /// how many accounts have tokens kept in memory only. `None` once writes succeed again.
+    pub fn write_problem(&self) -> Option<String> {
+        let unsaved = self.health.lock();
+        let error = unsaved.error.as_ref()?;
+        Some(match unsaved.accounts.len() {
+            0 => format!("registry write failed: {error}; retrying"),
+            n => format!(
+                "registry write failed: {error}; {n} account(s) have tokens kept in memory only, retrying"
+            ),
         })
     }
 
@@ -254,20 +367,68 @@ impl Registry {
         key: &AccountKey,
         f: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<(), RegistryError> + Send + 'static,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
+        self.update_or_keep(key, "update", f, None).await
+    }
+
+    /// [`Registry::update`], and when the disk refuses the write, `keep` applies the change to
+    /// the record in memory instead: it is served from there and stored by the owner thread
+    /// as soon as a write succeeds. Used for the writes that carry a newly issued token.
+    async fn update_or_keep(
+        &self,
+        key: &AccountKey,
+        what: &'static str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<(), RegistryError> + Send + 'static,
+        keep: Option<Keep>,
+    ) -> Result<Arc<AccountRecord>, RegistryError> {
         let cache = self.cache.clone();
-        let key = key.clone();
-        let record = self
+        let health = self.health.clone();
+        let key2 = key.clone();
+        let result = self
             .call(move |conn| {
+                let key = key2;
                 let tx = conn.transaction()?;
                 let id = account_id(&tx, &key)?;
                 f(&tx, id)?;
                 tx.commit()?;
-                // Reloaded from SQLite after the commit, so memory never runs ahead of disk.
-                let record = Arc::new(load_one(conn, &key)?);
+                // Reloaded from SQLite after the commit, so memory never runs ahead of disk...
+                let mut fresh = load_one(conn, &key)?;
+                let mut unsaved = health.lock();
+                if unsaved.accounts.contains(&key) {
+                    // ...except for tokens kept in memory after a failed write, newer than disk.
+                    if let Some(old) = read(&cache).get(&key) {
+                        fresh.current = old.current.clone();
+                        fresh.candidate = old.candidate.clone();
+                        fresh.last_rotated_at = old.last_rotated_at;
+                    }
+                } else if unsaved.error.take().is_some() {
+                    tracing::info!("the registry is writable again");
+                }
+                drop(unsaved);
+                let record = Arc::new(fresh);
                 write(&cache).insert(key, record.clone());
                 Ok(record)
             })
-            .await?;
+            .await;
+        let record = match result {
+            Ok(r) => r,
+            Err(e @ RegistryError::Sqlite(_)) => {
+                self.health.failed(what, &e);
+                let Some(keep) = keep else { return Err(e) };
+                let mut cache = write(&self.cache);
+                let Some(old) = cache.get(key) else {
+                    return Err(e);
+                };
+                let mut record = (**old).clone();
+                keep(&mut record);
+                let record = Arc::new(record);
+                cache.insert(key.clone(), record.clone());
+                drop(cache);
+                self.health.lock().accounts.insert(key.clone());
+                tracing::error!(account = %key, "keeping the account's new token in memory until the registry can store it");
+                record
+            }
+            Err(e) => return Err(e),
+        };
         self.changes.send_modify(|n| *n += 1);
         Ok(record)
     }
@@ -310,7 +471,8 @@ impl Registry {
                 tx.execute(
                     "INSERT INTO tokens (account_id, refresh_token, refresh_fingerprint,
                                          candidate_token, candidate_issued_at, candidate_expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     VALUES (?1, seal(?2, ?7, ?8, 'refresh_token'), ?3,
+                             seal(?4, ?7, ?8, 'candidate_token'), ?5, ?6)",
                     params![
                         id,
                         new.refresh_token.as_ref().map(|s| s.expose().to_string()),
@@ -318,6 +480,8 @@ impl Registry {
                         access.map(|t| t.access_token.expose().to_string()),
                         access.map(|t| t.issued_at.millis()),
                         access.and_then(|t| t.expires_at.map(Timestamp::millis)),
+                        new.key.provider.as_str(),
+                        new.key.name,
                     ],
                 )?;
                 let detail = match (&new.email, access) {
@@ -340,6 +504,7 @@ impl Registry {
     /// Removes an account and its tokens; its history stays, ending with `removed`.
     pub async fn remove(&self, key: &AccountKey, now: Timestamp) -> Result<(), RegistryError> {
         let cache = self.cache.clone();
+        let health = self.health.clone();
         let key = key.clone();
         self.call(move |conn| {
             let tx = conn.transaction()?;
@@ -348,6 +513,7 @@ impl Registry {
             insert_event(&tx, now, &key, "removed", None)?;
             tx.commit()?;
             write(&cache).remove(&key);
+            health.lock().accounts.remove(&key);
             Ok(())
         })
         .await?;
@@ -362,8 +528,8 @@ impl Registry {
             let tx = conn.transaction()?;
             let id = account_id(&tx, &key)?;
             let token: Option<String> = tx.query_row(
-                "SELECT refresh_token FROM tokens WHERE account_id = ?1",
-                [id],
+                "SELECT unseal(refresh_token, ?2, ?3, 'refresh_token') FROM tokens WHERE account_id = ?1",
+                params![id, key.provider.as_str(), key.name],
                 |r| r.get(0),
             )?;
             Ok(token.map(Secret::new))
@@ -380,19 +546,40 @@ impl Registry {
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
         let key2 = key.clone();
-        self.update(key, move |tx, id| {
-            tx.execute(
-                "UPDATE tokens SET candidate_token = ?2, candidate_issued_at = ?3, candidate_expires_at = ?4
+        let kept = token.clone();
+        let keep: Keep = Box::new(move |r| {
+            r.candidate = Some(kept);
+            r.last_rotated_at = Some(now);
+        });
+        self.update_or_keep(
+            key,
+            "storing a newly issued token",
+            move |tx, id| {
+                tx.execute(
+                    "UPDATE tokens SET candidate_token = seal(?2, ?5, ?6, 'candidate_token'),
+                        candidate_issued_at = ?3, candidate_expires_at = ?4
                  WHERE account_id = ?1",
-                params![id, token.access_token.expose(), token.issued_at.millis(), token.expires_at.map(Timestamp::millis)],
-            )?;
-            tx.execute("UPDATE accounts SET last_rotated_at = ?2 WHERE id = ?1", params![id, now.millis()])?;
-            let detail = match token.expires_at {
-                Some(exp) => format!("new token, expires {}", exp.to_rfc3339()),
-                None => "new token".to_string(),
-            };
-            insert_event(tx, now, &key2, "rotated", Some(&detail))
-        })
+                    params![
+                        id,
+                        token.access_token.expose(),
+                        token.issued_at.millis(),
+                        token.expires_at.map(Timestamp::millis),
+                        key2.provider.as_str(),
+                        key2.name
+                    ],
+                )?;
+                tx.execute(
+                    "UPDATE accounts SET last_rotated_at = ?2 WHERE id = ?1",
+                    params![id, now.millis()],
+                )?;
+                let detail = match token.expires_at {
+                    Some(exp) => format!("new token, expires {}", exp.to_rfc3339()),
+                    None => "new token".to_string(),
+                };
+                insert_event(tx, now, &key2, "rotated", Some(&detail))
+            },
+            Some(keep),
+        )
         .await
     }
 
@@ -406,14 +593,32 @@ impl Registry {
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
         let key2 = key.clone();
-        self.update(key, move |tx, id| {
+        // If the disk refuses, the proven token is still served (from memory): the provider
+        // may already have invalidated the previous one.
+        let keep: Keep = Box::new(move |r| {
+            if promote_candidate && let Some(c) = r.candidate.take() {
+                r.current = Some(c);
+            }
+            if r.status != Status::Active {
+                r.status = Status::Active;
+                r.status_since = now;
+            }
+            r.last_verified_at = Some(now);
+            r.last_error = None;
+            r.failures = 0;
+            r.next_attempt_at = None;
+        });
+        self.update_or_keep(key, "recording a proven token", move |tx, id| {
             if promote_candidate {
+                // Re-sealed, not copied: the column is part of each value's associated data.
                 tx.execute(
-                    "UPDATE tokens SET access_token = candidate_token, issued_at = candidate_issued_at,
+                    "UPDATE tokens SET
+                            access_token = seal(unseal(candidate_token, ?2, ?3, 'candidate_token'), ?2, ?3, 'access_token'),
+                            issued_at = candidate_issued_at,
                             expires_at = candidate_expires_at, candidate_token = NULL,
                             candidate_issued_at = NULL, candidate_expires_at = NULL
                      WHERE account_id = ?1 AND candidate_token IS NOT NULL",
-                    [id],
+                    params![id, key2.provider.as_str(), key2.name],
                 )?;
             }
             let old = status_of(tx, id)?;
@@ -429,7 +634,7 @@ impl Registry {
                 insert_event(tx, now, &key2, "cleared", Some(&format!("account reactivated (was {old})")))?;
             }
             Ok(())
-        })
+        }, Some(keep))
         .await
     }
 
@@ -560,7 +765,10 @@ fn io_err<'a>(
 fn open_blocking(
     state_dir: &Path,
     path: &Path,
+    key_file: Option<&Path>,
 ) -> Result<(Connection, Vec<AccountRecord>), RegistryError> {
+    // The daemon checks the folder's permissions before it gets here (keys::prepare_state_dir);
+    // the library only makes sure a new one is private.
     if !state_dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -568,8 +776,18 @@ fn open_blocking(
             .create(state_dir)
             .map_err(io_err("cannot create the state folder", state_dir))?;
     }
+    // Created owner-only before SQLite opens it, so it is never briefly world-readable;
+    // SQLite gives the WAL and SHM files the database file's mode.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("cannot create", path))?;
     let mut conn = Connection::open(path)?;
-    // The tokens are secrets: the file (and WAL/SHM, created with the same mode) is owner-only.
+    // A file left open by an older build or a careless restore is closed again.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io_err("cannot restrict permissions of", path))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -583,14 +801,153 @@ fn open_blocking(
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrations::migrate(&mut conn)?;
+    unlock(&mut conn, path, &KeySource::resolve(key_file, state_dir))?;
     let records = load_all(&conn)?;
     Ok((conn, records))
+}
+
+/// Loads the key, proves it opens the registry, and registers `seal`/`unseal` with it.
+///
+/// A registry with nothing sealed yet (new, or written by a build without encryption) gets
+/// its plaintext sealed here, in one transaction. A key that does not open the registry is
+/// refused, unless a `key rotate` crashed after re-sealing and its new key waits beside the
+/// old one: then that key is installed.
+fn unlock(conn: &mut Connection, path: &Path, source: &KeySource) -> Result<(), RegistryError> {
+    use seal::{KeyCheck, Sealer};
+    let sealed = conn
+        .query_row("SELECT 1 FROM meta WHERE key = 'key_check'", [], |_| Ok(()))
+        .optional()?
+        .is_some();
+    let key = source.load(!sealed)?;
+    let sealer = Sealer::new(&key);
+    match seal::check_key(conn, &sealer)? {
+        KeyCheck::Matches => {}
+        KeyCheck::Unsealed => {
+            let tx = conn.transaction()?;
+            let n = seal::reseal_all(&tx, None, &sealer, |_, _| {})?;
+            tx.commit()?;
+            if n > 0 {
+                tracing::info!(
+                    accounts = n,
+                    "sealed the tokens an older build stored in plaintext"
+                );
+            }
+        }
+        KeyCheck::Differs => {
+            let pending = source.pending_path();
+            let next = KeySource::ConfigFile(pending.clone())
+                .load(false)
+                .ok()
+                .map(|k| Sealer::new(&k))
+                .filter(|s| matches!(seal::check_key(conn, s), Ok(KeyCheck::Matches)));
+            match next {
+                Some(next) if source.replaceable() => {
+                    std::fs::rename(&pending, source.path())
+                        .map_err(io_err("cannot install the rotated key", source.path()))?;
+                    tracing::warn!(key_file = %source.path().display(), "finished an interrupted key rotation: installed the new key");
+                    seal::register(conn, &next)?;
+                    return Ok(());
+                }
+                _ => {
+                    return Err(RegistryError::WrongKey {
+                        db: path.to_path_buf(),
+                        key: source.path().to_path_buf(),
+                    });
+                }
+            }
+        }
+    }
+    seal::register(conn, &sealer)?;
+    Ok(())
+}
+
+/// Writes the records kept in memory after failed writes (tokens, status, times), all in
+/// one transaction; on failure they stay in memory for the next attempt.
+fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
+    let keys: Vec<AccountKey> = health.lock().accounts.iter().cloned().collect();
+    if keys.is_empty() {
+        return;
+    }
+    let records: Vec<Arc<AccountRecord>> = {
+        let cache = read(cache);
+        keys.iter().filter_map(|k| cache.get(k).cloned()).collect()
+    };
+    let result = (|| -> Result<(), RegistryError> {
+        let tx = conn.transaction()?;
+        for r in &records {
+            let id = account_id(&tx, &r.key)?;
+            let (p, n) = (r.key.provider.as_str(), r.key.name.as_str());
+            let cur = r.current.as_ref();
+            let cand = r.candidate.as_ref();
+            tx.execute(
+                "UPDATE tokens SET access_token = seal(?2, ?8, ?9, 'access_token'), issued_at = ?3, expires_at = ?4,
+                        candidate_token = seal(?5, ?8, ?9, 'candidate_token'), candidate_issued_at = ?6,
+                        candidate_expires_at = ?7
+                 WHERE account_id = ?1",
+                params![
+                    id,
+                    cur.map(|t| t.access_token.expose()),
+                    cur.map(|t| t.issued_at.millis()),
+                    cur.and_then(|t| t.expires_at.map(Timestamp::millis)),
+                    cand.map(|t| t.access_token.expose()),
+                    cand.map(|t| t.issued_at.millis()),
+                    cand.and_then(|t| t.expires_at.map(Timestamp::millis)),
+                    p,
+                    n,
+                ],
+            )?;
+            tx.execute(
+                "UPDATE accounts SET status = ?2, status_since = ?3, last_rotated_at = ?4,
+                        last_verified_at = ?5, last_error = ?6, failures = ?7, next_attempt_at = ?8
+                 WHERE id = ?1",
+                params![
+                    id,
+                    r.status.as_str(),
+                    r.status_since.millis(),
+                    r.last_rotated_at.map(Timestamp::millis),
+                    r.last_verified_at.map(Timestamp::millis),
+                    r.last_error,
+                    i64::from(r.failures),
+                    r.next_attempt_at.map(Timestamp::millis),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            let mut unsaved = health.lock();
+            for k in &keys {
+                unsaved.accounts.remove(k);
+            }
+            if unsaved.accounts.is_empty() {
+                unsaved.error = None;
+            }
+            drop(unsaved);
+            tracing::info!(
+                accounts = keys.len(),
+                "stored the tokens kept in memory; the registry is writable again"
+            );
+        }
+        Err(RegistryError::NotFound(k)) => {
+            health.lock().accounts.remove(&k);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, accounts = keys.len(), "still cannot write the registry; the new tokens stay in memory");
+            if let Some(c) = &health.errors {
+                c.inc();
+            }
+            health.lock().error = Some(e.to_string());
+        }
+    }
 }
 
 const SELECT_ACCOUNT: &str = "
     SELECT a.provider, a.name, a.email, a.first_name, a.last_name, a.status, a.status_since,
            a.created_at, a.last_rotated_at, a.last_verified_at, a.last_error, a.failures,
-           a.next_attempt_at, t.access_token, t.issued_at, t.expires_at, t.candidate_token,
+           a.next_attempt_at, unseal(t.access_token, a.provider, a.name, 'access_token'),
+           t.issued_at, t.expires_at, unseal(t.candidate_token, a.provider, a.name, 'candidate_token'),
            t.candidate_issued_at, t.candidate_expires_at, t.refresh_token IS NOT NULL
     FROM accounts a LEFT JOIN tokens t ON t.account_id = a.id";
 

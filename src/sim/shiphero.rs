@@ -176,6 +176,9 @@ struct ShipHeroState {
     refresh_invalidates_previous: bool,
     /// Whether throttle details go under `extensions` rather than at the error's top level.
     throttle_in_extensions: bool,
+    /// Whether rejections quote the credential they were sent (some APIs do), to prove the
+    /// daemon scrubs upstream error bodies before logging or storing them.
+    echo_credentials: bool,
     /// Extra delay before every answer, for benchmarks.
     latency: Duration,
     /// How far the fake's clock is ahead of real time.
@@ -254,7 +257,12 @@ impl ShipHeroState {
             .and_then(|issued| self.users.get(&issued.email));
         if let Some(reason) = self.token_problem(token) {
             let shape = user.map_or(AuthFailureShape::GraphqlError, |u| u.auth_failure_shape);
-            return auth_failure(shape, field, reason, &request_id);
+            let reason = if self.echo_credentials {
+                format!("{reason} (access token {token})")
+            } else {
+                reason.to_string()
+            };
+            return auth_failure(shape, field, &reason, &request_id);
         }
         let Some(user) = user else {
             // token_problem already rejects unknown tokens; this keeps the compiler and reader sure.
@@ -317,6 +325,7 @@ impl FakeShipHero {
                 lifetime: DEFAULT_TOKEN_LIFETIME,
                 refresh_invalidates_previous: false,
                 throttle_in_extensions: false,
+                echo_credentials: false,
                 latency: Duration::ZERO,
                 clock_offset: Duration::ZERO,
                 total_requests: 0,
@@ -428,6 +437,11 @@ impl FakeShipHero {
     /// When true, throttle details go under the error's `extensions`; else at its top level.
     pub fn set_throttle_in_extensions(&self, yes: bool) {
         lock(&self.shared.state).throttle_in_extensions = yes;
+    }
+
+    /// Makes rejections quote the refresh or access token they were sent (default off).
+    pub fn set_echo_credentials(&self, yes: bool) {
+        lock(&self.shared.state).echo_credentials = yes;
     }
 
     /// A fixed delay before every answer, on every endpoint (default none).
@@ -588,6 +602,14 @@ async fn refresh(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         return refresh_rejected(RefreshRejectShape::InvalidGrant401);
     };
     if user.mode == ShipHeroMode::Revoked {
+        if st.echo_credentials {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": "invalid_grant",
+                    "error_description": format!("refresh token {refresh_token} is revoked")})),
+            )
+                .into_response();
+        }
         return refresh_rejected(user.refresh_reject_shape);
     }
     // Suspended users still get a token here: that is the silent failure being simulated.

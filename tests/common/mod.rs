@@ -134,8 +134,18 @@ impl Daemon {
     pub fn spawn(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--movable-clock", "--config"])
-            .arg(config)
-            .env_remove("NOTIFY_SOCKET")
+            .arg(config);
+        Self::spawn_command(dir, config, env, cmd)
+    }
+
+    /// Spawns `program`, which must exec the daemon with its own arguments (e.g. a wrapper
+    /// that first enters a mount namespace), and captures its output like `spawn`.
+    pub fn spawn_program(dir: &Path, program: &Path) -> Daemon {
+        Self::spawn_command(dir, &dir.join("shiptoken.toml"), &[], Command::new(program))
+    }
+
+    fn spawn_command(dir: &Path, config: &Path, env: &[(&str, &str)], mut cmd: Command) -> Daemon {
+        cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("CREDENTIALS_DIRECTORY")
             .stdin(Stdio::null())

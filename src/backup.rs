@@ -1,0 +1,160 @@
+//! `shiptoken backup` and `shiptoken key rotate`: the commands that work on the state folder
+//! directly rather than through the daemon's socket.
+//!
+//! A backup opens `registry.db` read-only next to the running daemon (WAL lets a reader take
+//! a consistent snapshot while the daemon writes) and copies it with SQLite's online backup
+//! API, so it needs no admin route and writes the copy as the invoking user, wherever that
+//! user may write. The copy stays sealed: it is useless without the key, which is backed up
+//! separately.
+
+use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::Config;
+
+/// Progress on a terminal: a bar; otherwise plain lines (for logs and scripts).
+struct Progress {
+    bar: Option<ProgressBar>,
+    what: &'static str,
+    last_line: u64,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len}")
+                .map(|s| s.progress_chars("=> "))
+            {
+                bar.set_style(style);
+            }
+            bar.set_message(what);
+            bar
+        });
+        Progress {
+            bar,
+            what,
+            last_line: u64::MAX,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            None => {
+                // A line per tenth, not per step.
+                let tenth = (done * 10).checked_div(total).unwrap_or(10);
+                if tenth != self.last_line {
+                    self.last_line = tenth;
+                    eprintln!("{}: {done}/{total}", self.what);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `shiptoken backup FILE`: a consistent copy of the registry, taken while the daemon runs.
+pub fn backup(config: &Config, file: &Path) -> anyhow::Result<()> {
+    let source = config.state_dir.join("registry.db");
+    if !source.exists() {
+        bail!("no registry at {}; is state_dir right?", source.display());
+    }
+    // Created here, owner-only and never over an existing file (an older backup is kept).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot create the backup file {}", file.display()))?;
+    let result = copy(&source, file);
+    if result.is_err() {
+        let _ = std::fs::remove_file(file);
+    }
+    let accounts = result?;
+    println!(
+        "backup of {} written to {} ({accounts} accounts); its tokens are sealed: keep the key ({}) safe as well, apart from the backup",
+        source.display(),
+        file.display(),
+        crate::keys::KeySource::resolve(config.key_file.as_deref(), &config.state_dir)
+            .path()
+            .display()
+    );
+    Ok(())
+}
+
+fn copy(source: &Path, file: &Path) -> anyhow::Result<i64> {
+    let src = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {} read-only", source.display()))?;
+    src.busy_timeout(Duration::from_secs(5))?;
+    let mut dst = Connection::open(file)
+        .with_context(|| format!("cannot open the backup file {}", file.display()))?;
+    let mut progress = Progress::new("backup");
+    {
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        loop {
+            // A step copies a slice of pages; if the daemon writes between steps SQLite
+            // restarts the copy, so what lands in the file is one consistent snapshot.
+            let step = backup.step(64)?;
+            let p = backup.progress();
+            let total = u64::try_from(p.pagecount).unwrap_or(0);
+            let done = total.saturating_sub(u64::try_from(p.remaining).unwrap_or(0));
+            progress.update(done, total);
+            match step {
+                rusqlite::backup::StepResult::Done => break,
+                rusqlite::backup::StepResult::More => {}
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+    progress.finish();
+    // One self-contained file: no WAL beside it to forget when copying it around.
+    let _: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+    let check: String = dst.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        bail!("the backup failed its integrity check: {check}");
+    }
+    Ok(dst.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?)
+}
+
+/// `shiptoken key rotate`: re-seals the registry with a new key; the daemon must be stopped.
+pub fn rotate_key(config: &Config, new_key_out: Option<&Path>) -> anyhow::Result<()> {
+    let mut progress = Progress::new("re-sealing accounts");
+    let done = crate::registry::rekey::rotate_key(
+        &config.state_dir,
+        config.key_file.as_deref(),
+        new_key_out,
+        |n, total| progress.update(n, total),
+    )?;
+    progress.finish();
+    println!(
+        "re-sealed {} account(s) with a new key, now in {}",
+        done.accounts,
+        done.key_path.display()
+    );
+    if done.install_needed {
+        println!(
+            "install it as the key (the systemd credential shiptoken.key, or key_file) before starting the daemon; the old key no longer opens the registry"
+        );
+    } else {
+        println!("the old key no longer opens the registry; back up the new one");
+    }
+    Ok(())
+}
