@@ -168,6 +168,28 @@ pub struct RawRotation {
     pub retry_max: String,
     /// Upstream calls in flight at once.
     pub concurrency: i64,
+    /// When routine refreshes may run; absent: at any time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<RawWindow>,
+}
+
+/// `rotation.window` as written: weekdays, a daily `start`..`end` and a time zone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// Day names, `mon`..`sun`.
+    pub days: Vec<String>,
+    /// Opening, `HH:MM` local time.
+    pub start: String,
+    /// Closing, `HH:MM` local time (`24:00` allowed), later than `start`.
+    pub end: String,
+    /// IANA zone name; default `UTC`.
+    #[serde(default = "utc")]
+    pub timezone: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
 }
 
 /// `[verify]` as written.
@@ -188,6 +210,10 @@ pub struct RawShipHero {
     pub api_base: String,
     /// Timeout of one upstream request.
     pub timeout: String,
+    /// Sustained upstream calls per second, all accounts together.
+    pub max_requests_per_second: i64,
+    /// Calls that may start back to back after a quiet spell.
+    pub burst: i64,
 }
 
 /// `[shippo]` as written.
@@ -208,6 +234,10 @@ pub struct RawShippo {
     pub redirect_uri: String,
     /// Where the OAuth callback listener binds.
     pub callback_listen: String,
+    /// Sustained API calls per minute, all accounts together.
+    pub max_requests_per_minute: i64,
+    /// Calls that may start back to back after a quiet spell.
+    pub burst: i64,
 }
 
 /// One `[[socket.clients]]` rule: which peers may read which tokens.
@@ -318,6 +348,7 @@ impl Default for RawRotation {
             retry_initial: "1m".into(),
             retry_max: "1h".into(),
             concurrency: 8,
+            window: None,
         }
     }
 }
@@ -336,6 +367,9 @@ impl Default for RawShipHero {
         RawShipHero {
             api_base: "https://public-api.shiphero.com".into(),
             timeout: "30s".into(),
+            // ShipHero allows 7,000 requests per 5 minutes (23/s): stay well below.
+            max_requests_per_second: 10,
+            burst: 20,
         }
     }
 }
@@ -350,6 +384,9 @@ impl Default for RawShippo {
             client_secret_file: String::new(),
             redirect_uri: String::new(),
             callback_listen: "127.0.0.1:8847".into(),
+            // Shippo allows 50 list calls a minute on live tokens; the probe is one.
+            max_requests_per_minute: 40,
+            burst: 5,
         }
     }
 }
@@ -424,6 +461,8 @@ pub struct RotationConfig {
     pub retry_max: Duration,
     /// Upstream calls in flight at once.
     pub concurrency: usize,
+    /// When routine refreshes may run; `None`: at any time.
+    pub window: Option<crate::window::Window>,
 }
 
 /// The validated `[verify]` section.
@@ -442,6 +481,8 @@ pub struct ShipHeroConfig {
     pub api_base: String,
     /// Timeout of one request.
     pub timeout: Duration,
+    /// How fast calls may start, all accounts together.
+    pub pace: crate::pacing::Rate,
 }
 
 /// The validated `[shippo]` section.
@@ -461,6 +502,8 @@ pub struct ShippoConfig {
     pub redirect_uri: Option<String>,
     /// Where the callback listener binds; `None` turns it off.
     pub callback_listen: Option<SocketAddr>,
+    /// How fast API calls may start, all accounts together.
+    pub pace: crate::pacing::Rate,
 }
 
 impl ShippoConfig {
@@ -548,6 +591,7 @@ impl Config {
                 retry_initial: v.duration("rotation.retry_initial", &raw.rotation.retry_initial)?,
                 retry_max: v.duration("rotation.retry_max", &raw.rotation.retry_max)?,
                 concurrency: v.concurrency("rotation.concurrency", raw.rotation.concurrency)?,
+                window: v.window("rotation.window", raw.rotation.window.as_ref())?,
             },
             verify: VerifyConfig {
                 interval: v.duration("verify.interval", &raw.verify.interval)?,
@@ -557,6 +601,13 @@ impl Config {
             shiphero: ShipHeroConfig {
                 api_base: v.base_url("shiphero.api_base", &raw.shiphero.api_base)?,
                 timeout: v.duration("shiphero.timeout", &raw.shiphero.timeout)?,
+                pace: crate::pacing::Rate {
+                    per_second: f64::from(v.count(
+                        "shiphero.max_requests_per_second",
+                        raw.shiphero.max_requests_per_second,
+                    )?),
+                    burst: v.count("shiphero.burst", raw.shiphero.burst)?,
+                },
             },
             shippo: ShippoConfig {
                 api_base: v.base_url("shippo.api_base", &raw.shippo.api_base)?,
@@ -567,6 +618,13 @@ impl Config {
                     .optional_path("shippo.client_secret_file", &raw.shippo.client_secret_file)?,
                 redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.shippo.redirect_uri)?,
                 callback_listen: v.listen("shippo.callback_listen", &raw.shippo.callback_listen)?,
+                pace: crate::pacing::Rate {
+                    per_second: f64::from(v.count(
+                        "shippo.max_requests_per_minute",
+                        raw.shippo.max_requests_per_minute,
+                    )?) / 60.0,
+                    burst: v.count("shippo.burst", raw.shippo.burst)?,
+                },
             },
             notify: NotifyConfig {
                 webhooks: v.webhooks("notify.webhooks", &raw.notify.webhooks)?,
@@ -794,6 +852,34 @@ impl Validator<'_> {
             Ok(n) if (1..=1024).contains(&n) => Ok(n),
             _ => Err(self.invalid(key, &value.to_string(), "must be between 1 and 1024".into())),
         }
+    }
+
+    fn count(&self, key: &str, value: i64) -> Result<u32, ConfigError> {
+        match u32::try_from(value) {
+            Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+            _ => Err(self.invalid(
+                key,
+                &value.to_string(),
+                "must be a whole number between 1 and 1000000".into(),
+            )),
+        }
+    }
+
+    fn window(
+        &self,
+        key: &str,
+        raw: Option<&RawWindow>,
+    ) -> Result<Option<crate::window::Window>, ConfigError> {
+        let Some(w) = raw else { return Ok(None) };
+        crate::window::Window::new(&w.days, &w.start, &w.end, &w.timezone)
+            .map(Some)
+            .map_err(|e| {
+                let written = format!(
+                    "{{ days = {:?}, start = {:?}, end = {:?}, timezone = {:?} }}",
+                    w.days, w.start, w.end, w.timezone
+                );
+                self.invalid(key, &written, e.to_string())
+            })
     }
 
     fn base_url(&self, key: &str, value: &str) -> Result<String, ConfigError> {

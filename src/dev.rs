@@ -105,6 +105,7 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
         shiphero: crate::config::RawShipHero {
             api_base: shiphero.base_url(),
             timeout: "5s".into(),
+            ..defaults.shiphero
         },
         shippo: crate::config::RawShippo {
             api_base: shippo.base_url(),

@@ -14,6 +14,11 @@
 //! | 5xx, timeout, connection error | status kept, `last_error`, backoff | same |
 //! | throttled | status kept, wait as told | same |
 //! | served token past `expires_at` | `expired` | - |
+//!
+//! Thousands of accounts: refresh points are spread per account ([`refresh_point`]) and checks
+//! by a per-account phase ([`next_check`]), both stable across restarts; a sweep keeps at most
+//! twice `rotation.concurrency` accounts in hand, and every upstream call waits for its
+//! provider's [`Pacer`] as well as a concurrency permit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,14 +32,20 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::{AccountKey, Provider, Status};
 use crate::notify::{Notifier, StatusChange};
+use crate::pacing::{Pacer, Rate};
 use crate::providers::Failure;
 use crate::providers::shiphero::ShipHero;
 use crate::providers::shippo::Shippo;
 use crate::registry::{AccountRecord, Flag, Registry, RegistryError, TokenRecord};
+use crate::window::Window;
 
 /// How long to wait before the second probe that confirms an ambiguous answer: long enough
 /// for a glitch to pass, short enough that a real suspension is flagged in the same sweep.
 const CONFIRM_DELAY: Duration = Duration::from_secs(2);
+
+/// The longest provider-wide pause one throttled answer can cause; the throttled account
+/// itself still waits as long as it was told.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
 
 /// What an account needs now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +68,89 @@ pub struct Policy {
     pub rotate_at: f64,
     /// How often tokens are probed.
     pub verify_interval: Duration,
+    /// When routine refreshes may run; `None`: at any time.
+    pub window: Option<Window>,
 }
 
-/// When a token should be replaced: `rotate_at` of its lifetime after issue. `None` for
-/// tokens that never expire.
-pub fn refresh_point(token: &TokenRecord, rotate_at: f64) -> Option<Timestamp> {
+impl Policy {
+    /// The policy a configuration sets.
+    pub fn from_config(c: &Config) -> Policy {
+        Policy {
+            rotate_at: c.rotation.rotate_at,
+            verify_interval: c.verify.interval,
+            window: c.rotation.window,
+        }
+    }
+}
+
+/// The largest spread of refresh points, as a fraction of a token's lifetime: 10% of 28 days
+/// spreads tokens issued in the same second over 2.8 days (about 4,000 minutes).
+const SPREAD: f64 = 0.10;
+
+/// Two stable numbers in `[0, 1)` for the account, from a SHA-256 of its name: one places its
+/// refresh within the spread, the other within a rotation window. Stable, so a restart never
+/// moves a refresh; from the name, so accounts registered together still come apart.
+fn fractions(key: &AccountKey) -> (f64, f64) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.to_string().as_bytes());
+    let unit = |bytes: &[u8]| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        // The top 53 bits fill an f64 mantissa exactly, so the result is uniform and < 1.
+        (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (unit(&digest[8..16]), unit(&digest[16..24]))
+}
+
+/// Where a token's refresh falls before any window: `rotate_at` of its lifetime after issue,
+/// plus a per-account share of the spread; and the deadline past which a window may no
+/// longer hold it back. `None` for tokens that never expire.
+///
+/// The bound: the spread is `min(10%, (1 - rotate_at) / 4)` of the lifetime, so at least
+/// three quarters of the slack `rotate_at` leaves before expiry remains (at `rotate_at = 0.5`
+/// a 28-day token is refreshed between day 14 and day 16.8, at least 11.2 days before it
+/// expires). The deadline is halfway from that point to expiry (day 21 at the latest).
+fn spread_point(
+    key: &AccountKey,
+    token: &TokenRecord,
+    rotate_at: f64,
+) -> Option<(Timestamp, Timestamp)> {
     let expires = token.expires_at?;
     let lifetime = expires.since(token.issued_at);
-    Some(token.issued_at.plus(lifetime.mul_f64(rotate_at)))
+    let spread = SPREAD.min((1.0 - rotate_at) / 4.0).max(0.0);
+    let point = token
+        .issued_at
+        .plus(lifetime.mul_f64(rotate_at + spread * fractions(key).0));
+    Some((point, point.plus(expires.since(point) / 2)))
+}
+
+/// When the daemon will replace the token (what `refresh_after` shows): its spread point
+/// ([`spread_point`]), moved into the next rotation window when one is configured, at a
+/// per-account place within it so a window opening is not a burst. When that window opens
+/// only after the deadline, the spread point stands: expiry beats the window. `None` for
+/// tokens that never expire.
+pub fn refresh_point(key: &AccountKey, token: &TokenRecord, policy: &Policy) -> Option<Timestamp> {
+    let (point, deadline) = spread_point(key, token, policy.rotate_at)?;
+    let Some(window) = policy.window else {
+        return Some(point);
+    };
+    Some(match window.span_from(point) {
+        Some((open, _)) if open <= point => point,
+        Some((open, close)) if open < deadline => {
+            let room = close.since(open).min(deadline.since(open));
+            open.plus(room.mul_f64(fractions(key).1))
+        }
+        _ => point,
+    })
+}
+
+/// Whether a routine refresh may run at `now`: inside the window, or when the window opens
+/// too late for a token whose refresh `deadline` is given.
+fn window_allows(window: Option<Window>, now: Timestamp, deadline: Timestamp) -> bool {
+    window.is_none_or(|w| {
+        w.span_from(now)
+            .is_none_or(|(open, _)| open <= now || open >= deadline)
+    })
 }
 
 /// A stable offset in `[0, interval)` for the account, from a hash of its name, so that the
@@ -122,7 +208,12 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy) -> Option<W
             };
             // A clock that runs before the issue time cannot be trusted to judge the age.
             let due = now < current.issued_at
-                || refresh_point(current, policy.rotate_at).is_none_or(|p| now >= p);
+                || spread_point(&account.key, current, policy.rotate_at).is_none_or(
+                    |(_, deadline)| {
+                        refresh_point(&account.key, current, &policy).is_none_or(|p| now >= p)
+                            && window_allows(policy.window, now, deadline)
+                    },
+                );
             if due {
                 Some(Work::Refresh)
             } else if verify_due {
@@ -150,6 +241,17 @@ pub fn backoff(failures: u32, initial: Duration, max: Duration, rng: &mut impl R
     let base = initial.saturating_mul(1u32 << exp).min(max);
     let half = base / 2;
     half + half.mul_f64(rng.random::<f64>())
+}
+
+/// Hands memory freed after a sweep back to the OS. glibc keeps freed heap in its per-thread
+/// arenas, so after one sweep of thousands of accounts the resident size would otherwise
+/// stay at its peak for good. A few milliseconds, once per sweep that had work.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointer.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Why a requested operation did not end with a working token.
@@ -191,6 +293,8 @@ pub struct Engine {
     metrics: Metrics,
     config: watch::Receiver<Arc<Config>>,
     upstream_permits: Arc<Semaphore>,
+    /// One bucket per provider ([`Provider::ALL`] order), shared by sweeps and manual work.
+    pacers: [Pacer; 2],
     account_locks: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>,
     sweep_lock: tokio::sync::Mutex<()>,
     /// Accounts whose freshly issued candidate token is being probed right now; readers wait
@@ -238,6 +342,7 @@ impl Engine {
             metrics,
             config,
             upstream_permits: Arc::new(Semaphore::new(permits)),
+            pacers: Default::default(),
             account_locks: Mutex::new(HashMap::new()),
             sweep_lock: tokio::sync::Mutex::new(()),
             probing: Mutex::new(HashSet::new()),
@@ -253,11 +358,26 @@ impl Engine {
     }
 
     fn policy(&self) -> Policy {
-        let c = self.config.borrow();
-        Policy {
-            rotate_at: c.rotation.rotate_at,
-            verify_interval: c.verify.interval,
+        Policy::from_config(&self.config.borrow())
+    }
+
+    fn pacer(&self, provider: Provider) -> &Pacer {
+        match provider {
+            Provider::ShipHero => &self.pacers[0],
+            Provider::Shippo => &self.pacers[1],
         }
+    }
+
+    /// Waits for the provider's pacing (read from the live config, so a reload applies).
+    async fn pace(&self, provider: Provider) {
+        let rate: Rate = {
+            let c = self.config.borrow();
+            match provider {
+                Provider::ShipHero => c.shiphero.pace,
+                Provider::Shippo => c.shippo.pace,
+            }
+        };
+        self.pacer(provider).wait(rate).await;
     }
 
     fn account_lock(&self, key: &AccountKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -274,15 +394,42 @@ impl Engine {
             return 0;
         };
         let policy = self.policy();
-        let due: Vec<(AccountKey, Work)> = self
-            .registry
-            .accounts()
-            .iter()
-            .filter_map(|a| plan(a, now, policy).map(|w| (a.key.clone(), w)))
-            .collect();
-        let count = due.len();
+        let mut due: [Vec<(AccountKey, Work)>; 2] = Default::default();
+        for a in self.registry.accounts() {
+            if let Some(w) = plan(&a, now, policy) {
+                let i = usize::from(a.key.provider == Provider::Shippo);
+                due[i].push((a.key.clone(), w));
+            }
+        }
+        let count = due.iter().map(Vec::len).sum();
+        // Each provider has its own queue, so a paused or slowly paced one does not hold up
+        // the other.
+        let [shiphero, shippo] = due;
+        tokio::join!(self.work_through(shiphero), self.work_through(shippo));
+        // Per-account locks no one holds are dropped, so the map does not grow with the fleet.
+        self.account_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        if count > 0 {
+            release_freed_memory();
+        }
+        self.metrics.sweep_done(self.clock.now());
+        count
+    }
+
+    /// Does one provider's due work, keeping at most twice `rotation.concurrency` accounts in
+    /// hand: enough that permits never idle while others write to the registry, few enough
+    /// that memory does not grow with the number of accounts due. A provider-wide pause (the
+    /// provider throttled us) holds back accounts not yet started.
+    async fn work_through(self: &Arc<Self>, due: Vec<(AccountKey, Work)>) {
+        let in_hand = self.config.borrow().rotation.concurrency.saturating_mul(2);
         let mut tasks = tokio::task::JoinSet::new();
         for (key, work) in due {
+            while tasks.len() >= in_hand {
+                tasks.join_next().await;
+            }
+            self.pacer(key.provider).until_unpaused().await;
             let engine = self.clone();
             tasks.spawn(async move {
                 let lock = engine.account_lock(&key);
@@ -294,8 +441,6 @@ impl Engine {
             });
         }
         while tasks.join_next().await.is_some() {}
-        self.metrics.sweep_done(self.clock.now());
-        count
     }
 
     /// Waits (at most `max`) while a freshly issued token of the account is being probed, so
@@ -441,6 +586,7 @@ impl Engine {
         };
         let result = {
             let _permit = self.upstream_permits.acquire().await;
+            self.pace(key.provider).await;
             self.shiphero.refresh(&refresh_token).await
         };
         let now = self.clock.now();
@@ -569,6 +715,7 @@ impl Engine {
             return Err(EngineError::Nothing(format!("{key} has no token to check")));
         };
         let _permit = self.upstream_permits.acquire().await;
+        self.pace(key.provider).await;
         Ok(match key.provider {
             Provider::ShipHero => self
                 .shiphero
@@ -637,7 +784,12 @@ impl Engine {
         let now = self.clock.now();
         let failures = self.registry.account(key).map_or(0, |a| a.failures);
         let (retry_in, counts) = match &failure {
-            Failure::Throttled { wait, .. } => (*wait, false),
+            Failure::Throttled { wait, .. } => {
+                // Whatever limit this account hit, the others share the provider: routine
+                // work not yet started waits too (capped, in case the wait told is absurd).
+                self.pacer(key.provider).pause((*wait).min(MAX_PAUSE));
+                (*wait, false)
+            }
             _ => {
                 let c = self.config.borrow();
                 (
@@ -682,7 +834,46 @@ mod tests {
         Policy {
             rotate_at: 0.5,
             verify_interval: Duration::from_secs(6 * 3600),
+            window: None,
         }
+    }
+
+    fn weekdays_9_to_5() -> Window {
+        let days: Vec<String> = ["mon", "tue", "wed", "thu", "fri"]
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        Window::new(&days, "09:00", "17:00", "Europe/Berlin").unwrap()
+    }
+
+    fn at(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).unwrap()
+    }
+
+    /// An active account `name` whose 28-day token was issued at `issued`, checked recently
+    /// enough that only the token's age can make work due.
+    fn fleet_member(name: &str, issued: Timestamp) -> AccountRecord {
+        let mut a = shiphero_account(Some(token(issued, 28 * DAY)));
+        a.key = AccountKey::parse(&format!("shiphero/{name}")).unwrap();
+        a
+    }
+
+    fn month_policy(window: Option<Window>) -> Policy {
+        Policy {
+            verify_interval: 60 * DAY,
+            window,
+            ..policy()
+        }
+    }
+
+    /// Counts refreshes per minute: the sweep runs on minute boundaries, so this is the
+    /// burst each boundary sees.
+    fn per_minute(points: impl Iterator<Item = Timestamp>) -> std::collections::BTreeMap<i64, u32> {
+        let mut m = std::collections::BTreeMap::new();
+        for p in points {
+            *m.entry(p.secs().div_euclid(60)).or_insert(0) += 1;
+        }
+        m
     }
 
     fn shiphero_account(current: Option<TokenRecord>) -> AccountRecord {
@@ -718,7 +909,7 @@ mod tests {
     }
 
     #[test]
-    fn a_28_day_token_is_refreshed_after_14_days() {
+    fn a_28_day_token_is_refreshed_between_day_14_and_day_16_8() {
         let mut a = shiphero_account(Some(token(t0(), 28 * DAY)));
         // Checked moments ago, so only the token's age can make work due.
         a.last_verified_at = Some(t0().plus(13 * DAY));
@@ -726,8 +917,201 @@ mod tests {
             verify_interval: 30 * DAY,
             ..policy()
         };
+        let point = refresh_point(&a.key, a.current.as_ref().unwrap(), &p).unwrap();
+        assert!(point >= t0().plus(14 * DAY) && point <= t0().plus(DAY.mul_f64(16.8)));
         assert_eq!(plan(&a, t0().plus(13 * DAY), p), None);
-        assert_eq!(plan(&a, t0().plus(14 * DAY), p), Some(Work::Refresh));
+        assert_eq!(
+            plan(&a, Timestamp::from_millis(point.millis() - 1), p),
+            None
+        );
+        assert_eq!(plan(&a, point, p), Some(Work::Refresh));
+        assert_eq!(plan(&a, t0().plus(17 * DAY), p), Some(Work::Refresh));
+    }
+
+    #[test]
+    fn the_spread_leaves_three_quarters_of_the_slack_whatever_rotate_at() {
+        for (i, rotate_at) in [0.1, 0.5, 0.8, 0.95, 0.99].into_iter().enumerate() {
+            let key = AccountKey::parse(&format!("shiphero/m-{i}")).unwrap();
+            let t = token(t0(), 28 * DAY);
+            let p = Policy {
+                rotate_at,
+                ..policy()
+            };
+            let point = refresh_point(&key, &t, &p).unwrap();
+            let earliest = t0().plus((28 * DAY).mul_f64(rotate_at));
+            let slack = (28 * DAY).mul_f64(1.0 - rotate_at);
+            assert!(point >= earliest, "{rotate_at}: before rotate_at");
+            assert!(
+                point.plus(slack.mul_f64(0.75)) <= t0().plus(28 * DAY),
+                "{rotate_at}: too close to expiry"
+            );
+        }
+    }
+
+    #[test]
+    fn ten_thousand_accounts_issued_in_one_second_never_burst_at_a_minute_boundary() {
+        // Registered together, so every token was issued in the same second.
+        let fleet: Vec<AccountRecord> = (0..10_000)
+            .map(|i| fleet_member(&format!("merchant-{i}"), t0()))
+            .collect();
+        let p = month_policy(None);
+        let points: Vec<Timestamp> = fleet
+            .iter()
+            .map(|a| refresh_point(&a.key, a.current.as_ref().unwrap(), &p).unwrap())
+            .collect();
+        let minutes = per_minute(points.iter().copied());
+        let worst = minutes.values().max().copied().unwrap_or(0);
+        // 10,000 over 2.8 days is 2.5 a minute on average; 20 (0.2%) would be a burst.
+        assert!(worst <= 20, "{worst} refreshes in one minute");
+        assert!(
+            minutes.len() > 3000,
+            "spread over only {} minutes",
+            minutes.len()
+        );
+        // And plan agrees at the boundaries: at each minute exactly that minute's accounts
+        // (and the earlier ones) are due.
+        for minute in [0usize, 1000, 2500, 4000] {
+            let now = t0()
+                .plus(14 * DAY)
+                .plus(Duration::from_secs(60 * minute as u64));
+            let due = fleet
+                .iter()
+                .filter(|a| plan(a, now, p) == Some(Work::Refresh))
+                .count();
+            let expected = points.iter().filter(|p| **p <= now).count();
+            assert_eq!(due, expected, "minute {minute}");
+        }
+        // Restarts do not move a refresh: the point is a function of the account alone.
+        assert_eq!(
+            refresh_point(&fleet[7].key, fleet[7].current.as_ref().unwrap(), &p),
+            Some(points[7])
+        );
+    }
+
+    #[test]
+    fn a_window_holds_routine_refreshes_until_it_opens_and_spreads_them_inside() {
+        let w = weekdays_9_to_5();
+        let p = month_policy(Some(w));
+        // Issued on Friday 2026-11-13 at 17:00 Berlin: 14 days later the spread points fall
+        // on a Friday evening and a weekend, when the window is closed.
+        let issued = at("2026-11-13T16:00:00Z");
+        let fleet: Vec<AccountRecord> = (0..10_000)
+            .map(|i| fleet_member(&format!("merchant-{i}"), issued))
+            .collect();
+        let points: Vec<Timestamp> = fleet
+            .iter()
+            .map(|a| refresh_point(&a.key, a.current.as_ref().unwrap(), &p).unwrap())
+            .collect();
+        assert!(
+            points.iter().all(|t| w.contains(*t)),
+            "a refresh outside the window"
+        );
+        let worst = per_minute(points.iter().copied())
+            .values()
+            .max()
+            .copied()
+            .unwrap_or(0);
+        // Monday's deferred refreshes spread over its 480 minutes, not its first one.
+        assert!(worst <= 100, "{worst} refreshes in one minute");
+
+        let a = &fleet[0];
+        // Saturday noon: overdue by the spread, but the window is closed.
+        assert_eq!(plan(a, at("2026-11-28T11:00:00Z"), p), None);
+        // Monday 08:59 Berlin: still closed; from its place in the window on, due.
+        assert_eq!(plan(a, at("2026-11-30T07:59:00Z"), p), None);
+        let mine = points[0];
+        assert!(mine >= at("2026-11-30T08:00:00Z") || mine < at("2026-11-28T00:00:00Z"));
+        assert_eq!(plan(a, mine, p), Some(Work::Refresh));
+        // Monday 17:30 Berlin with the refresh still not done (say the daemon was down): it
+        // waits for Tuesday 09:00, which is well before the deadline.
+        assert_eq!(plan(a, at("2026-11-30T16:30:00Z"), p), None);
+        assert_eq!(plan(a, at("2026-12-01T08:00:00Z"), p), Some(Work::Refresh));
+        // Without the window the same account would have been due on Saturday.
+        assert_eq!(
+            plan(
+                a,
+                at("2026-11-28T11:00:00Z").max(points_without_window(a)),
+                month_policy(None)
+            ),
+            Some(Work::Refresh)
+        );
+    }
+
+    fn points_without_window(a: &AccountRecord) -> Timestamp {
+        refresh_point(&a.key, a.current.as_ref().unwrap(), &month_policy(None)).unwrap()
+    }
+
+    #[test]
+    fn expiry_forces_a_refresh_outside_the_window() {
+        // Sundays only, 09:00-10:00 Berlin; a 2-day token issued on Monday 2026-11-23 would
+        // expire long before Sunday: it is refreshed at its point regardless.
+        let sundays = Window::new(&["sun".into()], "09:00", "10:00", "Europe/Berlin").unwrap();
+        let p = month_policy(Some(sundays));
+        let mut a = shiphero_account(Some(token(at("2026-11-23T12:00:00Z"), 2 * DAY)));
+        a.last_verified_at = Some(at("2026-11-23T12:00:00Z"));
+        let point = refresh_point(&a.key, a.current.as_ref().unwrap(), &p).unwrap();
+        assert!(!sundays.contains(point));
+        assert!(point >= at("2026-11-24T12:00:00Z"));
+        assert_eq!(plan(&a, point, p), Some(Work::Refresh));
+        // A 28-day token issued the same day waits for a Sunday.
+        let mut b = shiphero_account(Some(token(at("2026-11-23T12:00:00Z"), 28 * DAY)));
+        b.last_verified_at = a.last_verified_at;
+        let point = refresh_point(&b.key, b.current.as_ref().unwrap(), &p).unwrap();
+        assert!(sundays.contains(point), "{}", point.to_rfc3339());
+    }
+
+    #[test]
+    fn the_window_follows_dst() {
+        // Weekdays 09:00-17:00 Berlin; clocks go forward on Sunday 2026-03-29. Tokens issued
+        // on March 12 come due by age between March 26 and 28.8, mostly outside the window.
+        let w = weekdays_9_to_5();
+        let p = month_policy(Some(w));
+        let fleet: Vec<AccountRecord> = (0..1000)
+            .map(|i| fleet_member(&format!("dst-{i}"), at("2026-03-12T00:00:00Z")))
+            .collect();
+        let points: Vec<Timestamp> = fleet
+            .iter()
+            .map(|a| refresh_point(&a.key, a.current.as_ref().unwrap(), &p).unwrap())
+            .collect();
+        assert!(points.iter().all(|t| w.contains(*t)));
+        // Nothing on the weekend of the change; Monday the 30th (CEST, UTC+2) opens at
+        // 07:00 UTC, an hour earlier in UTC than in winter, and deferred refreshes use it.
+        let monday = at("2026-03-30T07:00:00Z");
+        assert!(
+            !points
+                .iter()
+                .any(|t| *t >= at("2026-03-27T16:00:00Z") && *t < monday)
+        );
+        assert!(
+            points
+                .iter()
+                .any(|t| *t >= monday && *t < at("2026-03-30T08:00:00Z"))
+        );
+        for (a, point) in fleet.iter().zip(&points) {
+            assert_eq!(
+                plan(a, at("2026-03-29T10:00:00Z"), p),
+                None,
+                "on the DST Sunday"
+            );
+            assert_eq!(plan(a, at("2026-03-30T06:59:00Z"), p), None, "08:59 CEST");
+            assert_eq!(plan(a, Timestamp::from_millis(point.millis() - 1), p), None);
+            assert_eq!(plan(a, *point, p), Some(Work::Refresh));
+        }
+    }
+
+    #[test]
+    fn verification_is_not_held_back_by_the_window() {
+        let p = Policy {
+            verify_interval: Duration::from_secs(6 * 3600),
+            ..month_policy(Some(weekdays_9_to_5()))
+        };
+        // Saturday; token young, last check a day ago.
+        let mut a = fleet_member("weekend", at("2026-11-27T00:00:00Z"));
+        a.last_verified_at = Some(at("2026-11-27T12:00:00Z"));
+        assert_eq!(
+            plan(&a, at("2026-11-28T12:00:00Z"), p),
+            Some(Work::Verify { candidate: false })
+        );
     }
 
     #[test]

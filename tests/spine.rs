@@ -117,9 +117,10 @@ async fn a_28_day_token_is_rotated_at_half_its_life_on_a_moved_clock() {
     );
     assert_eq!(d.cli(&["get", "shiphero/gamma"]).await.stdout, first);
 
-    // Day 14 = 0.5 of 28 days: the sweep refreshes, probes and serves the new token.
-    d.advance("1d").await;
-    fake.advance_clock(Duration::from_secs(86_400));
+    // Day 17: past 0.5 of 28 days plus this account's share of the spread (at most 10% of
+    // the lifetime, day 16.8): the sweep refreshes, probes and serves the new token.
+    d.advance("4d").await;
+    fake.advance_clock(Duration::from_secs(4 * 86_400));
     tokio::time::timeout(DEADLINE, fake.wait_for_refreshes("ops@gamma.test", 2))
         .await
         .unwrap();

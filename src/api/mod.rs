@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::names::{AccountKey, NameError, Provider, Status, validate_account_name};
 use crate::providers::shiphero::jwt_times;
 use crate::registry::{AccountRecord, NewAccount, Registry, RegistryError, TokenRecord};
-use crate::rotation::{Engine, EngineError, refresh_point, usable};
+use crate::rotation::{Engine, EngineError, Policy, refresh_point, usable};
 use crate::secret::Secret;
 
 /// What every handler shares.
@@ -266,7 +266,7 @@ impl ApiState {
     }
 
     fn account_json(&self, a: &AccountRecord) -> Value {
-        let rotate_at = self.config.borrow().rotation.rotate_at;
+        let policy = Policy::from_config(&self.config.borrow());
         json!({
             "provider": a.key.provider,
             "account": a.key.name,
@@ -274,7 +274,7 @@ impl ApiState {
             "status_since": a.status_since,
             "email": a.email,
             "expires_at": a.current.as_ref().and_then(|t| t.expires_at),
-            "refresh_after": a.current.as_ref().and_then(|t| refresh_point(t, rotate_at)),
+            "refresh_after": a.current.as_ref().and_then(|t| refresh_point(&a.key, t, &policy)),
             "last_rotated_at": a.last_rotated_at,
             "last_verified_at": a.last_verified_at,
             "last_error": a.last_error,
@@ -368,7 +368,7 @@ async fn get_token(
         "access_token": token.access_token.expose(),
         "token_type": "Bearer",
         "expires_at": token.expires_at,
-        "refresh_after": refresh_point(token, config.rotation.rotate_at),
+        "refresh_after": refresh_point(&key, token, &Policy::from_config(&config)),
         "status": "active",
         "headers": upstream_headers,
     });
