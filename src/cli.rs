@@ -65,6 +65,19 @@ pub enum Command {
     /// Shippo OAuth.
     #[command(subcommand)]
     Shippo(ShippoCommand),
+    /// Show who was handed which token: time, client rule, uid, gid, pid, executable, account
+    /// and the token's fingerprint (admins only).
+    Audit {
+        /// Only this PROVIDER/ACCOUNT.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only since this RFC 3339 time, or this long ago ("1h", "7d").
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -263,6 +276,9 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
             }
             Command::Rotate { accounts, all } => rotate_many(&socket, accounts, *all).await,
             Command::Verify { account } => act(&socket, account, "verify").await,
+            Command::Audit { account, since, json } => {
+                audit(&socket, account.as_deref(), since.as_deref(), *json).await
+            }
             Command::Shippo(ShippoCommand::Connect { name }) => {
                 let reply = client::call(&socket, "POST", "/v1/shippo/connect", Some(&json!({ "account": name }))).await?;
                 expect_ok(&reply)?;
@@ -289,6 +305,60 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `shiptoken audit`: the daemon parses `--since` with its own clock, so "1h" means an hour
+/// before the daemon's now.
+async fn audit(
+    socket: &Path,
+    account: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> Result<(), Failed> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(a) = account {
+        account_path(a)?;
+        query.append_pair("account", a);
+    }
+    if let Some(s) = since {
+        query.append_pair("since", s);
+    }
+    let query = query.finish();
+    let path = if query.is_empty() {
+        "/v1/audit".to_string()
+    } else {
+        format!("/v1/audit?{query}")
+    };
+    let reply = client::call(socket, "GET", &path, None).await?;
+    expect_ok(&reply)?;
+    let entries = reply
+        .body
+        .get("entries")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Array(entries)).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let text = |e: &Value, k: &str| match e.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".to_string(),
+        Some(v) => v.to_string(),
+    };
+    println!("AT\tLAST\tCOUNT\tACCOUNT\tCLIENT\tUID\tGID\tPID\tEXE\tFINGERPRINT");
+    for e in &entries {
+        println!(
+            "{}",
+            ["at", "last_at", "count", "account", "client", "uid", "gid", "pid", "exe", "fingerprint"]
+                .map(|k| text(e, k))
+                .join("\t")
+        );
+    }
+    Ok(())
 }
 
 fn account_path(account: &str) -> Result<String, Failed> {

@@ -144,6 +144,8 @@ pub struct RawSocket {
     pub admin_uids: Vec<u32>,
     /// `[[socket.clients]]` rules.
     pub clients: Vec<ClientRule>,
+    /// How long audit entries (who read which token) are kept, e.g. `"90d"`.
+    pub audit_retention: String,
 }
 
 /// `[metrics]` as written.
@@ -328,6 +330,7 @@ impl Default for RawSocket {
             mode: "0660".into(),
             admin_uids: vec![0],
             clients: Vec::new(),
+            audit_retention: "90d".into(),
         }
     }
 }
@@ -446,6 +449,8 @@ pub struct SocketConfig {
     pub admin_uids: Vec<u32>,
     /// Read rules; empty means every peer that can open the socket reads every token.
     pub clients: Vec<ClientRule>,
+    /// How long audit entries are kept before they are pruned.
+    pub audit_retention: Duration,
 }
 
 /// The validated `[rotation]` section.
@@ -583,6 +588,8 @@ impl Config {
                 mode: v.file_mode("socket.mode", &raw.socket.mode)?,
                 admin_uids: raw.socket.admin_uids.clone(),
                 clients: v.client_rules("socket.clients", &raw.socket.clients)?,
+                audit_retention: v
+                    .duration("socket.audit_retention", &raw.socket.audit_retention)?,
             },
             metrics_listen: v.listen("metrics.listen", &raw.metrics.listen)?,
             rotation: RotationConfig {

@@ -136,6 +136,13 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     let tracker = TaskTracker::new();
 
     let last_sweep = Arc::new(AtomicI64::new(clock.now().millis()));
+    let audit = api::AuditLog::new();
+    tracker.spawn(audit.clone().run(
+        registry.clone(),
+        clock.clone(),
+        config_rx.clone(),
+        shutdown.clone(),
+    ));
     let state = Arc::new(ApiState {
         registry: registry.clone(),
         engine: engine.clone(),
@@ -146,6 +153,8 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         movable_clock: options.movable_clock,
         last_sweep: last_sweep.clone(),
         oauth: oauth.clone(),
+        audit: audit.clone(),
+        shutdown: shutdown.clone(),
     });
     tracker.spawn(api::serve(
         listener,
@@ -267,6 +276,8 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
             "some connections or work did not finish within {SHUTDOWN_TIMEOUT:?}; abandoning them"
         );
     }
+    // Reads answered while the audit flusher was stopping.
+    audit.flush(&registry).await;
     // With socket activation the file belongs to systemd, which keeps listening on it.
     let removed = if activated {
         Ok(())

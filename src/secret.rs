@@ -5,19 +5,39 @@
 //! [`Secret::expose`] is called on purpose.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
 /// A credential. `Debug` and `Display` print `[redacted]`; it is deliberately not `Serialize`,
 /// so putting it into a JSON answer takes an explicit [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+#[derive(Clone, serde::Deserialize)]
+#[serde(from = "String")]
+pub struct Secret(String, FingerprintCache);
+
+/// The fingerprint, computed on first use: the socket reports it with every token it serves,
+/// and hashing a 1 KiB JWT on each request was a measurable share of the hot path.
+#[derive(Clone, Default)]
+struct FingerprintCache(OnceLock<String>);
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value, FingerprintCache::default())
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wraps a credential.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret::from(value.into())
     }
 
     /// The credential itself, for the few places that must send, store or serve it.
@@ -33,8 +53,13 @@ impl Secret {
     /// A short, stable, non-reversible fingerprint (first 12 hex digits of SHA-256), used to
     /// tell tokens apart in the audit and to refuse a refresh token registered twice.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+        self.1
+            .0
+            .get_or_init(|| {
+                let digest = Sha256::digest(self.0.as_bytes());
+                digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+            })
+            .clone()
     }
 
     /// Replaces every occurrence of this secret in `text` with `[redacted]`; used on upstream

@@ -4,6 +4,7 @@
 //! SQLite nor the network. Access is decided from the peer's credentials ([`Peer`]) and the
 //! `[socket]` rules, re-read on every request so a reload applies at once.
 
+pub mod audit;
 pub mod server;
 
 use std::sync::Arc;
@@ -11,23 +12,29 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-pub use server::{Limits, Peer, serve};
+pub use audit::AuditLog;
+pub use server::{Limits, Peer, PeerExe, serve};
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::{AccountKey, NameError, Provider, Status, validate_account_name};
 use crate::providers::shiphero::jwt_times;
-use crate::registry::{AccountRecord, NewAccount, Registry, RegistryError, TokenRecord};
+use crate::registry::{
+    AccountRecord, AuditEntry, AuditQuery, NewAccount, Registry, RegistryError, TokenRecord,
+};
 use crate::rotation::{Engine, EngineError, Policy, refresh_point, usable};
 use crate::secret::Secret;
 
@@ -51,6 +58,10 @@ pub struct ApiState {
     pub last_sweep: Arc<std::sync::atomic::AtomicI64>,
     /// The Shippo OAuth flow; `None` when OAuth is not configured, which disables connect.
     pub oauth: Option<Arc<crate::oauth::OAuthFlow>>,
+    /// Where every token handed out is queued for the audit (written in batches).
+    pub audit: AuditLog,
+    /// Fires on shutdown, so clients waiting for a new token get their answer at once.
+    pub shutdown: CancellationToken,
 }
 
 /// A JSON error answer: `{"error": CODE, "message": TEXT, ...extra}`.
@@ -164,6 +175,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(account_events),
         )
         .route("/v1/shippo/connect", post(shippo_connect))
+        .route("/v1/audit", get(read_audit))
         .route("/v1/debug/clock", post(move_clock))
         .fallback(|| async {
             ApiError::new(
@@ -187,14 +199,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// Counts every request by route template (never the raw path, so labels stay bounded).
 async fn observe(State(state): Shared, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    // MatchedPath is an Arc<str>: cloning it costs no allocation on the hot path.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    state
-        .metrics
-        .socket_request(&route, response.status().as_u16(), started.elapsed());
+    state.metrics.socket_request(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -213,11 +225,23 @@ impl ApiState {
         peer.uid == self.daemon_uid || self.config.borrow().socket.admin_uids.contains(&peer.uid)
     }
 
-    fn require_admin(&self, peer: &Peer, what: &str) -> Result<(), ApiError> {
+    fn require_admin(
+        &self,
+        peer: &Peer,
+        what: &str,
+        account: Option<&AccountKey>,
+    ) -> Result<(), ApiError> {
         if self.is_admin(peer) {
             return Ok(());
         }
-        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, action = what, "refused: not an admin");
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            account = account.map(tracing::field::display),
+            action = what,
+            "refused: not an admin"
+        );
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -244,7 +268,13 @@ impl ApiState {
         {
             return Ok(Some(rule.name.clone()));
         }
-        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, account = %key, "refused: no socket.clients rule lets this peer read the account");
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            account = %key,
+            "refused: no socket.clients rule lets this peer read the account"
+        );
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -306,77 +336,244 @@ async fn health(State(state): Shared) -> Response {
     .into_response()
 }
 
+/// `{provider}/{account}` from the path, validated: a bad or undecodable segment is a JSON
+/// 400 (or 404 for an unknown provider), never axum's plain-text rejection.
+struct AccountPath(AccountKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for AccountPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((provider, account)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "bad path: {}",
+                    e.body_text().chars().take(200).collect::<String>()
+                ))
+            })?;
+        Ok(AccountPath(key_from(&provider, &account)?))
+    }
+}
+
+fn query_error(e: QueryRejection) -> ApiError {
+    // serde's messages name the parameter and never echo more than the bad value.
+    ApiError::bad_request(format!(
+        "bad query string: {}",
+        e.body_text().chars().take(200).collect::<String>()
+    ))
+}
+
+/// The query of `GET /v1/tokens/{provider}/{account}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenQuery {
+    /// Long poll: answer once the token or status differs from `known`, or after this many
+    /// seconds with the current state.
+    wait: Option<u64>,
+    /// What the client already has: the `fingerprint` of its token, or the `error` code of its
+    /// last answer. Without it, the state when the request arrived.
+    known: Option<String>,
+}
+
+/// The longest `?wait=` accepted, in seconds.
+pub const MAX_WAIT_SECS: u64 = 300;
+
+/// A token that may be handed out, still inside its record (no copy of the secret).
+struct Servable {
+    record: Arc<AccountRecord>,
+    candidate: bool,
+}
+
+impl Servable {
+    fn token(&self) -> Option<&TokenRecord> {
+        if self.candidate {
+            self.record.candidate.as_ref()
+        } else {
+            self.record.current.as_ref()
+        }
+    }
+}
+
+impl ApiState {
+    /// The token to hand out for `key` now, from memory, or why there is none.
+    async fn servable(&self, key: &AccountKey) -> Result<Servable, ApiError> {
+        let lookup = || {
+            self.registry
+                .account(key)
+                .ok_or_else(|| ApiError::from(RegistryError::NotFound(key.clone())))
+        };
+        let mut record = lookup()?;
+        if record.candidate.is_some() {
+            // A token issued a moment ago is being probed: wait for the verdict rather than
+            // hand out the previous token, which ShipHero may already have invalidated.
+            self.engine.settle(key, CANDIDATE_WAIT).await;
+            record = lookup()?;
+        }
+        let now = self.clock.now();
+        // The newest stored token wins. A candidate still here after its probe was
+        // inconclusive (outage, throttling) is newer than the served one, which may no longer
+        // work.
+        let candidate = record.candidate.as_ref().is_some_and(|c| usable(c, now));
+        let newest = if candidate {
+            record.candidate.as_ref()
+        } else {
+            record.current.as_ref()
+        };
+        match newest {
+            Some(t) if record.status == Status::Active && usable(t, now) => {
+                Ok(Servable { record, candidate })
+            }
+            _ => Err(unusable(&record, now)),
+        }
+    }
+}
+
+/// What a waiting client compares: the token's fingerprint, or the error code.
+fn state_tag(outcome: &Result<Servable, ApiError>) -> String {
+    match outcome {
+        Ok(s) => s
+            .token()
+            .map(|t| t.access_token.fingerprint())
+            .unwrap_or_default(),
+        Err(e) => e.code.to_string(),
+    }
+}
+
 async fn get_token(
     State(state): Shared,
-    Path((provider, account)): Path<(String, String)>,
-    headers: HeaderMap,
+    AccountPath(key): AccountPath,
+    query: Result<Query<TokenQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    let key = key_from(&provider, &account)?;
-    state.may_read(&peer, &key)?;
-    let lookup = || {
-        state
-            .registry
-            .account(&key)
-            .ok_or_else(|| RegistryError::NotFound(key.clone()))
+    let Query(query) = query.map_err(query_error)?;
+    let rule = state.may_read(&peer, &key)?;
+    let outcome = match query.wait {
+        None => state.servable(&key).await,
+        Some(wait) if wait > MAX_WAIT_SECS => {
+            return Err(ApiError::bad_request(format!(
+                "wait is at most {MAX_WAIT_SECS} seconds"
+            )));
+        }
+        Some(wait) => wait_for_change(&state, &key, Duration::from_secs(wait), query.known).await,
     };
-    let mut record = lookup()?;
-    if record.candidate.is_some() {
-        // A token issued a moment ago is being probed: wait for the verdict rather than hand
-        // out the previous token, which ShipHero may already have invalidated.
-        state.engine.settle(&key, CANDIDATE_WAIT).await;
-        record = lookup()?;
-    }
+    let served = outcome?;
+    let Some(token) = served.token() else {
+        return Err(unusable(&served.record, state.clock.now()));
+    };
+    let fingerprint = token.access_token.fingerprint();
     let now = state.clock.now();
-    // The newest stored token wins. A candidate still here after its probe was inconclusive
-    // (outage, throttling) is newer than the served one, which may no longer work.
-    let newest = match (&record.candidate, &record.current) {
-        (Some(c), _) if usable(c, now) => Some(c),
-        (_, current) => current.as_ref(),
-    };
-    let token = match newest {
-        Some(t) if record.status == Status::Active && usable(t, now) => t,
-        _ => return Err(unusable(&record, now)),
-    };
-    let wants_text = headers
+    state.audit.record(AuditEntry {
+        at: now,
+        last_at: now,
+        count: 1,
+        account: key.clone(),
+        client: rule,
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        exe: request
+            .extensions()
+            .get::<PeerExe>()
+            .and_then(|e| e.0.as_deref().map(str::to_string)),
+        fingerprint: fingerprint.clone(),
+    });
+    let etag = HeaderValue::from_str(&format!("\"{fingerprint}\"")).ok();
+    // Read from the request, not a `HeaderMap` extractor, which would clone every header.
+    let wants_text = request
+        .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/plain") && !v.contains("application/json"));
-    if wants_text {
-        let mut response = token.access_token.expose().to_string().into_response();
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return Ok(response);
+    let mut response = if wants_text {
+        token.access_token.expose().to_string().into_response()
+    } else {
+        let config = state.config.borrow().clone();
+        let authorization = format!("Bearer {}", token.access_token.expose());
+        // Serialized straight from borrowed fields: this is the hot path, and building a
+        // serde_json::Value first cost a map insert and an allocation per field.
+        axum::Json(TokenAnswer {
+            provider: key.provider,
+            account: &key.name,
+            access_token: token.access_token.expose(),
+            token_type: "Bearer",
+            expires_at: token.expires_at,
+            refresh_after: refresh_point(&key, token, &Policy::from_config(&config)),
+            status: "active",
+            headers: UpstreamHeaders {
+                authorization: &authorization,
+                shippo_api_version: (key.provider == Provider::Shippo)
+                    .then_some(config.shippo.api_version.as_str()),
+            },
+            fingerprint: &fingerprint,
+        })
+        .into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(etag) = etag {
+        h.insert(header::ETAG, etag);
     }
-    let config = state.config.borrow().clone();
-    let mut upstream_headers = serde_json::Map::new();
-    upstream_headers.insert(
-        "Authorization".into(),
-        format!("Bearer {}", token.access_token.expose()).into(),
-    );
-    if key.provider == Provider::Shippo {
-        upstream_headers.insert(
-            "Shippo-API-Version".into(),
-            config.shippo.api_version.clone().into(),
-        );
-    }
-    let body = json!({
-        "provider": key.provider,
-        "account": key.name,
-        "access_token": token.access_token.expose(),
-        "token_type": "Bearer",
-        "expires_at": token.expires_at,
-        "refresh_after": refresh_point(&key, token, &Policy::from_config(&config)),
-        "status": "active",
-        "headers": upstream_headers,
-    });
-    let mut response = axum::Json(body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// The 200 answer of `GET /v1/tokens/{provider}/{account}` (CONTRACT.md), plus `fingerprint`.
+#[derive(serde::Serialize)]
+struct TokenAnswer<'a> {
+    provider: Provider,
+    account: &'a str,
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_at: Option<Timestamp>,
+    refresh_after: Option<Timestamp>,
+    status: &'static str,
+    headers: UpstreamHeaders<'a>,
+    /// `Secret::fingerprint` of the token: what the audit records, and what `?known=` takes.
+    fingerprint: &'a str,
+}
+
+/// Exactly the headers to send upstream.
+#[derive(serde::Serialize)]
+struct UpstreamHeaders<'a> {
+    #[serde(rename = "Authorization")]
+    authorization: &'a str,
+    #[serde(rename = "Shippo-API-Version", skip_serializing_if = "Option::is_none")]
+    shippo_api_version: Option<&'a str>,
+}
+
+/// Waits until the account's token or status differs from `known` (or, without it, from what
+/// it was on arrival), for at most `wait`; then answers the state of that moment.
+///
+/// The change receiver is taken *before* the first look, so a token stored between the look and
+/// the wait still wakes us: the registry bumps it in the same step that updates the cache.
+async fn wait_for_change(
+    state: &ApiState,
+    key: &AccountKey,
+    wait: Duration,
+    known: Option<String>,
+) -> Result<Servable, ApiError> {
+    let mut changes = state.registry.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut known = known;
+    loop {
+        let outcome = state.servable(key).await;
+        let tag = state_tag(&outcome);
+        match &known {
+            Some(k) if *k != tag => return outcome,
+            Some(_) => {}
+            None => known = Some(tag),
+        }
+        let woke = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, changes.changed()) => {
+                matches!(changed, Ok(Ok(())))
+            }
+            () = state.shutdown.cancelled() => false,
+        };
+        if !woke {
+            return outcome;
+        }
+    }
 }
 
 /// The 409 answer for an account that has no token to hand out.
@@ -437,11 +634,10 @@ async fn list_accounts(State(state): Shared, request: Request) -> Result<Respons
 
 async fn get_account(
     State(state): Shared,
-    Path((provider, account)): Path<(String, String)>,
+    AccountPath(key): AccountPath,
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    let key = key_from(&provider, &account)?;
     state.may_read(&peer, &key)?;
     let record = state
         .registry
@@ -452,11 +648,10 @@ async fn get_account(
 
 async fn account_events(
     State(state): Shared,
-    Path((provider, account)): Path<(String, String)>,
+    AccountPath(key): AccountPath,
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    let key = key_from(&provider, &account)?;
     state.may_read(&peer, &key)?;
     let events = state.registry.events(&key, 200).await?;
     Ok(axum::Json(json!({ "events": events })).into_response())
@@ -517,7 +712,7 @@ fn secret_field(field: &str, value: Option<Secret>) -> Result<Option<Secret>, Ap
 
 async fn add_account(State(state): Shared, request: Request) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    state.require_admin(&peer, "add accounts")?;
+    state.require_admin(&peer, "add accounts", None)?;
     let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
         .await
         .map_err(|_| {
@@ -624,12 +819,11 @@ async fn add_account(State(state): Shared, request: Request) -> Result<Response,
 
 async fn remove_account(
     State(state): Shared,
-    Path((provider, account)): Path<(String, String)>,
+    AccountPath(key): AccountPath,
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    state.require_admin(&peer, "remove accounts")?;
-    let key = key_from(&provider, &account)?;
+    state.require_admin(&peer, "remove accounts", Some(&key))?;
     state.registry.remove(&key, state.clock.now()).await?;
     tracing::info!(provider = %key.provider, account = %key.name, event = "removed", uid = peer.uid, "account removed");
     Ok(axum::Json(json!({ "removed": key.to_string() })).into_response())
@@ -637,24 +831,22 @@ async fn remove_account(
 
 async fn rotate_account(
     State(state): Shared,
-    Path((provider, account)): Path<(String, String)>,
+    AccountPath(key): AccountPath,
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    state.require_admin(&peer, "rotate tokens")?;
-    let key = key_from(&provider, &account)?;
+    state.require_admin(&peer, "rotate tokens", Some(&key))?;
     let record = state.engine.rotate_now(&key).await?;
     Ok(axum::Json(state.account_json(&record)).into_response())
 }
 
 async fn verify_account(
     State(state): Shared,
-    Path((provider, account)): Path<(String, String)>,
+    AccountPath(key): AccountPath,
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    state.require_admin(&peer, "verify tokens")?;
-    let key = key_from(&provider, &account)?;
+    state.require_admin(&peer, "verify tokens", Some(&key))?;
     let record = state.engine.verify_now(&key).await?;
     Ok(axum::Json(state.account_json(&record)).into_response())
 }
@@ -667,7 +859,7 @@ struct Connect {
 
 async fn shippo_connect(State(state): Shared, request: Request) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
-    state.require_admin(&peer, "connect Shippo accounts")?;
+    state.require_admin(&peer, "connect Shippo accounts", None)?;
     let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
         .await
         .map_err(|_| {
@@ -701,6 +893,60 @@ async fn shippo_connect(State(state): Shared, request: Request) -> Result<Respon
     }
 }
 
+/// The query of `GET /v1/audit`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    account: Option<String>,
+    /// RFC 3339, or a duration ("1h") meaning that long ago.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Entries `GET /v1/audit` answers when no `limit` is given, and at most.
+const AUDIT_LIMIT: usize = 1000;
+const AUDIT_LIMIT_MAX: usize = 100_000;
+
+async fn read_audit(
+    State(state): Shared,
+    query: Result<Query<AuditParams>, QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    let Query(params) = query.map_err(query_error)?;
+    let account = params
+        .account
+        .as_deref()
+        .map(AccountKey::parse)
+        .transpose()?;
+    state.require_admin(&peer, "read the audit", account.as_ref())?;
+    let since = match params.since.as_deref() {
+        None => None,
+        Some(s) => Some(audit::parse_since(s, state.clock.now()).ok_or_else(|| {
+            ApiError::bad_request(
+                "since must be an RFC 3339 time or a duration such as \"1h\" (that long ago)",
+            )
+        })?),
+    };
+    let limit = params.limit.unwrap_or(AUDIT_LIMIT);
+    if limit == 0 || limit > AUDIT_LIMIT_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {AUDIT_LIMIT_MAX}"
+        )));
+    }
+    // Write what is queued first, so the answer includes every read up to this request.
+    state.audit.flush(&state.registry).await;
+    let entries = state
+        .registry
+        .audit(AuditQuery {
+            account,
+            since,
+            limit,
+        })
+        .await?;
+    Ok(axum::Json(json!({ "entries": entries })).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MoveClock {
@@ -717,7 +963,7 @@ async fn move_clock(State(state): Shared, request: Request) -> Result<Response, 
         ));
     }
     let peer = peer_of(request.extensions())?;
-    state.require_admin(&peer, "move the clock")?;
+    state.require_admin(&peer, "move the clock", None)?;
     let body = axum::body::to_bytes(request.into_body(), 1024)
         .await
         .map_err(|_| ApiError::bad_request("body too large"))?;

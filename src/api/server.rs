@@ -27,6 +27,20 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
+/// The peer's executable, read once per connection from `/proc/<pid>/exe` for the audit;
+/// `None` when the process is gone or belongs to a user the daemon may not inspect.
+#[derive(Clone, Debug, Default)]
+pub struct PeerExe(pub Option<Arc<str>>);
+
+impl PeerExe {
+    fn of(pid: Option<i32>) -> PeerExe {
+        PeerExe(
+            pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+                .map(|path| Arc::from(path.to_string_lossy().as_ref())),
+        )
+    }
+}
+
 /// Bounds that keep a misbehaving client from holding resources.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -90,8 +104,10 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let exe = PeerExe::of(peer.pid);
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer);
+                req.extensions_mut().insert(exe.clone());
                 router.clone().oneshot(req)
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -80,6 +80,28 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 4: the audit of every token handed out over the socket. A fingerprint of the token, never
+    // the token; no foreign key, because the audit outlives a removed account. Identical reads
+    // (same peer, account and token) within one flush are one row with a count, from `at` to
+    // `last_at`, so a client polling a thousand times a second does not write a thousand rows.
+    r#"
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        last_at     INTEGER NOT NULL,
+        count       INTEGER NOT NULL,
+        provider    TEXT NOT NULL,
+        account     TEXT NOT NULL,
+        client      TEXT,
+        uid         INTEGER NOT NULL,
+        gid         INTEGER NOT NULL,
+        pid         INTEGER,
+        exe         TEXT,
+        fingerprint TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit (at);
+    CREATE INDEX audit_by_account ON audit (provider, account, at);
+    "#,
 ];
 
 /// The schema version this build writes.

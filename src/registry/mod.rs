@@ -5,6 +5,7 @@
 //! which is what the socket serves from: a token is visible to readers only once it is
 //! durably stored, and reading it touches neither SQLite nor the network.
 
+mod audit;
 mod migrations;
 mod oauth_states;
 pub mod rekey;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
+pub use audit::{AuditEntry, AuditQuery};
 pub use migrations::SCHEMA_VERSION;
 
 use crate::clock::Timestamp;

@@ -1,0 +1,219 @@
+//! The audit: who was handed which account's token, and when.
+//!
+//! Entries arrive in batches from the socket's audit queue (`api::audit`) and are written in
+//! one transaction, so recording a read never puts SQLite on the hot path. Only a short
+//! fingerprint of each token is kept, never the token.
+
+use rusqlite::params;
+
+use super::{Registry, RegistryError};
+use crate::clock::Timestamp;
+use crate::names::{AccountKey, Provider};
+
+/// A token handed out over the socket, `count` times from `at` to `last_at` to the same peer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    /// When it was (first) handed out.
+    pub at: Timestamp,
+    /// When it was last handed out; `at` for a single read.
+    pub last_at: Timestamp,
+    /// How many reads this entry stands for.
+    pub count: u64,
+    /// The account whose token it was.
+    #[serde(serialize_with = "key_string")]
+    pub account: AccountKey,
+    /// The `[[socket.clients]]` rule that allowed it; `None` for admins and when no rules exist.
+    pub client: Option<String>,
+    /// The peer's uid (SO_PEERCRED).
+    pub uid: u32,
+    /// The peer's primary gid.
+    pub gid: u32,
+    /// The peer's pid, when the kernel reported it.
+    pub pid: Option<i32>,
+    /// The peer's executable (`/proc/<pid>/exe`), when it could be read.
+    pub exe: Option<String>,
+    /// `Secret::fingerprint` of the token handed out: tells tokens apart, reveals nothing.
+    pub fingerprint: String,
+}
+
+fn key_string<S: serde::Serializer>(key: &AccountKey, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(key)
+}
+
+/// Which entries to read.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// Only this account.
+    pub account: Option<AccountKey>,
+    /// Only entries at or after this time.
+    pub since: Option<Timestamp>,
+    /// At most this many, the newest.
+    pub limit: usize,
+}
+
+impl Registry {
+    /// Appends a batch of entries in one transaction (one fsync for the whole batch).
+    pub async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), RegistryError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO audit (at, last_at, count, provider, account, client, uid, gid, pid, exe, fingerprint)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for e in &entries {
+                    stmt.execute(params![
+                        e.at.millis(),
+                        e.last_at.millis(),
+                        i64::try_from(e.count).unwrap_or(i64::MAX),
+                        e.account.provider.as_str(),
+                        e.account.name,
+                        e.client,
+                        e.uid,
+                        e.gid,
+                        e.pid,
+                        e.exe,
+                        e.fingerprint,
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Entries matching `query`, oldest first.
+    pub async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, RegistryError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, provider, account, client, uid, gid, pid, exe, fingerprint, last_at, count
+                 FROM audit
+                 WHERE (?1 IS NULL OR (provider = ?1 AND account = ?2)) AND at >= ?3
+                 ORDER BY id DESC LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    query.account.as_ref().map(|k| k.provider.as_str()),
+                    query.account.as_ref().map(|k| k.name.clone()),
+                    query.since.map_or(i64::MIN, Timestamp::millis),
+                    i64::try_from(query.limit).unwrap_or(i64::MAX),
+                ],
+                |r| {
+                    let provider: String = r.get(1)?;
+                    Ok((
+                        provider,
+                        AuditEntry {
+                            at: Timestamp::from_millis(r.get(0)?),
+                            account: AccountKey {
+                                provider: Provider::ShipHero,
+                                name: r.get(2)?,
+                            },
+                            client: r.get(3)?,
+                            uid: r.get(4)?,
+                            gid: r.get(5)?,
+                            pid: r.get(6)?,
+                            exe: r.get(7)?,
+                            fingerprint: r.get(8)?,
+                            last_at: Timestamp::from_millis(r.get(9)?),
+                            count: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
+                        },
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (provider, mut entry) = row?;
+                // Providers are written by this code only; an unknown one is skipped, not guessed.
+                let Some(p) = Provider::parse(&provider) else {
+                    continue;
+                };
+                entry.account.provider = p;
+                out.push(entry);
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes entries whose last read is older than `before`; returns how many.
+    pub async fn prune_audit(&self, before: Timestamp) -> Result<usize, RegistryError> {
+        self.call(move |conn| {
+            Ok(conn.execute("DELETE FROM audit WHERE last_at < ?1", [before.millis()])?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(account: &str, at: i64, fp: &str) -> AuditEntry {
+        AuditEntry {
+            at: Timestamp::from_secs(at),
+            last_at: Timestamp::from_secs(at),
+            count: 1,
+            account: AccountKey::parse(account).unwrap(),
+            client: Some("order-sync".into()),
+            uid: 1001,
+            gid: 1001,
+            pid: Some(42),
+            exe: Some("/usr/bin/app".into()),
+            fingerprint: fp.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_are_filtered_limited_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).await.unwrap();
+        reg.append_audit(vec![
+            entry("shiphero/acme", 10, "aaaaaaaaaaaa"),
+            entry("shippo/beta", 20, "bbbbbbbbbbbb"),
+            entry("shiphero/acme", 30, "cccccccccccc"),
+        ])
+        .await
+        .unwrap();
+        let all = reg
+            .audit(AuditQuery {
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0], entry("shiphero/acme", 10, "aaaaaaaaaaaa"));
+        let acme = reg
+            .audit(AuditQuery {
+                account: Some(AccountKey::parse("shiphero/acme").unwrap()),
+                since: Some(Timestamp::from_secs(15)),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(acme, [entry("shiphero/acme", 30, "cccccccccccc")]);
+        let newest = reg
+            .audit(AuditQuery {
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(newest[0].fingerprint, "cccccccccccc");
+        assert_eq!(reg.prune_audit(Timestamp::from_secs(25)).await.unwrap(), 2);
+        let left = reg
+            .audit(AuditQuery {
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+    }
+}

@@ -1,0 +1,368 @@
+//! Fuzzes the socket's request handling: arbitrary methods, paths, queries, headers, bodies
+//! and peers go through the real router (in process, with a real registry). Whatever comes
+//! in, nothing panics, nothing answers 500, and every answer but a bare token is JSON, with
+//! `error` and `message` when it is a refusal.
+//!
+//! The corpus: `CORPUS` below (inputs that once broke or nearly broke a handler) runs first;
+//! failures proptest finds are kept in `proptest-regressions/fuzz_router.txt` and replayed
+//! first on every run. Commit that file when it changes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use shiptoken::api::{self, ApiState, AuditLog, Peer};
+use shiptoken::clock::Clock;
+use shiptoken::config::{ClientRule, Config, RawConfig};
+use shiptoken::metrics::Metrics;
+use shiptoken::names::AccountKey;
+use shiptoken::providers::{self, shiphero::ShipHero, shippo::Shippo};
+use shiptoken::registry::{NewAccount, Registry, TokenRecord};
+use shiptoken::rotation::Engine;
+use shiptoken::secret::Secret;
+
+/// Nothing listens here: upstream calls fail fast with "connection refused".
+const NOWHERE: &str = "http://127.0.0.1:9";
+
+struct World {
+    runtime: tokio::runtime::Runtime,
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let router = runtime.block_on(router(dir.path()));
+        World {
+            runtime,
+            router,
+            _dir: dir,
+        }
+    })
+}
+
+async fn router(dir: &std::path::Path) -> axum::Router {
+    let mut raw = RawConfig {
+        state_dir: dir.join("state").display().to_string(),
+        ..RawConfig::default()
+    };
+    raw.socket.path = dir.join("shiptoken.sock").display().to_string();
+    raw.socket.clients = vec![ClientRule {
+        name: "order-sync".into(),
+        uids: vec![1001],
+        gids: vec![],
+        accounts: vec!["shippo/one".into()],
+    }];
+    raw.shiphero.api_base = NOWHERE.into();
+    raw.shippo.api_base = NOWHERE.into();
+    raw.shippo.oauth_base = NOWHERE.into();
+    let figment = figment::Figment::from(figment::providers::Serialized::defaults(raw));
+    let config = Config::from_figment(&figment, None).unwrap();
+    let registry = Registry::open(&config.state_dir).await.unwrap();
+    let clock = Clock::system();
+    let key = AccountKey::parse("shippo/one").unwrap();
+    registry
+        .add(
+            NewAccount {
+                key: key.clone(),
+                email: None,
+                first_name: None,
+                last_name: None,
+                refresh_token: None,
+                access_token: Some(TokenRecord {
+                    access_token: Secret::new("shippo_oauth_fuzz_token_0123456789"),
+                    issued_at: clock.now(),
+                    expires_at: None,
+                }),
+            },
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    registry
+        .record_verified(&key, true, None, clock.now())
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let http = providers::http_client(Duration::from_millis(500));
+    let (_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    // The sender may go: the receiver keeps the last value.
+    let engine = Arc::new(Engine::new(
+        registry.clone(),
+        ShipHero::new(http.clone(), NOWHERE, metrics.clone()),
+        Shippo::new(http, NOWHERE, NOWHERE, "2018-02-08", metrics.clone()),
+        clock.clone(),
+        metrics.clone(),
+        config_rx.clone(),
+    ));
+    api::router(Arc::new(ApiState {
+        registry,
+        engine,
+        config: config_rx,
+        clock,
+        metrics,
+        daemon_uid: 4040,
+        movable_clock: false,
+        last_sweep: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        oauth: None,
+        audit: AuditLog::new(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    }))
+}
+
+/// One request as the fuzzer sees it.
+#[derive(Debug, Clone)]
+struct Input {
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    uid: u32,
+}
+
+/// Checks the invariants for one request; `Err` describes the violation.
+fn check(input: &Input) -> Result<(), String> {
+    let w = world();
+    let mut builder = Request::builder()
+        .method(input.method.as_str())
+        .uri(input.uri.as_str());
+    for (k, v) in &input.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let Ok(mut request) = builder.body(Body::from(input.body.clone())) else {
+        // Not a request hyper would ever hand us (bad method, URI or header syntax).
+        return Ok(());
+    };
+    request.extensions_mut().insert(Peer {
+        uid: input.uid,
+        gid: input.uid,
+        pid: Some(1),
+    });
+    let (status, content_type, body) = w.runtime.block_on(async {
+        let response = w.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, body)
+    });
+    if status == StatusCode::INTERNAL_SERVER_ERROR
+        || (status.is_server_error()
+            && status != StatusCode::BAD_GATEWAY
+            && status != StatusCode::SERVICE_UNAVAILABLE)
+    {
+        return Err(format!("{status} for {input:?}"));
+    }
+    if content_type.starts_with("text/plain") && status == StatusCode::OK {
+        return Ok(()); // the bare token, asked for with Accept: text/plain
+    }
+    if input.method == "HEAD" && body.is_empty() {
+        return Ok(());
+    }
+    let json: Value = serde_json::from_slice(&body).map_err(|e| {
+        format!(
+            "{status} not JSON ({e}): {:?} for {input:?}",
+            String::from_utf8_lossy(&body)
+        )
+    })?;
+    if status.as_u16() >= 400 && !(json["error"].is_string() && json["message"].is_string()) {
+        return Err(format!(
+            "{status} error without error/message: {json} for {input:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Inputs worth keeping: each once made, or could make, a handler answer plain text or panic.
+fn corpus() -> Vec<Input> {
+    let get = |uri: &str| Input {
+        method: "GET".into(),
+        uri: uri.into(),
+        headers: vec![],
+        body: vec![],
+        uid: 0,
+    };
+    let post = |uri: &str, body: &str| Input {
+        method: "POST".into(),
+        uri: uri.into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.as_bytes().to_vec(),
+        uid: 0,
+    };
+    vec![
+        get("/v1/tokens/shiphero/%FF"),
+        get("/v1/tokens/shippo/one?wait=99999999999999999999"),
+        get("/v1/tokens/shippo/one?wait=0&known="),
+        get("/v1/tokens/shippo/one?wait=1&wait=2"),
+        get("/v1/audit?limit=0"),
+        get("/v1/audit?account=shippo/%2e%2e"),
+        get("/v1/audit?since=99999999999999999999d"),
+        get("/v1/accounts/shippo/one/events?x=1"),
+        get("/v1/accounts/%00/x"),
+        post(
+            "/v1/accounts",
+            "{\"provider\":\"shiphero\",\"account\":\"a\",\"email\":\"@\",\"refresh_token\":\"r\"}",
+        ),
+        post(
+            "/v1/accounts",
+            "{\"provider\":\"shippo\",\"account\":\"b\",\"access_token\":\" \"}",
+        ),
+        post(
+            "/v1/accounts",
+            "{\"provider\":\"shiphero\",\"account\":\"c\",\"email\":\"a@b\",\"refresh_token\":\"r\",\"access_token\":\"x.y.z\"}",
+        ),
+        post("/v1/shippo/connect", "{\"account\":\"../x\"}"),
+        post("/v1/debug/clock", "{\"advance\":\"1000000000y\"}"),
+        Input {
+            uid: 1001,
+            ..get("/v1/audit")
+        },
+        Input {
+            headers: vec![("accept".into(), "text/plain".into())],
+            ..get("/v1/tokens/shippo/one")
+        },
+    ]
+}
+
+#[test]
+fn the_corpus_passes() {
+    for input in corpus() {
+        if let Err(e) = check(&input) {
+            panic!("{e}");
+        }
+    }
+}
+
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("shiphero".to_string()),
+        Just("shippo".to_string()),
+        Just("one".to_string()),
+        Just("..".to_string()),
+        Just("%2e%2e%2f".to_string()),
+        Just("%FF".to_string()),
+        "[a-z0-9._-]{0,70}",
+        "[ -~]{0,12}",
+        "(%[0-9A-Fa-f]{2}){1,6}",
+    ]
+}
+
+fn uri() -> impl Strategy<Value = String> {
+    let templates = prop_oneof![
+        Just("/v1/tokens/{}/{}"),
+        Just("/v1/accounts/{}/{}"),
+        Just("/v1/accounts/{}/{}/rotate"),
+        Just("/v1/accounts/{}/{}/verify"),
+        Just("/v1/accounts/{}/{}/events"),
+        Just("/v1/accounts"),
+        Just("/v1/audit"),
+        Just("/v1/health"),
+        Just("/v1/shippo/connect"),
+        Just("/v1/debug/clock"),
+        Just("/{}/{}"),
+    ];
+    let query = prop_oneof![
+        Just(String::new()),
+        "\\?(wait|known|account|since|limit|x)=[ -~]{0,16}(&(wait|known|limit)=[0-9a-z]{0,8})?",
+    ];
+    (templates, segment(), segment(), query)
+        .prop_map(|(t, a, b, q)| format!("{}{q}", t.replacen("{}", &a, 1).replacen("{}", &b, 1)))
+}
+
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let field = prop_oneof![
+        Just("provider"),
+        Just("account"),
+        Just("email"),
+        Just("refresh_token"),
+        Just("access_token"),
+        Just("first_name"),
+        Just("advance"),
+        Just("bogus"),
+    ];
+    let value = prop_oneof![
+        "\"[ -~]{0,20}\"",
+        Just("\"shippo\"".to_string()),
+        Just("\"shiphero\"".to_string()),
+        Just("null".to_string()),
+        Just("12".to_string()),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+    ];
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec((field, value), 0..5).prop_map(|fields| {
+            let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", inner.join(",")).into_bytes()
+        }),
+    ]
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    let method = prop_oneof![
+        Just("GET".to_string()),
+        Just("POST".to_string()),
+        Just("DELETE".to_string()),
+        Just("PUT".to_string()),
+        Just("HEAD".to_string()),
+        Just("OPTIONS".to_string()),
+        "[A-Z]{1,10}",
+    ];
+    let header = prop_oneof![
+        Just(("accept".to_string(), "text/plain".to_string())),
+        Just(("content-type".to_string(), "application/json".to_string())),
+        Just(("content-length".to_string(), "99999999".to_string())),
+        ("[a-zA-Z-]{1,16}", "[ -~]{0,40}"),
+    ];
+    (
+        method,
+        uri(),
+        proptest::collection::vec(header, 0..4),
+        body(),
+        prop_oneof![Just(0u32), Just(1001u32), Just(4040u32), Just(5000u32)],
+    )
+        .prop_map(|(method, uri, headers, body, uid)| Input {
+            method,
+            uri,
+            headers,
+            body,
+            uid,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 600,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/fuzz_router.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn any_request_gets_a_json_answer_and_never_a_500(input in input()) {
+        if let Err(e) = check(&input) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
