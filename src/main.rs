@@ -9,6 +9,9 @@ use shiptoken::{daemon, dev, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        limit_malloc_arenas();
+    }
     // SAFETY: no other thread exists yet; the async runtime starts below.
     let systemd = unsafe { shiptoken::systemd::Systemd::from_env() };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -113,5 +116,17 @@ async fn serve(
             eprintln!("shiptoken: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Caps glibc's malloc arenas at two before any thread starts. By default every thread that
+/// allocates may get an arena of its own (up to 8 per core); the daemon's work is small and
+/// I/O-bound, and each idle arena keeps freed memory resident. Measured with 10,000 accounts
+/// (docs/scale.md): idle RSS drops by about 2 MB, throughput is unchanged.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
