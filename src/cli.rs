@@ -353,9 +353,20 @@ async fn audit(
     for e in &entries {
         println!(
             "{}",
-            ["at", "last_at", "count", "account", "client", "uid", "gid", "pid", "exe", "fingerprint"]
-                .map(|k| text(e, k))
-                .join("\t")
+            [
+                "at",
+                "last_at",
+                "count",
+                "account",
+                "client",
+                "uid",
+                "gid",
+                "pid",
+                "exe",
+                "fingerprint"
+            ]
+            .map(|k| text(e, k))
+            .join("\t")
         );
     }
     Ok(())

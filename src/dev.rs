@@ -200,10 +200,15 @@ pub fn instructions(socket: &Path, metrics: Option<std::net::SocketAddr>) -> Str
 /// How to call this binary in a pasted command: `shiptoken` when that is what `PATH` finds,
 /// else the full path (e.g. `target/release/shiptoken` under `cargo run`).
 fn command_name() -> String {
-    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok());
     let on_path = std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| {
-            dir.join("shiptoken").canonicalize().ok().is_some_and(|found| Some(found) == me)
+            dir.join("shiptoken")
+                .canonicalize()
+                .ok()
+                .is_some_and(|found| Some(found) == me)
         })
     });
     match (on_path, me) {
