@@ -83,13 +83,11 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     )
     .await
     .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))?;
-    let shiphero = ShipHero::new(
-        providers::http_client(config.shiphero.timeout),
-        &config.shiphero.api_base,
-        metrics.clone(),
-    );
+    // One client, one connection pool and TLS setup, for both providers.
+    let http = providers::http_client(config.shiphero.timeout);
+    let shiphero = ShipHero::new(http.clone(), &config.shiphero.api_base, metrics.clone());
     let shippo = Shippo::new(
-        providers::http_client(config.shiphero.timeout),
+        http,
         &config.shippo.api_base,
         &config.shippo.oauth_base,
         &config.shippo.api_version,
