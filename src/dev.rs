@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::clock::Clock;
 use crate::config::{Config, RawConfig};
 use crate::names::AccountKey;
-use crate::registry::{NewAccount, Registry, TokenRecord};
+use crate::registry::{NewAccount, Registry};
 use crate::secret::Secret;
 use crate::sim::{FakeShipHero, FakeShippo, ShipHeroMode};
 
@@ -145,18 +145,11 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
     let shippo_token = shippo.add_token("demo-shippo");
     registry
         .add(
-            NewAccount {
-                key: AccountKey::new("shippo", "demo-shippo")?,
-                email: None,
-                first_name: None,
-                last_name: None,
-                refresh_token: None,
-                access_token: Some(TokenRecord {
-                    access_token: Secret::new(shippo_token),
-                    issued_at: now,
-                    expires_at: None,
-                }),
-            },
+            NewAccount::shippo(
+                AccountKey::new("shippo", "demo-shippo")?,
+                Secret::new(shippo_token),
+                now,
+            ),
             now,
         )
         .await?;

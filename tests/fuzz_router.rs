@@ -26,7 +26,7 @@ use shiptoken::config::{ClientRule, Config, RawConfig};
 use shiptoken::metrics::Metrics;
 use shiptoken::names::AccountKey;
 use shiptoken::providers::{self, shiphero::ShipHero, shippo::Shippo};
-use shiptoken::registry::{NewAccount, Registry, TokenRecord};
+use shiptoken::registry::{NewAccount, Registry};
 use shiptoken::rotation::Engine;
 use shiptoken::secret::Secret;
 
@@ -79,18 +79,11 @@ async fn router(dir: &std::path::Path) -> axum::Router {
     let key = AccountKey::parse("shippo/one").unwrap();
     registry
         .add(
-            NewAccount {
-                key: key.clone(),
-                email: None,
-                first_name: None,
-                last_name: None,
-                refresh_token: None,
-                access_token: Some(TokenRecord {
-                    access_token: Secret::new("shippo_oauth_fuzz_token_0123456789"),
-                    issued_at: clock.now(),
-                    expires_at: None,
-                }),
-            },
+            NewAccount::shippo(
+                key.clone(),
+                Secret::new("shippo_oauth_fuzz_token_0123456789"),
+                clock.now(),
+            ),
             clock.now(),
         )
         .await

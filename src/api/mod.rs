@@ -789,18 +789,7 @@ async fn add_account(State(state): Shared, request: Request) -> Result<Response,
             let access_token = access_token.ok_or_else(|| {
                 ApiError::bad_request("access_token is required for a Shippo account")
             })?;
-            NewAccount {
-                key: key.clone(),
-                email: None,
-                first_name: None,
-                last_name: None,
-                refresh_token: None,
-                access_token: Some(TokenRecord {
-                    access_token,
-                    issued_at: now,
-                    expires_at: None,
-                }),
-            }
+            NewAccount::shippo(key.clone(), access_token, now)
         }
     };
     state.registry.add(new, now).await?;

@@ -207,6 +207,24 @@ pub struct NewAccount {
     pub access_token: Option<TokenRecord>,
 }
 
+impl NewAccount {
+    /// A Shippo account with an OAuth token obtained at `now` (Shippo tokens never expire).
+    pub fn shippo(key: AccountKey, access_token: Secret, now: Timestamp) -> NewAccount {
+        NewAccount {
+            key,
+            email: None,
+            first_name: None,
+            last_name: None,
+            refresh_token: None,
+            access_token: Some(TokenRecord {
+                access_token,
+                issued_at: now,
+                expires_at: None,
+            }),
+        }
+    }
+}
+
 /// One entry of an account's history.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Event {
