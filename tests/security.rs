@@ -240,12 +240,10 @@ redirect_uri = "{redirect}""#,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_and_the_state_folder_are_private_and_checked() {
     let fake = FakeShipHero::start().await.unwrap();
-    let user = fake.add_user("ops@acme.test");
     let dir = tempfile::tempdir().unwrap();
     let text = config(dir.path(), &fake.base_url(), "info", "", "", "");
     let mut d = Daemon::start(dir.path(), &text).await;
-    d.add_shiphero("acme", "ops@acme.test", &user.refresh_token, None)
-        .await;
+    d.register(&fake, "acme", "ops@acme.test").await;
     let token = served(&d, "shiphero/acme").await;
     d.stop().await;
     assert!(d.logs().contains("created a new key"), "{}", d.logs());
@@ -365,12 +363,10 @@ async fn the_key_rotates_offline_in_one_go_and_the_daemon_serves_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_running_restores_and_serves() {
     let fake = FakeShipHero::start().await.unwrap();
-    let user = fake.add_user("ops@acme.test");
     let dir = tempfile::tempdir().unwrap();
     let text = config(dir.path(), &fake.base_url(), "info", "", "", "");
     let mut d = Daemon::start(dir.path(), &text).await;
-    d.add_shiphero("acme", "ops@acme.test", &user.refresh_token, None)
-        .await;
+    let user = d.register(&fake, "acme", "ops@acme.test").await;
     let token = served(&d, "shiphero/acme").await;
 
     let backup = dir.path().join("registry.backup");

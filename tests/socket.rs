@@ -84,11 +84,7 @@ async fn cli_as(d: &Daemon, uid: u32, gid: u32, args: &[&str]) -> Cli {
         .await
         .expect("CLI hung")
         .unwrap();
-    Cli {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Cli::from(out)
 }
 
 fn listed(out: &Cli) -> Vec<String> {
@@ -286,13 +282,7 @@ async fn every_token_handed_out_is_audited_by_fingerprint_never_by_value() {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
-    let user = fake.add_user("ops@acme.test");
-    assert_eq!(
-        d.add_shiphero("acme", "ops@acme.test", &user.refresh_token, None)
-            .await
-            .code,
-        0
-    );
+    d.register(&fake, "acme", "ops@acme.test").await;
 
     let (status, first) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
     assert_eq!(status, 200, "{first}");
@@ -361,13 +351,7 @@ async fn a_waiting_client_gets_the_new_token_the_moment_it_is_stored() {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
-    let user = fake.add_user("ops@acme.test");
-    assert_eq!(
-        d.add_shiphero("acme", "ops@acme.test", &user.refresh_token, None)
-            .await
-            .code,
-        0
-    );
+    d.register(&fake, "acme", "ops@acme.test").await;
     let (_, first) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
     let fp1 = first["fingerprint"].as_str().unwrap().to_string();
 
@@ -482,13 +466,7 @@ async fn the_documented_clients_get_the_new_token() {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
-    let user = fake.add_user("ops@acme.test");
-    assert_eq!(
-        d.add_shiphero("acme", "ops@acme.test", &user.refresh_token, None)
-            .await
-            .code,
-        0
-    );
+    d.register(&fake, "acme", "ops@acme.test").await;
     let (_, first) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
     let fp1 = first["fingerprint"].as_str().unwrap().to_string();
 

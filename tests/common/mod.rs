@@ -298,6 +298,22 @@ impl Daemon {
         .await
     }
 
+    /// Creates developer user `email` at `fake` and registers it as `shiphero/NAME` through
+    /// the CLI, failing the test if registration fails.
+    pub async fn register(
+        &self,
+        fake: &FakeShipHero,
+        name: &str,
+        email: &str,
+    ) -> shiptoken::sim::DeveloperUser {
+        let user = fake.add_user(email);
+        let out = self
+            .add_shiphero(name, email, &user.refresh_token, None)
+            .await;
+        assert_eq!(out.code, 0, "registering shiphero/{name} failed: {out:?}");
+        user
+    }
+
     /// Registers a ShipHero developer user through the CLI, with the refresh token in a file.
     pub async fn add_shiphero(
         &self,
@@ -359,10 +375,16 @@ pub async fn cli(args: &[&str], stdin: Option<&str>) -> Cli {
         .await
         .expect("CLI hung")
         .unwrap();
-    Cli {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Cli::from(out)
+}
+
+impl From<std::process::Output> for Cli {
+    fn from(out: std::process::Output) -> Cli {
+        Cli {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
