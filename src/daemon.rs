@@ -152,6 +152,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         last_sweep: last_sweep.clone(),
         oauth: oauth.clone(),
         audit: audit.clone(),
+        answers: api::Answers::default(),
         shutdown: shutdown.clone(),
     });
     tracker.spawn(api::serve(

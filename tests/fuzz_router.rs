@@ -115,6 +115,7 @@ async fn router(dir: &std::path::Path) -> axum::Router {
         last_sweep: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         oauth: None,
         audit: AuditLog::new(),
+        answers: Default::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
     }))
 }

@@ -1,10 +1,15 @@
 //! The socket's audit queue: every token handed out is queued in memory and written to the
-//! registry in batches, so a read costs a mutex push, never a SQLite write.
+//! registry in batches, so a read costs a short critical section, never a SQLite write.
 //!
-//! A flush happens every second, or sooner once [`BATCH`] entries wait. The queue is bounded:
-//! if the registry stalls, entries beyond [`MAX_QUEUED`] are counted and dropped with a
-//! warning rather than growing memory without limit. On shutdown the queue is flushed.
+//! Reads of the same token by the same peer are merged as they arrive into one entry with a
+//! count and a last time: an application polling its token thousands of times a second adds
+//! one row per flush, and a repeated read allocates nothing. A flush happens every second, or
+//! sooner once [`BATCH`] distinct entries wait. The queue is bounded: if the registry stalls,
+//! entries beyond [`MAX_QUEUED`] are counted and dropped with a warning rather than growing
+//! memory without limit. On shutdown the queue is flushed.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,12 +17,13 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::Peer;
 use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::names::AccountKey;
 use crate::registry::{AuditEntry, Registry};
 
-/// Entries written per transaction; reaching it wakes the flusher early.
+/// Distinct entries written per transaction; reaching it wakes the flusher early.
 pub const BATCH: usize = 500;
 /// Entries held in memory at most while the registry is slow.
 pub const MAX_QUEUED: usize = 100_000;
@@ -34,11 +40,78 @@ pub struct AuditLog {
 
 #[derive(Default)]
 struct Inner {
-    queue: Mutex<Vec<AuditEntry>>,
+    queue: Mutex<Queue>,
     /// Wakes the flusher when a batch is full.
     full: Notify,
     /// Entries lost because the queue was full.
     dropped: AtomicU64,
+}
+
+/// One token handed out, as the handler has it: borrowed, so that recording a read that
+/// repeats a queued one allocates nothing.
+pub struct Read<'a> {
+    /// When it was handed out.
+    pub at: Timestamp,
+    /// The account whose token it was.
+    pub account: &'a AccountKey,
+    /// The `[[socket.clients]]` rule that allowed it, if any.
+    pub client: Option<&'a str>,
+    /// Who asked.
+    pub peer: Peer,
+    /// The peer's executable, when it could be read.
+    pub exe: Option<&'a str>,
+    /// `Secret::fingerprint` of the token handed out.
+    pub fingerprint: &'a str,
+}
+
+impl Read<'_> {
+    /// A hash of everything but the time: reads that hash alike (and compare alike) merge.
+    fn identity(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (
+            self.account,
+            self.client,
+            self.peer,
+            self.exe,
+            self.fingerprint,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    fn same_as(&self, e: &AuditEntry) -> bool {
+        e.account == *self.account
+            && e.client.as_deref() == self.client
+            && e.uid == self.peer.uid
+            && e.gid == self.peer.gid
+            && e.pid == self.peer.pid
+            && e.exe.as_deref() == self.exe
+            && e.fingerprint == self.fingerprint
+    }
+
+    fn to_entry(&self) -> AuditEntry {
+        AuditEntry {
+            at: self.at,
+            last_at: self.at,
+            count: 1,
+            account: self.account.clone(),
+            client: self.client.map(str::to_string),
+            uid: self.peer.uid,
+            gid: self.peer.gid,
+            pid: self.peer.pid,
+            exe: self.exe.map(str::to_string),
+            fingerprint: self.fingerprint.to_string(),
+        }
+    }
+}
+
+/// Entries waiting for the next flush, in the order of their first read.
+#[derive(Default)]
+struct Queue {
+    entries: Vec<AuditEntry>,
+    /// [`Read::identity`] to the index of the entry it merges into. A hash collision between
+    /// different reads only costs a second entry: equality is checked before merging.
+    index: HashMap<u64, usize>,
 }
 
 impl AuditLog {
@@ -47,17 +120,28 @@ impl AuditLog {
         AuditLog::default()
     }
 
-    /// Queues an entry. Never blocks on I/O.
-    pub fn record(&self, entry: AuditEntry) {
+    /// Queues a read, merged into a queued entry when it repeats one. Never blocks on I/O.
+    pub fn record(&self, read: Read<'_>) {
+        let identity = read.identity();
         let len = {
             let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_QUEUED {
+            if let Some(&i) = q.index.get(&identity)
+                && read.same_as(&q.entries[i])
+            {
+                let entry = &mut q.entries[i];
+                entry.count += 1;
+                entry.last_at = entry.last_at.max(read.at);
+                return;
+            }
+            if q.entries.len() >= MAX_QUEUED {
                 drop(q);
                 self.inner.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            q.push(entry);
-            q.len()
+            q.entries.push(read.to_entry());
+            let len = q.entries.len();
+            q.index.insert(identity, len - 1);
+            len
         };
         if len == BATCH {
             self.inner.full.notify_one();
@@ -65,7 +149,7 @@ impl AuditLog {
     }
 
     fn take(&self) -> Vec<AuditEntry> {
-        std::mem::take(&mut *self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.inner.queue.lock().unwrap_or_else(|e| e.into_inner())).entries
     }
 
     /// Writes what is queued now; used by the flusher and by tests that read the audit.
@@ -77,7 +161,7 @@ impl AuditLog {
                 "the audit queue was full (registry too slow); entries were dropped"
             );
         }
-        let mut entries = coalesce(self.take());
+        let mut entries = self.take();
         while !entries.is_empty() {
             let rest = entries.split_off(entries.len().min(BATCH));
             if let Err(e) = registry.append_audit(entries).await {
@@ -126,46 +210,6 @@ impl AuditLog {
     }
 }
 
-/// Merges reads of the same token by the same peer into one entry with a count, keeping the
-/// order of first reads.
-fn coalesce(reads: Vec<AuditEntry>) -> Vec<AuditEntry> {
-    use std::collections::HashMap;
-    let mut out: Vec<AuditEntry> = Vec::new();
-    type Same = (
-        AccountKey,
-        Option<String>,
-        u32,
-        u32,
-        Option<i32>,
-        Option<String>,
-        String,
-    );
-    let mut index: HashMap<Same, usize> = HashMap::new();
-    for e in reads {
-        let key = (
-            e.account.clone(),
-            e.client.clone(),
-            e.uid,
-            e.gid,
-            e.pid,
-            e.exe.clone(),
-            e.fingerprint.clone(),
-        );
-        match index.get(&key) {
-            Some(&i) => {
-                let merged = &mut out[i];
-                merged.count += e.count;
-                merged.last_at = merged.last_at.max(e.last_at);
-            }
-            None => {
-                index.insert(key, out.len());
-                out.push(e);
-            }
-        }
-    }
-    out
-}
-
 /// Parses `--since` / `?since=`: an RFC 3339 time, or a duration such as `"1h"` or `"7d"`
 /// meaning that long before `now`.
 pub fn parse_since(s: &str, now: Timestamp) -> Option<Timestamp> {
@@ -183,23 +227,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn read(account: &AccountKey, at: i64, uid: u32) -> Read<'_> {
+        Read {
+            at: Timestamp::from_secs(at),
+            account,
+            client: None,
+            peer: Peer {
+                uid,
+                gid: 1,
+                pid: Some(7),
+            },
+            exe: Some("/usr/bin/app"),
+            fingerprint: "f",
+        }
+    }
+
     #[test]
     fn the_queue_is_bounded() {
         let log = AuditLog::new();
-        let e = AuditEntry {
-            at: Timestamp::from_secs(1),
-            last_at: Timestamp::from_secs(1),
-            count: 1,
-            account: AccountKey::parse("shippo/a").unwrap(),
-            client: None,
-            uid: 1,
-            gid: 1,
-            pid: None,
-            exe: None,
-            fingerprint: "x".into(),
-        };
-        for _ in 0..MAX_QUEUED + 10 {
-            log.record(e.clone());
+        let account = AccountKey::parse("shippo/a").unwrap();
+        for uid in 0..MAX_QUEUED + 10 {
+            log.record(read(&account, 1, u32::try_from(uid).unwrap()));
         }
         assert_eq!(log.take().len(), MAX_QUEUED);
         assert_eq!(log.inner.dropped.load(Ordering::Relaxed), 10);
@@ -207,24 +255,24 @@ mod tests {
 
     #[test]
     fn identical_reads_become_one_entry_with_a_count() {
-        let read = |at: i64, uid: u32| AuditEntry {
-            at: Timestamp::from_secs(at),
-            last_at: Timestamp::from_secs(at),
-            count: 1,
-            account: AccountKey::parse("shippo/a").unwrap(),
-            client: None,
-            uid,
-            gid: 1,
-            pid: Some(7),
-            exe: None,
-            fingerprint: "f".into(),
-        };
-        let merged = coalesce(vec![read(1, 1), read(2, 2), read(3, 1)]);
-        assert_eq!(merged.len(), 2);
+        let log = AuditLog::new();
+        let account = AccountKey::parse("shippo/a").unwrap();
+        log.record(read(&account, 1, 1));
+        log.record(read(&account, 2, 2));
+        log.record(read(&account, 3, 1));
+        log.record(Read {
+            fingerprint: "g",
+            ..read(&account, 4, 1)
+        });
+        let merged = log.take();
+        assert_eq!(merged.len(), 3, "{merged:?}");
         assert_eq!(merged[0].count, 2);
         assert_eq!(merged[0].at, Timestamp::from_secs(1));
         assert_eq!(merged[0].last_at, Timestamp::from_secs(3));
+        assert_eq!(merged[0].exe.as_deref(), Some("/usr/bin/app"));
         assert_eq!(merged[1].uid, 2);
+        assert_eq!(merged[2].fingerprint, "g");
+        assert!(log.take().is_empty(), "a flush empties the queue");
     }
 
     #[test]

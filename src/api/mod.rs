@@ -4,6 +4,7 @@
 //! SQLite nor the network. Access is decided from the peer's credentials ([`Peer`]) and the
 //! `[socket]` rules, re-read on every request so a reload applies at once.
 
+pub mod answer;
 pub mod audit;
 pub mod server;
 
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use answer::Answers;
 pub use audit::AuditLog;
 pub use server::{Limits, Peer, PeerExe, serve};
 
@@ -33,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::names::{AccountKey, NameError, Provider, Status, validate_account_name};
 use crate::providers::shiphero::jwt_times;
 use crate::registry::{
-    AccountRecord, AuditEntry, AuditQuery, NewAccount, Registry, RegistryError, TokenRecord,
+    AccountRecord, AuditQuery, NewAccount, Registry, RegistryError, TokenRecord,
 };
 use crate::rotation::{Engine, EngineError, Policy, refresh_point, usable};
 use crate::secret::Secret;
@@ -60,6 +62,8 @@ pub struct ApiState {
     pub oauth: Option<Arc<crate::oauth::OAuthFlow>>,
     /// Where every token handed out is queued for the audit (written in batches).
     pub audit: AuditLog,
+    /// Token answers serialized once per stored token (`Answers::default()` to start).
+    pub answers: Answers,
     /// Fires on shutdown, so clients waiting for a new token get their answer at once.
     pub shutdown: CancellationToken,
 }
@@ -204,7 +208,7 @@ async fn observe(State(state): Shared, request: Request, next: Next) -> Response
     let response = next.run(request).await;
     state.metrics.socket_request(
         route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        response.status().as_u16(),
+        response.status().as_str(),
         started.elapsed(),
     );
     response
@@ -459,27 +463,22 @@ async fn get_token(
         Some(wait) => wait_for_change(&state, &key, Duration::from_secs(wait), query.known).await,
     };
     let served = outcome?;
-    let Some(token) = served.token() else {
+    let config = state.config.borrow().clone();
+    let Some(answer) = state.answers.get(&key, &served, &config) else {
         return Err(unusable(&served.record, state.clock.now()));
     };
-    let fingerprint = token.access_token.fingerprint();
     let now = state.clock.now();
-    state.audit.record(AuditEntry {
+    state.audit.record(audit::Read {
         at: now,
-        last_at: now,
-        count: 1,
-        account: key.clone(),
-        client: rule,
-        uid: peer.uid,
-        gid: peer.gid,
-        pid: peer.pid,
+        account: &key,
+        client: rule.as_deref(),
+        peer,
         exe: request
             .extensions()
             .get::<PeerExe>()
-            .and_then(|e| e.0.as_deref().map(str::to_string)),
-        fingerprint: fingerprint.clone(),
+            .and_then(|e| e.0.as_deref()),
+        fingerprint: &answer.fingerprint,
     });
-    let etag = HeaderValue::from_str(&format!("\"{fingerprint}\"")).ok();
     // Read from the request, not a `HeaderMap` extractor, which would clone every header.
     let wants_text = request
         .headers()
@@ -487,59 +486,23 @@ async fn get_token(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/plain") && !v.contains("application/json"));
     let mut response = if wants_text {
-        token.access_token.expose().to_string().into_response()
+        served
+            .token()
+            .map(|t| t.access_token.expose().to_string())
+            .unwrap_or_default()
+            .into_response()
     } else {
-        let config = state.config.borrow().clone();
-        let authorization = format!("Bearer {}", token.access_token.expose());
-        // Serialized straight from borrowed fields: this is the hot path, and building a
-        // serde_json::Value first cost a map insert and an allocation per field.
-        axum::Json(TokenAnswer {
-            provider: key.provider,
-            account: &key.name,
-            access_token: token.access_token.expose(),
-            token_type: "Bearer",
-            expires_at: token.expires_at,
-            refresh_after: refresh_point(&key, token, &Policy::from_config(&config)),
-            status: "active",
-            headers: UpstreamHeaders {
-                authorization: &authorization,
-                shippo_api_version: (key.provider == Provider::Shippo)
-                    .then_some(config.shippo.api_version.as_str()),
-            },
-            fingerprint: &fingerprint,
-        })
-        .into_response()
+        let mut response = Response::new(axum::body::Body::from(answer.json.clone()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     };
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(etag) = etag {
-        h.insert(header::ETAG, etag);
-    }
+    h.insert(header::ETAG, answer.etag.clone());
     Ok(response)
-}
-
-/// The 200 answer of `GET /v1/tokens/{provider}/{account}` (CONTRACT.md), plus `fingerprint`.
-#[derive(serde::Serialize)]
-struct TokenAnswer<'a> {
-    provider: Provider,
-    account: &'a str,
-    access_token: &'a str,
-    token_type: &'static str,
-    expires_at: Option<Timestamp>,
-    refresh_after: Option<Timestamp>,
-    status: &'static str,
-    headers: UpstreamHeaders<'a>,
-    /// `Secret::fingerprint` of the token: what the audit records, and what `?known=` takes.
-    fingerprint: &'a str,
-}
-
-/// Exactly the headers to send upstream.
-#[derive(serde::Serialize)]
-struct UpstreamHeaders<'a> {
-    #[serde(rename = "Authorization")]
-    authorization: &'a str,
-    #[serde(rename = "Shippo-API-Version", skip_serializing_if = "Option::is_none")]
-    shippo_api_version: Option<&'a str>,
 }
 
 /// Waits until the account's token or status differs from `known` (or, without it, from what
@@ -814,6 +777,7 @@ async fn remove_account(
     let peer = peer_of(request.extensions())?;
     state.require_admin(&peer, "remove accounts", Some(&key))?;
     state.registry.remove(&key, state.clock.now()).await?;
+    state.answers.forget(&key);
     tracing::info!(provider = %key.provider, account = %key.name, event = "removed", uid = peer.uid, "account removed");
     Ok(axum::Json(json!({ "removed": key.to_string() })).into_response())
 }

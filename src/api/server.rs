@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Who is on the other end of a connection, from `SO_PEERCRED`: never from anything it sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// The peer process's user id.
     pub uid: u32,

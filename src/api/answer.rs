@@ -1,0 +1,235 @@
+//! Token answers, serialized once per stored token and configuration and then handed out as
+//! shared bytes.
+//!
+//! Serializing the answer (a ShipHero JWT appears twice in it, JSON-escaped each time) was
+//! the largest single cost of `GET /v1/tokens/...`: about an eighth of the daemon's CPU under
+//! the socket benchmark. The answer depends only on the account's record, on whether the
+//! candidate token is the one served, and on the configuration (refresh point, Shippo API
+//! version), so it is built on the first read of each such combination and reused until one of
+//! them changes.
+//!
+//! Coherence comes from identity, not from invalidation messages: the registry replaces an
+//! account's record (a new `Arc`) in the same step that stores a new token, and a reload
+//! replaces the configuration's `Arc`. A cached answer remembers both by address and is
+//! rebuilt when either differs, so it can never outlive the token it carries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+
+use axum::body::Bytes;
+use axum::http::HeaderValue;
+
+use super::Servable;
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::names::{AccountKey, Provider};
+use crate::registry::AccountRecord;
+use crate::rotation::{Policy, refresh_point};
+
+/// The 200 answer of `GET /v1/tokens/{provider}/{account}` (CONTRACT.md), plus `fingerprint`.
+#[derive(serde::Serialize)]
+struct TokenAnswer<'a> {
+    provider: Provider,
+    account: &'a str,
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_at: Option<Timestamp>,
+    refresh_after: Option<Timestamp>,
+    status: &'static str,
+    headers: UpstreamHeaders<'a>,
+    /// `Secret::fingerprint` of the token: what the audit records, and what `?known=` takes.
+    fingerprint: &'a str,
+}
+
+/// Exactly the headers to send upstream.
+#[derive(serde::Serialize)]
+struct UpstreamHeaders<'a> {
+    #[serde(rename = "Authorization")]
+    authorization: &'a str,
+    #[serde(rename = "Shippo-API-Version", skip_serializing_if = "Option::is_none")]
+    shippo_api_version: Option<&'a str>,
+}
+
+/// One account's token answer, ready to send.
+pub(super) struct Answer {
+    /// The record it was built from. Weak, so a cached answer never keeps an old record
+    /// alive; the allocation it points at cannot be reused while this is held, so comparing
+    /// addresses is sound.
+    record: Weak<AccountRecord>,
+    /// Whether the record's candidate token (not its current one) was served.
+    candidate: bool,
+    /// The configuration it was built with.
+    config: Weak<Config>,
+    /// The JSON body.
+    pub json: Bytes,
+    /// The token's fingerprint, for the audit and the `ETag`.
+    pub fingerprint: String,
+    /// `"<fingerprint>"`.
+    pub etag: HeaderValue,
+}
+
+impl Answer {
+    fn built_from(&self, served: &Servable, config: &Arc<Config>) -> bool {
+        self.candidate == served.candidate
+            && std::ptr::eq(self.record.as_ptr(), Arc::as_ptr(&served.record))
+            && std::ptr::eq(self.config.as_ptr(), Arc::as_ptr(config))
+    }
+
+    /// `None` when `served` holds no token (the caller answers why).
+    fn build(key: &AccountKey, served: &Servable, config: &Arc<Config>) -> Option<Answer> {
+        let token = served.token()?;
+        let fingerprint = token.access_token.fingerprint();
+        let authorization = format!("Bearer {}", token.access_token.expose());
+        let json = serde_json::to_vec(&TokenAnswer {
+            provider: key.provider,
+            account: &key.name,
+            access_token: token.access_token.expose(),
+            token_type: "Bearer",
+            expires_at: token.expires_at,
+            refresh_after: refresh_point(key, token, &Policy::from_config(config)),
+            status: "active",
+            headers: UpstreamHeaders {
+                authorization: &authorization,
+                shippo_api_version: (key.provider == Provider::Shippo)
+                    .then_some(config.shippo.api_version.as_str()),
+            },
+            fingerprint: &fingerprint,
+        })
+        // Serializing borrowed strings and numbers into a Vec cannot fail.
+        .unwrap_or_default();
+        let etag = HeaderValue::from_str(&format!("\"{fingerprint}\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        Some(Answer {
+            record: Arc::downgrade(&served.record),
+            candidate: served.candidate,
+            config: Arc::downgrade(config),
+            json: Bytes::from(json),
+            fingerprint,
+            etag,
+        })
+    }
+}
+
+/// The token answers built so far, one per account at most. Start with `Answers::default()`.
+#[derive(Default)]
+pub struct Answers {
+    by_account: RwLock<HashMap<AccountKey, Arc<Answer>>>,
+}
+
+impl Answers {
+    /// The answer for `served` under `config`: the cached one when it was built from exactly
+    /// these, otherwise a new one, which replaces it. `None` when there is no token to serve.
+    pub(super) fn get(
+        &self,
+        key: &AccountKey,
+        served: &Servable,
+        config: &Arc<Config>,
+    ) -> Option<Arc<Answer>> {
+        let cached = self
+            .by_account
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .filter(|a| a.built_from(served, config))
+            .cloned();
+        if cached.is_some() {
+            return cached;
+        }
+        let answer = Arc::new(Answer::build(key, served, config)?);
+        self.by_account
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), answer.clone());
+        Some(answer)
+    }
+
+    /// Drops the account's answer (it was removed), so its token leaves memory with it.
+    pub(super) fn forget(&self, key: &AccountKey) {
+        self.by_account
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::RawConfig;
+    use crate::names::Status;
+    use crate::registry::TokenRecord;
+    use crate::secret::Secret;
+    use figment::Figment;
+    use figment::providers::Serialized;
+
+    fn defaults() -> Arc<Config> {
+        let figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        Arc::new(Config::from_figment(&figment, None).unwrap())
+    }
+
+    fn served(key: &AccountKey, token: &str) -> Servable {
+        let day = 86_400;
+        Servable {
+            record: Arc::new(AccountRecord {
+                key: key.clone(),
+                email: None,
+                first_name: None,
+                last_name: None,
+                status: Status::Active,
+                status_since: Timestamp::from_secs(day),
+                created_at: Timestamp::from_secs(day),
+                last_rotated_at: None,
+                last_verified_at: None,
+                last_error: None,
+                failures: 0,
+                next_attempt_at: None,
+                current: Some(TokenRecord {
+                    access_token: Secret::new(token),
+                    issued_at: Timestamp::from_secs(day),
+                    expires_at: Some(Timestamp::from_secs(29 * day)),
+                }),
+                candidate: None,
+                has_refresh_token: true,
+            }),
+            candidate: false,
+        }
+    }
+
+    fn body(answer: &Answer) -> serde_json::Value {
+        serde_json::from_slice(&answer.json).unwrap()
+    }
+
+    #[test]
+    fn an_answer_is_reused_until_its_record_or_the_configuration_changes() {
+        let answers = Answers::default();
+        let key = AccountKey::parse("shiphero/acme").unwrap();
+        let config = defaults();
+
+        let first = served(&key, "token-one");
+        let a = answers.get(&key, &first, &config).unwrap();
+        assert!(Arc::ptr_eq(
+            &a,
+            &answers.get(&key, &first, &config).unwrap()
+        ));
+        assert_eq!(body(&a)["access_token"], "token-one");
+        assert_eq!(body(&a)["headers"]["Authorization"], "Bearer token-one");
+        assert_eq!(a.etag, format!("\"{}\"", a.fingerprint).as_str());
+
+        // A stored token is a new record: the next read serves it, never the cached one.
+        let second = served(&key, "token-two");
+        let b = answers.get(&key, &second, &config).unwrap();
+        assert_eq!(body(&b)["access_token"], "token-two");
+        assert_ne!(a.fingerprint, b.fingerprint);
+
+        // A reload is a new configuration: the refresh point follows it.
+        let mut later = (*config).clone();
+        later.rotation.rotate_at = 0.9;
+        let c = answers.get(&key, &second, &Arc::new(later)).unwrap();
+        assert_eq!(body(&c)["access_token"], "token-two");
+        assert_ne!(body(&c)["refresh_after"], body(&b)["refresh_after"]);
+
+        answers.forget(&key);
+        assert!(answers.by_account.read().unwrap().is_empty());
+    }
+}
