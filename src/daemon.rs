@@ -157,7 +157,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     });
     tracker.spawn(api::serve(
         listener,
-        api::router(state),
+        api::Handler::new(state),
         Limits::default(),
         shutdown.clone(),
         tracker.clone(),

@@ -14,7 +14,6 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 /// Who is on the other end of a connection, from `SO_PEERCRED`: never from anything it sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,17 +26,25 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
-/// The peer's executable, read once per connection from `/proc/<pid>/exe` for the audit;
-/// `None` when the process is gone or belongs to a user the daemon may not inspect.
-#[derive(Clone, Debug, Default)]
-pub struct PeerExe(pub Option<Arc<str>>);
+/// Everything known about the caller of a request, attached to it as one extension (each
+/// extension is an allocation on the hot path).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The peer's credentials.
+    pub peer: Peer,
+    /// The peer's executable, read once per connection from `/proc/<pid>/exe` for the audit;
+    /// `None` when the process is gone or belongs to a user the daemon may not inspect.
+    pub exe: Option<Arc<str>>,
+}
 
-impl PeerExe {
-    fn of(pid: Option<i32>) -> PeerExe {
-        PeerExe(
-            pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
-                .map(|path| Arc::from(path.to_string_lossy().as_ref())),
-        )
+impl Caller {
+    /// The caller on the other end of a connection whose credentials are `peer`.
+    pub fn of(peer: Peer) -> Caller {
+        let exe = peer
+            .pid
+            .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+            .map(|path| Arc::from(path.to_string_lossy().as_ref()));
+        Caller { peer, exe }
     }
 }
 
@@ -62,11 +69,11 @@ impl Default for Limits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then lets open connections finish
+/// Serves `handler` on `listener` until `shutdown` fires, then lets open connections finish
 /// the request they are on. Connection tasks are tracked by `tracker`.
 pub async fn serve(
     listener: UnixListener,
-    router: axum::Router,
+    handler: super::Handler,
     limits: Limits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -100,15 +107,15 @@ pub async fn serve(
                 continue;
             }
         };
-        let router = router.clone();
+        let handler = handler.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let exe = PeerExe::of(peer.pid);
+            let caller = Caller::of(peer);
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(peer);
-                req.extensions_mut().insert(exe.clone());
-                router.clone().oneshot(req)
+                req.extensions_mut().insert(caller.clone());
+                let handler = handler.clone();
+                async move { Ok::<_, std::convert::Infallible>(handler.handle(req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
