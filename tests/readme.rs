@@ -22,6 +22,18 @@ const NOT_RUN: &[(&str, &str)] = &[
         "tests/dev_mode.rs runs `serve --dev` itself",
     ),
     ("cargo test --locked", "this is the test suite"),
+    (
+        "cargo build --release",
+        "a release build with fat LTO takes minutes; CI builds and tests the debug binary",
+    ),
+    (
+        "target/release/examples/",
+        "benchmarks are measured by hand, never timed in tests",
+    ),
+    (
+        "cargo run --release --example",
+        "benchmarks are measured by hand, never timed in tests",
+    ),
 ];
 
 /// The code blocks of `lang` in a Markdown text, with backslash continuations joined.
