@@ -228,6 +228,8 @@ pub struct RawShippo {
     pub oauth_base: String,
     /// Value of the `Shippo-API-Version` header.
     pub api_version: String,
+    /// Per-request timeout for the API and the OAuth token endpoint.
+    pub timeout: String,
     /// The platform's OAuth client id.
     pub client_id: String,
     /// File holding the OAuth client secret.
@@ -383,6 +385,7 @@ impl Default for RawShippo {
             api_base: "https://api.goshippo.com".into(),
             oauth_base: "https://goshippo.com".into(),
             api_version: "2018-02-08".into(),
+            timeout: "30s".into(),
             client_id: String::new(),
             client_secret_file: String::new(),
             redirect_uri: String::new(),
@@ -499,6 +502,8 @@ pub struct ShippoConfig {
     pub oauth_base: String,
     /// `Shippo-API-Version` header value.
     pub api_version: String,
+    /// Per-request timeout for Shippo calls.
+    pub timeout: Duration,
     /// OAuth client id; empty when OAuth is not configured.
     pub client_id: String,
     /// File with the client secret, if configured.
@@ -620,6 +625,7 @@ impl Config {
                 api_base: v.base_url("shippo.api_base", &raw.shippo.api_base)?,
                 oauth_base: v.base_url("shippo.oauth_base", &raw.shippo.oauth_base)?,
                 api_version: v.api_version("shippo.api_version", &raw.shippo.api_version)?,
+                timeout: v.duration("shippo.timeout", &raw.shippo.timeout)?,
                 client_id: raw.shippo.client_id.trim().to_string(),
                 client_secret_file: v
                     .optional_path("shippo.client_secret_file", &raw.shippo.client_secret_file)?,
@@ -690,20 +696,33 @@ impl Config {
     }
 }
 
-/// The flattened, lower-case keys that `SHIPTOKEN_<SECTION>__<KEY>` may name.
+/// The flattened, lower-case keys that `SHIPTOKEN_<SECTION>__<KEY>[__<FIELD>]` may name, at
+/// every depth. Optional tables absent from the defaults (`rotation.window`) are filled in
+/// first, or their variables would be reported as typos although they work.
 fn known_env_keys() -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    if let Ok(serde_json::Value::Object(top)) = serde_json::to_value(RawConfig::default()) {
-        for (k, v) in top {
-            if let serde_json::Value::Object(section) = v {
-                keys.insert(k.clone());
-                for sub in section.keys() {
-                    keys.insert(format!("{k}__{sub}"));
-                }
-            } else {
-                keys.insert(k);
+    fn walk(prefix: &str, value: &serde_json::Value, keys: &mut BTreeSet<String>) {
+        if let serde_json::Value::Object(fields) = value {
+            for (k, v) in fields {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}__{k}")
+                };
+                walk(&key, v, keys);
+                keys.insert(key);
             }
         }
+    }
+    let mut every = RawConfig::default();
+    every.rotation.window = Some(RawWindow {
+        days: Vec::new(),
+        start: String::new(),
+        end: String::new(),
+        timezone: utc(),
+    });
+    let mut keys = BTreeSet::new();
+    if let Ok(value) = serde_json::to_value(every) {
+        walk("", &value, &mut keys);
     }
     keys
 }
@@ -1022,6 +1041,22 @@ mod tests {
         }
         fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
         Config::from_figment(&fig, None)
+    }
+
+    #[test]
+    fn only_misspelt_environment_variables_are_reported() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SHIPTOKEN_ROTATION__WINDOW__DAYS", "[mon]");
+            jail.set_env("SHIPTOKEN_ROTATION__WINDOW", "{start=\"01:00\"}");
+            jail.set_env("SHIPTOKEN_VERIFY__INTERVAL", "1h");
+            jail.set_env("SHIPTOKEN_VERIFY__INTERVALL", "1h");
+            jail.set_env("SHIPTOKEN_ROTATION__WINDOW__DAYZ", "[mon]");
+            let unknown = Config::unknown_env_vars();
+            assert!(unknown.contains(&"SHIPTOKEN_VERIFY__INTERVALL".to_string()));
+            assert!(unknown.contains(&"SHIPTOKEN_ROTATION__WINDOW__DAYZ".to_string()));
+            assert_eq!(unknown.len(), 2, "{unknown:?}");
+            Ok(())
+        });
     }
 
     #[test]

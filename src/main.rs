@@ -33,6 +33,11 @@ fn main() -> ExitCode {
                     for var in Config::unknown_env_vars() {
                         eprintln!("warning: environment variable {var} names no configuration key");
                     }
+                    // serve refuses to start without a readable secret; check says so first.
+                    if let Err(e) = c.shippo.client_secret() {
+                        eprintln!("shiptoken: invalid configuration: {e}");
+                        return ExitCode::FAILURE;
+                    }
                     eprintln!("configuration is valid");
                     ExitCode::SUCCESS
                 }

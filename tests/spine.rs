@@ -563,6 +563,29 @@ async fn a_bad_config_stops_the_daemon_with_key_file_and_reason() {
         "{out:?}"
     );
 
+    // An unreadable Shippo client secret fails the check, as it would fail serve.
+    let missing = dir.path().join("no-such-secret");
+    std::fs::write(
+        &path,
+        format!(
+            "[shippo]\nclient_id = \"app\"\nclient_secret_file = \"{}\"\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = cli(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot read the Shippo client secret")
+            && out.stderr.contains("no-such-secret")
+            && !out.stderr.contains("configuration is valid"),
+        "{out:?}"
+    );
+
     let good = concat!(env!("CARGO_MANIFEST_DIR"), "/config/shiptoken.toml");
     let out = cli(&["config", "check", "--config", good], None).await;
     assert_eq!(out.code, 0, "{out:?}");
