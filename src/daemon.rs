@@ -83,11 +83,14 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     )
     .await
     .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))?;
-    // One client, one connection pool and TLS setup, for both providers.
-    let http = providers::http_client(config.shiphero.timeout);
-    let shiphero = ShipHero::new(http.clone(), &config.shiphero.api_base, metrics.clone());
+    // One client (connection pool, TLS setup) per provider, each with its own timeout.
+    let shiphero = ShipHero::new(
+        providers::http_client(config.shiphero.timeout),
+        &config.shiphero.api_base,
+        metrics.clone(),
+    );
     let shippo = Shippo::new(
-        http,
+        providers::http_client(config.shippo.timeout),
         &config.shippo.api_base,
         &config.shippo.oauth_base,
         &config.shippo.api_version,

@@ -57,11 +57,12 @@ schedule = "* * * * * *"
 
 [shiphero]
 api_base = "{base}"
-timeout = "2s"
 
 [shippo]
 api_base = "{base}"
 oauth_base = "{base}"
+# A hanging token endpoint must fail the exchange within this (shippo.timeout).
+timeout = "2s"
 client_id = "{CLIENT_ID}"
 {secret_line}
 redirect_uri = "http://127.0.0.1:{port}/shippo-oauth-redirect/"
