@@ -6,51 +6,19 @@
 //! socket or polls with a deadline; nothing sleeps a fixed time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use serde_json::{Value, json};
-use shiptoken::sim::FakeShipHero;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use common::{BIN, DEADLINE, Daemon, FakeShipHero, config_text_logging, sanitize, serve_command};
 use tokio::net::UnixDatagram;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
-
-/// How long any single wait may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(20);
-
+/// A daemon config logging at `level` in `format` (journald or text).
 fn config_text(dir: &Path, shiphero_base: &str, level: &str, format: &str) -> String {
-    format!(
-        r#"state_dir = "{state}"
-
-[log]
-level = "{level}"
-format = "{format}"
-
-[socket]
-path = "{socket}"
-
-[metrics]
-listen = ""
-
-[rotation]
-schedule = "* * * * * *"
-
-[shiphero]
-api_base = "{shiphero_base}"
-timeout = "3s"
-
-[shippo]
-callback_listen = ""
-"#,
-        state = dir.join("state").display(),
-        socket = dir.join("shiptoken.sock").display(),
-    )
+    config_text_logging(dir, shiphero_base, level, format, "")
 }
 
 /// systemd's end of NOTIFY_SOCKET.
@@ -100,120 +68,6 @@ fn has_line(msg: &str, line: &str) -> bool {
     msg.lines().any(|l| l == line)
 }
 
-/// The daemon under test.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    logs: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    /// Spawns `cmd` with stdout and stderr captured.
-    fn spawn(mut cmd: Command, socket: PathBuf) -> Daemon {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Self::capture(cmd.spawn().unwrap(), socket)
-    }
-
-    fn capture(mut child: Child, socket: PathBuf) -> Daemon {
-        let logs = Arc::new(Mutex::new(String::new()));
-        let streams: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = vec![
-            Box::new(child.stderr.take().unwrap()),
-            Box::new(child.stdout.take().unwrap()),
-        ];
-        for stream in streams {
-            let logs = logs.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut l = logs.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        Daemon {
-            child,
-            socket,
-            logs,
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    async fn wait_for_log(&self, needle: &str) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !self.logs().contains(needle) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no log line containing {needle:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.id().unwrap() as i32;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, sig) };
-    }
-
-    async fn stop(&mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
-        tokio::time::timeout(DEADLINE, self.child.wait())
-            .await
-            .expect("daemon did not exit in time")
-            .unwrap()
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let reply = shiptoken::client::call(&self.socket, method, path, body)
-            .await
-            .unwrap();
-        (reply.status, reply.body)
-    }
-
-    /// Registers a ShipHero developer user of `fake` as `name`.
-    async fn add_account(&self, fake: &FakeShipHero, name: &str) {
-        let email = format!("ops@{name}.test");
-        let user = fake.add_user(&email);
-        let (status, body) = self
-            .call(
-                "POST",
-                "/v1/accounts",
-                Some(
-                    &json!({"provider": "shiphero", "account": name, "email": email,
-                              "refresh_token": user.refresh_token}),
-                ),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
-}
-
-/// `shiptoken serve --config FILE` as a command, with none of systemd's variables that the
-/// test runner itself may have inherited.
-fn serve(config: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve").arg("--config").arg(config);
-    for var in [
-        "NOTIFY_SOCKET",
-        "JOURNAL_STREAM",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
 /// CLOCK_MONOTONIC in microseconds, as the daemon reports it.
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
@@ -236,11 +90,11 @@ async fn notify_protocol_ready_status_watchdog_reload_stop() {
     )
     .unwrap();
     let mut notify = NotifySocket::bind(dir.path());
-    let mut cmd = serve(&config);
+    let mut cmd = serve_command(&config);
     cmd.env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", "200000");
     let socket = dir.path().join("shiptoken.sock");
-    let mut d = Daemon::spawn(cmd, socket.clone());
+    let mut d = Daemon::spawn_command(dir.path(), cmd);
 
     let ready = notify.expect("READY=1", |m| has_line(m, "READY=1")).await;
     assert_eq!(field(&ready, "STATUS"), Some("no accounts registered"));
@@ -257,7 +111,7 @@ async fn notify_protocol_ready_status_watchdog_reload_stop() {
     assert!(before >= 1);
 
     // STATUS= follows the account counts.
-    d.add_account(&fake, "acme").await;
+    d.register(&fake, "acme", "ops@acme.test").await;
     notify
         .expect("STATUS= with the new account", |m| {
             field(m, "STATUS") == Some("1 account: 1 active")
@@ -289,10 +143,7 @@ async fn notify_protocol_ready_status_watchdog_reload_stop() {
     notify
         .expect("STOPPING=1", |m| has_line(m, "STOPPING=1"))
         .await;
-    let status = tokio::time::timeout(DEADLINE, d.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = d.wait().await;
     assert!(status.success(), "{status}\n{}", d.logs());
     assert!(!socket.exists(), "socket file left behind");
 }
@@ -305,13 +156,13 @@ async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
     let base = fake.base_url();
     std::fs::write(&config, config_text(dir.path(), &base, "warn", "text")).unwrap();
     let mut notify = NotifySocket::bind(dir.path());
-    let mut cmd = serve(&config);
+    let mut cmd = serve_command(&config);
     cmd.env("NOTIFY_SOCKET", &notify.path);
-    let d = Daemon::spawn(cmd, dir.path().join("shiptoken.sock"));
+    let d = Daemon::spawn_command(dir.path(), cmd);
     notify.expect("READY=1", |m| has_line(m, "READY=1")).await;
 
     // At level warn, a rotation logs nothing.
-    d.add_account(&fake, "acme").await;
+    d.register(&fake, "acme", "ops@acme.test").await;
     let (status, body) = d
         .call("POST", "/v1/accounts/shiphero/acme/rotate", None)
         .await;
@@ -374,7 +225,7 @@ async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
 /// `LISTEN_FDS=1`, and `LISTEN_PID` set to the daemon's own pid by a shell that then execs it.
 fn spawn_activated(
     listener: &std::os::unix::net::UnixListener,
-    config: &Path,
+    dir: &Path,
     notify: &Path,
     listen_pid: Option<&str>,
     socket: PathBuf,
@@ -390,15 +241,10 @@ fn spawn_activated(
         .arg(BIN)
         .arg("serve")
         .arg("--config")
-        .arg(config);
-    cmd.env_remove("JOURNAL_STREAM")
-        .env_remove("WATCHDOG_USEC")
+        .arg(dir.join("shiptoken.toml"));
+    sanitize(&mut cmd)
         .env("NOTIFY_SOCKET", notify)
-        .env("LISTEN_FDS", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .env("LISTEN_FDS", "1");
     // SAFETY: dup2 is async-signal-safe and touches only file descriptors.
     unsafe {
         cmd.pre_exec(move || {
@@ -408,7 +254,7 @@ fn spawn_activated(
             Ok(())
         });
     }
-    Daemon::capture(cmd.spawn().unwrap(), socket)
+    Daemon::spawn_command(dir, cmd).with_socket(socket)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,12 +271,12 @@ async fn socket_activation_serves_on_the_inherited_socket() {
     let activated = dir.path().join("activated.sock");
     let listener = std::os::unix::net::UnixListener::bind(&activated).unwrap();
     let mut notify = NotifySocket::bind(dir.path());
-    let mut d = spawn_activated(&listener, &config, &notify.path, None, activated.clone());
+    let mut d = spawn_activated(&listener, dir.path(), &notify.path, None, activated.clone());
 
     notify.expect("READY=1", |m| has_line(m, "READY=1")).await;
     let (status, body) = d.call("GET", "/v1/health", None).await;
     assert_eq!(status, 200, "{body}");
-    d.add_account(&fake, "acme").await;
+    d.register(&fake, "acme", "ops@acme.test").await;
     let (status, body) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -461,7 +307,7 @@ async fn listen_fds_for_another_pid_are_ignored() {
     let listener = std::os::unix::net::UnixListener::bind(&other).unwrap();
     let mut notify = NotifySocket::bind(dir.path());
     let own = dir.path().join("shiptoken.sock");
-    let mut d = spawn_activated(&listener, &config, &notify.path, Some("1"), own.clone());
+    let mut d = spawn_activated(&listener, dir.path(), &notify.path, Some("1"), own.clone());
 
     notify.expect("READY=1", |m| has_line(m, "READY=1")).await;
     let (status, _) = d.call("GET", "/v1/health", None).await;
@@ -515,7 +361,7 @@ async fn log_lines_arrive_as_journald_fields() {
 
     let source = CString::new(fake_run.as_os_str().as_encoded_bytes()).unwrap();
     let (root, run) = (c"/", c"/run");
-    let mut cmd = serve(&config);
+    let mut cmd = serve_command(&config);
     cmd.env("NOTIFY_SOCKET", &notify.path);
     // SAFETY: unshare and mount are plain system calls on memory prepared before the fork.
     unsafe {
@@ -537,11 +383,6 @@ async fn log_lines_arrive_as_journald_fields() {
             bind(source.as_ptr(), run.as_ptr(), libc::MS_BIND)
         });
     }
-    cmd.env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -549,9 +390,9 @@ async fn log_lines_arrive_as_journald_fields() {
             return;
         }
     };
-    let mut d = Daemon::capture(child, dir.path().join("shiptoken.sock"));
+    let mut d = Daemon::capture(child, dir.path());
     notify.expect("READY=1", |m| has_line(m, "READY=1")).await;
-    d.add_account(&fake, "acme").await;
+    d.register(&fake, "acme", "ops@acme.test").await;
 
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut buf = vec![0u8; 65536];

@@ -49,14 +49,31 @@ where
 }
 
 /// A config for a daemon in `dir` talking to `shiphero_base`, with `extra` TOML appended
-/// (sections in `extra` must not repeat the ones written here).
+/// (sections in `extra` must not repeat the ones written here). Logs at debug, as text.
 pub fn config_text(dir: &Path, shiphero_base: &str, extra: &str) -> String {
+    config_text_logging(
+        dir,
+        shiphero_base,
+        "debug,tokio_cron_scheduler=warn,hyper=info,reqwest=info",
+        "text",
+        extra,
+    )
+}
+
+/// [`config_text`] with the `[log]` level and format chosen.
+pub fn config_text_logging(
+    dir: &Path,
+    shiphero_base: &str,
+    level: &str,
+    format: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"state_dir = "{state}"
 
 [log]
-level = "debug,tokio_cron_scheduler=warn,hyper=info,reqwest=info"
-format = "text"
+level = "{level}"
+format = "{format}"
 
 [socket]
 path = "{socket}"
@@ -80,6 +97,35 @@ callback_listen = ""
         state = dir.join("state").display(),
         socket = dir.join("shiptoken.sock").display(),
     )
+}
+
+/// Prepares `cmd` to run a daemon under test: none of the systemd variables the test runner
+/// may have inherited (a test that wants one sets it afterwards), output piped for the
+/// captured logs, killed when dropped.
+pub fn sanitize(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+}
+
+/// `shiptoken serve --config FILE`, [sanitized](sanitize).
+pub fn serve_command(config: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").arg("--config").arg(config);
+    sanitize(&mut cmd);
+    cmd
 }
 
 /// A running daemon.
@@ -132,30 +178,33 @@ impl Daemon {
 
     /// Spawns the daemon without waiting for it.
     pub fn spawn(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--movable-clock", "--config"])
-            .arg(config);
-        Self::spawn_command(dir, config, env, cmd)
+        let mut cmd = serve_command(config);
+        cmd.arg("--movable-clock");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            config: config.to_path_buf(),
+            ..Self::spawn_command(dir, cmd)
+        }
     }
 
     /// Spawns `program`, which must exec the daemon with its own arguments (e.g. a wrapper
     /// that first enters a mount namespace), and captures its output like `spawn`.
     pub fn spawn_program(dir: &Path, program: &Path) -> Daemon {
-        Self::spawn_command(dir, &dir.join("shiptoken.toml"), &[], Command::new(program))
+        let mut cmd = Command::new(program);
+        sanitize(&mut cmd);
+        Self::spawn_command(dir, cmd)
     }
 
-    fn spawn_command(dir: &Path, config: &Path, env: &[(&str, &str)], mut cmd: Command) -> Daemon {
-        cmd.env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
+    /// Spawns `cmd` (from [`serve_command`] or [`sanitize`]d) for a daemon in `dir`.
+    pub fn spawn_command(dir: &Path, mut cmd: Command) -> Daemon {
+        Self::capture(cmd.spawn().unwrap(), dir)
+    }
+
+    /// Takes over a daemon spawned with piped output, whose config and socket are
+    /// `dir/shiptoken.toml` and `dir/shiptoken.sock` (see [`Daemon::with_socket`]).
+    pub fn capture(mut child: Child, dir: &Path) -> Daemon {
         let logs = Arc::new(Mutex::new(String::new()));
         for stream in [
             child
@@ -184,9 +233,14 @@ impl Daemon {
             child: Some(child),
             dir: dir.to_path_buf(),
             socket: dir.join("shiptoken.sock"),
-            config: config.to_path_buf(),
+            config: dir.join("shiptoken.toml"),
             logs,
         }
+    }
+
+    /// The same daemon, reached on `socket` (one systemd passed it, say).
+    pub fn with_socket(self, socket: PathBuf) -> Daemon {
+        Daemon { socket, ..self }
     }
 
     /// Everything the daemon wrote to stderr and stdout so far.
