@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use common::{Daemon, free_port, wait_for};
+use common::{ConfigText, Daemon, free_port, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shiptoken::sim::{ExchangeMode, FakeShippo, UserDecision};
@@ -39,39 +39,23 @@ fn write_config(dir: &Path, fake: &FakeShippo, port: u16, secret: Option<&str>) 
         }
         None => String::new(),
     };
-    let config = format!(
-        r#"state_dir = "{state}"
-
-[log]
-level = "debug,tokio_cron_scheduler=warn,hyper=info,hyper_util=info,reqwest=info"
-format = "text"
-
-[socket]
-path = "{socket}"
-
-[metrics]
-listen = ""
-
-[rotation]
-schedule = "* * * * * *"
-
-[shiphero]
-api_base = "{base}"
-
-[shippo]
-api_base = "{base}"
+    let base = fake.base_url();
+    let shippo = format!(
+        r#"api_base = "{base}"
 oauth_base = "{base}"
 # A hanging token endpoint must fail the exchange within this (shippo.timeout).
 timeout = "2s"
 client_id = "{CLIENT_ID}"
 {secret_line}
 redirect_uri = "http://127.0.0.1:{port}/shippo-oauth-redirect/"
-callback_listen = "127.0.0.1:{port}"
-"#,
-        state = dir.join("state").display(),
-        socket = dir.join("shiptoken.sock").display(),
-        base = fake.base_url(),
+callback_listen = "127.0.0.1:{port}""#
     );
+    let config = ConfigText {
+        shiphero_base: &base,
+        shippo: &shippo,
+        ..ConfigText::default()
+    }
+    .render(dir);
     let path = dir.join("shiptoken.toml");
     std::fs::write(&path, config).unwrap();
     path

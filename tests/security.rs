@@ -13,45 +13,25 @@ use std::time::Duration;
 use common::*;
 use rand::Rng;
 
-/// A config for a daemon in `dir`; `shippo` is the whole `[shippo]` section's body.
+/// A config for a daemon in `dir`; `shippo` is added to the `[shippo]` section (whose
+/// callback listener is off).
 fn config(
     dir: &Path,
-    shiphero: &str,
+    shiphero_base: &str,
     level: &str,
-    metrics: &str,
+    metrics_listen: &str,
     top: &str,
     shippo: &str,
 ) -> String {
-    format!(
-        r#"state_dir = "{state}"
-{top}
-
-[log]
-level = "{level}"
-format = "text"
-
-[socket]
-path = "{socket}"
-
-[metrics]
-listen = "{metrics}"
-
-[rotation]
-schedule = "* * * * * *"
-retry_initial = "1s"
-retry_max = "2s"
-
-[shiphero]
-api_base = "{shiphero}"
-timeout = "3s"
-
-[shippo]
-callback_listen = ""
-{shippo}
-"#,
-        state = dir.join("state").display(),
-        socket = dir.join("shiptoken.sock").display(),
-    )
+    ConfigText {
+        shiphero_base,
+        level,
+        metrics_listen,
+        top,
+        shippo: &format!("callback_listen = \"\"\n{shippo}"),
+        ..ConfigText::default()
+    }
+    .render(dir)
 }
 
 /// Every file in `dir` (registry.db, -wal, -shm, ...), raw.

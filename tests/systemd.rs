@@ -12,13 +12,19 @@ use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use common::{BIN, DEADLINE, Daemon, FakeShipHero, config_text_logging, sanitize, serve_command};
+use common::{BIN, ConfigText, DEADLINE, Daemon, FakeShipHero, sanitize, serve_command};
 use tokio::net::UnixDatagram;
 use tokio::process::Command;
 
 /// A daemon config logging at `level` in `format` (journald or text).
 fn config_text(dir: &Path, shiphero_base: &str, level: &str, format: &str) -> String {
-    config_text_logging(dir, shiphero_base, level, format, "")
+    ConfigText {
+        shiphero_base,
+        level,
+        format,
+        ..ConfigText::default()
+    }
+    .render(dir)
 }
 
 /// systemd's end of NOTIFY_SOCKET.

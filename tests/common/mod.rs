@@ -51,25 +51,53 @@ where
 /// A config for a daemon in `dir` talking to `shiphero_base`, with `extra` TOML appended
 /// (sections in `extra` must not repeat the ones written here). Logs at debug, as text.
 pub fn config_text(dir: &Path, shiphero_base: &str, extra: &str) -> String {
-    config_text_logging(
-        dir,
+    ConfigText {
         shiphero_base,
-        "debug,tokio_cron_scheduler=warn,hyper=info,reqwest=info",
-        "text",
         extra,
-    )
+        ..ConfigText::default()
+    }
+    .render(dir)
 }
 
-/// [`config_text`] with the `[log]` level and format chosen.
-pub fn config_text_logging(
-    dir: &Path,
-    shiphero_base: &str,
-    level: &str,
-    format: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"state_dir = "{state}"
+/// The parts of a test daemon's config that tests vary. Everything else is fixed: state and
+/// socket in the test's folder, a sweep every second, short retries, no metrics listener.
+pub struct ConfigText<'a> {
+    /// `shiphero.api_base`.
+    pub shiphero_base: &'a str,
+    /// `log.level`.
+    pub level: &'a str,
+    /// `log.format`.
+    pub format: &'a str,
+    /// `metrics.listen`; empty turns the listener off.
+    pub metrics_listen: &'a str,
+    /// Top-level lines such as `key_file = ...`.
+    pub top: &'a str,
+    /// The body of `[shippo]`.
+    pub shippo: &'a str,
+    /// More sections, appended.
+    pub extra: &'a str,
+}
+
+impl Default for ConfigText<'_> {
+    fn default() -> Self {
+        ConfigText {
+            shiphero_base: "http://127.0.0.1:9",
+            level: "debug,tokio_cron_scheduler=warn,hyper=info,hyper_util=info,reqwest=info",
+            format: "text",
+            metrics_listen: "",
+            top: "",
+            shippo: "callback_listen = \"\"",
+            extra: "",
+        }
+    }
+}
+
+impl ConfigText<'_> {
+    /// The config file's text for a daemon in `dir`.
+    pub fn render(&self, dir: &Path) -> String {
+        format!(
+            r#"state_dir = "{state}"
+{top}
 
 [log]
 level = "{level}"
@@ -79,7 +107,7 @@ format = "{format}"
 path = "{socket}"
 
 [metrics]
-listen = ""
+listen = "{metrics}"
 
 [rotation]
 schedule = "* * * * * *"
@@ -91,12 +119,20 @@ api_base = "{shiphero_base}"
 timeout = "3s"
 
 [shippo]
-callback_listen = ""
+{shippo}
 {extra}
 "#,
-        state = dir.join("state").display(),
-        socket = dir.join("shiptoken.sock").display(),
-    )
+            state = dir.join("state").display(),
+            socket = dir.join("shiptoken.sock").display(),
+            top = self.top,
+            level = self.level,
+            format = self.format,
+            metrics = self.metrics_listen,
+            shiphero_base = self.shiphero_base,
+            shippo = self.shippo,
+            extra = self.extra,
+        )
+    }
 }
 
 /// Prepares `cmd` to run a daemon under test: none of the systemd variables the test runner
