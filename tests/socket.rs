@@ -277,6 +277,64 @@ async fn rules_reload_on_sighup_without_dropping_an_open_connection() {
     assert!(client.wait().await.unwrap().success());
 }
 
+/// A long poll as uid 1001 (Python): sends `GET argv[2]`, says "sent", then prints the status.
+const WAITING_CLIENT: &str = r#"
+import http.client, socket, sys
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sys.argv[1])
+c = Conn("localhost", timeout=30)
+c.request("GET", sys.argv[2])
+print("sent", flush=True)
+r = c.getresponse()
+r.read()
+print(r.status, flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_withdraws_access_refuses_a_waiting_client() {
+    needs_root!();
+    let (dir, fake, d) = two_accounts(RULES).await;
+    let (_, first) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
+    let known = first["fingerprint"].as_str().unwrap().to_string();
+    let mut client = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-c", WAITING_CLIENT])
+        .arg(&d.socket)
+        .arg(format!("/v1/tokens/shiphero/acme?wait=30&known={known}"))
+        .uid(1001)
+        .gid(1001)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), "sent");
+
+    // order-sync loses shiphero/acme while its client waits; then acme gets a new token.
+    let withdrawn = RULES.replace(
+        "accounts = [\"shiphero/acme\"]",
+        "accounts = [\"shiphero/beta\"]",
+    );
+    std::fs::write(&d.config, open_config(dir.path(), &fake, &withdrawn)).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("configuration reloaded").await;
+    let (status, body) = d
+        .call("POST", "/v1/accounts/shiphero/acme/rotate", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The waiter wakes to the rules of now: refused, not handed the new token.
+    let answer = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the waiting client got no answer")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, "403", "{}", d.logs());
+    assert!(client.wait().await.unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_token_handed_out_is_audited_by_fingerprint_never_by_value() {
     let fake = FakeShipHero::start().await.unwrap();

@@ -551,10 +551,10 @@ async fn token_answer(
 ) -> Result<Response, ApiError> {
     let peer = peer_of(extensions)?;
     let Query(query) = query.map_err(query_error)?;
-    // One snapshot of the configuration for the whole request: the rules that allowed the
-    // read are the ones the answer is built under.
-    let config = state.config.borrow().clone();
-    let rule = state.may_read(&config, &peer, &key)?;
+    // One snapshot of the configuration for the request: the rules that allowed the read are
+    // the ones the answer is built under.
+    let mut config = state.config.borrow().clone();
+    let mut rule = state.may_read(&config, &peer, &key)?;
     let outcome = match query.wait {
         None => state.servable(&key).await,
         Some(wait) if wait > MAX_WAIT_SECS => {
@@ -562,7 +562,15 @@ async fn token_answer(
                 "wait is at most {MAX_WAIT_SECS} seconds"
             )));
         }
-        Some(wait) => wait_for_change(state, &key, Duration::from_secs(wait), query.known).await,
+        Some(wait) => {
+            let outcome =
+                wait_for_change(state, &key, Duration::from_secs(wait), query.known).await;
+            // A reload during a long poll applies to its answer: access is decided again,
+            // and the answer is built under the new configuration.
+            config = state.config.borrow().clone();
+            rule = state.may_read(&config, &peer, &key)?;
+            outcome
+        }
     };
     let served = outcome?;
     let Some(answer) = state.answers.get(&key, &served, &config) else {
