@@ -143,12 +143,15 @@ impl Answers {
         Some(answer)
     }
 
-    /// Drops the account's answer (it was removed), so its token leaves memory with it.
+    /// Drops the answer of `key` (the account was removed) and every answer whose record is
+    /// gone: one that a read in flight during an earlier removal put back, or one of an
+    /// account whose token or status changed and that nobody has read since. Removals are
+    /// rare, so the scan costs nothing that matters; reads never pay for it.
     pub(super) fn forget(&self, key: &AccountKey) {
         self.by_account
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+            .retain(|k, a| k != key && a.record.strong_count() > 0);
     }
 }
 
@@ -229,7 +232,15 @@ mod tests {
         assert_eq!(body(&c)["access_token"], "token-two");
         assert_ne!(body(&c)["refresh_after"], body(&b)["refresh_after"]);
 
-        answers.forget(&key);
+        // Removing another account drops answers whose record is gone, and keeps live ones.
+        let other = AccountKey::parse("shiphero/other").unwrap();
+        let live = served(&other, "token-three");
+        answers.get(&other, &live, &config).unwrap();
+        drop((first, second));
+        answers.forget(&AccountKey::parse("shiphero/removed").unwrap());
+        let left: Vec<AccountKey> = answers.by_account.read().unwrap().keys().cloned().collect();
+        assert_eq!(left, vec![other.clone()]);
+        answers.forget(&other);
         assert!(answers.by_account.read().unwrap().is_empty());
     }
 }

@@ -109,9 +109,21 @@ impl Read<'_> {
 #[derive(Default)]
 struct Queue {
     entries: Vec<AuditEntry>,
-    /// [`Read::identity`] to the index of the entry it merges into. A hash collision between
-    /// different reads only costs a second entry: equality is checked before merging.
+    /// [`Read::identity`] to the index of the first entry with that hash. Equality is checked
+    /// before merging; a read whose hash collides with a different entry's is looked up by a
+    /// scan instead, so even then identical reads merge.
     index: HashMap<u64, usize>,
+}
+
+impl Queue {
+    /// The queued entry `read` repeats, if any.
+    fn find(&self, identity: u64, read: &Read<'_>) -> Option<usize> {
+        let i = *self.index.get(&identity)?;
+        if read.same_as(&self.entries[i]) {
+            return Some(i);
+        }
+        self.entries.iter().position(|e| read.same_as(e))
+    }
 }
 
 impl AuditLog {
@@ -125,9 +137,7 @@ impl AuditLog {
         let identity = read.identity();
         let len = {
             let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(&i) = q.index.get(&identity)
-                && read.same_as(&q.entries[i])
-            {
+            if let Some(i) = q.find(identity, &read) {
                 let entry = &mut q.entries[i];
                 entry.count += 1;
                 entry.last_at = entry.last_at.max(read.at);
@@ -140,7 +150,7 @@ impl AuditLog {
             }
             q.entries.push(read.to_entry());
             let len = q.entries.len();
-            q.index.insert(identity, len - 1);
+            q.index.entry(identity).or_insert(len - 1);
             len
         };
         if len == BATCH {
@@ -273,6 +283,20 @@ mod tests {
         assert_eq!(merged[1].uid, 2);
         assert_eq!(merged[2].fingerprint, "g");
         assert!(log.take().is_empty(), "a flush empties the queue");
+    }
+
+    #[test]
+    fn a_read_whose_hash_collides_still_merges_into_its_own_entry() {
+        let account = AccountKey::parse("shippo/a").unwrap();
+        let (a, b) = (read(&account, 1, 1), read(&account, 2, 2));
+        // As if b hashed like a: the index points at a's entry.
+        let queue = Queue {
+            entries: vec![a.to_entry(), b.to_entry()],
+            index: HashMap::from([(a.identity(), 0)]),
+        };
+        assert_eq!(queue.find(a.identity(), &a), Some(0));
+        assert_eq!(queue.find(a.identity(), &b), Some(1));
+        assert_eq!(queue.find(a.identity(), &read(&account, 3, 3)), None);
     }
 
     #[test]
