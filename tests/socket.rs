@@ -225,6 +225,38 @@ async fn only_admins_administer() {
     assert_eq!(out.code, 0, "{out:?}");
 }
 
+/// Runs a Python client `script` as uid and gid 1001 (order-sync) with the socket and `path`
+/// as its arguments: stdin piped, stdout read line by line.
+fn python_as_order_sync(
+    script: &str,
+    d: &Daemon,
+    path: Option<&str>,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut client = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&d.socket)
+        .args(path)
+        .uid(1001)
+        .gid(1001)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    (client, lines)
+}
+
+/// Rewrites the daemon's config with `rules` and reloads it, returning once it is applied.
+async fn reload_rules(d: &Daemon, dir: &std::path::Path, fake: &FakeShipHero, rules: &str) {
+    std::fs::write(&d.config, open_config(dir, fake, rules)).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("configuration reloaded").await;
+}
+
 /// A client on one keep-alive connection (Python, as uid 1001): asks for beta, waits for a
 /// line on stdin, asks again on the same connection, and reports how often it connected.
 const KEEPALIVE_CLIENT: &str = r#"
@@ -249,26 +281,14 @@ for i in range(2):
 async fn rules_reload_on_sighup_without_dropping_an_open_connection() {
     needs_root!();
     let (dir, fake, d) = two_accounts(RULES).await;
-    let mut client = tokio::process::Command::new("/usr/bin/python3")
-        .args(["-c", KEEPALIVE_CLIENT])
-        .arg(&d.socket)
-        .uid(1001)
-        .gid(1001)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let (mut client, mut lines) = python_as_order_sync(KEEPALIVE_CLIENT, &d, None);
     assert_eq!(lines.next_line().await.unwrap().unwrap(), "403 1");
 
     let granted = RULES.replace(
         "accounts = [\"shiphero/acme\"]",
         "accounts = [\"shiphero/acme\", \"shiphero/beta\"]",
     );
-    std::fs::write(&d.config, open_config(dir.path(), &fake, &granted)).unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_for_log("configuration reloaded").await;
+    reload_rules(&d, dir.path(), &fake, &granted).await;
 
     let mut stdin = client.stdin.take().unwrap();
     stdin.write_all(b"go\n").await.unwrap();
@@ -298,18 +318,8 @@ async fn a_reload_that_withdraws_access_refuses_a_waiting_client() {
     let (dir, fake, d) = two_accounts(RULES).await;
     let (_, first) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
     let known = first["fingerprint"].as_str().unwrap().to_string();
-    let mut client = tokio::process::Command::new("/usr/bin/python3")
-        .args(["-c", WAITING_CLIENT])
-        .arg(&d.socket)
-        .arg(format!("/v1/tokens/shiphero/acme?wait=30&known={known}"))
-        .uid(1001)
-        .gid(1001)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let path = format!("/v1/tokens/shiphero/acme?wait=30&known={known}");
+    let (mut client, mut lines) = python_as_order_sync(WAITING_CLIENT, &d, Some(&path));
     assert_eq!(lines.next_line().await.unwrap().unwrap(), "sent");
 
     // order-sync loses shiphero/acme while its client waits; then acme gets a new token.
@@ -317,9 +327,7 @@ async fn a_reload_that_withdraws_access_refuses_a_waiting_client() {
         "accounts = [\"shiphero/acme\"]",
         "accounts = [\"shiphero/beta\"]",
     );
-    std::fs::write(&d.config, open_config(dir.path(), &fake, &withdrawn)).unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_for_log("configuration reloaded").await;
+    reload_rules(&d, dir.path(), &fake, &withdrawn).await;
     let (status, body) = d
         .call("POST", "/v1/accounts/shiphero/acme/rotate", None)
         .await;
