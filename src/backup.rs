@@ -86,14 +86,14 @@ pub fn backup(config: &Config, file: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(file);
     }
     let accounts = result?;
-    println!(
+    crate::cli::say(format_args!(
         "backup of {} written to {} ({accounts} accounts); its tokens are sealed: keep the key ({}) safe as well, apart from the backup",
         source.display(),
         file.display(),
         crate::keys::KeySource::resolve(config.key_file.as_deref(), &config.state_dir)
             .path()
             .display()
-    );
+    ));
     Ok(())
 }
 
@@ -144,17 +144,19 @@ pub fn rotate_key(config: &Config, new_key_out: Option<&Path>) -> anyhow::Result
         |n, total| progress.update(n, total),
     )?;
     progress.finish();
-    println!(
+    crate::cli::say(format_args!(
         "re-sealed {} account(s) with a new key, now in {}",
         done.accounts,
         done.key_path.display()
-    );
+    ));
     if done.install_needed {
-        println!(
+        crate::cli::say(format_args!(
             "install it as the key (the systemd credential shiptoken.key, or key_file) before starting the daemon; the old key no longer opens the registry"
-        );
+        ));
     } else {
-        println!("the old key no longer opens the registry; back up the new one");
+        crate::cli::say(format_args!(
+            "the old key no longer opens the registry; back up the new one"
+        ));
     }
     Ok(())
 }

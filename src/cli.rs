@@ -271,7 +271,7 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
             Command::Accounts(AccountsCommand::Remove { account }) => {
                 let reply = client::call(&socket, "DELETE", &account_path(account)?, None).await?;
                 expect_ok(&reply)?;
-                println!("removed {account}");
+                say(format_args!("removed {account}"));
                 Ok(())
             }
             Command::Rotate { accounts, all } => rotate_many(&socket, accounts, *all).await,
@@ -283,8 +283,8 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
                 let reply = client::call(&socket, "POST", "/v1/shippo/connect", Some(&json!({ "account": name }))).await?;
                 expect_ok(&reply)?;
                 let url = reply.body.get("authorize_url").and_then(Value::as_str).unwrap_or_default();
-                println!("Open this URL to connect the Shippo account {name}:\n\n  {url}\n");
-                println!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works.");
+                say(format_args!("Open this URL to connect the Shippo account {name}:\n\n  {url}\n"));
+                say(format_args!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works."));
                 Ok(())
             }
             Command::Serve(_)
@@ -338,10 +338,10 @@ async fn audit(
         .cloned()
         .unwrap_or_default();
     if json {
-        println!(
+        say(format_args!(
             "{}",
             serde_json::to_string_pretty(&Value::Array(entries)).unwrap_or_default()
-        );
+        ));
         return Ok(());
     }
     let text = |e: &Value, k: &str| match e.get(k) {
@@ -349,9 +349,11 @@ async fn audit(
         Some(Value::Null) | None => "-".to_string(),
         Some(v) => v.to_string(),
     };
-    println!("AT\tLAST\tCOUNT\tACCOUNT\tCLIENT\tUID\tGID\tPID\tEXE\tFINGERPRINT");
+    say(format_args!(
+        "AT\tLAST\tCOUNT\tACCOUNT\tCLIENT\tUID\tGID\tPID\tEXE\tFINGERPRINT"
+    ));
     for e in &entries {
-        println!(
+        say(format_args!(
             "{}",
             [
                 "at",
@@ -367,7 +369,7 @@ async fn audit(
             ]
             .map(|k| text(e, k))
             .join("\t")
-        );
+        ));
     }
     Ok(())
 }
@@ -410,24 +412,24 @@ async fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
     .await?;
     expect_ok(&reply)?;
     if json {
-        println!(
+        say(format_args!(
             "{}",
             serde_json::to_string_pretty(&reply.body).unwrap_or_default()
-        );
+        ));
     } else {
         let token = reply
             .body
             .get("access_token")
             .and_then(Value::as_str)
             .ok_or_else(|| fail("answer has no access_token"))?;
-        println!("{token}");
+        say(format_args!("{token}"));
     }
     Ok(())
 }
 
 async fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
     let line = act_quiet(socket, account, action).await?;
-    println!("{line}");
+    say(format_args!("{line}"));
     Ok(())
 }
 
@@ -506,7 +508,7 @@ async fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<()
                 b.println(line);
                 b.inc(1);
             }
-            None => println!("{line}"),
+            None => say(format_args!("{line}")),
         }
     }
     if let Some(b) = bar {
@@ -589,9 +591,9 @@ async fn watch(socket: &Path) -> Result<(), Failed> {
             .unwrap_or_else(|| Clock::system().now());
         let screen = render_watch(&reply.body, now, terminal_width(), color);
         if tty {
-            print!("\x1b[H\x1b[2J{screen}");
+            say_raw(format_args!("\x1b[H\x1b[2J{screen}"));
         } else {
-            println!("{screen}");
+            say(format_args!("{screen}"));
         }
         let _ = std::io::stdout().flush();
         tokio::select! {
@@ -747,9 +749,14 @@ async fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
     expect_ok(&reply)?;
     let b = &reply.body;
     let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    println!("added {}/{}: {}", s("provider"), s("account"), s("status"));
+    say(format_args!(
+        "added {}/{}: {}",
+        s("provider"),
+        s("account"),
+        s("status")
+    ));
     if let Some(e) = b.get("last_error").and_then(Value::as_str) {
-        println!("last error: {e}");
+        say(format_args!("last error: {e}"));
     }
     Ok(())
 }
@@ -784,10 +791,10 @@ async fn list(socket: &Path, json: bool) -> Result<(), Failed> {
     let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
     expect_ok(&reply)?;
     if json {
-        println!(
+        say(format_args!(
             "{}",
             serde_json::to_string_pretty(&reply.body).unwrap_or_default()
-        );
+        ));
         return Ok(());
     }
     let now = Clock::system().now();
@@ -858,9 +865,34 @@ async fn list(socket: &Path, json: bool) -> Result<(), Failed> {
                 line.push_str(&padded);
             }
         }
-        println!("{}", line.trim_end());
+        say(format_args!("{}", line.trim_end()));
     }
     Ok(())
+}
+
+/// Writes a line to standard output. When the reader has gone (`shiptoken audit | head`),
+/// the command ends quietly with success, as Unix tools do; `println!` would panic. Any other
+/// write error is reported, since output was lost.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    write_out(format_args!("{line}\n"));
+}
+
+/// [`say`] without the line end.
+pub fn say_raw(text: std::fmt::Arguments<'_>) {
+    write_out(text);
+}
+
+fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("shiptoken: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 #[cfg(test)]

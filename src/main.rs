@@ -1,5 +1,6 @@
 //! The `shiptoken` binary: parses the command line and hands off to the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(&cli, args, systemd).await,
             Command::Config(ConfigCommand::Check) => match Config::load(cli.config.as_deref()) {
                 Ok(c) => {
-                    print!("{}", c.to_toml());
+                    shiptoken::cli::say_raw(format_args!("{}", c.to_toml()));
                     for var in Config::unknown_env_vars() {
                         eprintln!("warning: environment variable {var} names no configuration key");
                     }
@@ -107,7 +108,9 @@ async fn serve(
     };
     if env.is_some() {
         options.on_ready = Some(Box::new(|ready: &daemon::Ready| {
-            println!("{}", dev::instructions(&ready.socket, ready.metrics));
+            // The daemon keeps running if nobody reads its standard output any more.
+            let text = dev::instructions(&ready.socket, ready.metrics);
+            let _ = writeln!(std::io::stdout(), "{text}");
         }));
     }
     let result = daemon::serve(config, log, options).await;

@@ -592,6 +592,40 @@ async fn a_bad_config_stops_the_daemon_with_key_file_and_reason() {
     assert!(out.stdout.contains("rotate_at = 0.5"));
 }
 
+/// `shiptoken get --json | grep -q ...` closes the pipe early: the CLI ends quietly with
+/// success instead of panicking on the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
+    d.register(&fake, "acme", "ops@acme.test").await;
+    for args in [
+        &["get", "shiphero/acme", "--json"][..],
+        &["accounts", "list"],
+        &["audit"],
+    ] {
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the CLI writes anything.
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absent_daemon_is_exit_code_4() {
     let dir = tempfile::tempdir().unwrap();

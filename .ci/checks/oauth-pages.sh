@@ -102,7 +102,9 @@ check_page bad-state "This connection link is not valid"
 check_page exchange-failed "invalid_grant"
 
 # The account connected through the browser is served with the headers applications need.
-"$BIN" --socket "$socket" get shippo/pages-connected-1 --json | grep -q '"Shippo-API-Version"' \
+# Captured first: with pipefail, `| grep -q` would race the CLI's remaining writes.
+served=$("$BIN" --socket "$socket" get shippo/pages-connected-1 --json || true)
+grep -qF '"Shippo-API-Version"' <<<"$served" \
     || { echo "FAIL the token connected through the browser is not served" >&2; failed=1; }
 
 if [ "$failed" -ne 0 ]; then
