@@ -27,6 +27,13 @@ fn config_text(dir: &Path, shiphero_base: &str, level: &str, format: &str) -> St
     .render(dir)
 }
 
+/// Writes that config as `dir/shiptoken.toml`, where the daemon under test reads it.
+fn write_config(dir: &Path, shiphero_base: &str, level: &str, format: &str) -> PathBuf {
+    let path = dir.join("shiptoken.toml");
+    std::fs::write(&path, config_text(dir, shiphero_base, level, format)).unwrap();
+    path
+}
+
 /// systemd's end of NOTIFY_SOCKET.
 struct NotifySocket {
     socket: UnixDatagram,
@@ -89,12 +96,7 @@ fn monotonic_usec() -> u64 {
 async fn notify_protocol_ready_status_watchdog_reload_stop() {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("shiptoken.toml");
-    std::fs::write(
-        &config,
-        config_text(dir.path(), &fake.base_url(), "info", "text"),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &fake.base_url(), "info", "text");
     let mut notify = NotifySocket::bind(dir.path());
     let mut cmd = serve_command(&config);
     cmd.env("NOTIFY_SOCKET", &notify.path)
@@ -158,9 +160,8 @@ async fn notify_protocol_ready_status_watchdog_reload_stop() {
 async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("shiptoken.toml");
     let base = fake.base_url();
-    std::fs::write(&config, config_text(dir.path(), &base, "warn", "text")).unwrap();
+    let config = write_config(dir.path(), &base, "warn", "text");
     let mut notify = NotifySocket::bind(dir.path());
     let mut cmd = serve_command(&config);
     cmd.env("NOTIFY_SOCKET", &notify.path);
@@ -180,7 +181,7 @@ async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
     );
 
     // A good file: the new level applies at once.
-    std::fs::write(&config, config_text(dir.path(), &base, "info", "text")).unwrap();
+    write_config(dir.path(), &base, "info", "text");
     d.signal(libc::SIGHUP);
     notify
         .expect("RELOADING=1", |m| has_line(m, "RELOADING=1"))
@@ -267,12 +268,7 @@ fn spawn_activated(
 async fn socket_activation_serves_on_the_inherited_socket() {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("shiptoken.toml");
-    std::fs::write(
-        &config,
-        config_text(dir.path(), &fake.base_url(), "info", "text"),
-    )
-    .unwrap();
+    write_config(dir.path(), &fake.base_url(), "info", "text");
     // systemd's socket, deliberately not at socket.path: the daemon must not bind its own.
     let activated = dir.path().join("activated.sock");
     let listener = std::os::unix::net::UnixListener::bind(&activated).unwrap();
@@ -303,12 +299,7 @@ async fn socket_activation_serves_on_the_inherited_socket() {
 async fn listen_fds_for_another_pid_are_ignored() {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("shiptoken.toml");
-    std::fs::write(
-        &config,
-        config_text(dir.path(), &fake.base_url(), "info", "text"),
-    )
-    .unwrap();
+    write_config(dir.path(), &fake.base_url(), "info", "text");
     let other = dir.path().join("other.sock");
     let listener = std::os::unix::net::UnixListener::bind(&other).unwrap();
     let mut notify = NotifySocket::bind(dir.path());
@@ -357,12 +348,7 @@ async fn log_lines_arrive_as_journald_fields() {
     let fake_run = dir.path().join("run");
     std::fs::create_dir_all(fake_run.join("systemd/journal")).unwrap();
     let journal = UnixDatagram::bind(fake_run.join("systemd/journal/socket")).unwrap();
-    let config = dir.path().join("shiptoken.toml");
-    std::fs::write(
-        &config,
-        config_text(dir.path(), &fake.base_url(), "info", "journald"),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &fake.base_url(), "info", "journald");
     let mut notify = NotifySocket::bind(dir.path());
 
     let source = CString::new(fake_run.as_os_str().as_encoded_bytes()).unwrap();
