@@ -823,6 +823,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::secret::Secret;
+    use crate::window::tests::weekdays_9_to_5;
 
     const DAY: Duration = Duration::from_secs(86_400);
 
@@ -836,14 +837,6 @@ mod tests {
             verify_interval: Duration::from_secs(6 * 3600),
             window: None,
         }
-    }
-
-    fn weekdays_9_to_5() -> Window {
-        let days: Vec<String> = ["mon", "tue", "wed", "thu", "fri"]
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
-        Window::new(&days, "09:00", "17:00", "Europe/Berlin").unwrap()
     }
 
     fn at(s: &str) -> Timestamp {

@@ -142,14 +142,15 @@ fn minutes(s: &str) -> Result<u32, WindowError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn at(s: &str) -> Timestamp {
         Timestamp::parse_rfc3339(s).unwrap()
     }
 
-    fn weekdays_9_to_5() -> Window {
+    /// Monday to Friday, 09:00-17:00 in Berlin: the window the rotation tests use too.
+    pub(crate) fn weekdays_9_to_5() -> Window {
         let days: Vec<String> = ["mon", "tue", "wed", "thu", "fri"]
             .iter()
             .map(|d| d.to_string())
