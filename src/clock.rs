@@ -47,13 +47,20 @@ impl Timestamp {
         Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
     }
 
-    /// RFC 3339 in UTC with second precision, e.g. `2026-11-23T10:00:00Z`.
+    /// The last instant RFC 3339 can write with a four-digit year: 9999-12-31T23:59:59Z.
+    pub const LATEST: Timestamp = Timestamp(253_402_300_799_000);
+
+    /// Whether the time lies between 1970 and the end of year 9999, the range every
+    /// timestamp the daemon stores must fall in (checked where times enter).
+    pub fn in_calendar(self) -> bool {
+        (0..=Self::LATEST.0).contains(&self.0)
+    }
+
+    /// RFC 3339 in UTC with second precision, e.g. `2026-11-23T10:00:00Z`. A time outside
+    /// [`Timestamp::in_calendar`] is written as the nearest end of that range rather than
+    /// panicking, so a bad value can never take a listing or a thread down.
     pub fn to_rfc3339(self) -> String {
-        let t = if self.0 >= 0 {
-            UNIX_EPOCH + Duration::from_millis(self.0.unsigned_abs())
-        } else {
-            UNIX_EPOCH - Duration::from_millis(self.0.unsigned_abs())
-        };
+        let t = UNIX_EPOCH + Duration::from_millis(self.0.clamp(0, Self::LATEST.0).unsigned_abs());
         humantime::format_rfc3339_seconds(t).to_string()
     }
 

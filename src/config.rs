@@ -202,6 +202,14 @@ pub struct RawVerify {
     pub interval: String,
     /// How often a flagged account is re-checked.
     pub suspended_interval: String,
+    /// How long after first seeing evidence it must be seen again before a flag.
+    pub confirm_after: String,
+    /// More than this share of one provider's accounts with evidence at once is an incident.
+    pub incident_share: f64,
+    /// ...and at least this many accounts.
+    pub incident_min_accounts: i64,
+    /// The window those accounts are counted in, and that must stay quiet to end it.
+    pub incident_window: String,
 }
 
 /// `[shiphero]` as written.
@@ -363,6 +371,10 @@ impl Default for RawVerify {
         RawVerify {
             interval: "6h".into(),
             suspended_interval: "6h".into(),
+            confirm_after: "15m".into(),
+            incident_share: 0.2,
+            incident_min_accounts: 5,
+            incident_window: "10m".into(),
         }
     }
 }
@@ -480,6 +492,17 @@ pub struct VerifyConfig {
     pub interval: Duration,
     /// How often a flagged account is re-checked.
     pub suspended_interval: Duration,
+    /// Evidence flags only when seen again at least this long after it was first seen, so a
+    /// short incident at the provider cannot produce a flag.
+    pub confirm_after: Duration,
+    /// More than this share (0-1) of one provider's accounts answering with evidence within
+    /// `incident_window` is an incident, not suspensions.
+    pub incident_share: f64,
+    /// ...when at least this many accounts do: keeps a real suspension in a small fleet
+    /// flaggable.
+    pub incident_min_accounts: usize,
+    /// The window accounts are counted in; the incident ends after one quiet window.
+    pub incident_window: Duration,
 }
 
 /// The validated `[shiphero]` section.
@@ -609,6 +632,13 @@ impl Config {
                 interval: v.duration("verify.interval", &raw.verify.interval)?,
                 suspended_interval: v
                     .duration("verify.suspended_interval", &raw.verify.suspended_interval)?,
+                confirm_after: v.duration("verify.confirm_after", &raw.verify.confirm_after)?,
+                incident_share: v.fraction("verify.incident_share", raw.verify.incident_share)?,
+                incident_min_accounts: v.concurrency(
+                    "verify.incident_min_accounts",
+                    raw.verify.incident_min_accounts,
+                )?,
+                incident_window: v.duration("verify.incident_window", &raw.verify.incident_window)?,
             },
             shiphero: ShipHeroConfig {
                 api_base: v.base_url("shiphero.api_base", &raw.shiphero.api_base)?,

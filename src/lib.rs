@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod jwt;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

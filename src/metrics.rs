@@ -28,6 +28,8 @@ pub struct Metrics {
     socket_requests: IntCounterVec,
     socket_duration: Histogram,
     last_sweep: IntGauge,
+    /// 1 while a provider has an incident (many accounts answering with evidence at once).
+    incident: IntGaugeVec,
     /// Failed registry writes; the registry increments it itself.
     registry_errors: IntCounter,
     /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
@@ -154,6 +156,17 @@ impl Metrics {
         reg(Box::new(socket_requests.clone()));
         reg(Box::new(socket_duration.clone()));
         reg(Box::new(last_sweep.clone()));
+        let incident = must(IntGaugeVec::new(
+            Opts::new(
+                "shiptoken_upstream_incident",
+                "1 while many of the provider's accounts answer with evidence at once; their flags are held",
+            ),
+            &["provider"],
+        ));
+        reg(Box::new(incident.clone()));
+        for p in Provider::ALL {
+            incident.with_label_values(&[p.as_str()]).set(0);
+        }
         reg(Box::new(build_info));
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -178,8 +191,16 @@ impl Metrics {
             socket_duration,
             last_sweep,
             registry_errors,
+            incident,
             render_lock: std::sync::Arc::default(),
         }
+    }
+
+    /// Marks an incident at `provider` as going on or over.
+    pub fn incident(&self, provider: Provider, on: bool) {
+        self.incident
+            .with_label_values(&[provider.as_str()])
+            .set(i64::from(on));
     }
 
     /// The counter of failed registry writes, handed to the registry when it opens.
@@ -187,14 +208,16 @@ impl Metrics {
         self.registry_errors.clone()
     }
 
-    /// Counts a refresh attempt; `result` is ok, rejected, throttled or failed.
+    /// Counts a refresh attempt; `result` is ok, rejected, throttled or failed (see
+    /// [`crate::providers::Verdict::metric_result`]).
     pub fn rotation(&self, provider: Provider, result: &str) {
         self.rotations
             .with_label_values(&[provider.as_str(), result])
             .inc();
     }
 
-    /// Counts a probe; `result` is ok, rejected, throttled or failed.
+    /// Counts a probe; `result` is ok, rejected, undocumented, misconfigured, throttled or
+    /// failed (see [`crate::providers::Verdict::metric_result`]).
     pub fn verification(&self, provider: Provider, result: &str) {
         self.verifications
             .with_label_values(&[provider.as_str(), result])

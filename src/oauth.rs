@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::ShippoConfig;
 use crate::names::{AccountKey, NameError};
-use crate::providers::Failure;
+use crate::providers::Verdict;
 use crate::providers::shippo::{OAuthClient, Shippo};
 use crate::registry::{Registry, RegistryError, TokenRecord};
 use crate::rotation::{Engine, EngineError};
@@ -245,13 +245,30 @@ impl OAuthFlow {
             issued_at: now,
             expires_at: None,
         };
-        if let Err(e) = self.registry.replace_candidate(&key, record, now).await {
-            return registry_failed(&e);
-        }
-        tracing::info!(provider = %key.provider, account = %key.name, event = "connected", "Shippo issued an OAuth token; probing it");
-        match self.engine.verify_now(&key).await {
+        tracing::info!(provider = %key.provider, account = %key.name, event = "connected", "Shippo issued an OAuth token; storing and probing it");
+        let _ = now;
+        let refused = |key: &AccountKey| {
+            self.registry
+                .account(key)
+                .is_some_and(|a| a.current.is_none() && a.candidate.is_none())
+        };
+        match self.engine.accept_issued(&key, record).await {
             Ok(_) => connected(&key, None),
-            // Stored and waiting as the candidate: the sweep probes it again shortly.
+            Err(EngineError::Registry(e)) => registry_failed(&e),
+            // The probe refused the new token: it is not served, and the flow should be
+            // started again once the merchant's Shippo account is in order.
+            Err(EngineError::Upstream { message, .. }) if refused(&key) => page(
+                StatusCode::BAD_GATEWAY,
+                Tone::Error,
+                "Token rejected",
+                &format!("Shippo account {} was not connected", key.name),
+                &format!(
+                    "<p>Shippo issued a token, but its API refuses it: {}</p>{}",
+                    escape(&message),
+                    retry_hint(&key)
+                ),
+            ),
+            // Stored and served; the probe proved nothing yet and is tried again shortly.
             Err(EngineError::Upstream { message, .. }) => connected(&key, Some(&message)),
             Err(EngineError::Flagged {
                 status, message, ..
@@ -316,7 +333,7 @@ impl OAuthFlow {
         )
     }
 
-    async fn exchange_failed(&self, key: &AccountKey, failure: Failure) -> Response {
+    async fn exchange_failed(&self, key: &AccountKey, failure: Verdict) -> Response {
         let message = failure.message().to_string();
         tracing::warn!(
             provider = %key.provider, account = %key.name, event = "connect_failed", error = %message,
@@ -325,25 +342,22 @@ impl OAuthFlow {
         self.note_failure(key, format!("OAuth code exchange failed: {message}"))
             .await;
         let (status, explanation) = match &failure {
-            Failure::Rejected(m) if m.contains("invalid_grant") => (
-                StatusCode::BAD_REQUEST,
-                "Shippo refused the authorization code: it was already used, has expired, or was not issued to this platform.",
-            ),
-            Failure::Rejected(m) if m.contains("invalid_client") || m.contains("HTTP 401") => (
+            Verdict::Refused(m) if m.contains("(invalid_client") || m.contains("(unauthorized_client") => (
                 StatusCode::BAD_GATEWAY,
                 "Shippo refused this platform's client credentials. The operator must check shippo.client_id and the client secret.",
             ),
-            Failure::Transient(m) if m.contains("timed out") => (
+            Verdict::Refused(_) => (
+                StatusCode::BAD_REQUEST,
+                "Shippo refused the authorization code: it was already used, has expired, or was not issued to this platform.",
+            ),
+            Verdict::Inconclusive(m) if m.contains("timed out") => (
                 StatusCode::GATEWAY_TIMEOUT,
-                "Shippo did not answer in time.",
+                "Shippo could not be reached: it did not answer in time. The account stays pending.",
             ),
-            Failure::Transient(_) | Failure::Throttled { .. } => (
+            _ => (
                 StatusCode::BAD_GATEWAY,
-                "Shippo could not be reached or had an error.",
+                "Shippo could not be reached (it was busy, failing, or something between us and Shippo answered instead). The account stays pending.",
             ),
-            Failure::Rejected(_) | Failure::Ambiguous(_) => {
-                (StatusCode::BAD_GATEWAY, "Shippo did not issue a token.")
-            }
         };
         page(
             status,

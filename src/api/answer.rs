@@ -194,6 +194,11 @@ mod tests {
                 }),
                 candidate: None,
                 has_refresh_token: true,
+                generation: 1,
+                revision: 0,
+                upstream_id: None,
+                token_doubt: None,
+                renew_doubt: None,
             }),
             candidate: false,
         }

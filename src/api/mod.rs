@@ -34,7 +34,6 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::{AccountKey, NameError, Provider, Status, validate_account_name};
-use crate::providers::shiphero::jwt_times;
 use crate::registry::{
     AccountRecord, AuditQuery, NewAccount, Registry, RegistryError, TokenRecord,
 };
@@ -124,6 +123,12 @@ impl From<RegistryError> for ApiError {
             | RegistryError::EmailTaken { .. }
             | RegistryError::RefreshTokenTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "account_exists", e.to_string())
+            }
+            RegistryError::TimeOutOfRange { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+            }
+            RegistryError::Stale(_) => {
+                ApiError::new(StatusCode::CONFLICT, "account_changed", e.to_string())
             }
             _ => {
                 tracing::error!(error = %e, "registry failure while answering a request");
@@ -820,20 +825,25 @@ async fn add_account(State(state): Shared, request: Request) -> Result<Response,
             })?;
             let access_token = match access_token {
                 Some(t) => {
-                    let Some((iat, exp)) = jwt_times(&t) else {
+                    let Some((iat, exp)) = crate::jwt::times(t.expose()) else {
                         return Err(ApiError::bad_request(
                             "access_token is not a ShipHero JWT with an exp claim",
                         ));
                     };
-                    let issued_at = iat.map_or(now, |s| {
-                        Timestamp::from_secs(i64::try_from(s).unwrap_or(i64::MAX))
-                    });
+                    let expires_at = Timestamp::from_secs(i64::try_from(exp).unwrap_or(i64::MAX));
+                    if !expires_at.in_calendar() {
+                        return Err(ApiError::bad_request(format!(
+                            "access_token's exp claim {exp} lies past the year 9999; register the token ShipHero issued, or leave access_token out and let the daemon refresh"
+                        )));
+                    }
+                    let issued_at = iat
+                        .map(|s| Timestamp::from_secs(i64::try_from(s).unwrap_or(i64::MAX)))
+                        .filter(|t| t.in_calendar() && *t <= expires_at)
+                        .unwrap_or(now);
                     Some(TokenRecord {
                         access_token: t,
                         issued_at,
-                        expires_at: Some(Timestamp::from_secs(
-                            i64::try_from(exp).unwrap_or(i64::MAX),
-                        )),
+                        expires_at: Some(expires_at),
                     })
                 }
                 None => None,

@@ -1,26 +1,43 @@
-//! Calls to the providers' HTTP APIs, and what each answer means.
+//! Calls to the providers' HTTP APIs, and what each answer proves.
 //!
-//! Each provider module turns raw HTTP answers into a [`Failure`] class; the rotation module
-//! decides what a class does to an account. Keeping the two apart is what lets the
-//! classification be tested against every answer shape UPSTREAM.md lists.
+//! Each provider module sends its requests and reads the answer's shape; [`evidence`] holds
+//! the one table that says what each shape proves, and the rotation engine decides what a
+//! [`Verdict`] does to an account. The engine sees providers only through [`Upstream`].
 
+pub mod evidence;
 pub mod shiphero;
 pub mod shippo;
 
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
+
 use crate::metrics::Metrics;
 use crate::names::Provider;
 use crate::secret::Secret;
 
-/// Why an upstream call did not produce what was asked, classified for the state machine.
+/// What one upstream answer proves about an account.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Failure {
-    /// The provider clearly refused the credential (401/403, `invalid_grant`, an auth error).
-    Rejected(String),
-    /// An answer that might be a refusal or a glitch (null data without errors, an odd 4xx,
-    /// a body that is not what the provider sends); confirmed before anything is flagged.
-    Ambiguous(String),
+pub enum Verdict {
+    /// The token works for its account.
+    Pass {
+        /// The provider's id of the account the token acts for, when the answer names one.
+        identity: Option<String>,
+        /// A detail worth keeping in the history (ShipHero's `request_id`).
+        note: Option<String>,
+    },
+    /// The provider refused the credential, in a documented way: evidence.
+    Refused(String),
+    /// The provider's own format, in a way no document covers (null account data, an unknown
+    /// error code). `signature` identifies the answer so repetitions can be recognised.
+    Undocumented {
+        /// A short, stable form of the answer (e.g. `null account data`, `code 12`).
+        signature: String,
+        /// What was answered.
+        message: String,
+    },
+    /// The probe is wrong for this token: a missing scope, a query the schema rejects.
+    Misconfigured(String),
     /// The provider asked us to slow down; wait this long.
     Throttled {
         /// How long the provider said to wait.
@@ -28,33 +45,62 @@ pub enum Failure {
         /// What it said.
         message: String,
     },
-    /// An outage: 5xx, timeout, connection failure. Never a reason to flag an account.
-    Transient(String),
+    /// Says nothing about the account: a proxy page, a timeout, a server error.
+    Inconclusive(String),
 }
 
-impl Failure {
-    /// A short word for metrics: rejected, failed or throttled.
+impl Verdict {
+    /// A short word for metrics and events.
     pub fn metric_result(&self) -> &'static str {
         match self {
-            Failure::Rejected(_) => "rejected",
-            Failure::Throttled { .. } => "throttled",
-            Failure::Ambiguous(_) | Failure::Transient(_) => "failed",
+            Verdict::Pass { .. } => "ok",
+            Verdict::Refused(_) => "rejected",
+            Verdict::Undocumented { .. } => "undocumented",
+            Verdict::Misconfigured(_) => "misconfigured",
+            Verdict::Throttled { .. } => "throttled",
+            Verdict::Inconclusive(_) => "failed",
         }
     }
 
     /// The human-readable message, as stored in `last_error`.
     pub fn message(&self) -> &str {
         match self {
-            Failure::Rejected(m) | Failure::Ambiguous(m) | Failure::Transient(m) => m,
-            Failure::Throttled { message, .. } => message,
+            Verdict::Pass { .. } => "the token works",
+            Verdict::Refused(m) | Verdict::Misconfigured(m) | Verdict::Inconclusive(m) => m,
+            Verdict::Undocumented { message, .. } | Verdict::Throttled { message, .. } => message,
         }
     }
 }
 
-impl std::fmt::Display for Failure {
+impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.message())
     }
+}
+
+/// A token a provider issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The access token.
+    pub access_token: Secret,
+    /// Its lifetime; `None` for tokens that never expire.
+    pub lifetime: Option<Duration>,
+}
+
+/// The one view the rotation engine has of a provider.
+pub trait Upstream: Send + Sync {
+    /// Which provider this is.
+    fn provider(&self) -> Provider;
+
+    /// Whether tokens are renewed from a stored refresh credential (ShipHero); a provider
+    /// without renewal only has its tokens probed (Shippo).
+    fn renews(&self) -> bool;
+
+    /// Gets a new access token from the refresh credential. Never a `Pass` in the error.
+    fn renew<'a>(&'a self, refresh: &'a Secret) -> BoxFuture<'a, Result<Issued, Verdict>>;
+
+    /// Proves the token works with a real API call.
+    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict>;
 }
 
 /// An HTTP answer read in full, with the secrets we sent scrubbed from its body.
@@ -72,7 +118,7 @@ pub(crate) async fn send(
     endpoint: &str,
     request: reqwest::RequestBuilder,
     sent: &[&Secret],
-) -> Result<Answer, Failure> {
+) -> Result<Answer, Verdict> {
     let started = Instant::now();
     let result = request.send().await;
     let mut response = match result {
@@ -80,7 +126,7 @@ pub(crate) async fn send(
         Err(e) => {
             let code = if e.is_timeout() { "timeout" } else { "error" };
             metrics.upstream(provider, endpoint, code, started.elapsed());
-            return Err(Failure::Transient(describe_transport_error(
+            return Err(Verdict::Inconclusive(describe_transport_error(
                 provider, endpoint, &e,
             )));
         }
@@ -100,7 +146,7 @@ pub(crate) async fn send(
             Err(e) => {
                 let code = if e.is_timeout() { "timeout" } else { "error" };
                 metrics.upstream(provider, endpoint, code, started.elapsed());
-                return Err(Failure::Transient(describe_transport_error(
+                return Err(Verdict::Inconclusive(describe_transport_error(
                     provider, endpoint, &e,
                 )));
             }
@@ -126,7 +172,7 @@ fn describe_transport_error(provider: Provider, endpoint: &str, e: &reqwest::Err
     } else {
         "failed"
     };
-    // reqwest's Display includes the URL, which holds no secret (tokens go in headers/bodies).
+    // Only the error chain, never the URL: reqwest's Display of the error itself includes it.
     let mut msg = format!("{provider} {endpoint} request {what}");
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = source {

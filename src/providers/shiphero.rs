@@ -1,40 +1,30 @@
 //! ShipHero's token refresh and the GraphQL probe that proves a token works.
 //!
 //! A 200 from `/auth/refresh` proves nothing for a suspended account (UPSTREAM.md): only
-//! the `account` query does. Both calls are classified here into [`Failure`] classes.
+//! the `account` query does. What each answer proves is looked up in [`super::evidence`].
 
 use std::time::Duration;
 
-use base64::Engine as _;
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::{Answer, Failure, excerpt, retry_after, send};
+use super::evidence::{self, Body, Call, Judged};
+use super::{Answer, Issued, Upstream, Verdict, excerpt, retry_after, send};
+use crate::jwt;
 use crate::metrics::Metrics;
 use crate::names::Provider;
 use crate::secret::Secret;
 
-/// The probe query: cheap, and it reads the account's state.
-pub const PROBE_QUERY: &str =
-    "query { account { request_id complexity data { id email status } } }";
+/// The probe query: as little as proves the token and names its account (UPSTREAM.md, what
+/// is evidence: `status` is undocumented, and fields behind `view:pii` may come back null).
+pub const PROBE_QUERY: &str = "query { account { request_id complexity data { id } } }";
 
 /// How long to wait when ShipHero throttles without saying for how long.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(30);
 
-/// A token ShipHero issued.
-#[derive(Debug, Clone)]
-pub struct Issued {
-    /// The access token.
-    pub access_token: Secret,
-    /// Its lifetime, from `expires_in` (or, failing that, the JWT's `exp`).
-    pub lifetime: Duration,
-}
-
-/// What a passing probe learnt.
-#[derive(Debug, Clone, Default)]
-pub struct ProbeOk {
-    /// ShipHero's request id, for support tickets.
-    pub request_id: Option<String>,
-}
+/// The longest token lifetime believed: ShipHero's are 28 days, and a larger number would
+/// put the next refresh past any useful horizon (or past what a timestamp can hold).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 366 * 86_400);
 
 /// A client for one ShipHero API base.
 #[derive(Clone)]
@@ -56,7 +46,7 @@ impl ShipHero {
 
     /// `POST /auth/refresh`: a new access token from the static refresh token. The answer has
     /// no refresh token; the caller keeps the one it has.
-    pub async fn refresh(&self, refresh_token: &Secret) -> Result<Issued, Failure> {
+    pub async fn refresh(&self, refresh_token: &Secret) -> Result<Issued, Verdict> {
         let request = self
             .http
             .post(format!("{}/auth/refresh", self.base))
@@ -69,25 +59,46 @@ impl ShipHero {
             &[refresh_token],
         )
         .await?;
-        classify_refresh(&answer)
+        judge_refresh(&answer)
     }
 
-    /// `POST /graphql` with the account query; passes only with no errors and account data.
-    pub async fn probe(&self, access_token: &Secret) -> Result<ProbeOk, Failure> {
+    /// `POST /graphql` with the account query.
+    pub async fn probe(&self, access_token: &Secret) -> Verdict {
         let request = self
             .http
             .post(format!("{}/graphql", self.base))
             .bearer_auth(access_token.expose())
             .json(&serde_json::json!({ "query": PROBE_QUERY }));
-        let answer = send(
+        match send(
             &self.metrics,
             Provider::ShipHero,
             "graphql",
             request,
             &[access_token],
         )
-        .await?;
-        classify_probe(&answer)
+        .await
+        {
+            Ok(answer) => judge_probe(&answer),
+            Err(verdict) => verdict,
+        }
+    }
+}
+
+impl Upstream for ShipHero {
+    fn provider(&self) -> Provider {
+        Provider::ShipHero
+    }
+
+    fn renews(&self) -> bool {
+        true
+    }
+
+    fn renew<'a>(&'a self, refresh: &'a Secret) -> BoxFuture<'a, Result<Issued, Verdict>> {
+        Box::pin(self.refresh(refresh))
+    }
+
+    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
+        Box::pin(ShipHero::probe(self, token))
     }
 }
 
@@ -108,200 +119,152 @@ fn error_text(body: &str) -> String {
     }
 }
 
-fn classify_refresh(a: &Answer) -> Result<Issued, Failure> {
+fn judge_refresh(a: &Answer) -> Result<Issued, Verdict> {
     let status = a.status.as_u16();
-    match status {
-        200..=299 => {
-            let v: Value = serde_json::from_str(&a.body).map_err(|_| {
-                Failure::Transient(format!(
-                    "ShipHero refresh answered {status} with a body that is not JSON: {}",
-                    excerpt(&a.body)
-                ))
-            })?;
-            let token = v
-                .get("access_token")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    Failure::Transient("ShipHero refresh answer has no access_token".into())
-                })?;
-            let access_token = Secret::new(token);
-            let lifetime = v
-                .get("expires_in")
-                .and_then(|e| {
-                    e.as_u64()
-                        .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
-                })
-                .map(Duration::from_secs)
-                .or_else(|| {
-                    jwt_times(&access_token)
-                        .and_then(|(iat, exp)| exp.checked_sub(iat?).map(Duration::from_secs))
-                })
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    Failure::Transient(
-                        "ShipHero refresh answer has no expires_in and the token has no exp claim"
-                            .into(),
-                    )
-                })?;
-            Ok(Issued {
-                access_token,
-                lifetime,
-            })
-        }
-        429 => Err(Failure::Throttled {
+    let body = evidence::shape(Call::ShipHeroRefresh, &a.body);
+    match evidence::judge(Call::ShipHeroRefresh, status, &body) {
+        Judged::Pass => issued(&a.body),
+        Judged::Throttled => Err(Verdict::Throttled {
             wait: retry_after(&a.headers).unwrap_or(DEFAULT_THROTTLE_WAIT),
-            message: format!("ShipHero refresh throttled (429): {}", error_text(&a.body)),
+            message: format!("ShipHero refresh throttled ({status}): {}", error_text(&a.body)),
         }),
-        400 | 401 | 403 => Err(Failure::Rejected(format!(
-            "ShipHero rejected the refresh token ({status}): {}",
+        Judged::Refused => Err(Verdict::Refused(format!(
+            "ShipHero refused the refresh token ({status}): {}",
             error_text(&a.body)
         ))),
-        _ => Err(Failure::Transient(format!(
-            "ShipHero refresh answered {status}: {}",
-            error_text(&a.body)
-        ))),
+        Judged::Undocumented | Judged::Misconfigured | Judged::Inconclusive => {
+            Err(Verdict::Inconclusive(format!(
+                "ShipHero refresh answered {status}{}: {}",
+                not_shiphero(&body),
+                error_text(&a.body)
+            )))
+        }
     }
 }
 
-/// Words in a GraphQL error message that mean the token or account is refused, not that the
-/// server had a bad moment.
-const AUTH_WORDS: &[&str] = &[
-    "unauthor",
-    "not author",
-    "authenticat",
-    "expired",
-    "invalid token",
-    "token is invalid",
-    "suspend",
-    "inactive",
-    "cancel",
-    "forbidden",
-    "permission",
-    "access denied",
-    "credentials",
-];
+/// Says when a body is not ShipHero's, so `last_error` shows why it proved nothing.
+fn not_shiphero(body: &Body) -> &'static str {
+    match body {
+        Body::NotJson => " with a body that is not ShipHero's JSON",
+        Body::Foreign => " with JSON that is not ShipHero's",
+        _ => "",
+    }
+}
 
-fn classify_probe(a: &Answer) -> Result<ProbeOk, Failure> {
-    let status = a.status.as_u16();
-    match status {
-        200..=299 => {}
-        401 | 403 => {
-            return Err(Failure::Rejected(format!(
-                "ShipHero API rejected the token ({status}): {}",
-                error_text(&a.body)
-            )));
-        }
-        429 => {
-            return Err(Failure::Throttled {
-                wait: retry_after(&a.headers).unwrap_or(DEFAULT_THROTTLE_WAIT),
-                message: format!("ShipHero API throttled (429): {}", error_text(&a.body)),
-            });
-        }
-        400..=499 => {
-            return Err(Failure::Ambiguous(format!(
-                "ShipHero API answered {status}: {}",
-                error_text(&a.body)
-            )));
-        }
-        _ => {
-            return Err(Failure::Transient(format!(
-                "ShipHero API answered {status}: {}",
-                error_text(&a.body)
-            )));
-        }
-    }
-    let Ok(v) = serde_json::from_str::<Value>(&a.body) else {
-        return Err(Failure::Ambiguous(format!(
-            "ShipHero API answered {status} with a body that is not JSON: {}",
-            excerpt(&a.body)
-        )));
-    };
-    if let Some(errors) = v
-        .get("errors")
-        .and_then(Value::as_array)
-        .filter(|e| !e.is_empty())
-    {
-        return Err(classify_graphql_errors(errors));
-    }
-    let account = v.pointer("/data/account");
-    let request_id = account
-        .and_then(|a| a.get("request_id"))
+/// Reads the token and its lifetime from a refresh answer the table judged a pass.
+fn issued(body: &str) -> Result<Issued, Verdict> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let token = v
+        .get("access_token")
         .and_then(Value::as_str)
-        .map(str::to_string);
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Verdict::Inconclusive("ShipHero refresh answer has no access_token".into()))?;
+    let access_token = Secret::new(token);
+    let declared = v.get("expires_in").and_then(|e| {
+        e.as_u64()
+            .or_else(|| e.as_str().and_then(|s| s.trim().parse().ok()))
+    });
+    let from_jwt = || {
+        jwt::times(access_token.expose())
+            .and_then(|(iat, exp)| exp.checked_sub(iat?))
+    };
+    let lifetime = declared
+        .filter(|&s| s > 0 && Duration::from_secs(s) <= MAX_LIFETIME)
+        .or_else(|| from_jwt().filter(|&s| s > 0 && Duration::from_secs(s) <= MAX_LIFETIME))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            Verdict::Inconclusive(match declared {
+                Some(s) => format!(
+                    "ShipHero refresh answered expires_in {s} s, which is not a believable lifetime (at most {} days), and the token has no usable exp claim; the token was not stored",
+                    MAX_LIFETIME.as_secs() / 86_400
+                ),
+                None => "ShipHero refresh answer has no expires_in and the token has no usable exp claim".into(),
+            })
+        })?;
+    Ok(Issued {
+        access_token,
+        lifetime: Some(lifetime),
+    })
+}
+
+fn judge_probe(a: &Answer) -> Verdict {
+    let status = a.status.as_u16();
+    let body = evidence::shape(Call::ShipHeroProbe, &a.body);
+    let request_id = serde_json::from_str::<Value>(&a.body).ok().and_then(|v| {
+        v.pointer("/data/account/request_id")
+            .or_else(|| v.pointer("/errors/0/request_id"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
     let with_id = |m: String| match &request_id {
         Some(id) => format!("{m} (request_id {id})"),
         None => m,
     };
-    match account.and_then(|a| a.get("data")).filter(|d| !d.is_null()) {
-        Some(data) => {
-            let state = data
-                .get("status")
-                .and_then(Value::as_str)
-                .unwrap_or("active")
-                .to_ascii_lowercase();
-            if ["suspended", "canceled", "cancelled", "inactive", "disabled"]
-                .contains(&state.as_str())
-            {
-                Err(Failure::Rejected(with_id(format!(
-                    "ShipHero reports the account as {state}"
-                ))))
-            } else {
-                Ok(ProbeOk { request_id })
+    let said = match &body {
+        Body::GraphqlError { code, message } => match code {
+            Some(c) => format!("GraphQL error code {c}: {}", excerpt(message)),
+            None => format!("GraphQL error: {}", excerpt(message)),
+        },
+        _ => error_text(&a.body),
+    };
+    match evidence::judge(Call::ShipHeroProbe, status, &body) {
+        Judged::Pass => Verdict::Pass {
+            identity: match body {
+                Body::AccountData { id } => id,
+                _ => None,
+            },
+            note: request_id.map(|id| format!("request_id {id}")),
+        },
+        Judged::Refused => Verdict::Refused(with_id(format!(
+            "ShipHero API refused the token ({status}): {said}"
+        ))),
+        Judged::Misconfigured => Verdict::Misconfigured(with_id(format!(
+            "the probe query is wrong for this token, not the account ({status}): {said}; check the developer user's scopes"
+        ))),
+        Judged::Throttled => Verdict::Throttled {
+            wait: throttle_wait(a, &a.body),
+            message: with_id(format!("ShipHero throttled ({status}): {said}")),
+        },
+        Judged::Undocumented => {
+            let signature = match &body {
+                Body::NullAccount => "null account data".to_string(),
+                Body::GraphqlError { code, .. } => format!("GraphQL code {}", code.unwrap_or(0)),
+                _ => format!("HTTP {status}"),
+            };
+            Verdict::Undocumented {
+                message: with_id(format!(
+                    "ShipHero API answered {status} with {signature}, which no document explains: {said}"
+                )),
+                signature,
             }
         }
-        None => Err(Failure::Ambiguous(with_id(
-            "ShipHero API answered without account data".into(),
+        Judged::Inconclusive => Verdict::Inconclusive(with_id(format!(
+            "ShipHero API answered {status}{}: {said}",
+            not_shiphero(&body)
         ))),
     }
 }
 
-fn classify_graphql_errors(errors: &[Value]) -> Failure {
-    let field = |e: &Value, k: &str| {
-        e.get(k)
-            .or_else(|| e.pointer(&format!("/extensions/{k}")))
-            .cloned()
-    };
-    for e in errors {
-        let code = field(e, "code").and_then(|c| {
-            c.as_i64()
-                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
-        });
-        if code == Some(30) {
-            let message = e
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("not enough credits");
-            let wait = field(e, "time_remaining")
-                .and_then(|t| {
-                    t.as_str()
-                        .and_then(parse_time_remaining)
-                        .or_else(|| t.as_u64().map(Duration::from_secs))
-                })
-                .or_else(|| parse_in_seconds(message))
-                .unwrap_or(DEFAULT_THROTTLE_WAIT);
-            return Failure::Throttled {
-                wait,
-                message: format!("ShipHero throttled (code 30): {}", excerpt(message)),
-            };
-        }
+/// How long a throttled probe must wait: `Retry-After`, the error's `time_remaining`, or
+/// "In N seconds" in its message.
+fn throttle_wait(a: &Answer, body: &str) -> Duration {
+    if let Some(d) = retry_after(&a.headers) {
+        return d;
     }
-    let first = &errors[0];
-    let message = first
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown error");
-    let request_id = field(first, "request_id").and_then(|r| r.as_str().map(str::to_string));
-    let text = match &request_id {
-        Some(id) => format!("ShipHero API error: {} (request_id {id})", excerpt(message)),
-        None => format!("ShipHero API error: {}", excerpt(message)),
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let Some(e) = v.pointer("/errors/0") else {
+        return DEFAULT_THROTTLE_WAIT;
     };
-    let lower = message.to_ascii_lowercase();
-    if AUTH_WORDS.iter().any(|w| lower.contains(w)) {
-        Failure::Rejected(text)
-    } else {
-        Failure::Ambiguous(text)
-    }
+    let field = |k: &str| e.get(k).or_else(|| e.pointer(&format!("/extensions/{k}")));
+    let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+    field("time_remaining")
+        .and_then(|t| {
+            t.as_str()
+                .and_then(parse_time_remaining)
+                .or_else(|| t.as_u64().map(Duration::from_secs))
+        })
+        .or_else(|| parse_in_seconds(message))
+        .unwrap_or(DEFAULT_THROTTLE_WAIT)
 }
 
 /// Parses ShipHero's `time_remaining`, e.g. `"10 seconds"`, `"1 minute"`, `"2.5 seconds"`.
@@ -326,21 +289,6 @@ fn parse_in_seconds(message: &str) -> Option<Duration> {
     parse_time_remaining(&lower[at + 3..])
 }
 
-/// Reads `iat` and `exp` (seconds) from a JWT's payload without verifying it: ShipHero signs
-/// its tokens, and only ShipHero needs to check the signature.
-pub fn jwt_times(token: &Secret) -> Option<(Option<u64>, u64)> {
-    let payload = token.expose().split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    let num = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_u64().or_else(|| x.as_f64().map(|f| f as u64)))
-    };
-    Some((num("iat"), num("exp")?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,96 +309,83 @@ mod tests {
             200,
             r#"{"access_token":"abc","expires_in":2419200,"scope":"x","token_type":"Bearer"}"#,
         );
-        let issued = classify_refresh(&a).unwrap();
-        assert_eq!(issued.lifetime, Duration::from_secs(2_419_200));
+        let issued = judge_refresh(&a).unwrap();
+        assert_eq!(issued.lifetime, Some(Duration::from_secs(2_419_200)));
     }
 
     #[test]
-    fn refresh_rejections_and_outages() {
+    fn a_far_future_expiry_is_refused_with_a_clear_error() {
+        let a = answer(200, r#"{"access_token":"abc","expires_in":300000000000}"#);
+        let Err(Verdict::Inconclusive(m)) = judge_refresh(&a) else {
+            panic!("accepted an absurd lifetime")
+        };
+        assert!(m.contains("300000000000") && m.contains("not a believable lifetime"), "{m}");
+    }
+
+    #[test]
+    fn refresh_refusals_and_outages() {
         for (code, body) in [
             (401, r#"{"error":"invalid_grant"}"#),
             (403, r#"{"message":"nope"}"#),
             (400, r#"{"error":"invalid_grant"}"#),
         ] {
             assert!(
-                matches!(
-                    classify_refresh(&answer(code, body)),
-                    Err(Failure::Rejected(_))
-                ),
+                matches!(judge_refresh(&answer(code, body)), Err(Verdict::Refused(_))),
                 "{code}"
             );
         }
-        assert!(matches!(
-            classify_refresh(&answer(503, "<html>down</html>")),
-            Err(Failure::Transient(_))
-        ));
+        for (code, body) in [(503, "<html>down</html>"), (403, "<html>WAF</html>"), (400, "<html>bad</html>")] {
+            assert!(
+                matches!(judge_refresh(&answer(code, body)), Err(Verdict::Inconclusive(_))),
+                "{code}"
+            );
+        }
         let mut a = answer(429, "{}");
         a.headers.insert("retry-after", "7".parse().unwrap());
         assert!(
-            matches!(classify_refresh(&a), Err(Failure::Throttled { wait, .. }) if wait == Duration::from_secs(7))
+            matches!(judge_refresh(&a), Err(Verdict::Throttled { wait, .. }) if wait == Duration::from_secs(7))
         );
     }
 
     #[test]
     fn probe_shapes() {
-        let ok = r#"{"data":{"account":{"request_id":"r1","complexity":1,"data":{"id":"1","email":"a@b","status":"active"}}}}"#;
+        let ok = r#"{"data":{"account":{"request_id":"r1","complexity":1,"data":{"id":"QWNjb3VudDox"}}}}"#;
         assert_eq!(
-            classify_probe(&answer(200, ok))
-                .unwrap()
-                .request_id
-                .as_deref(),
-            Some("r1")
+            judge_probe(&answer(200, ok)),
+            Verdict::Pass {
+                identity: Some("QWNjb3VudDox".into()),
+                note: Some("request_id r1".into())
+            }
         );
-        let auth = r#"{"errors":[{"message":"You are not authorized","code":6,"request_id":"r2"}],"data":{"account":null}}"#;
-        assert!(
-            matches!(classify_probe(&answer(200, auth)), Err(Failure::Rejected(m)) if m.contains("r2"))
-        );
+        let auth = r#"{"errors":[{"message":"Not authorized","code":401,"request_id":"r2"}],"data":{"account":null}}"#;
+        assert!(matches!(judge_probe(&answer(200, auth)), Verdict::Refused(m) if m.contains("r2")));
         let null = r#"{"data":{"account":{"request_id":"r3","complexity":1,"data":null}}}"#;
         assert!(matches!(
-            classify_probe(&answer(200, null)),
-            Err(Failure::Ambiguous(_))
+            judge_probe(&answer(200, null)),
+            Verdict::Undocumented { signature, .. } if signature == "null account data"
         ));
-        assert!(matches!(
-            classify_probe(&answer(401, "{}")),
-            Err(Failure::Rejected(_))
-        ));
-        assert!(matches!(
-            classify_probe(&answer(403, "{}")),
-            Err(Failure::Rejected(_))
-        ));
-        assert!(matches!(
-            classify_probe(&answer(502, "bad gateway")),
-            Err(Failure::Transient(_))
-        ));
-        let weird = r#"{"errors":[{"message":"Internal error","code":1}],"data":null}"#;
-        assert!(matches!(
-            classify_probe(&answer(200, weird)),
-            Err(Failure::Ambiguous(_))
-        ));
+        assert!(matches!(judge_probe(&answer(401, r#"{"message":"Unauthorized"}"#)), Verdict::Refused(_)));
+        assert!(matches!(judge_probe(&answer(401, "{}")), Verdict::Inconclusive(_)));
+        assert!(matches!(judge_probe(&answer(502, "bad gateway")), Verdict::Inconclusive(_)));
+        let words = r#"{"errors":[{"message":"canceling statement due to statement timeout"}],"data":null}"#;
+        assert!(matches!(judge_probe(&answer(200, words)), Verdict::Inconclusive(_)));
+        let scope = r#"{"errors":[{"message":"Missing required scope(s): view:orders","code":7}]}"#;
+        assert!(matches!(judge_probe(&answer(200, scope)), Verdict::Misconfigured(_)));
     }
 
     #[test]
     fn throttling_in_both_places() {
         let top = r#"{"errors":[{"code":30,"message":"not enough credits","time_remaining":"10 seconds"}]}"#;
         assert!(
-            matches!(classify_probe(&answer(200, top)), Err(Failure::Throttled { wait, .. }) if wait == Duration::from_secs(10))
+            matches!(judge_probe(&answer(200, top)), Verdict::Throttled { wait, .. } if wait == Duration::from_secs(10))
         );
         let ext = r#"{"errors":[{"message":"not enough credits. In 18 seconds you will have enough credits","extensions":{"code":30,"time_remaining":"18 seconds"}}]}"#;
         assert!(
-            matches!(classify_probe(&answer(200, ext)), Err(Failure::Throttled { wait, .. }) if wait == Duration::from_secs(18))
+            matches!(judge_probe(&answer(200, ext)), Verdict::Throttled { wait, .. } if wait == Duration::from_secs(18))
         );
         let msg_only = r#"{"errors":[{"code":"30","message":"not enough credits. In 5 seconds you will have enough credits"}]}"#;
         assert!(
-            matches!(classify_probe(&answer(200, msg_only)), Err(Failure::Throttled { wait, .. }) if wait == Duration::from_secs(5))
+            matches!(judge_probe(&answer(200, msg_only)), Verdict::Throttled { wait, .. } if wait == Duration::from_secs(5))
         );
-    }
-
-    #[test]
-    fn jwt_exp_is_read() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(r#"{"exp":1900000000,"iat":1800000000}"#);
-        let t = Secret::new(format!("eyJhbGciOiJIUzI1NiJ9.{payload}.sig"));
-        assert_eq!(jwt_times(&t), Some((Some(1_800_000_000), 1_900_000_000)));
-        assert_eq!(jwt_times(&Secret::new("not-a-jwt")), None);
     }
 }

@@ -1,11 +1,14 @@
 //! Shippo: the OAuth authorize URL and code exchange, and the probe that proves an OAuth
-//! token still works. Shippo tokens never expire, so there is no refresh.
+//! token still works. Shippo tokens never expire, so there is no refresh. What each answer
+//! proves is looked up in [`super::evidence`].
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::{Answer, Failure, excerpt, retry_after, send};
+use super::evidence::{self, Body, Call, Judged};
+use super::{Answer, Issued, Upstream, Verdict, excerpt, retry_after, send};
 use crate::metrics::Metrics;
 use crate::names::Provider;
 use crate::secret::Secret;
@@ -83,7 +86,7 @@ impl Shippo {
         &self,
         client: &OAuthClient,
         code: &Secret,
-    ) -> Result<Secret, Failure> {
+    ) -> Result<Secret, Verdict> {
         let mut form = vec![
             ("client_id", client.client_id.as_str()),
             ("client_secret", client.client_secret.expose()),
@@ -105,55 +108,61 @@ impl Shippo {
             &[&client.client_secret, code],
         )
         .await?;
-        classify_exchange(&answer)
+        judge_exchange(&answer)
     }
 
-    /// A cheap authenticated GET that proves the token works for this account.
-    pub async fn probe(&self, access_token: &Secret) -> Result<(), Failure> {
+    /// A cheap authenticated list call that proves the token works for its account.
+    pub async fn probe(&self, access_token: &Secret) -> Verdict {
         let request = self
             .http
             .get(format!("{}/carrier_accounts", self.api_base))
             .query(&[("results", "1")])
             .bearer_auth(access_token.expose())
             .header("Shippo-API-Version", &self.api_version);
-        let answer = send(
+        match send(
             &self.metrics,
             Provider::Shippo,
             "api",
             request,
             &[access_token],
         )
-        .await?;
-        classify_probe(&answer, unix_now_hint(&answer))
+        .await
+        {
+            Ok(answer) => judge_probe(&answer, server_now(&answer)),
+            Err(verdict) => verdict,
+        }
     }
 }
 
-/// The server's idea of now (its `Date` header) so `X-RateLimit-Reset` (a Unix time) turns
-/// into a wait without reading our clock here.
-fn unix_now_hint(a: &Answer) -> Option<u64> {
-    let date = a.headers.get(reqwest::header::DATE)?.to_str().ok()?;
-    let t = httpdate_parse(date)?;
-    Some(t)
+impl Upstream for Shippo {
+    fn provider(&self) -> Provider {
+        Provider::Shippo
+    }
+
+    fn renews(&self) -> bool {
+        false
+    }
+
+    fn renew<'a>(&'a self, _refresh: &'a Secret) -> BoxFuture<'a, Result<Issued, Verdict>> {
+        Box::pin(async {
+            Err(Verdict::Inconclusive(
+                "Shippo OAuth tokens are not renewed: connect the account again".into(),
+            ))
+        })
+    }
+
+    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
+        Box::pin(Shippo::probe(self, token))
+    }
 }
 
-fn httpdate_parse(s: &str) -> Option<u64> {
-    let t = humantime::parse_rfc3339_weak(s).ok().or_else(|| {
-        // "Mon, 23 Nov 2026 10:00:00 GMT" -> "2026-11-23 10:00:00"
-        let parts: Vec<&str> = s.split_whitespace().collect();
-        if parts.len() < 5 {
-            return None;
-        }
-        let months = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        let month = months.iter().position(|m| *m == parts[2])? + 1;
-        humantime::parse_rfc3339_weak(&format!(
-            "{}-{month:02}-{:0>2} {}",
-            parts[3], parts[1], parts[4]
-        ))
-        .ok()
-    })?;
-    t.duration_since(std::time::UNIX_EPOCH)
+/// The server's idea of now (its `Date` header), so `X-RateLimit-Reset` (a Unix time) turns
+/// into a wait without reading our clock here.
+fn server_now(a: &Answer) -> Option<u64> {
+    let date = a.headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(date)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())
 }
@@ -169,46 +178,61 @@ fn detail(body: &str) -> String {
     }
 }
 
-fn classify_probe(a: &Answer, server_now: Option<u64>) -> Result<(), Failure> {
-    let status = a.status.as_u16();
-    match status {
-        200..=299 => Ok(()),
-        401 | 403 => Err(Failure::Rejected(format!(
-            "Shippo rejected the token ({status}): {}",
-            detail(&a.body)
-        ))),
-        429 => {
-            let reset = a
-                .headers
-                .get("x-ratelimit-reset")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            let wait = match (reset, server_now) {
-                (Some(r), Some(now)) if r > now => Some(Duration::from_secs(r - now)),
-                // Without a Date header, a small reset value is read as seconds to wait.
-                (Some(r), None) if r < 86_400 => Some(Duration::from_secs(r.max(1))),
-                _ => None,
-            };
-            Err(Failure::Throttled {
-                wait: wait
-                    .or_else(|| retry_after(&a.headers))
-                    .unwrap_or(DEFAULT_THROTTLE_WAIT),
-                message: format!("Shippo rate limit (429): {}", detail(&a.body)),
-            })
-        }
-        400..=499 => Err(Failure::Ambiguous(format!(
-            "Shippo answered {status}: {}",
-            detail(&a.body)
-        ))),
-        _ => Err(Failure::Transient(format!(
-            "Shippo answered {status}: {}",
-            detail(&a.body)
-        ))),
+/// Says when a body is not Shippo's, so `last_error` shows why it proved nothing.
+fn not_shippo(body: &Body) -> &'static str {
+    match body {
+        Body::NotJson => " with a body that is not Shippo's JSON",
+        Body::Foreign => " with JSON that is not Shippo's",
+        _ => "",
     }
 }
 
-fn classify_exchange(a: &Answer) -> Result<Secret, Failure> {
+fn judge_probe(a: &Answer, server_now: Option<u64>) -> Verdict {
     let status = a.status.as_u16();
+    let body = evidence::shape(Call::ShippoProbe, &a.body);
+    match evidence::judge(Call::ShippoProbe, status, &body) {
+        Judged::Pass => Verdict::Pass {
+            identity: None,
+            note: None,
+        },
+        Judged::Refused => Verdict::Refused(format!(
+            "Shippo refused the token ({status}): {}",
+            detail(&a.body)
+        )),
+        Judged::Throttled => Verdict::Throttled {
+            wait: throttle_wait(a, server_now),
+            message: format!("Shippo asked to slow down ({status}): {}", detail(&a.body)),
+        },
+        Judged::Undocumented | Judged::Misconfigured | Judged::Inconclusive => {
+            Verdict::Inconclusive(format!(
+                "Shippo answered {status}{}: {}",
+                not_shippo(&body),
+                detail(&a.body)
+            ))
+        }
+    }
+}
+
+/// `X-RateLimit-Reset` (a Unix time, read against the server's `Date`), else `Retry-After`.
+fn throttle_wait(a: &Answer, server_now: Option<u64>) -> Duration {
+    let reset = a
+        .headers
+        .get("x-ratelimit-reset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let wait = match (reset, server_now) {
+        (Some(r), Some(now)) if r > now => Some(Duration::from_secs(r - now)),
+        // Without a Date header, a small reset value is read as seconds to wait.
+        (Some(r), None) if r < 86_400 => Some(Duration::from_secs(r.max(1))),
+        _ => None,
+    };
+    wait.or_else(|| retry_after(&a.headers))
+        .unwrap_or(DEFAULT_THROTTLE_WAIT)
+}
+
+fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
+    let status = a.status.as_u16();
+    let body = evidence::shape(Call::ShippoExchange, &a.body);
     let fields: Vec<(String, String)> = match serde_json::from_str::<Value>(&a.body) {
         Ok(Value::Object(map)) => map
             .into_iter()
@@ -219,29 +243,31 @@ fn classify_exchange(a: &Answer) -> Result<Secret, Failure> {
             .collect(),
     };
     let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
-    match status {
-        200..=299 => get("access_token")
+    match evidence::judge(Call::ShippoExchange, status, &body) {
+        Judged::Pass => get("access_token")
             .filter(|t| !t.is_empty())
             .map(Secret::new)
-            .ok_or_else(|| {
-                Failure::Ambiguous(format!(
-                    "Shippo's token answer has no access_token: {}",
-                    excerpt(&a.body)
-                ))
-            }),
-        400..=499 => {
+            .ok_or_else(|| Verdict::Inconclusive("Shippo's token answer has no access_token".into())),
+        Judged::Refused => {
             let error = get("error").unwrap_or_else(|| format!("HTTP {status}"));
             let desc = get("error_description")
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default();
-            Err(Failure::Rejected(format!(
+            Err(Verdict::Refused(format!(
                 "Shippo refused the code exchange ({error}{desc})"
             )))
         }
-        _ => Err(Failure::Transient(format!(
-            "Shippo token endpoint answered {status}: {}",
-            excerpt(&a.body)
-        ))),
+        Judged::Throttled => Err(Verdict::Throttled {
+            wait: retry_after(&a.headers).unwrap_or(DEFAULT_THROTTLE_WAIT),
+            message: format!("Shippo token endpoint asked to slow down ({status})"),
+        }),
+        Judged::Undocumented | Judged::Misconfigured | Judged::Inconclusive => {
+            Err(Verdict::Inconclusive(format!(
+                "Shippo token endpoint answered {status}{}: {}",
+                not_shippo(&body),
+                excerpt(&a.body)
+            )))
+        }
     }
 }
 
@@ -265,43 +291,54 @@ mod tests {
             200,
             r#"{"access_token":"oauth.abc","scope":"*","token_type":"bearer"}"#,
         );
-        assert_eq!(classify_exchange(&j).unwrap().expose(), "oauth.abc");
+        assert_eq!(judge_exchange(&j).unwrap().expose(), "oauth.abc");
         let f = answer(200, "access_token=oauth.def&scope=*&token_type=bearer");
-        assert_eq!(classify_exchange(&f).unwrap().expose(), "oauth.def");
+        assert_eq!(judge_exchange(&f).unwrap().expose(), "oauth.def");
         let bad = answer(
             400,
             r#"{"error":"invalid_grant","error_description":"code reused"}"#,
         );
         assert!(
-            matches!(classify_exchange(&bad), Err(Failure::Rejected(m)) if m.contains("invalid_grant"))
+            matches!(judge_exchange(&bad), Err(Verdict::Refused(m)) if m.contains("invalid_grant"))
         );
-        assert!(matches!(
-            classify_exchange(&answer(503, "down")),
-            Err(Failure::Transient(_))
-        ));
+        for (status, body) in [(503, "down"), (429, r#"{"detail":"slow down"}"#)] {
+            assert!(
+                matches!(judge_exchange(&answer(status, body)), Err(Verdict::Inconclusive(_))),
+                "{status}"
+            );
+        }
     }
 
     #[test]
     fn probe_shapes() {
-        assert!(classify_probe(&answer(200, "{}"), None).is_ok());
+        assert!(matches!(judge_probe(&answer(200, r#"{"results":[]}"#), None), Verdict::Pass { .. }));
+        assert!(matches!(judge_probe(&answer(200, "<html>portal</html>"), None), Verdict::Inconclusive(_)));
         assert!(
-            matches!(classify_probe(&answer(401, r#"{"detail":"Token does not exist"}"#), None), Err(Failure::Rejected(m)) if m.contains("Token does not exist"))
+            matches!(judge_probe(&answer(401, r#"{"detail":"Token does not exist"}"#), None), Verdict::Refused(m) if m.contains("Token does not exist"))
         );
         assert!(matches!(
-            classify_probe(&answer(403, "{}"), None),
-            Err(Failure::Rejected(_))
+            judge_probe(&answer(403, r#"{"detail":"You do not have permission to perform this action."}"#), None),
+            Verdict::Refused(_)
         ));
+        assert!(matches!(judge_probe(&answer(403, "{}"), None), Verdict::Inconclusive(_)));
+        for status in [400, 404] {
+            assert!(matches!(judge_probe(&answer(status, r#"{"detail":"x"}"#), None), Verdict::Inconclusive(_)));
+        }
+        assert!(matches!(judge_probe(&answer(409, r#"{"detail":"x"}"#), None), Verdict::Throttled { .. }));
         let mut a = answer(429, "{}");
         a.headers
             .insert("x-ratelimit-reset", "1800000042".parse().unwrap());
         assert!(
-            matches!(classify_probe(&a, Some(1_800_000_000)), Err(Failure::Throttled { wait, .. }) if wait == Duration::from_secs(42))
+            matches!(judge_probe(&a, Some(1_800_000_000)), Verdict::Throttled { wait, .. } if wait == Duration::from_secs(42))
         );
     }
 
     #[test]
     fn http_dates_parse() {
-        assert_eq!(httpdate_parse("Thu, 01 Jan 1970 00:01:00 GMT"), Some(60));
+        let mut a = answer(200, "{}");
+        a.headers
+            .insert("date", "Thu, 01 Jan 1970 00:01:00 GMT".parse().unwrap());
+        assert_eq!(server_now(&a), Some(60));
     }
 
     #[test]

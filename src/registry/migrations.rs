@@ -102,6 +102,32 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_time ON audit (at);
     CREATE INDEX audit_by_account ON audit (provider, account, at);
     "#,
+    // 5: judging on evidence, and work bound to one registration of an account.
+    // `generation` numbers each registration from a sequence that never repeats (row ids can:
+    // SQLite reuses the largest after a delete), `revision` makes every save conditional on
+    // the record it was computed from, and the doubts hold evidence waiting for confirmation.
+    // Events carry the generation, so a re-added account's history starts empty.
+    r#"
+    ALTER TABLE accounts ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN upstream_id TEXT;
+    ALTER TABLE accounts ADD COLUMN token_doubt_since INTEGER;
+    ALTER TABLE accounts ADD COLUMN token_doubt_reason TEXT;
+    ALTER TABLE accounts ADD COLUMN token_doubt_signature TEXT;
+    ALTER TABLE accounts ADD COLUMN renew_doubt_since INTEGER;
+    ALTER TABLE accounts ADD COLUMN renew_doubt_reason TEXT;
+    UPDATE accounts SET generation = id;
+    CREATE UNIQUE INDEX accounts_generation ON accounts (generation);
+    CREATE TABLE sequences (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO sequences (name, value)
+        VALUES ('generation', (SELECT coalesce(max(id), 0) FROM accounts));
+    ALTER TABLE events ADD COLUMN generation INTEGER;
+    UPDATE events SET generation = (SELECT a.generation FROM accounts a
+                                    WHERE a.provider = events.provider AND a.name = events.account);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -8,6 +8,7 @@
 mod audit;
 mod migrations;
 mod oauth_states;
+mod record;
 pub mod rekey;
 pub mod seal;
 
@@ -22,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use audit::{AuditEntry, AuditQuery};
 pub use migrations::SCHEMA_VERSION;
+pub use record::{AccountRecord, Doubt, Event, EventKind, NewAccount, Note, TokenRecord};
 
 use crate::clock::Timestamp;
 use crate::keys::{KeyError, KeySource};
@@ -76,6 +78,22 @@ pub enum RegistryError {
         /// Who has it.
         existing: AccountKey,
     },
+    /// The account was removed, registered again, or changed by other work since the
+    /// record being saved was read; nothing was written.
+    #[error("{0} changed while this work was in flight; its result was not stored")]
+    Stale(AccountKey),
+    /// A time that no calendar of this daemon can hold (past year 9999).
+    #[error("{what} {value} is out of range: times must fall between 1970 and 9999")]
+    TimeOutOfRange {
+        /// What the time is.
+        what: &'static str,
+        /// The value as given.
+        value: String,
+    },
+    /// A row names a provider or status this build does not know (written by a newer build
+    /// or by hand).
+    #[error("the registry holds an account this build cannot read: {0}; run the shiptoken that wrote it, or remove the row")]
+    UnknownRow(String),
     /// The owner thread is gone (the daemon is stopping).
     #[error("the registry is closed")]
     Closed,
@@ -143,115 +161,7 @@ impl WriteHealth {
 /// How often the owner thread retries writing records kept in memory.
 const RETRY_UNSAVED: Duration = Duration::from_secs(2);
 
-/// An access token with its lifetime.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenRecord {
-    /// The token itself.
-    pub access_token: Secret,
-    /// When it was issued (or registered).
-    pub issued_at: Timestamp,
-    /// When it stops working; `None` for tokens that never expire (Shippo).
-    pub expires_at: Option<Timestamp>,
-}
-
-/// Everything known about one account, as served from memory. Holds the access tokens but
-/// never the refresh token, which is read from SQLite only when it is about to be used.
-#[derive(Clone, Debug)]
-pub struct AccountRecord {
-    /// Provider and name.
-    pub key: AccountKey,
-    /// Developer user email (ShipHero).
-    pub email: Option<String>,
-    /// Developer user first name.
-    pub first_name: Option<String>,
-    /// Developer user last name.
-    pub last_name: Option<String>,
-    /// Current status.
-    pub status: Status,
-    /// When the status last changed.
-    pub status_since: Timestamp,
-    /// When the account was registered.
-    pub created_at: Timestamp,
-    /// When a token was last issued by the provider.
-    pub last_rotated_at: Option<Timestamp>,
-    /// When a probe last proved a token works.
-    pub last_verified_at: Option<Timestamp>,
-    /// The last upstream error, cleared by a passing probe.
-    pub last_error: Option<String>,
-    /// Consecutive failed attempts, for backoff.
-    pub failures: u32,
-    /// No routine work before this time (backoff, throttling, flagged re-check).
-    pub next_attempt_at: Option<Timestamp>,
-    /// The token served to applications.
-    pub current: Option<TokenRecord>,
-    /// A newer token not yet proven by a probe.
-    pub candidate: Option<TokenRecord>,
-    /// Whether a refresh token is stored.
-    pub has_refresh_token: bool,
-}
-
-/// A new account to register.
-#[derive(Clone, Debug)]
-pub struct NewAccount {
-    /// Provider and name.
-    pub key: AccountKey,
-    /// Developer user email (ShipHero).
-    pub email: Option<String>,
-    /// First name.
-    pub first_name: Option<String>,
-    /// Last name.
-    pub last_name: Option<String>,
-    /// ShipHero's static refresh token.
-    pub refresh_token: Option<Secret>,
-    /// An access token obtained elsewhere; registered as the candidate until probed.
-    pub access_token: Option<TokenRecord>,
-}
-
-impl NewAccount {
-    /// A Shippo account with an OAuth token obtained at `now` (Shippo tokens never expire).
-    pub fn shippo(key: AccountKey, access_token: Secret, now: Timestamp) -> NewAccount {
-        NewAccount {
-            key,
-            email: None,
-            first_name: None,
-            last_name: None,
-            refresh_token: None,
-            access_token: Some(TokenRecord {
-                access_token,
-                issued_at: now,
-                expires_at: None,
-            }),
-        }
-    }
-}
-
-/// One entry of an account's history.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Event {
-    /// When it happened.
-    pub at: Timestamp,
-    /// `provider/name`.
-    pub account: String,
-    /// added, rotated, checked, flagged, cleared, failed, removed.
-    pub kind: String,
-    /// A human-readable detail, never a secret.
-    pub detail: Option<String>,
-}
-
-/// How a status change is recorded.
-#[derive(Clone, Debug)]
-pub struct Flag {
-    /// The new status.
-    pub status: Status,
-    /// What the provider answered.
-    pub error: String,
-    /// When to look at the account again.
-    pub retry_at: Option<Timestamp>,
-}
-
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-/// The in-memory form of a write the disk refused (see `update_or_keep`).
-type Keep = Box<dyn FnOnce(&mut AccountRecord) + Send>;
 type Cache = Arc<RwLock<HashMap<AccountKey, Arc<AccountRecord>>>>;
 
 /// A handle to the registry; cheap to clone.
@@ -380,77 +290,57 @@ impl Registry {
         rx.await.map_err(|_| RegistryError::Closed)?
     }
 
-    /// Runs a write on the owner thread; after it commits, reloads the account into the cache
-    /// and wakes waiters. Returns the fresh record.
-    async fn update(
+    /// Stores `record` (computed from the stored revision it carries) with its history notes,
+    /// in one transaction, and only then publishes it to the in-memory copy readers are served
+    /// from. Refused with [`RegistryError::Stale`] when the account was removed, registered
+    /// again or saved by other work since. When the disk refuses the write, the record is
+    /// served from memory and written back as soon as a write succeeds: a token the provider
+    /// issued is never dropped because of the disk.
+    pub async fn save(
         &self,
-        key: &AccountKey,
-        f: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<(), RegistryError> + Send + 'static,
+        record: AccountRecord,
+        notes: Vec<Note>,
+        now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
-        self.update_or_keep(key, "update", f, None).await
-    }
-
-    /// [`Registry::update`], and when the disk refuses the write, `keep` applies the change to
-    /// the record in memory instead: it is served from there and stored by the owner thread
-    /// as soon as a write succeeds. Used for the writes that carry a newly issued token.
-    async fn update_or_keep(
-        &self,
-        key: &AccountKey,
-        what: &'static str,
-        f: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<(), RegistryError> + Send + 'static,
-        keep: Option<Keep>,
-    ) -> Result<Arc<AccountRecord>, RegistryError> {
-        let cache = self.cache.clone();
-        let health = self.health.clone();
-        let key2 = key.clone();
+        check_times(&record)?;
+        let key = record.key.clone();
+        let expected = record.revision;
+        let mut next = record;
+        next.revision = expected + 1;
+        let next = Arc::new(next);
+        let (cache, health, stored) = (self.cache.clone(), self.health.clone(), next.clone());
         let result = self
             .call(move |conn| {
-                let key = key2;
                 let tx = conn.transaction()?;
-                let id = account_id(&tx, &key)?;
-                f(&tx, id)?;
+                write_record(&tx, &stored, Some(expected))?;
+                for note in &notes {
+                    insert_event(&tx, now, &stored.key, note.kind.as_str(), note.detail.as_deref())?;
+                }
                 tx.commit()?;
-                // Reloaded from SQLite after the commit, so memory never runs ahead of disk...
-                let mut fresh = load_one(conn, &key)?;
                 let mut unsaved = health.lock();
-                if unsaved.accounts.contains(&key) {
-                    // ...except for tokens kept in memory after a failed write, newer than disk.
-                    if let Some(old) = read(&cache).get(&key) {
-                        fresh.current = old.current.clone();
-                        fresh.candidate = old.candidate.clone();
-                        fresh.last_rotated_at = old.last_rotated_at;
-                    }
-                } else if unsaved.error.take().is_some() {
+                unsaved.accounts.remove(&stored.key);
+                if unsaved.accounts.is_empty() && unsaved.error.take().is_some() {
                     tracing::info!("the registry is writable again");
                 }
                 drop(unsaved);
-                let record = Arc::new(fresh);
-                write(&cache).insert(key, record.clone());
-                Ok(record)
+                Ok(publish(&cache, &stored))
             })
             .await;
-        let record = match result {
-            Ok(r) => r,
+        match result {
+            Ok(true) => {}
+            Ok(false) => return Err(RegistryError::Stale(key)),
             Err(e @ RegistryError::Sqlite(_)) => {
-                self.health.failed(what, &e);
-                let Some(keep) = keep else { return Err(e) };
-                let mut cache = write(&self.cache);
-                let Some(old) = cache.get(key) else {
-                    return Err(e);
-                };
-                let mut record = (**old).clone();
-                keep(&mut record);
-                let record = Arc::new(record);
-                cache.insert(key.clone(), record.clone());
-                drop(cache);
+                self.health.failed("saving an account", &e);
+                if !publish(&self.cache, &next) {
+                    return Err(RegistryError::Stale(key));
+                }
                 self.health.lock().accounts.insert(key.clone());
-                tracing::error!(account = %key, "keeping the account's new token in memory until the registry can store it");
-                record
+                tracing::error!(account = %key, "keeping the account's new state in memory until the registry can store it");
             }
             Err(e) => return Err(e),
-        };
+        }
         self.changes.send_modify(|n| *n += 1);
-        Ok(record)
+        Ok(next)
     }
 
     /// Every account, sorted by provider and name.
@@ -476,17 +366,20 @@ impl Registry {
         new: NewAccount,
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
+        if let Some(t) = &new.access_token {
+            check_token_times(t)?;
+        }
         let cache = self.cache.clone();
         let record = self
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 check_unique(&tx, &new)?;
-                tx.execute(
-                    "INSERT INTO accounts (provider, name, email, first_name, last_name, status, status_since, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
-                    params![new.key.provider.as_str(), new.key.name, new.email, new.first_name, new.last_name, now.millis()],
+                let id = insert_account(
+                    &tx,
+                    &new.key,
+                    [new.email.as_deref(), new.first_name.as_deref(), new.last_name.as_deref()],
+                    now,
                 )?;
-                let id = tx.last_insert_rowid();
                 let access = new.access_token.as_ref();
                 tx.execute(
                     "INSERT INTO tokens (account_id, refresh_token, refresh_fingerprint,
@@ -529,8 +422,9 @@ impl Registry {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let id = account_id(&tx, &key)?;
-            tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+            // Written first, while the row still names the registration it belongs to.
             insert_event(&tx, now, &key, "removed", None)?;
+            tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
             tx.commit()?;
             write(&cache).remove(&key);
             health.lock().accounts.remove(&key);
@@ -557,181 +451,6 @@ impl Registry {
         .await
     }
 
-    /// Stores a token the provider just issued, as the candidate, before anything uses it:
-    /// whatever happens next, what the provider issued is not lost.
-    pub async fn store_issued(
-        &self,
-        key: &AccountKey,
-        token: TokenRecord,
-        now: Timestamp,
-    ) -> Result<Arc<AccountRecord>, RegistryError> {
-        let key2 = key.clone();
-        let kept = token.clone();
-        let keep: Keep = Box::new(move |r| {
-            r.candidate = Some(kept);
-            r.last_rotated_at = Some(now);
-        });
-        self.update_or_keep(
-            key,
-            "storing a newly issued token",
-            move |tx, id| {
-                tx.execute(
-                    "UPDATE tokens SET candidate_token = seal(?2, ?5, ?6, 'candidate_token'),
-                        candidate_issued_at = ?3, candidate_expires_at = ?4
-                 WHERE account_id = ?1",
-                    params![
-                        id,
-                        token.access_token.expose(),
-                        token.issued_at.millis(),
-                        token.expires_at.map(Timestamp::millis),
-                        key2.provider.as_str(),
-                        key2.name
-                    ],
-                )?;
-                tx.execute(
-                    "UPDATE accounts SET last_rotated_at = ?2 WHERE id = ?1",
-                    params![id, now.millis()],
-                )?;
-                let detail = match token.expires_at {
-                    Some(exp) => format!("new token, expires {}", exp.to_rfc3339()),
-                    None => "new token".to_string(),
-                };
-                insert_event(tx, now, &key2, "rotated", Some(&detail))
-            },
-            Some(keep),
-        )
-        .await
-    }
-
-    /// Records a passing probe: the probed candidate (if any) becomes the served token, the
-    /// account becomes active, and errors and backoff are cleared.
-    pub async fn record_verified(
-        &self,
-        key: &AccountKey,
-        promote_candidate: bool,
-        detail: Option<String>,
-        now: Timestamp,
-    ) -> Result<Arc<AccountRecord>, RegistryError> {
-        let key2 = key.clone();
-        // If the disk refuses, the proven token is still served (from memory): the provider
-        // may already have invalidated the previous one.
-        let keep: Keep = Box::new(move |r| {
-            if promote_candidate && let Some(c) = r.candidate.take() {
-                r.current = Some(c);
-            }
-            if r.status != Status::Active {
-                r.status = Status::Active;
-                r.status_since = now;
-            }
-            r.last_verified_at = Some(now);
-            r.last_error = None;
-            r.failures = 0;
-            r.next_attempt_at = None;
-        });
-        self.update_or_keep(key, "recording a proven token", move |tx, id| {
-            if promote_candidate {
-                // Re-sealed, not copied: the column is part of each value's associated data.
-                tx.execute(
-                    "UPDATE tokens SET
-                            access_token = seal(unseal(candidate_token, ?2, ?3, 'candidate_token'), ?2, ?3, 'access_token'),
-                            issued_at = candidate_issued_at,
-                            expires_at = candidate_expires_at, candidate_token = NULL,
-                            candidate_issued_at = NULL, candidate_expires_at = NULL
-                     WHERE account_id = ?1 AND candidate_token IS NOT NULL",
-                    params![id, key2.provider.as_str(), key2.name],
-                )?;
-            }
-            let old = status_of(tx, id)?;
-            tx.execute(
-                "UPDATE accounts SET status = 'active',
-                        status_since = CASE WHEN status = 'active' THEN status_since ELSE ?2 END,
-                        last_verified_at = ?2, last_error = NULL, failures = 0, next_attempt_at = NULL
-                 WHERE id = ?1",
-                params![id, now.millis()],
-            )?;
-            insert_event(tx, now, &key2, "checked", detail.as_deref())?;
-            if old.is_flagged() {
-                insert_event(tx, now, &key2, "cleared", Some(&format!("account reactivated (was {old})")))?;
-            }
-            Ok(())
-        }, Some(keep))
-        .await
-    }
-
-    /// Changes the status to a flag (or back to pending), recording the provider's answer.
-    pub async fn record_flag(
-        &self,
-        key: &AccountKey,
-        flag: Flag,
-        now: Timestamp,
-    ) -> Result<Arc<AccountRecord>, RegistryError> {
-        let key2 = key.clone();
-        self.update(key, move |tx, id| {
-            let old = status_of(tx, id)?;
-            tx.execute(
-                "UPDATE accounts SET status = ?2,
-                        status_since = CASE WHEN status = ?2 THEN status_since ELSE ?3 END,
-                        last_error = ?4, next_attempt_at = ?5
-                 WHERE id = ?1",
-                params![
-                    id,
-                    flag.status.as_str(),
-                    now.millis(),
-                    flag.error,
-                    flag.retry_at.map(Timestamp::millis)
-                ],
-            )?;
-            if old != flag.status {
-                insert_event(
-                    tx,
-                    now,
-                    &key2,
-                    "flagged",
-                    Some(&format!("{old} -> {}: {}", flag.status, flag.error)),
-                )?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Records a failed attempt that does not change the status (outage, throttling).
-    /// `counts` is false for throttling, which is not the account's fault and grows no backoff.
-    pub async fn record_failure(
-        &self,
-        key: &AccountKey,
-        error: String,
-        retry_at: Timestamp,
-        counts: bool,
-        now: Timestamp,
-    ) -> Result<Arc<AccountRecord>, RegistryError> {
-        let key2 = key.clone();
-        self.update(key, move |tx, id| {
-            let failures: i64 = tx.query_row("SELECT failures FROM accounts WHERE id = ?1", [id], |r| r.get(0))?;
-            tx.execute(
-                "UPDATE accounts SET last_error = ?2, next_attempt_at = ?3, failures = failures + ?4 WHERE id = ?1",
-                params![id, error, retry_at.millis(), i64::from(counts)],
-            )?;
-            // The first failure of a streak goes into the history; the rest only update last_error.
-            if failures == 0 && counts {
-                insert_event(tx, now, &key2, "failed", Some(&error))?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Stores a token that needs no refresh (Shippo OAuth) as the candidate of an existing
-    /// account, replacing any previous candidate.
-    pub async fn replace_candidate(
-        &self,
-        key: &AccountKey,
-        token: TokenRecord,
-        now: Timestamp,
-    ) -> Result<Arc<AccountRecord>, RegistryError> {
-        self.store_issued(key, token, now).await
-    }
-
     /// An account's history, newest last; `limit` newest entries.
     pub async fn events(
         &self,
@@ -739,12 +458,16 @@ impl Registry {
         limit: usize,
     ) -> Result<Vec<Event>, RegistryError> {
         let key = key.clone();
+        // The current registration's history only; a removed account's shows in full.
+        let generation = self.account(&key).map(|a| a.generation);
         self.call(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT at, kind, detail FROM events WHERE provider = ?1 AND account = ?2 ORDER BY id DESC LIMIT ?3",
+                "SELECT at, kind, detail FROM events
+                 WHERE provider = ?1 AND account = ?2 AND (?4 IS NULL OR generation = ?4)
+                 ORDER BY id DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(
-                params![key.provider.as_str(), key.name, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![key.provider.as_str(), key.name, i64::try_from(limit).unwrap_or(i64::MAX), generation],
                 |r| {
                     Ok(Event {
                         at: Timestamp::from_millis(r.get(0)?),
@@ -898,42 +621,7 @@ fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
     let result = (|| -> Result<(), RegistryError> {
         let tx = conn.transaction()?;
         for r in &records {
-            let id = account_id(&tx, &r.key)?;
-            let (p, n) = (r.key.provider.as_str(), r.key.name.as_str());
-            let cur = r.current.as_ref();
-            let cand = r.candidate.as_ref();
-            tx.execute(
-                "UPDATE tokens SET access_token = seal(?2, ?8, ?9, 'access_token'), issued_at = ?3, expires_at = ?4,
-                        candidate_token = seal(?5, ?8, ?9, 'candidate_token'), candidate_issued_at = ?6,
-                        candidate_expires_at = ?7
-                 WHERE account_id = ?1",
-                params![
-                    id,
-                    cur.map(|t| t.access_token.expose()),
-                    cur.map(|t| t.issued_at.millis()),
-                    cur.and_then(|t| t.expires_at.map(Timestamp::millis)),
-                    cand.map(|t| t.access_token.expose()),
-                    cand.map(|t| t.issued_at.millis()),
-                    cand.and_then(|t| t.expires_at.map(Timestamp::millis)),
-                    p,
-                    n,
-                ],
-            )?;
-            tx.execute(
-                "UPDATE accounts SET status = ?2, status_since = ?3, last_rotated_at = ?4,
-                        last_verified_at = ?5, last_error = ?6, failures = ?7, next_attempt_at = ?8
-                 WHERE id = ?1",
-                params![
-                    id,
-                    r.status.as_str(),
-                    r.status_since.millis(),
-                    r.last_rotated_at.map(Timestamp::millis),
-                    r.last_verified_at.map(Timestamp::millis),
-                    r.last_error,
-                    i64::from(r.failures),
-                    r.next_attempt_at.map(Timestamp::millis),
-                ],
-            )?;
+            write_record(&tx, r, None)?;
         }
         tx.commit()?;
         Ok(())
@@ -953,7 +641,7 @@ fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
                 "stored the tokens kept in memory; the registry is writable again"
             );
         }
-        Err(RegistryError::NotFound(k)) => {
+        Err(RegistryError::NotFound(k) | RegistryError::Stale(k)) => {
             health.lock().accounts.remove(&k);
         }
         Err(e) => {
@@ -971,16 +659,30 @@ const SELECT_ACCOUNT: &str = "
            a.created_at, a.last_rotated_at, a.last_verified_at, a.last_error, a.failures,
            a.next_attempt_at, unseal(t.access_token, a.provider, a.name, 'access_token'),
            t.issued_at, t.expires_at, unseal(t.candidate_token, a.provider, a.name, 'candidate_token'),
-           t.candidate_issued_at, t.candidate_expires_at, t.refresh_token IS NOT NULL
+           t.candidate_issued_at, t.candidate_expires_at, t.refresh_token IS NOT NULL,
+           a.generation, a.revision, a.upstream_id, a.token_doubt_since, a.token_doubt_reason,
+           a.token_doubt_signature, a.renew_doubt_since, a.renew_doubt_reason
     FROM accounts a LEFT JOIN tokens t ON t.account_id = a.id";
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<AccountRecord>> {
+/// A row the registry cannot read: a provider or status this build does not know.
+#[derive(Debug)]
+struct UnknownRow {
+    provider: String,
+    name: String,
+    status: String,
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AccountRecord, UnknownRow>> {
     let provider: String = r.get(0)?;
     let name: String = r.get(1)?;
     let status: String = r.get(5)?;
     let (Some(provider), Some(status)) = (Provider::parse(&provider), Status::parse(&status))
     else {
-        return Ok(None);
+        return Ok(Err(UnknownRow {
+            provider,
+            name,
+            status,
+        }));
     };
     let token = |tok: Option<String>, issued: Option<i64>, expires: Option<i64>| {
         tok.map(|t| TokenRecord {
@@ -990,7 +692,14 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<AccountRecord
         })
     };
     let ts = |v: Option<i64>| v.map(Timestamp::from_millis);
-    Ok(Some(AccountRecord {
+    let doubt = |since: Option<i64>, reason: Option<String>, signature: Option<String>| {
+        since.map(|s| Doubt {
+            since: Timestamp::from_millis(s),
+            reason: reason.unwrap_or_default(),
+            signature,
+        })
+    };
+    Ok(Ok(AccountRecord {
         key: AccountKey { provider, name },
         email: r.get(2)?,
         first_name: r.get(3)?,
@@ -1006,7 +715,114 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<AccountRecord
         current: token(r.get(13)?, r.get(14)?, r.get(15)?),
         candidate: token(r.get(16)?, r.get(17)?, r.get(18)?),
         has_refresh_token: r.get::<_, Option<bool>>(19)?.unwrap_or(false),
+        generation: r.get(20)?,
+        revision: r.get(21)?,
+        upstream_id: r.get(22)?,
+        token_doubt: doubt(r.get(23)?, r.get(24)?, r.get(25)?),
+        renew_doubt: doubt(r.get(26)?, r.get(27)?, None),
     }))
+}
+
+/// Publishes a stored record to the in-memory copy, unless the copy holds another
+/// registration of the account or a newer revision (or the account is gone).
+fn publish(cache: &Cache, record: &Arc<AccountRecord>) -> bool {
+    let mut cache = write(cache);
+    match cache.get(&record.key) {
+        Some(old) if old.generation == record.generation && old.revision < record.revision => {
+            cache.insert(record.key.clone(), record.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Refuses a record whose times no calendar of ours can print (past year 9999): such a value
+/// would make every later listing of the account fail.
+fn check_times(r: &AccountRecord) -> Result<(), RegistryError> {
+    [&r.current, &r.candidate]
+        .into_iter()
+        .flatten()
+        .try_for_each(check_token_times)
+}
+
+fn check_token_times(t: &TokenRecord) -> Result<(), RegistryError> {
+    for (what, at) in [("token issue time", Some(t.issued_at)), ("token expiry", t.expires_at)] {
+        if let Some(at) = at
+            && !at.in_calendar()
+        {
+            return Err(RegistryError::TimeOutOfRange {
+                what,
+                value: format!("{} ms since 1970", at.millis()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes every mutable column of `r`: the account row (conditional on its registration and,
+/// with `expect`, on the stored revision) and its tokens, sealed.
+fn write_record(
+    tx: &rusqlite::Transaction<'_>,
+    r: &AccountRecord,
+    expect: Option<i64>,
+) -> Result<(), RegistryError> {
+    let (p, n) = (r.key.provider.as_str(), r.key.name.as_str());
+    let millis = |t: Option<Timestamp>| t.map(Timestamp::millis);
+    let id: Option<i64> = tx
+        .query_row(
+            "UPDATE accounts SET status = ?4, status_since = ?5, last_rotated_at = ?6,
+                    last_verified_at = ?7, last_error = ?8, failures = ?9, next_attempt_at = ?10,
+                    upstream_id = ?11, token_doubt_since = ?12, token_doubt_reason = ?13,
+                    token_doubt_signature = ?14, renew_doubt_since = ?15, renew_doubt_reason = ?16,
+                    revision = ?17
+             WHERE provider = ?1 AND name = ?2 AND generation = ?3
+               AND (?18 IS NULL OR revision = ?18)
+             RETURNING id",
+            params![
+                p,
+                n,
+                r.generation,
+                r.status.as_str(),
+                r.status_since.millis(),
+                millis(r.last_rotated_at),
+                millis(r.last_verified_at),
+                r.last_error,
+                i64::from(r.failures),
+                millis(r.next_attempt_at),
+                r.upstream_id,
+                millis(r.token_doubt.as_ref().map(|d| d.since)),
+                r.token_doubt.as_ref().map(|d| d.reason.as_str()),
+                r.token_doubt.as_ref().and_then(|d| d.signature.as_deref()),
+                millis(r.renew_doubt.as_ref().map(|d| d.since)),
+                r.renew_doubt.as_ref().map(|d| d.reason.as_str()),
+                r.revision,
+                expect,
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(id) = id else {
+        return Err(RegistryError::Stale(r.key.clone()));
+    };
+    let (cur, cand) = (r.current.as_ref(), r.candidate.as_ref());
+    tx.execute(
+        "UPDATE tokens SET access_token = seal(?2, ?8, ?9, 'access_token'), issued_at = ?3, expires_at = ?4,
+                candidate_token = seal(?5, ?8, ?9, 'candidate_token'), candidate_issued_at = ?6,
+                candidate_expires_at = ?7
+         WHERE account_id = ?1",
+        params![
+            id,
+            cur.map(|t| t.access_token.expose()),
+            cur.map(|t| t.issued_at.millis()),
+            cur.and_then(|t| t.expires_at.map(Timestamp::millis)),
+            cand.map(|t| t.access_token.expose()),
+            cand.map(|t| t.issued_at.millis()),
+            cand.and_then(|t| t.expires_at.map(Timestamp::millis)),
+            p,
+            n,
+        ],
+    )?;
+    Ok(())
 }
 
 fn load_all(conn: &Connection) -> Result<Vec<AccountRecord>, RegistryError> {
@@ -1015,8 +831,9 @@ fn load_all(conn: &Connection) -> Result<Vec<AccountRecord>, RegistryError> {
     let mut out = Vec::new();
     for row in rows {
         match row? {
-            Some(r) => out.push(r),
-            None => tracing::warn!("skipping a registry row with an unknown provider or status"),
+            Ok(r) => out.push(r),
+            // Skipping it would make the account silently disappear from the socket.
+            Err(u) => return Err(RegistryError::UnknownRow(format!("{}/{} (status {})", u.provider, u.name, u.status))),
         }
     }
     Ok(out)
@@ -1030,7 +847,7 @@ fn load_one(conn: &Connection, key: &AccountKey) -> Result<AccountRecord, Regist
         row_to_record,
     )
     .optional()?
-    .flatten()
+    .and_then(Result::ok)
     .ok_or_else(|| RegistryError::NotFound(key.clone()))
 }
 
@@ -1042,13 +859,6 @@ fn account_id(conn: &Connection, key: &AccountKey) -> Result<i64, RegistryError>
     )
     .optional()?
     .ok_or_else(|| RegistryError::NotFound(key.clone()))
-}
-
-fn status_of(conn: &Connection, id: i64) -> Result<Status, RegistryError> {
-    let s: String = conn.query_row("SELECT status FROM accounts WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })?;
-    Ok(Status::parse(&s).unwrap_or(Status::Pending))
 }
 
 fn key_of(provider: String, name: String) -> AccountKey {
@@ -1095,6 +905,7 @@ fn check_unique(conn: &Connection, new: &NewAccount) -> Result<(), RegistryError
     Ok(())
 }
 
+/// Appends to the history of the account's current registration.
 fn insert_event(
     conn: &Connection,
     at: Timestamp,
@@ -1103,14 +914,38 @@ fn insert_event(
     detail: Option<&str>,
 ) -> Result<(), RegistryError> {
     conn.execute(
-        "INSERT INTO events (at, provider, account, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events (at, provider, account, kind, detail, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5,
+                 (SELECT generation FROM accounts WHERE provider = ?2 AND name = ?3))",
         params![at.millis(), key.provider.as_str(), key.name, kind, detail],
     )?;
     Ok(())
 }
 
+/// Inserts a `pending` account row with a generation never used before and returns its row
+/// id; the caller inserts its tokens row.
+fn insert_account(
+    tx: &rusqlite::Transaction<'_>,
+    key: &AccountKey,
+    [email, first_name, last_name]: [Option<&str>; 3],
+    now: Timestamp,
+) -> Result<i64, RegistryError> {
+    let generation: i64 = tx.query_row(
+        "UPDATE sequences SET value = value + 1 WHERE name = 'generation' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO accounts (provider, name, email, first_name, last_name, status, status_since,
+                               created_at, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
+        params![key.provider.as_str(), key.name, email, first_name, last_name, now.millis(), generation],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn key(s: &str) -> AccountKey {
@@ -1128,10 +963,24 @@ mod tests {
         }
     }
 
+    /// What a passing probe of the candidate does, for tests of the store alone.
+    pub(crate) async fn activate(reg: &Registry, key: &AccountKey, now: Timestamp) -> Arc<AccountRecord> {
+        let mut r = (*reg.account(key).unwrap()).clone();
+        r.current = r.candidate.take();
+        r.status = Status::Active;
+        r.last_verified_at = Some(now);
+        let note = Note {
+            kind: EventKind::Checked,
+            detail: None,
+        };
+        reg.save(r, vec![note], now).await.unwrap()
+    }
+
     #[tokio::test]
-    async fn a_promoted_token_survives_reopening() {
+    async fn a_saved_token_survives_reopening_and_stale_work_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Timestamp::from_secs(1_800_000_000);
+        let acme = key("shiphero/acme");
         {
             let reg = Registry::open(dir.path()).await.unwrap();
             reg.add(shiphero("acme", "a@x.io", "refresh-aaaaaaaa"), t0)
@@ -1142,46 +991,79 @@ mod tests {
                 issued_at: t0,
                 expires_at: Some(t0.plus(std::time::Duration::from_secs(60))),
             };
-            reg.store_issued(&key("shiphero/acme"), tok.clone(), t0)
-                .await
-                .unwrap();
-            // Issued but unproven: not served yet.
-            assert!(
-                reg.account(&key("shiphero/acme"))
-                    .unwrap()
-                    .current
-                    .is_none()
-            );
-            let r = reg
-                .record_verified(&key("shiphero/acme"), true, None, t0)
-                .await
-                .unwrap();
+            let mut r = (*reg.account(&acme).unwrap()).clone();
+            r.candidate = Some(tok.clone());
+            let stale = r.clone();
+            reg.save(r, vec![], t0).await.unwrap();
+            // Computed from a revision that is no longer stored: refused, nothing written.
+            assert!(matches!(
+                reg.save(stale, vec![], t0).await,
+                Err(RegistryError::Stale(_))
+            ));
+            let r = activate(&reg, &acme, t0).await;
             assert_eq!(r.current.as_ref(), Some(&tok));
             assert_eq!(r.status, Status::Active);
         }
         let reg = Registry::open(dir.path()).await.unwrap();
-        let r = reg.account(&key("shiphero/acme")).unwrap();
+        let r = reg.account(&acme).unwrap();
         assert_eq!(
             r.current.as_ref().map(|t| t.access_token.expose()),
             Some("tok-1")
         );
         assert_eq!(
-            reg.refresh_token(&key("shiphero/acme")).await.unwrap(),
+            reg.refresh_token(&acme).await.unwrap(),
             Some(Secret::new("refresh-aaaaaaaa"))
         );
         let kinds: Vec<_> = reg
-            .events(&key("shiphero/acme"), 10)
+            .events(&acme, 10)
             .await
             .unwrap()
             .into_iter()
             .map(|e| e.kind)
             .collect();
-        assert_eq!(kinds, ["added", "rotated", "checked"]);
+        assert_eq!(kinds, ["added", "checked"]);
         let mode = std::fs::metadata(dir.path().join("registry.db"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        // Removed and added again: old work cannot land on the new registration, and the
+        // new one's history starts empty.
+        let old = (*r).clone();
+        reg.remove(&acme, t0).await.unwrap();
+        reg.add(shiphero("acme", "b@x.io", "refresh-bbbbbbbb"), t0)
+            .await
+            .unwrap();
+        let new = reg.account(&acme).unwrap();
+        assert_ne!(new.generation, old.generation);
+        assert!(matches!(
+            reg.save(old, vec![], t0).await,
+            Err(RegistryError::Stale(_))
+        ));
+        let kinds: Vec<_> = reg.events(&acme, 10).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["added"]);
+    }
+
+    #[tokio::test]
+    async fn a_far_future_time_is_refused_and_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).await.unwrap();
+        let t0 = Timestamp::from_secs(1_800_000_000);
+        let mut new = shiphero("acme", "a@x.io", "refresh-aaaaaaaa");
+        new.access_token = Some(TokenRecord {
+            access_token: Secret::new("t"),
+            issued_at: t0,
+            expires_at: Some(Timestamp::from_secs(300_000_000_000)),
+        });
+        assert!(matches!(
+            reg.add(new, t0).await,
+            Err(RegistryError::TimeOutOfRange { .. })
+        ));
+        assert_eq!(Timestamp::from_millis(i64::MAX).to_rfc3339(), "9999-12-31T23:59:59Z");
+        // The registry thread is still alive.
+        reg.add(shiphero("beta", "b@x.io", "refresh-bbbbbbbb"), t0)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::{AccountRecord, Registry, RegistryError, account_id, insert_event, load_one, write};
+use super::{
+    AccountRecord, EventKind, Note, Registry, RegistryError, account_id, insert_account,
+    insert_event, load_one, write,
+};
 use crate::clock::Timestamp;
 use crate::names::{AccountKey, Provider, Status};
 use crate::secret::Secret;
@@ -57,15 +60,8 @@ impl Registry {
                         }
                     }
                     Err(RegistryError::NotFound(_)) => {
-                        tx.execute(
-                            "INSERT INTO accounts (provider, name, status, status_since, created_at)
-                             VALUES (?1, ?2, 'pending', ?3, ?3)",
-                            params![key.provider.as_str(), key.name, now.millis()],
-                        )?;
-                        tx.execute(
-                            "INSERT INTO tokens (account_id) VALUES (?1)",
-                            [tx.last_insert_rowid()],
-                        )?;
+                        let id = insert_account(&tx, &key, [None, None, None], now)?;
+                        tx.execute("INSERT INTO tokens (account_id) VALUES (?1)", [id])?;
                         insert_event(
                             &tx,
                             now,
@@ -162,15 +158,23 @@ impl Registry {
         let removed = self
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                let deleted = tx.execute(
-                    "DELETE FROM accounts WHERE provider = ?1 AND name = ?2 AND status = 'pending'
-                       AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.account_id = accounts.id
-                                       AND (t.access_token IS NOT NULL OR t.candidate_token IS NOT NULL))",
-                    params![key.provider.as_str(), key.name],
-                )?;
-                if deleted > 0 {
-                    insert_event(&tx, now, &key, "removed", Some(&detail))?;
-                }
+                let unconnected: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM accounts WHERE provider = ?1 AND name = ?2 AND status = 'pending'
+                           AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.account_id = accounts.id
+                                           AND (t.access_token IS NOT NULL OR t.candidate_token IS NOT NULL))",
+                        params![key.provider.as_str(), key.name],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let deleted = match unconnected {
+                    Some(id) => {
+                        // Written first, while the row still names the registration.
+                        insert_event(&tx, now, &key, "removed", Some(&detail))?;
+                        tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?
+                    }
+                    None => 0,
+                };
                 tx.commit()?;
                 if deleted > 0 {
                     write(&cache).remove(&key);
@@ -192,15 +196,16 @@ impl Registry {
         message: String,
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
-        let key2 = key.clone();
-        self.update(key, move |tx, id| {
-            tx.execute(
-                "UPDATE accounts SET last_error = ?2 WHERE id = ?1",
-                params![id, message],
-            )?;
-            insert_event(tx, now, &key2, "failed", Some(&message))
-        })
-        .await
+        let mut record = self
+            .account(key)
+            .map(|r| (*r).clone())
+            .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
+        record.last_error = Some(message.clone());
+        let note = Note {
+            kind: EventKind::Failed,
+            detail: Some(message),
+        };
+        self.save(record, vec![note], now)        .await
     }
 }
 
@@ -290,7 +295,7 @@ mod tests {
         )
         .await
         .unwrap();
-        reg.record_verified(&shop, true, None, t0).await.unwrap();
+        crate::registry::tests::activate(&reg, &shop, t0).await;
         let s = Secret::new("state-shop-cccccccccccccccc");
         assert!(matches!(
             reg.begin_oauth(&shop, &s, t0.plus(MIN30), t0).await,

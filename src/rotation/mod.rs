@@ -1,0 +1,235 @@
+//! The rotation engine: finds the work each account needs ([`plan`]), does the upstream calls
+//! through the providers' [`Upstream`] trait, judges what came back with the pure state
+//! machine ([`judge::transition`]), and stores the result before anything is served.
+//!
+//! Data flows one way: scheduler -> engine -> provider call -> transition -> registry. Work is
+//! bound to one registration of an account (its generation) and every save is conditional
+//! on the revision it was computed from, so a result never lands on an account that was
+//! removed and added again. A sweep keeps at most twice `rotation.concurrency` accounts in
+//! hand, and every upstream call waits for its provider's [`Pacer`] and a concurrency permit.
+
+pub mod incident;
+pub mod judge;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+pub use judge::{Outcome, Probed, Rules};
+pub use plan::{Policy, Work, backoff, next_check, plan, refresh_point, usable};
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::names::{AccountKey, Provider, Status};
+use crate::notify::Notifier;
+use crate::pacing::{Pacer, Rate};
+use crate::providers::shiphero::ShipHero;
+use crate::providers::shippo::Shippo;
+use crate::providers::Upstream;
+use crate::registry::{Registry, RegistryError};
+use incident::{Incidents, Threshold};
+
+/// The longest provider-wide pause one throttled answer can cause; the throttled account
+/// itself still waits as long as it was told.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// Hands memory freed after a sweep back to the OS. glibc keeps freed heap in its per-thread
+/// arenas, so after one sweep of thousands of accounts the resident size would otherwise
+/// stay at its peak for good. A few milliseconds, once per sweep that had work.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointer.
+    // No crate wraps it, and it is the only way to hand glibc's arenas back.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Why a requested operation did not end with a working token.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The account is flagged.
+    #[error("{key} is {status}: {message}")]
+    Flagged {
+        /// The account.
+        key: AccountKey,
+        /// Its status.
+        status: Status,
+        /// What the provider said.
+        message: String,
+    },
+    /// The try proved nothing (an outage, throttling, a proxy's answer, evidence not yet
+    /// confirmed); the status is unchanged.
+    #[error("{key}: {message}")]
+    Upstream {
+        /// The account.
+        key: AccountKey,
+        /// What went wrong.
+        message: String,
+    },
+    /// The account has nothing to act on (e.g. a Shippo account still waiting for OAuth), or
+    /// the daemon is stopping.
+    #[error("{0}")]
+    Nothing(String),
+}
+
+/// The providers, each behind the one trait the engine knows.
+struct Upstreams {
+    shiphero: ShipHero,
+    shippo: Shippo,
+}
+
+impl Upstreams {
+    /// The registration point of providers: one line each.
+    fn get(&self, provider: Provider) -> &dyn Upstream {
+        match provider {
+            Provider::ShipHero => &self.shiphero,
+            Provider::Shippo => &self.shippo,
+        }
+    }
+}
+
+/// Runs refreshes and probes; one operation per account at a time, and at most
+/// `rotation.concurrency` upstream calls in flight.
+pub struct Engine {
+    registry: Registry,
+    upstreams: Upstreams,
+    clock: Clock,
+    metrics: Metrics,
+    config: watch::Receiver<Arc<Config>>,
+    upstream_permits: Arc<Semaphore>,
+    /// One bucket per provider ([`Provider::ALL`] order), shared by sweeps and manual work.
+    pacers: [Pacer; 2],
+    account_locks: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>,
+    sweep_lock: tokio::sync::Mutex<()>,
+    /// Accounts whose freshly issued candidate token is being probed right now; readers wait
+    /// for the outcome rather than get a token that may be superseded a moment later.
+    probing: Mutex<HashSet<AccountKey>>,
+    /// Bumped whenever a candidate probe ends, to wake those readers.
+    probe_ended: watch::Sender<u64>,
+    /// Where status changes are reported besides logs and metrics.
+    notifier: Notifier,
+    /// Many accounts of one provider answering with evidence at once.
+    incidents: Mutex<Incidents>,
+    /// Set on shutdown: no new upstream call starts; a token already issued is still stored.
+    stopping: AtomicBool,
+}
+
+/// Removes the account from `probing` and wakes waiting readers, however the probe ends.
+struct ProbingGuard<'a> {
+    engine: &'a Engine,
+    key: AccountKey,
+}
+
+impl Drop for ProbingGuard<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+        self.engine.probe_ended.send_modify(|n| *n += 1);
+    }
+}
+
+impl Engine {
+    /// Builds the engine.
+    pub fn new(
+        registry: Registry,
+        shiphero: ShipHero,
+        shippo: Shippo,
+        clock: Clock,
+        metrics: Metrics,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Engine {
+        let permits = config.borrow().rotation.concurrency;
+        Engine {
+            registry,
+            upstreams: Upstreams { shiphero, shippo },
+            clock,
+            metrics,
+            config,
+            upstream_permits: Arc::new(Semaphore::new(permits)),
+            pacers: Default::default(),
+            account_locks: Mutex::new(HashMap::new()),
+            sweep_lock: tokio::sync::Mutex::new(()),
+            probing: Mutex::new(HashSet::new()),
+            probe_ended: watch::channel(0).0,
+            notifier: Notifier::disabled(),
+            incidents: Mutex::new(Incidents::default()),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Reports status changes through `notifier` (webhooks, a command).
+    pub fn with_notifier(mut self, notifier: Notifier) -> Engine {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Starts no upstream call from now on. Work in flight finishes its call, and a token a
+    /// provider already issued is stored (not probed), so shutdown never loses one.
+    pub fn stop_new_work(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The providers with an incident going on, and since when.
+    pub fn incidents(&self) -> Vec<(Provider, Timestamp)> {
+        let incidents = self.incidents.lock().unwrap_or_else(|e| e.into_inner());
+        Provider::ALL
+            .into_iter()
+            .filter_map(|p| incidents.since(p).map(|t| (p, t)))
+            .collect()
+    }
+
+    fn policy(&self) -> Policy {
+        Policy::from_config(&self.config.borrow())
+    }
+
+    fn threshold(&self) -> Threshold {
+        let c = self.config.borrow();
+        Threshold {
+            share: c.verify.incident_share,
+            min_accounts: c.verify.incident_min_accounts,
+            window: c.verify.incident_window,
+        }
+    }
+
+    fn pacer(&self, provider: Provider) -> &Pacer {
+        match provider {
+            Provider::ShipHero => &self.pacers[0],
+            Provider::Shippo => &self.pacers[1],
+        }
+    }
+
+    /// Waits for the provider's pacing (read from the live config, so a reload applies).
+    async fn pace(&self, provider: Provider) {
+        let rate: Rate = {
+            let c = self.config.borrow();
+            match provider {
+                Provider::ShipHero => c.shiphero.pace,
+                Provider::Shippo => c.shippo.pace,
+            }
+        };
+        self.pacer(provider).wait(rate).await;
+    }
+
+    fn account_lock(&self, key: &AccountKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.account_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(key.clone()).or_default().clone()
+    }
+}
+
+mod work;

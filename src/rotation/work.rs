@@ -1,0 +1,473 @@
+//! The engine's work: sweeps, the manual rotate and verify, and the one path every upstream
+//! result takes into the registry ([`Engine::apply`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::judge::{Outcome, Probed, Rules, transition};
+use super::plan::{Work, backoff, plan};
+use super::{Engine, EngineError, MAX_PAUSE, ProbingGuard, release_freed_memory};
+use crate::clock::Timestamp;
+use crate::names::{AccountKey, Provider, Status};
+use crate::notify::StatusChange;
+use crate::providers::Verdict;
+use crate::registry::{AccountRecord, EventKind, Note, RegistryError, TokenRecord};
+use crate::rotation::incident::Change;
+
+impl Engine {
+    /// Does the due work of every account at `now`. A sweep that finds the previous one still
+    /// running returns at once (the cron trigger must never stack sweeps). Returns how many
+    /// accounts had work.
+    pub async fn sweep(self: &Arc<Self>, now: Timestamp) -> usize {
+        let Ok(_running) = self.sweep_lock.try_lock() else {
+            tracing::debug!("previous sweep still running; skipping this tick");
+            return 0;
+        };
+        let policy = self.policy();
+        let mut due: [Vec<(AccountKey, Work)>; 2] = Default::default();
+        for a in self.registry.accounts() {
+            let renews = self.upstreams.get(a.key.provider).renews();
+            if let Some(w) = plan(&a, now, policy, renews) {
+                let i = usize::from(a.key.provider == Provider::Shippo);
+                due[i].push((a.key.clone(), w));
+            }
+        }
+        let count = due.iter().map(Vec::len).sum();
+        // Each provider has its own queue, so a paused or slowly paced one does not hold up
+        // the other.
+        let [shiphero, shippo] = due;
+        tokio::join!(self.work_through(shiphero), self.work_through(shippo));
+        // Per-account locks no one holds are dropped, so the map does not grow with the fleet.
+        self.account_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        if count > 0 {
+            release_freed_memory();
+        }
+        self.metrics.sweep_done(self.clock.now());
+        count
+    }
+
+    /// Does one provider's due work, keeping at most twice `rotation.concurrency` accounts in
+    /// hand: enough that permits never idle while others write to the registry, few enough
+    /// that memory does not grow with the number of accounts due. A provider-wide pause (the
+    /// provider throttled us) holds back accounts not yet started.
+    async fn work_through(self: &Arc<Self>, due: Vec<(AccountKey, Work)>) {
+        let in_hand = self.config.borrow().rotation.concurrency.saturating_mul(2);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (key, work) in due {
+            if self.stopping() {
+                break;
+            }
+            while tasks.len() >= in_hand {
+                tasks.join_next().await;
+            }
+            self.pacer(key.provider).until_unpaused().await;
+            let engine = self.clone();
+            tasks.spawn(async move {
+                let lock = engine.account_lock(&key);
+                // Busy means a manual rotate or verify is on it right now: skip, not queue.
+                let Ok(_guard) = lock.try_lock() else { return };
+                if let Err(e) = engine.perform(&key, work).await {
+                    tracing::debug!(account = %key, error = %e, "sweep work ended without a working token");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits (at most `max`) while a freshly issued token of the account is being probed, so
+    /// a reader gets the outcome: the promoted token, a flag, or an inconclusive candidate.
+    pub async fn settle(&self, key: &AccountKey, max: Duration) {
+        let mut ended = self.probe_ended.subscribe();
+        let deadline = tokio::time::Instant::now() + max;
+        while self
+            .probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+        {
+            if tokio::time::timeout_at(deadline, ended.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Refreshes (a renewing provider) or re-checks the account now, ignoring backoff; waits
+    /// for any operation already running on it, and returns that one's outcome instead when
+    /// it already produced a fresh, proven token.
+    pub async fn rotate_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let requested = self.clock.now();
+        let lock = self.account_lock(key);
+        let _guard = lock.lock().await;
+        let account = self.account(key)?;
+        if account.status == Status::Active
+            && account.candidate.is_none()
+            && account.last_rotated_at.is_some_and(|t| t >= requested)
+        {
+            return Ok(account);
+        }
+        if self.upstreams.get(key.provider).renews() {
+            self.perform(key, Work::Refresh).await
+        } else {
+            self.perform(key, probe_work(&account)?).await
+        }
+    }
+
+    /// Probes the account's token now (the candidate first, if one waits).
+    pub async fn verify_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        let requested = self.clock.now();
+        let lock = self.account_lock(key);
+        let _guard = lock.lock().await;
+        let account = self.account(key)?;
+        // A sweep that held the lock may have just done this very work.
+        if account.status == Status::Active
+            && account.candidate.is_none()
+            && account.last_error.is_none()
+            && account.last_verified_at.is_some_and(|t| t >= requested)
+        {
+            return Ok(account);
+        }
+        let work = match probe_work(&account) {
+            Err(_) if self.upstreams.get(key.provider).renews() => Work::Refresh,
+            other => other?,
+        };
+        self.perform(key, work).await
+    }
+
+    /// Stores a token issued outside the engine (a Shippo OAuth code exchange) as the
+    /// account's candidate, then probes it.
+    pub async fn accept_issued(
+        &self,
+        key: &AccountKey,
+        token: TokenRecord,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
+        let lock = self.account_lock(key);
+        let _guard = lock.lock().await;
+        let generation = self.account(key)?.generation;
+        self.apply(key, generation, Outcome::Issued(token)).await?;
+        self.verify(key, generation, Probed::Candidate, true).await
+    }
+
+    fn account(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+        Ok(self
+            .registry
+            .account(key)
+            .ok_or_else(|| RegistryError::NotFound(key.clone()))?)
+    }
+
+    async fn perform(&self, key: &AccountKey, work: Work) -> Result<Arc<AccountRecord>, EngineError> {
+        let generation = self.account(key)?.generation;
+        match work {
+            Work::Refresh => self.refresh(key, generation).await,
+            Work::Verify { candidate: true } => {
+                self.verify(key, generation, Probed::Candidate, true).await
+            }
+            Work::Verify { candidate: false } => {
+                self.verify(key, generation, Probed::Served, true).await
+            }
+            Work::Expire => {
+                let record = self.apply(key, generation, Outcome::Expired).await?;
+                Err(flagged(&record))
+            }
+        }
+    }
+
+    /// Renews the token, stores what was issued, then probes it. After a refused renewal,
+    /// probes the served token to learn whether it still works.
+    async fn refresh(&self, key: &AccountKey, generation: i64) -> Result<Arc<AccountRecord>, EngineError> {
+        if self.stopping() {
+            return Err(stopping());
+        }
+        let Some(refresh_token) = self.registry.refresh_token(key).await? else {
+            return Err(EngineError::Nothing(format!("{key} has no refresh token")));
+        };
+        let upstream = self.upstreams.get(key.provider);
+        let result = {
+            let _permit = self.upstream_permits.acquire().await;
+            self.pace(key.provider).await;
+            upstream.renew(&refresh_token).await
+        };
+        let now = self.clock.now();
+        let verdict = match result {
+            Ok(issued) => {
+                self.metrics.rotation(key.provider, "ok");
+                let token = TokenRecord {
+                    access_token: issued.access_token,
+                    issued_at: now,
+                    expires_at: issued.lifetime.map(|l| now.plus(l)),
+                };
+                // Stored before it is probed or served: the provider may have invalidated
+                // the previous token, and a crash or shutdown must not lose this one.
+                let stored = self.apply(key, generation, Outcome::Issued(token)).await?;
+                if self.stopping() {
+                    return Ok(stored);
+                }
+                return self.verify(key, generation, Probed::Candidate, false).await;
+            }
+            Err(verdict) => verdict,
+        };
+        self.metrics.rotation(key.provider, verdict.metric_result());
+        self.throttle(key.provider, &verdict);
+        let refused = matches!(verdict, Verdict::Refused(_));
+        let record = self
+            .apply(key, generation, Outcome::RenewFailed(verdict))
+            .await?;
+        let served = record.current.as_ref().is_some_and(|t| usable(t, self.clock.now()));
+        if refused && served && !record.status.is_flagged() && !self.stopping() {
+            return self.verify(key, generation, Probed::Served, false).await.and_then(|r| {
+                // The served token works, but the refresh is refused: an alert, not a token
+                // the caller can count on for long.
+                Err(EngineError::Upstream {
+                    key: key.clone(),
+                    message: r.last_error.clone().unwrap_or_default(),
+                })
+            });
+        }
+        Err(failed(&record))
+    }
+
+    /// Probes one of the account's tokens and stores the verdict. With `follow_up`, evidence
+    /// against the served token of a renewing provider is judged on a fresh refresh.
+    async fn verify(
+        &self,
+        key: &AccountKey,
+        generation: i64,
+        which: Probed,
+        follow_up: bool,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
+        let account = self.account(key)?;
+        let token = match which {
+            Probed::Candidate => account.candidate.clone(),
+            Probed::Served => account.current.clone(),
+        };
+        let Some(token) = token.filter(|_| account.generation == generation) else {
+            return Err(EngineError::Nothing(format!("{key} has no token to check")));
+        };
+        if self.stopping() {
+            return Err(stopping());
+        }
+        let _probing = (which == Probed::Candidate).then(|| {
+            self.probing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone());
+            ProbingGuard {
+                engine: self,
+                key: key.clone(),
+            }
+        });
+        let upstream = self.upstreams.get(key.provider);
+        let verdict = {
+            let _permit = self.upstream_permits.acquire().await;
+            self.pace(key.provider).await;
+            upstream.probe(&token.access_token).await
+        };
+        self.metrics.verification(key.provider, verdict.metric_result());
+        self.throttle(key.provider, &verdict);
+        self.count_for_incidents(key, &verdict);
+        let passed = matches!(verdict, Verdict::Pass { .. });
+        let evidence = matches!(verdict, Verdict::Refused(_) | Verdict::Undocumented { .. });
+        let record = self
+            .apply(key, generation, Outcome::Probe(which, verdict))
+            .await?;
+        if record.status.is_flagged() {
+            return Err(flagged(&record));
+        }
+        if evidence && follow_up && which == Probed::Served && upstream.renews() {
+            tracing::info!(provider = %key.provider, account = %key.name, "served token refused; refreshing to tell suspension from revocation");
+            return Box::pin(self.refresh(key, generation)).await;
+        }
+        if passed {
+            Ok(record)
+        } else {
+            Err(failed(&record))
+        }
+    }
+
+    /// A throttled answer pauses routine work of the whole provider: whatever limit this
+    /// account hit, the others share it (capped, in case the wait told is absurd).
+    fn throttle(&self, provider: Provider, verdict: &Verdict) {
+        if let Verdict::Throttled { wait, .. } = verdict {
+            self.pacer(provider).pause((*wait).min(MAX_PAUSE));
+        }
+    }
+
+    /// Feeds a conclusive probe result to the incident detector and reports its changes.
+    fn count_for_incidents(&self, key: &AccountKey, verdict: &Verdict) {
+        let evidence = match verdict {
+            Verdict::Pass { .. } => false,
+            Verdict::Refused(_) | Verdict::Undocumented { .. } => true,
+            _ => return,
+        };
+        let now = self.clock.now();
+        let threshold = self.threshold();
+        let change = self
+            .incidents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(key, evidence, now, threshold);
+        match change {
+            Change::None => {}
+            Change::Began { evidence, checked } => {
+                self.metrics.incident(key.provider, true);
+                tracing::error!(
+                    provider = %key.provider, event = "incident", evidence, checked,
+                    "{evidence} of {checked} {} accounts answered with evidence at once: treating it as an incident at {}, not as suspensions; no account of it is flagged until it ends",
+                    key.provider, key.provider
+                );
+            }
+            Change::Ended => {
+                self.metrics.incident(key.provider, false);
+                tracing::warn!(provider = %key.provider, event = "incident_ended", "the incident at {} is over; its accounts are judged again on their next tries", key.provider);
+            }
+        }
+    }
+
+    /// The rules a transition of `record` is judged by now.
+    fn rules(&self, record: &AccountRecord) -> Rules {
+        let now = self.clock.now();
+        let threshold = self.threshold();
+        let (hold, others_pass) = {
+            let mut incidents = self.incidents.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                incidents.hold(record.key.provider, now, threshold),
+                incidents.others_pass(&record.key, now, threshold),
+            )
+        };
+        let c = self.config.borrow();
+        Rules {
+            now,
+            confirm_after: c.verify.confirm_after,
+            recheck: c.verify.suspended_interval,
+            retry: backoff(
+                record.failures.saturating_add(1),
+                c.rotation.retry_initial,
+                c.rotation.retry_max,
+                &mut rand::rng(),
+            ),
+            renews: self.upstreams.get(record.key.provider).renews(),
+            hold,
+            others_pass,
+        }
+    }
+
+    /// Judges `outcome` against the account's newest record and stores the result; the one
+    /// path by which any upstream result reaches the registry. Work for a registration that
+    /// is gone is dropped; a save that lost a race with other work is judged again.
+    async fn apply(
+        &self,
+        key: &AccountKey,
+        generation: i64,
+        outcome: Outcome,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
+        for _ in 0..3 {
+            let Some(current) = self.registry.account(key).filter(|a| a.generation == generation) else {
+                tracing::warn!(provider = %key.provider, account = %key.name, "the account was removed (or removed and added again) while work was in flight; its result is dropped");
+                return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
+            };
+            let rules = self.rules(&current);
+            let (next, notes) = transition(&current, outcome.clone(), &rules);
+            match self.registry.save(next, notes.clone(), rules.now).await {
+                Ok(saved) => {
+                    self.report(&current, &saved, &notes);
+                    return Ok(saved);
+                }
+                Err(RegistryError::Stale(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Registry(RegistryError::Stale(key.clone())))
+    }
+
+    /// Logs each history note, and reports a status change to the notifier.
+    fn report(&self, before: &AccountRecord, after: &AccountRecord, notes: &[Note]) {
+        let key = &after.key;
+        for note in notes {
+            let detail = note.detail.as_deref().unwrap_or("");
+            let (p, a, kind) = (key.provider, key.name.as_str(), note.kind.as_str());
+            match note.kind {
+                EventKind::Rotated => tracing::info!(provider = %p, account = a, event = kind, "issued a new access token ({detail}); probing it"),
+                EventKind::Checked => tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "token works ({detail})"),
+                EventKind::Cleared => tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "account reactivated: its token works again"),
+                EventKind::Flagged => tracing::warn!(provider = %p, account = a, event = kind, status = %after.status, error = detail, "account flagged {}", after.status),
+                EventKind::Suspected => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "evidence against the account; it is flagged only if seen again after verify.confirm_after"),
+                EventKind::RefreshRefused => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the refresh token was refused; the served token is kept while it works"),
+                EventKind::Misconfigured => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the probe is wrong for this token; the status is unchanged"),
+                EventKind::Held => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "evidence held back by an incident at the provider"),
+                EventKind::Failed | EventKind::Added | EventKind::Removed => {}
+            }
+        }
+        if after.last_error.is_some() && after.status == before.status && after.failures > 0 {
+            tracing::warn!(
+                provider = %key.provider, account = %key.name, event = "failed",
+                error = after.last_error.as_deref().unwrap_or(""),
+                retry_at = %after.next_attempt_at.map(Timestamp::to_rfc3339).unwrap_or_default(),
+                "status unchanged, will retry"
+            );
+        }
+        if before.status != after.status {
+            let reason = match after.status {
+                Status::Active if before.status.is_flagged() => {
+                    Some("account reactivated: its token works again".to_string())
+                }
+                _ => after.last_error.clone(),
+            };
+            self.notifier.status_changed(StatusChange {
+                event: "account.status_changed",
+                provider: key.provider,
+                account: key.name.clone(),
+                previous_status: before.status,
+                status: after.status,
+                at: self.clock.now(),
+                reason,
+            });
+        }
+    }
+}
+
+/// Which token a probe-only operation checks: the candidate first, else the served one.
+fn probe_work(account: &AccountRecord) -> Result<Work, EngineError> {
+    match (&account.candidate, &account.current) {
+        (Some(_), _) => Ok(Work::Verify { candidate: true }),
+        (None, Some(_)) => Ok(Work::Verify { candidate: false }),
+        (None, None) => Err(EngineError::Nothing(match account.key.provider {
+            Provider::Shippo => format!(
+                "{} has no token yet: connect it with `shiptoken shippo connect {}`",
+                account.key, account.key.name
+            ),
+            Provider::ShipHero => format!("{} has no token yet", account.key),
+        })),
+    }
+}
+
+fn flagged(record: &AccountRecord) -> EngineError {
+    EngineError::Flagged {
+        key: record.key.clone(),
+        status: record.status,
+        message: record.last_error.clone().unwrap_or_default(),
+    }
+}
+
+fn failed(record: &AccountRecord) -> EngineError {
+    if record.status.is_flagged() {
+        return flagged(record);
+    }
+    EngineError::Upstream {
+        key: record.key.clone(),
+        message: record
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "no working token yet".into()),
+    }
+}
+
+fn stopping() -> EngineError {
+    EngineError::Nothing("the daemon is stopping; no new upstream call is started".into())
+}
+
+use super::plan::usable;
