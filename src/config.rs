@@ -638,7 +638,8 @@ impl Config {
                     "verify.incident_min_accounts",
                     raw.verify.incident_min_accounts,
                 )?,
-                incident_window: v.duration("verify.incident_window", &raw.verify.incident_window)?,
+                incident_window: v
+                    .duration("verify.incident_window", &raw.verify.incident_window)?,
             },
             shiphero: ShipHeroConfig {
                 api_base: v.base_url("shiphero.api_base", &raw.shiphero.api_base)?,

@@ -29,8 +29,9 @@ use crate::registry::Registry;
 use crate::rotation::Engine;
 use crate::scheduler::{self, Trigger};
 
-/// How long shutdown waits for connections and work in flight.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for connections after the work in flight (see
+/// [`Engine::stop_grace`]) has had its time.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// Options of `serve` beyond the configuration.
 #[derive(Default)]
@@ -267,16 +268,15 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         }
     }
     signals_handle.close();
+    // First: no new upstream call. A refresh already sent is waited for and its token
+    // stored (not probed), so nothing a provider issued is lost to a restart.
+    engine.stop_new_work();
     trigger.stop().await;
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "some connections or work did not finish within {SHUTDOWN_TIMEOUT:?}; abandoning them"
-        );
+    let wait = engine.stop_grace() + SHUTDOWN_MARGIN;
+    if tokio::time::timeout(wait, tracker.wait()).await.is_err() {
+        tracing::warn!("some connections or work did not finish within {wait:?}; abandoning them");
     }
     // Reads answered while the audit flusher was stopping.
     audit.flush(&registry).await;

@@ -21,8 +21,11 @@ pub fn times(token: &str) -> Option<(Option<u64>, u64)> {
     let v = claims(token)?;
     let num = |k: &str| {
         v.get(k).and_then(|x| {
-            x.as_u64()
-                .or_else(|| x.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+            x.as_u64().or_else(|| {
+                x.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
         })
     };
     Some((num("iat"), num("exp")?))

@@ -342,10 +342,14 @@ impl OAuthFlow {
         self.note_failure(key, format!("OAuth code exchange failed: {message}"))
             .await;
         let (status, explanation) = match &failure {
-            Verdict::Refused(m) if m.contains("(invalid_client") || m.contains("(unauthorized_client") => (
-                StatusCode::BAD_GATEWAY,
-                "Shippo refused this platform's client credentials. The operator must check shippo.client_id and the client secret.",
-            ),
+            Verdict::Refused(m)
+                if m.contains("(invalid_client") || m.contains("(unauthorized_client") =>
+            {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "Shippo refused this platform's client credentials. The operator must check shippo.client_id and the client secret.",
+                )
+            }
             Verdict::Refused(_) => (
                 StatusCode::BAD_REQUEST,
                 "Shippo refused the authorization code: it was already used, has expired, or was not issued to this platform.",

@@ -68,9 +68,6 @@ fn tick_job(schedule: &str, notify: Arc<Notify>) -> Result<Job, JobSchedulerErro
     })
 }
 
-/// How long a running sweep may take to finish once shutdown starts.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
-
 /// The time between two ticks of `schedule` from now, used to notice a stalled scheduler.
 pub fn tick_interval(schedule: &str) -> Option<std::time::Duration> {
     let cron = croner::parser::CronParser::builder()
@@ -108,7 +105,7 @@ pub async fn run_sweeper(
                 // Let the work in hand finish (a token ShipHero just issued gets stored);
                 // what is still waiting after that is abandoned. Every step is its own
                 // committed transaction, so stopping between two loses nothing.
-                if tokio::time::timeout(SHUTDOWN_GRACE, sweep).await.is_err() {
+                if tokio::time::timeout(engine.stop_grace(), sweep).await.is_err() {
                     tracing::warn!("abandoned a sweep still running at shutdown");
                 }
                 return;

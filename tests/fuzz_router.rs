@@ -97,7 +97,10 @@ async fn state(dir: &std::path::Path) -> Arc<ApiState> {
     let mut proven = (*added).clone();
     proven.current = proven.candidate.take();
     proven.status = shiptoken::names::Status::Active;
-    registry.save(proven, Vec::new(), clock.now()).await.unwrap();
+    registry
+        .save(proven, Vec::new(), clock.now())
+        .await
+        .unwrap();
     let metrics = Metrics::new();
     let http = providers::http_client(Duration::from_millis(500));
     let (_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));

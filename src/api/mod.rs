@@ -428,6 +428,10 @@ async fn health(State(state): Shared) -> Response {
         "by_status": by_status,
         "now": state.clock.now(),
         "last_sweep_at": Timestamp::from_millis(state.last_sweep.load(std::sync::atomic::Ordering::Relaxed)),
+        // Providers where many accounts answer with evidence at once: flags are held there.
+        "incidents": state.engine.incidents().into_iter().map(|(provider, since)| {
+            json!({"provider": provider, "since": since})
+        }).collect::<Vec<_>>(),
     }))
     .into_response()
 }

@@ -121,7 +121,13 @@ pub struct Row {
     pub source: &'static str,
 }
 
-const fn row(call: Call, status: (u16, u16), shape: Shape, judged: Judged, source: &'static str) -> Row {
+const fn row(
+    call: Call,
+    status: (u16, u16),
+    shape: Shape,
+    judged: Judged,
+    source: &'static str,
+) -> Row {
     Row {
         call,
         status,
@@ -153,57 +159,182 @@ use Shape::*;
 /// that matches no row is inconclusive.
 pub static EVIDENCE: &[Row] = &[
     // --- ShipHero /auth/refresh ---
-    row(ShipHeroRefresh, (200, 299), Token, Pass,
-        "UPSTREAM.md, ShipHero endpoints: refresh answers access_token and expires_in, no refresh_token"),
-    row(ShipHeroRefresh, (429, 429), Any, Throttled,
-        "UPSTREAM.md, ShipHero throttling (UNCONFIRMED): HTTP 429 with Retry-After"),
-    row(ShipHeroRefresh, (400, 403), OAuthError(REFUSING_OAUTH_ERRORS), Refused,
-        "UPSTREAM.md (UNCONFIRMED): a bad or revoked refresh token answers 401 or 403, maybe {\"error\": \"invalid_grant\"}"),
-    row(ShipHeroRefresh, (401, 403), Message, Refused,
-        "UPSTREAM.md (UNCONFIRMED): a bad or revoked refresh token answers 401 or 403 with {\"message\": ...}"),
+    row(
+        ShipHeroRefresh,
+        (200, 299),
+        Token,
+        Pass,
+        "UPSTREAM.md, ShipHero endpoints: refresh answers access_token and expires_in, no refresh_token",
+    ),
+    row(
+        ShipHeroRefresh,
+        (429, 429),
+        Any,
+        Throttled,
+        "UPSTREAM.md, ShipHero throttling (UNCONFIRMED): HTTP 429 with Retry-After",
+    ),
+    row(
+        ShipHeroRefresh,
+        (400, 403),
+        OAuthError(REFUSING_OAUTH_ERRORS),
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): a bad or revoked refresh token answers 401 or 403, maybe {\"error\": \"invalid_grant\"}",
+    ),
+    row(
+        ShipHeroRefresh,
+        (401, 403),
+        Message,
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): a bad or revoked refresh token answers 401 or 403 with {\"message\": ...}",
+    ),
     // --- ShipHero /graphql, the probe ---
-    row(ShipHeroProbe, (200, 299), AccountData, Pass,
-        "UPSTREAM.md, the probe: the token works when there are no errors and data.account.data is not null"),
-    row(ShipHeroProbe, (200, 299), GraphqlCode(&[30]), Throttled,
-        "ShipHero error glossary: code 30, not enough credits, with time_remaining"),
-    row(ShipHeroProbe, (429, 429), Any, Throttled,
-        "UPSTREAM.md (UNCONFIRMED): throttling may come as HTTP 429 with Retry-After"),
-    row(ShipHeroProbe, (200, 400), GraphqlCode(&[7]), Misconfigured,
-        "ShipHero error glossary: code 7, \"Missing required scope(s)\": the token works, the probe needs a scope it lacks"),
-    row(ShipHeroProbe, (200, 400), GraphqlMessage("Missing required scope"), Misconfigured,
-        "ShipHero error glossary: the scope error's exact message"),
-    row(ShipHeroProbe, (200, 400), GraphqlMessage("Cannot query field"), Misconfigured,
-        "GraphQL specification, validation: the schema rejects the probe query, not the token"),
-    row(ShipHeroProbe, (200, 299), GraphqlCode(AUTH_CODES), Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token may answer 200 with an errors entry"),
-    row(ShipHeroProbe, (401, 403), GraphqlCode(AUTH_CODES), Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403"),
-    row(ShipHeroProbe, (401, 403), Message, Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403 (ShipHero's {\"message\": ...})"),
-    row(ShipHeroProbe, (401, 403), OAuthError(REFUSING_OAUTH_ERRORS), Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403"),
-    row(ShipHeroProbe, (200, 299), GraphqlUncoded, Inconclusive,
-        "ShipHero error glossary: GraphQL answers 200 for server failures too (e.g. a statement timeout), without an account code"),
-    row(ShipHeroProbe, (200, 299), GraphqlOtherCode, Undocumented,
-        "UPSTREAM.md, what is evidence: an error code no document explains is judged by repetition"),
-    row(ShipHeroProbe, (200, 299), NullAccount, Undocumented,
-        "UPSTREAM.md, the probe: null account data without errors is not a pass, and no document says it is a refusal"),
+    row(
+        ShipHeroProbe,
+        (200, 299),
+        AccountData,
+        Pass,
+        "UPSTREAM.md, the probe: the token works when there are no errors and data.account.data is not null",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 299),
+        GraphqlCode(&[30]),
+        Throttled,
+        "ShipHero error glossary: code 30, not enough credits, with time_remaining",
+    ),
+    row(
+        ShipHeroProbe,
+        (429, 429),
+        Any,
+        Throttled,
+        "UPSTREAM.md (UNCONFIRMED): throttling may come as HTTP 429 with Retry-After",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 400),
+        GraphqlCode(&[7]),
+        Misconfigured,
+        "ShipHero error glossary: code 7, \"Missing required scope(s)\": the token works, the probe needs a scope it lacks",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 400),
+        GraphqlMessage("Missing required scope"),
+        Misconfigured,
+        "ShipHero error glossary: the scope error's exact message",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 400),
+        GraphqlMessage("Cannot query field"),
+        Misconfigured,
+        "GraphQL specification, validation: the schema rejects the probe query, not the token",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 299),
+        GraphqlCode(AUTH_CODES),
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token may answer 200 with an errors entry",
+    ),
+    row(
+        ShipHeroProbe,
+        (401, 403),
+        GraphqlCode(AUTH_CODES),
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
+    ),
+    row(
+        ShipHeroProbe,
+        (401, 403),
+        Message,
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403 (ShipHero's {\"message\": ...})",
+    ),
+    row(
+        ShipHeroProbe,
+        (401, 403),
+        OAuthError(REFUSING_OAUTH_ERRORS),
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 299),
+        GraphqlUncoded,
+        Inconclusive,
+        "ShipHero error glossary: GraphQL answers 200 for server failures too (e.g. a statement timeout), without an account code",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 299),
+        GraphqlOtherCode,
+        Undocumented,
+        "UPSTREAM.md, what is evidence: an error code no document explains is judged by repetition",
+    ),
+    row(
+        ShipHeroProbe,
+        (200, 299),
+        NullAccount,
+        Undocumented,
+        "UPSTREAM.md, the probe: null account data without errors is not a pass, and no document says it is a refusal",
+    ),
     // --- Shippo API, the probe ---
-    row(ShippoProbe, (200, 299), List, Pass,
-        "Shippo API reference: list endpoints answer {\"results\": [...]}; a 2xx proves the token only with Shippo's JSON"),
-    row(ShippoProbe, (401, 401), Detail, Refused,
-        "Shippo status codes: 401, the token provided does not exist"),
-    row(ShippoProbe, (403, 403), Detail, Refused,
-        "Shippo status codes: 403 on a list of the account's own objects: the token cannot act for its account"),
-    row(ShippoProbe, (409, 409), Any, Throttled,
-        "Shippo status codes: 409 could be caused by too many concurrent calls"),
-    row(ShippoProbe, (429, 429), Any, Throttled,
-        "Shippo rate limits: 429, maybe with X-RateLimit-Reset"),
+    row(
+        ShippoProbe,
+        (200, 299),
+        List,
+        Pass,
+        "Shippo API reference: list endpoints answer {\"results\": [...]}; a 2xx proves the token only with Shippo's JSON",
+    ),
+    row(
+        ShippoProbe,
+        (401, 401),
+        Detail,
+        Refused,
+        "Shippo status codes: 401, the token provided does not exist",
+    ),
+    row(
+        ShippoProbe,
+        (403, 403),
+        Detail,
+        Refused,
+        "Shippo status codes: 403 on a list of the account's own objects: the token cannot act for its account",
+    ),
+    row(
+        ShippoProbe,
+        (409, 409),
+        Any,
+        Throttled,
+        "Shippo status codes: 409 could be caused by too many concurrent calls",
+    ),
+    row(
+        ShippoProbe,
+        (429, 429),
+        Any,
+        Throttled,
+        "Shippo rate limits: 429, maybe with X-RateLimit-Reset",
+    ),
     // --- Shippo /oauth/access_token ---
-    row(ShippoExchange, (200, 299), Token, Pass,
-        "Shippo OAuth guide, step 3: {\"access_token\": \"oauth...\", ...}, JSON or form-encoded"),
-    row(ShippoExchange, (400, 401), OAuthError(&["invalid_grant", "invalid_client", "unauthorized_client", "invalid_request"]), Refused,
-        "Shippo OAuth guide, step 3: failure {\"error\": \"invalid_grant\", ...}"),
+    row(
+        ShippoExchange,
+        (200, 299),
+        Token,
+        Pass,
+        "Shippo OAuth guide, step 3: {\"access_token\": \"oauth...\", ...}, JSON or form-encoded",
+    ),
+    row(
+        ShippoExchange,
+        (400, 401),
+        OAuthError(&[
+            "invalid_grant",
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_request",
+        ]),
+        Refused,
+        "Shippo OAuth guide, step 3: failure {\"error\": \"invalid_grant\", ...}",
+    ),
 ];
 
 /// Finds the row an answer matches; `None` means inconclusive.
@@ -251,10 +382,16 @@ pub fn shape(call: Call, body: &str) -> Body {
         return Body::Foreign;
     };
     let text = |k: &str| object.get(k).and_then(Value::as_str);
-    if text("access_token").is_some_and(|t| !t.is_empty()) && matches!(call, ShipHeroRefresh | ShippoExchange) {
+    if text("access_token").is_some_and(|t| !t.is_empty())
+        && matches!(call, ShipHeroRefresh | ShippoExchange)
+    {
         return Body::Token;
     }
-    if let Some(errors) = object.get("errors").and_then(Value::as_array).filter(|e| !e.is_empty()) {
+    if let Some(errors) = object
+        .get("errors")
+        .and_then(Value::as_array)
+        .filter(|e| !e.is_empty())
+    {
         return graphql_error(&errors[0]);
     }
     if let Some(code) = text("error") {
@@ -265,7 +402,9 @@ pub fn shape(call: Call, body: &str) -> Body {
             return match account.get("data") {
                 Some(d) if !d.is_null() => Body::AccountData {
                     id: d.get("id").and_then(|i| {
-                        i.as_str().map(str::to_string).or_else(|| i.as_i64().map(|n| n.to_string()))
+                        i.as_str()
+                            .map(str::to_string)
+                            .or_else(|| i.as_i64().map(|n| n.to_string()))
                     }),
                 },
                 _ => Body::NullAccount,
@@ -290,7 +429,9 @@ pub fn shape(call: Call, body: &str) -> Body {
 }
 
 fn form_shape(body: &str) -> Body {
-    let fields: Vec<(String, String)> = url::form_urlencoded::parse(body.trim().as_bytes()).into_owned().collect();
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(body.trim().as_bytes())
+        .into_owned()
+        .collect();
     let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
     if get("access_token").is_some_and(|t| !t.is_empty()) {
         Body::Token
@@ -305,10 +446,17 @@ fn graphql_error(e: &Value) -> Body {
     let code = e
         .get("code")
         .or_else(|| e.pointer("/extensions/code"))
-        .and_then(|c| c.as_i64().or_else(|| c.as_str().and_then(|s| s.trim().parse().ok())));
+        .and_then(|c| {
+            c.as_i64()
+                .or_else(|| c.as_str().and_then(|s| s.trim().parse().ok()))
+        });
     Body::GraphqlError {
         code,
-        message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+        message: e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
     }
 }
 
@@ -329,20 +477,57 @@ mod tests {
                 assert_eq!(j(call, status, HTML), Inconclusive, "{call:?} {status}");
             }
             for status in [407, 408, 502, 503, 504] {
-                assert_ne!(j(call, status, r#"{"message":"x","detail":"y"}"#), Refused, "{call:?} {status}");
+                assert_ne!(
+                    j(call, status, r#"{"message":"x","detail":"y"}"#),
+                    Refused,
+                    "{call:?} {status}"
+                );
             }
         }
     }
 
     #[test]
     fn shiphero_refusals() {
-        assert_eq!(j(ShipHeroRefresh, 401, r#"{"error":"invalid_grant","error_description":"x"}"#), Refused);
-        assert_eq!(j(ShipHeroRefresh, 400, r#"{"error":"invalid_grant"}"#), Refused);
-        assert_eq!(j(ShipHeroRefresh, 403, r#"{"message":"Refresh token is revoked"}"#), Refused);
-        assert_eq!(j(ShipHeroRefresh, 400, r#"{"error":"server_error"}"#), Inconclusive);
-        assert_eq!(j(ShipHeroRefresh, 400, r#"{"message":"bad"}"#), Inconclusive);
-        assert_eq!(j(ShipHeroProbe, 401, r#"{"message":"Unauthorized"}"#), Refused);
-        assert_eq!(j(ShipHeroProbe, 200, r#"{"errors":[{"message":"Not authorized","code":401}],"data":{"account":null}}"#), Refused);
+        assert_eq!(
+            j(
+                ShipHeroRefresh,
+                401,
+                r#"{"error":"invalid_grant","error_description":"x"}"#
+            ),
+            Refused
+        );
+        assert_eq!(
+            j(ShipHeroRefresh, 400, r#"{"error":"invalid_grant"}"#),
+            Refused
+        );
+        assert_eq!(
+            j(
+                ShipHeroRefresh,
+                403,
+                r#"{"message":"Refresh token is revoked"}"#
+            ),
+            Refused
+        );
+        assert_eq!(
+            j(ShipHeroRefresh, 400, r#"{"error":"server_error"}"#),
+            Inconclusive
+        );
+        assert_eq!(
+            j(ShipHeroRefresh, 400, r#"{"message":"bad"}"#),
+            Inconclusive
+        );
+        assert_eq!(
+            j(ShipHeroProbe, 401, r#"{"message":"Unauthorized"}"#),
+            Refused
+        );
+        assert_eq!(
+            j(
+                ShipHeroProbe,
+                200,
+                r#"{"errors":[{"message":"Not authorized","code":401}],"data":{"account":null}}"#
+            ),
+            Refused
+        );
     }
 
     #[test]
@@ -351,14 +536,39 @@ mod tests {
         assert_eq!(j(ShipHeroProbe, 200, timeout), Inconclusive);
         let scope = r#"{"errors":[{"message":"Missing required scope(s): view:orders","code":7}]}"#;
         assert_eq!(j(ShipHeroProbe, 200, scope), Misconfigured);
-        let schema = r#"{"errors":[{"message":"Cannot query field \"status\" on type \"Account\"."}]}"#;
+        let schema =
+            r#"{"errors":[{"message":"Cannot query field \"status\" on type \"Account\"."}]}"#;
         assert_eq!(j(ShipHeroProbe, 200, schema), Misconfigured);
         assert_eq!(j(ShipHeroProbe, 400, schema), Misconfigured);
         assert_eq!(j(ShipHeroProbe, 400, r#"{"foo":1}"#), Inconclusive);
-        assert_eq!(j(ShipHeroProbe, 200, r#"{"errors":[{"message":"x","code":30}]}"#), Throttled);
-        assert_eq!(j(ShipHeroProbe, 200, r#"{"data":{"account":{"data":null}}}"#), Undocumented);
-        assert_eq!(j(ShipHeroProbe, 200, r#"{"errors":[{"message":"odd","code":12}]}"#), Undocumented);
-        assert_eq!(j(ShipHeroProbe, 200, r#"{"data":{"account":{"data":{"id":"QWNjb3VudDox"}}}}"#), Pass);
+        assert_eq!(
+            j(
+                ShipHeroProbe,
+                200,
+                r#"{"errors":[{"message":"x","code":30}]}"#
+            ),
+            Throttled
+        );
+        assert_eq!(
+            j(ShipHeroProbe, 200, r#"{"data":{"account":{"data":null}}}"#),
+            Undocumented
+        );
+        assert_eq!(
+            j(
+                ShipHeroProbe,
+                200,
+                r#"{"errors":[{"message":"odd","code":12}]}"#
+            ),
+            Undocumented
+        );
+        assert_eq!(
+            j(
+                ShipHeroProbe,
+                200,
+                r#"{"data":{"account":{"data":{"id":"QWNjb3VudDox"}}}}"#
+            ),
+            Pass
+        );
         assert_eq!(j(ShipHeroProbe, 200, r#"{"ok":true}"#), Inconclusive);
     }
 
@@ -367,19 +577,52 @@ mod tests {
         assert_eq!(j(ShippoProbe, 200, r#"{"results":[],"next":null}"#), Pass);
         assert_eq!(j(ShippoProbe, 200, HTML), Inconclusive);
         assert_eq!(j(ShippoProbe, 200, r#"{"hello":1}"#), Inconclusive);
-        assert_eq!(j(ShippoProbe, 401, r#"{"detail":"Token does not exist"}"#), Refused);
-        assert_eq!(j(ShippoProbe, 403, r#"{"detail":"You do not have permission to perform this action."}"#), Refused);
-        assert_eq!(j(ShippoProbe, 409, r#"{"detail":"too many concurrent calls"}"#), Throttled);
-        assert_eq!(j(ShippoProbe, 404, r#"{"detail":"Not found."}"#), Inconclusive);
-        assert_eq!(j(ShippoProbe, 400, r#"{"detail":"Bad request"}"#), Inconclusive);
+        assert_eq!(
+            j(ShippoProbe, 401, r#"{"detail":"Token does not exist"}"#),
+            Refused
+        );
+        assert_eq!(
+            j(
+                ShippoProbe,
+                403,
+                r#"{"detail":"You do not have permission to perform this action."}"#
+            ),
+            Refused
+        );
+        assert_eq!(
+            j(
+                ShippoProbe,
+                409,
+                r#"{"detail":"too many concurrent calls"}"#
+            ),
+            Throttled
+        );
+        assert_eq!(
+            j(ShippoProbe, 404, r#"{"detail":"Not found."}"#),
+            Inconclusive
+        );
+        assert_eq!(
+            j(ShippoProbe, 400, r#"{"detail":"Bad request"}"#),
+            Inconclusive
+        );
         assert_eq!(j(ShippoExchange, 200, "access_token=oauth.x&scope=*"), Pass);
-        assert_eq!(j(ShippoExchange, 400, r#"{"error":"invalid_grant"}"#), Refused);
-        assert_eq!(j(ShippoExchange, 429, r#"{"detail":"slow down"}"#), Inconclusive);
+        assert_eq!(
+            j(ShippoExchange, 400, r#"{"error":"invalid_grant"}"#),
+            Refused
+        );
+        assert_eq!(
+            j(ShippoExchange, 429, r#"{"detail":"slow down"}"#),
+            Inconclusive
+        );
         assert_eq!(j(ShippoExchange, 503, HTML), Inconclusive);
     }
 
     #[test]
     fn every_row_names_its_source() {
-        assert!(EVIDENCE.iter().all(|r| !r.source.is_empty() && r.status.0 <= r.status.1));
+        assert!(
+            EVIDENCE
+                .iter()
+                .all(|r| !r.source.is_empty() && r.status.0 <= r.status.1)
+        );
     }
 }

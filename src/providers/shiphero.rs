@@ -126,7 +126,10 @@ fn judge_refresh(a: &Answer) -> Result<Issued, Verdict> {
         Judged::Pass => issued(&a.body),
         Judged::Throttled => Err(Verdict::Throttled {
             wait: retry_after(&a.headers).unwrap_or(DEFAULT_THROTTLE_WAIT),
-            message: format!("ShipHero refresh throttled ({status}): {}", error_text(&a.body)),
+            message: format!(
+                "ShipHero refresh throttled ({status}): {}",
+                error_text(&a.body)
+            ),
         }),
         Judged::Refused => Err(Verdict::Refused(format!(
             "ShipHero refused the refresh token ({status}): {}",
@@ -158,16 +161,16 @@ fn issued(body: &str) -> Result<Issued, Verdict> {
         .get("access_token")
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Verdict::Inconclusive("ShipHero refresh answer has no access_token".into()))?;
+        .ok_or_else(|| {
+            Verdict::Inconclusive("ShipHero refresh answer has no access_token".into())
+        })?;
     let access_token = Secret::new(token);
     let declared = v.get("expires_in").and_then(|e| {
         e.as_u64()
             .or_else(|| e.as_str().and_then(|s| s.trim().parse().ok()))
     });
-    let from_jwt = || {
-        jwt::times(access_token.expose())
-            .and_then(|(iat, exp)| exp.checked_sub(iat?))
-    };
+    let from_jwt =
+        || jwt::times(access_token.expose()).and_then(|(iat, exp)| exp.checked_sub(iat?));
     let lifetime = declared
         .filter(|&s| s > 0 && Duration::from_secs(s) <= MAX_LIFETIME)
         .or_else(|| from_jwt().filter(|&s| s > 0 && Duration::from_secs(s) <= MAX_LIFETIME))
@@ -319,7 +322,10 @@ mod tests {
         let Err(Verdict::Inconclusive(m)) = judge_refresh(&a) else {
             panic!("accepted an absurd lifetime")
         };
-        assert!(m.contains("300000000000") && m.contains("not a believable lifetime"), "{m}");
+        assert!(
+            m.contains("300000000000") && m.contains("not a believable lifetime"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -334,9 +340,16 @@ mod tests {
                 "{code}"
             );
         }
-        for (code, body) in [(503, "<html>down</html>"), (403, "<html>WAF</html>"), (400, "<html>bad</html>")] {
+        for (code, body) in [
+            (503, "<html>down</html>"),
+            (403, "<html>WAF</html>"),
+            (400, "<html>bad</html>"),
+        ] {
             assert!(
-                matches!(judge_refresh(&answer(code, body)), Err(Verdict::Inconclusive(_))),
+                matches!(
+                    judge_refresh(&answer(code, body)),
+                    Err(Verdict::Inconclusive(_))
+                ),
                 "{code}"
             );
         }
@@ -364,13 +377,28 @@ mod tests {
             judge_probe(&answer(200, null)),
             Verdict::Undocumented { signature, .. } if signature == "null account data"
         ));
-        assert!(matches!(judge_probe(&answer(401, r#"{"message":"Unauthorized"}"#)), Verdict::Refused(_)));
-        assert!(matches!(judge_probe(&answer(401, "{}")), Verdict::Inconclusive(_)));
-        assert!(matches!(judge_probe(&answer(502, "bad gateway")), Verdict::Inconclusive(_)));
+        assert!(matches!(
+            judge_probe(&answer(401, r#"{"message":"Unauthorized"}"#)),
+            Verdict::Refused(_)
+        ));
+        assert!(matches!(
+            judge_probe(&answer(401, "{}")),
+            Verdict::Inconclusive(_)
+        ));
+        assert!(matches!(
+            judge_probe(&answer(502, "bad gateway")),
+            Verdict::Inconclusive(_)
+        ));
         let words = r#"{"errors":[{"message":"canceling statement due to statement timeout"}],"data":null}"#;
-        assert!(matches!(judge_probe(&answer(200, words)), Verdict::Inconclusive(_)));
+        assert!(matches!(
+            judge_probe(&answer(200, words)),
+            Verdict::Inconclusive(_)
+        ));
         let scope = r#"{"errors":[{"message":"Missing required scope(s): view:orders","code":7}]}"#;
-        assert!(matches!(judge_probe(&answer(200, scope)), Verdict::Misconfigured(_)));
+        assert!(matches!(
+            judge_probe(&answer(200, scope)),
+            Verdict::Misconfigured(_)
+        ));
     }
 
     #[test]

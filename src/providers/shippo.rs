@@ -247,7 +247,9 @@ fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
         Judged::Pass => get("access_token")
             .filter(|t| !t.is_empty())
             .map(Secret::new)
-            .ok_or_else(|| Verdict::Inconclusive("Shippo's token answer has no access_token".into())),
+            .ok_or_else(|| {
+                Verdict::Inconclusive("Shippo's token answer has no access_token".into())
+            }),
         Judged::Refused => {
             let error = get("error").unwrap_or_else(|| format!("HTTP {status}"));
             let desc = get("error_description")
@@ -303,7 +305,10 @@ mod tests {
         );
         for (status, body) in [(503, "down"), (429, r#"{"detail":"slow down"}"#)] {
             assert!(
-                matches!(judge_exchange(&answer(status, body)), Err(Verdict::Inconclusive(_))),
+                matches!(
+                    judge_exchange(&answer(status, body)),
+                    Err(Verdict::Inconclusive(_))
+                ),
                 "{status}"
             );
         }
@@ -311,20 +316,41 @@ mod tests {
 
     #[test]
     fn probe_shapes() {
-        assert!(matches!(judge_probe(&answer(200, r#"{"results":[]}"#), None), Verdict::Pass { .. }));
-        assert!(matches!(judge_probe(&answer(200, "<html>portal</html>"), None), Verdict::Inconclusive(_)));
+        assert!(matches!(
+            judge_probe(&answer(200, r#"{"results":[]}"#), None),
+            Verdict::Pass { .. }
+        ));
+        assert!(matches!(
+            judge_probe(&answer(200, "<html>portal</html>"), None),
+            Verdict::Inconclusive(_)
+        ));
         assert!(
             matches!(judge_probe(&answer(401, r#"{"detail":"Token does not exist"}"#), None), Verdict::Refused(m) if m.contains("Token does not exist"))
         );
         assert!(matches!(
-            judge_probe(&answer(403, r#"{"detail":"You do not have permission to perform this action."}"#), None),
+            judge_probe(
+                &answer(
+                    403,
+                    r#"{"detail":"You do not have permission to perform this action."}"#
+                ),
+                None
+            ),
             Verdict::Refused(_)
         ));
-        assert!(matches!(judge_probe(&answer(403, "{}"), None), Verdict::Inconclusive(_)));
+        assert!(matches!(
+            judge_probe(&answer(403, "{}"), None),
+            Verdict::Inconclusive(_)
+        ));
         for status in [400, 404] {
-            assert!(matches!(judge_probe(&answer(status, r#"{"detail":"x"}"#), None), Verdict::Inconclusive(_)));
+            assert!(matches!(
+                judge_probe(&answer(status, r#"{"detail":"x"}"#), None),
+                Verdict::Inconclusive(_)
+            ));
         }
-        assert!(matches!(judge_probe(&answer(409, r#"{"detail":"x"}"#), None), Verdict::Throttled { .. }));
+        assert!(matches!(
+            judge_probe(&answer(409, r#"{"detail":"x"}"#), None),
+            Verdict::Throttled { .. }
+        ));
         let mut a = answer(429, "{}");
         a.headers
             .insert("x-ratelimit-reset", "1800000042".parse().unwrap());

@@ -92,7 +92,9 @@ pub enum RegistryError {
     },
     /// A row names a provider or status this build does not know (written by a newer build
     /// or by hand).
-    #[error("the registry holds an account this build cannot read: {0}; run the shiptoken that wrote it, or remove the row")]
+    #[error(
+        "the registry holds an account this build cannot read: {0}; run the shiptoken that wrote it, or remove the row"
+    )]
     UnknownRow(String),
     /// The owner thread is gone (the daemon is stopping).
     #[error("the registry is closed")]
@@ -314,7 +316,13 @@ impl Registry {
                 let tx = conn.transaction()?;
                 write_record(&tx, &stored, Some(expected))?;
                 for note in &notes {
-                    insert_event(&tx, now, &stored.key, note.kind.as_str(), note.detail.as_deref())?;
+                    insert_event(
+                        &tx,
+                        now,
+                        &stored.key,
+                        note.kind.as_str(),
+                        note.detail.as_deref(),
+                    )?;
                 }
                 tx.commit()?;
                 let mut unsaved = health.lock();
@@ -377,7 +385,11 @@ impl Registry {
                 let id = insert_account(
                     &tx,
                     &new.key,
-                    [new.email.as_deref(), new.first_name.as_deref(), new.last_name.as_deref()],
+                    [
+                        new.email.as_deref(),
+                        new.first_name.as_deref(),
+                        new.last_name.as_deref(),
+                    ],
                     now,
                 )?;
                 let access = new.access_token.as_ref();
@@ -467,7 +479,12 @@ impl Registry {
                  ORDER BY id DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(
-                params![key.provider.as_str(), key.name, i64::try_from(limit).unwrap_or(i64::MAX), generation],
+                params![
+                    key.provider.as_str(),
+                    key.name,
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    generation
+                ],
                 |r| {
                     Ok(Event {
                         at: Timestamp::from_millis(r.get(0)?),
@@ -746,7 +763,10 @@ fn check_times(r: &AccountRecord) -> Result<(), RegistryError> {
 }
 
 fn check_token_times(t: &TokenRecord) -> Result<(), RegistryError> {
-    for (what, at) in [("token issue time", Some(t.issued_at)), ("token expiry", t.expires_at)] {
+    for (what, at) in [
+        ("token issue time", Some(t.issued_at)),
+        ("token expiry", t.expires_at),
+    ] {
         if let Some(at) = at
             && !at.in_calendar()
         {
@@ -833,7 +853,12 @@ fn load_all(conn: &Connection) -> Result<Vec<AccountRecord>, RegistryError> {
         match row? {
             Ok(r) => out.push(r),
             // Skipping it would make the account silently disappear from the socket.
-            Err(u) => return Err(RegistryError::UnknownRow(format!("{}/{} (status {})", u.provider, u.name, u.status))),
+            Err(u) => {
+                return Err(RegistryError::UnknownRow(format!(
+                    "{}/{} (status {})",
+                    u.provider, u.name, u.status
+                )));
+            }
         }
     }
     Ok(out)
@@ -939,7 +964,15 @@ fn insert_account(
         "INSERT INTO accounts (provider, name, email, first_name, last_name, status, status_since,
                                created_at, generation)
          VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
-        params![key.provider.as_str(), key.name, email, first_name, last_name, now.millis(), generation],
+        params![
+            key.provider.as_str(),
+            key.name,
+            email,
+            first_name,
+            last_name,
+            now.millis(),
+            generation
+        ],
     )?;
     Ok(tx.last_insert_rowid())
 }
@@ -964,7 +997,11 @@ pub(crate) mod tests {
     }
 
     /// What a passing probe of the candidate does, for tests of the store alone.
-    pub(crate) async fn activate(reg: &Registry, key: &AccountKey, now: Timestamp) -> Arc<AccountRecord> {
+    pub(crate) async fn activate(
+        reg: &Registry,
+        key: &AccountKey,
+        now: Timestamp,
+    ) -> Arc<AccountRecord> {
         let mut r = (*reg.account(key).unwrap()).clone();
         r.current = r.candidate.take();
         r.status = Status::Active;
@@ -1040,7 +1077,13 @@ pub(crate) mod tests {
             reg.save(old, vec![], t0).await,
             Err(RegistryError::Stale(_))
         ));
-        let kinds: Vec<_> = reg.events(&acme, 10).await.unwrap().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<_> = reg
+            .events(&acme, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(kinds, ["added"]);
     }
 
@@ -1059,7 +1102,10 @@ pub(crate) mod tests {
             reg.add(new, t0).await,
             Err(RegistryError::TimeOutOfRange { .. })
         ));
-        assert_eq!(Timestamp::from_millis(i64::MAX).to_rfc3339(), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX).to_rfc3339(),
+            "9999-12-31T23:59:59Z"
+        );
         // The registry thread is still alive.
         reg.add(shiphero("beta", "b@x.io", "refresh-bbbbbbbb"), t0)
             .await

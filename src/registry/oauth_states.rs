@@ -205,7 +205,7 @@ impl Registry {
             kind: EventKind::Failed,
             detail: Some(message),
         };
-        self.save(record, vec![note], now)        .await
+        self.save(record, vec![note], now).await
     }
 }
 

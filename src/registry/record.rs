@@ -127,7 +127,6 @@ pub struct Event {
     pub detail: Option<String>,
 }
 
-
 /// What happened to an account, as written in its history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {

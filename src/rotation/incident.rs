@@ -56,7 +56,13 @@ pub struct Incidents {
 
 impl Incidents {
     /// Records a conclusive result (a pass, or evidence) of `key` at `now`.
-    pub fn record(&mut self, key: &AccountKey, evidence: bool, now: Timestamp, t: Threshold) -> Change {
+    pub fn record(
+        &mut self,
+        key: &AccountKey,
+        evidence: bool,
+        now: Timestamp,
+        t: Threshold,
+    ) -> Change {
         let state = self.providers.entry(key.provider).or_default();
         state.results.insert(key.clone(), (now, evidence));
         state.update(now, t)
@@ -91,16 +97,19 @@ impl Incidents {
     pub fn others_pass(&self, key: &AccountKey, now: Timestamp, t: Threshold) -> bool {
         self.providers.get(&key.provider).is_some_and(|s| {
             s.since.is_none()
-                && s.results.iter().any(|(k, (at, evidence))| {
-                    k != key && !evidence && now.since(*at) <= t.window
-                })
+                && s.results
+                    .iter()
+                    .any(|(k, (at, evidence))| k != key && !evidence && now.since(*at) <= t.window)
         })
     }
 }
 
 impl ProviderState {
     fn counts(&self, now: Timestamp, window: Duration) -> (usize, usize) {
-        let recent = self.results.values().filter(|(at, _)| now.since(*at) <= window);
+        let recent = self
+            .results
+            .values()
+            .filter(|(at, _)| now.since(*at) <= window);
         let (mut evidence, mut checked) = (0, 0);
         for (_, e) in recent {
             checked += 1;
@@ -152,7 +161,11 @@ mod tests {
             inc.record(&key(i), false, t0, T);
         }
         for i in 45..49 {
-            assert_eq!(inc.record(&key(i), true, t0, T), Change::None, "below the minimum");
+            assert_eq!(
+                inc.record(&key(i), true, t0, T),
+                Change::None,
+                "below the minimum"
+            );
         }
         // 5 of 50 is 10%: not above 20%.
         assert_eq!(inc.record(&key(49), true, t0, T), Change::None);

@@ -164,9 +164,15 @@ impl Transition<'_> {
         self.set_status(Status::Active);
         self.r.token_doubt = None;
         self.r.last_verified_at = Some(self.now());
-        self.note(EventKind::Checked, note.unwrap_or_else(|| "token works".into()));
+        self.note(
+            EventKind::Checked,
+            note.unwrap_or_else(|| "token works".into()),
+        );
         if was.is_flagged() {
-            self.note(EventKind::Cleared, format!("account reactivated (was {was})"));
+            self.note(
+                EventKind::Cleared,
+                format!("account reactivated (was {was})"),
+            );
         }
         match &self.r.renew_doubt {
             // The refresh is still refused: keep the alert and the refresh retry it scheduled.
@@ -203,7 +209,8 @@ impl Transition<'_> {
                 first
             }
         };
-        let confirmed = self.confirmed(&doubt) && (doubt.signature.is_none() || self.rules.others_pass);
+        let confirmed =
+            self.confirmed(&doubt) && (doubt.signature.is_none() || self.rules.others_pass);
         let message = match &doubt.signature {
             Some(_) => format!("refused in an undocumented way: {}", doubt.reason),
             None => doubt.reason.clone(),
@@ -219,7 +226,11 @@ impl Transition<'_> {
     /// The flag that evidence against the token leads to, once confirmed: `None` while a
     /// fresh refresh must decide (a renewing provider's served token).
     fn flag_for(&self, which: Probed) -> Option<Status> {
-        let renew_refused = self.r.renew_doubt.as_ref().is_some_and(|d| self.confirmed(d));
+        let renew_refused = self
+            .r
+            .renew_doubt
+            .as_ref()
+            .is_some_and(|d| self.confirmed(d));
         if !self.rules.renews || renew_refused {
             Some(Status::Revoked)
         } else if which == Probed::Candidate {

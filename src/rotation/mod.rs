@@ -28,9 +28,9 @@ use crate::metrics::Metrics;
 use crate::names::{AccountKey, Provider, Status};
 use crate::notify::Notifier;
 use crate::pacing::{Pacer, Rate};
+use crate::providers::Upstream;
 use crate::providers::shiphero::ShipHero;
 use crate::providers::shippo::Shippo;
-use crate::providers::Upstream;
 use crate::registry::{Registry, RegistryError};
 use incident::{Incidents, Threshold};
 
@@ -179,6 +179,13 @@ impl Engine {
     /// provider already issued is stored (not probed), so shutdown never loses one.
     pub fn stop_new_work(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// How long shutdown waits for work in flight: the longest provider timeout, so a
+    /// token issued at the last moment is still stored, plus time to store it.
+    pub fn stop_grace(&self) -> Duration {
+        let c = self.config.borrow();
+        c.shiphero.timeout.max(c.shippo.timeout) + Duration::from_secs(5)
     }
 
     fn stopping(&self) -> bool {

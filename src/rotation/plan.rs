@@ -181,7 +181,8 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy, renews: boo
         return wanted.then_some(Work::Verify { candidate: false });
     }
     // A flag, a doubt about the token or the refresh, all are judged on a fresh refresh.
-    if account.status.is_flagged() || account.token_doubt.is_some() || account.renew_doubt.is_some() {
+    if account.status.is_flagged() || account.token_doubt.is_some() || account.renew_doubt.is_some()
+    {
         return Some(Work::Refresh);
     }
     // A clock that runs before the issue time cannot be trusted to judge the age.
@@ -207,7 +208,6 @@ pub fn backoff(failures: u32, initial: Duration, max: Duration, rng: &mut impl R
     let half = base / 2;
     half + half.mul_f64(rng.random::<f64>())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -413,7 +413,10 @@ mod tests {
         // Monday 17:30 Berlin with the refresh still not done (say the daemon was down): it
         // waits for Tuesday 09:00, which is well before the deadline.
         assert_eq!(plan(a, at("2026-11-30T16:30:00Z"), p, true), None);
-        assert_eq!(plan(a, at("2026-12-01T08:00:00Z"), p, true), Some(Work::Refresh));
+        assert_eq!(
+            plan(a, at("2026-12-01T08:00:00Z"), p, true),
+            Some(Work::Refresh)
+        );
         // Without the window the same account would have been due on Saturday.
         assert_eq!(
             plan(
@@ -482,8 +485,15 @@ mod tests {
                 None,
                 "on the DST Sunday"
             );
-            assert_eq!(plan(a, at("2026-03-30T06:59:00Z"), p, true), None, "08:59 CEST");
-            assert_eq!(plan(a, Timestamp::from_millis(point.millis() - 1), p, true), None);
+            assert_eq!(
+                plan(a, at("2026-03-30T06:59:00Z"), p, true),
+                None,
+                "08:59 CEST"
+            );
+            assert_eq!(
+                plan(a, Timestamp::from_millis(point.millis() - 1), p, true),
+                None
+            );
             assert_eq!(plan(a, *point, p, true), Some(Work::Refresh));
         }
     }
@@ -521,7 +531,10 @@ mod tests {
         let mut a = shiphero_account(Some(token(t0(), 20 * DAY)));
         a.next_attempt_at = Some(t0().plus(30 * DAY));
         assert_eq!(plan(&a, t0().plus(15 * DAY), policy(), true), None);
-        assert_eq!(plan(&a, t0().plus(21 * DAY), policy(), true), Some(Work::Expire));
+        assert_eq!(
+            plan(&a, t0().plus(21 * DAY), policy(), true),
+            Some(Work::Expire)
+        );
     }
 
     #[test]
@@ -592,4 +605,3 @@ mod tests {
         }
     }
 }
-

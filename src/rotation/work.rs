@@ -160,7 +160,11 @@ impl Engine {
             .ok_or_else(|| RegistryError::NotFound(key.clone()))?)
     }
 
-    async fn perform(&self, key: &AccountKey, work: Work) -> Result<Arc<AccountRecord>, EngineError> {
+    async fn perform(
+        &self,
+        key: &AccountKey,
+        work: Work,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
         let generation = self.account(key)?.generation;
         match work {
             Work::Refresh => self.refresh(key, generation).await,
@@ -179,7 +183,11 @@ impl Engine {
 
     /// Renews the token, stores what was issued, then probes it. After a refused renewal,
     /// probes the served token to learn whether it still works.
-    async fn refresh(&self, key: &AccountKey, generation: i64) -> Result<Arc<AccountRecord>, EngineError> {
+    async fn refresh(
+        &self,
+        key: &AccountKey,
+        generation: i64,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
         if self.stopping() {
             return Err(stopping());
         }
@@ -217,16 +225,22 @@ impl Engine {
         let record = self
             .apply(key, generation, Outcome::RenewFailed(verdict))
             .await?;
-        let served = record.current.as_ref().is_some_and(|t| usable(t, self.clock.now()));
+        let served = record
+            .current
+            .as_ref()
+            .is_some_and(|t| usable(t, self.clock.now()));
         if refused && served && !record.status.is_flagged() && !self.stopping() {
-            return self.verify(key, generation, Probed::Served, false).await.and_then(|r| {
-                // The served token works, but the refresh is refused: an alert, not a token
-                // the caller can count on for long.
-                Err(EngineError::Upstream {
-                    key: key.clone(),
-                    message: r.last_error.clone().unwrap_or_default(),
-                })
-            });
+            return self
+                .verify(key, generation, Probed::Served, false)
+                .await
+                .and_then(|r| {
+                    // The served token works, but the refresh is refused: an alert, not a token
+                    // the caller can count on for long.
+                    Err(EngineError::Upstream {
+                        key: key.clone(),
+                        message: r.last_error.clone().unwrap_or_default(),
+                    })
+                });
         }
         Err(failed(&record))
     }
@@ -267,7 +281,8 @@ impl Engine {
             self.pace(key.provider).await;
             upstream.probe(&token.access_token).await
         };
-        self.metrics.verification(key.provider, verdict.metric_result());
+        self.metrics
+            .verification(key.provider, verdict.metric_result());
         self.throttle(key.provider, &verdict);
         self.count_for_incidents(key, &verdict);
         let passed = matches!(verdict, Verdict::Pass { .. });
@@ -366,7 +381,11 @@ impl Engine {
         outcome: Outcome,
     ) -> Result<Arc<AccountRecord>, EngineError> {
         for _ in 0..3 {
-            let Some(current) = self.registry.account(key).filter(|a| a.generation == generation) else {
+            let Some(current) = self
+                .registry
+                .account(key)
+                .filter(|a| a.generation == generation)
+            else {
                 tracing::warn!(provider = %key.provider, account = %key.name, "the account was removed (or removed and added again) while work was in flight; its result is dropped");
                 return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
             };
@@ -391,14 +410,30 @@ impl Engine {
             let detail = note.detail.as_deref().unwrap_or("");
             let (p, a, kind) = (key.provider, key.name.as_str(), note.kind.as_str());
             match note.kind {
-                EventKind::Rotated => tracing::info!(provider = %p, account = a, event = kind, "issued a new access token ({detail}); probing it"),
-                EventKind::Checked => tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "token works ({detail})"),
-                EventKind::Cleared => tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "account reactivated: its token works again"),
-                EventKind::Flagged => tracing::warn!(provider = %p, account = a, event = kind, status = %after.status, error = detail, "account flagged {}", after.status),
-                EventKind::Suspected => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "evidence against the account; it is flagged only if seen again after verify.confirm_after"),
-                EventKind::RefreshRefused => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the refresh token was refused; the served token is kept while it works"),
-                EventKind::Misconfigured => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the probe is wrong for this token; the status is unchanged"),
-                EventKind::Held => tracing::warn!(provider = %p, account = a, event = kind, error = detail, "evidence held back by an incident at the provider"),
+                EventKind::Rotated => {
+                    tracing::info!(provider = %p, account = a, event = kind, "issued a new access token ({detail}); probing it")
+                }
+                EventKind::Checked => {
+                    tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "token works ({detail})")
+                }
+                EventKind::Cleared => {
+                    tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "account reactivated: its token works again")
+                }
+                EventKind::Flagged => {
+                    tracing::warn!(provider = %p, account = a, event = kind, status = %after.status, error = detail, "account flagged {}", after.status)
+                }
+                EventKind::Suspected => {
+                    tracing::warn!(provider = %p, account = a, event = kind, error = detail, "evidence against the account; it is flagged only if seen again after verify.confirm_after")
+                }
+                EventKind::RefreshRefused => {
+                    tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the refresh token was refused; the served token is kept while it works")
+                }
+                EventKind::Misconfigured => {
+                    tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the probe is wrong for this token; the status is unchanged")
+                }
+                EventKind::Held => {
+                    tracing::warn!(provider = %p, account = a, event = kind, error = detail, "evidence held back by an incident at the provider")
+                }
                 EventKind::Failed | EventKind::Added | EventKind::Removed => {}
             }
         }

@@ -3,10 +3,12 @@
 //! Each fake is a small axum server on a loopback port that behaves like the real service as
 //! described in `UPSTREAM.md`, including every UNCONFIRMED variant, chosen per account by switches.
 
+pub mod canned;
 pub mod jwt;
 pub mod shiphero;
 pub mod shippo;
 
+pub use canned::{Canned, Route};
 pub use shiphero::{
     AuthFailureShape, DeveloperUser, FakeShipHero, RefreshRejectShape, ShipHeroMode,
 };

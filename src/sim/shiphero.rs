@@ -152,6 +152,8 @@ struct User {
     refresh_count: usize,
     /// `/graphql` calls carrying one of this user's access tokens, whatever the answer.
     graphql_count: usize,
+    /// Refreshes of this user issue tokens of that user instead (a mix-up upstream).
+    issue_as: Option<String>,
 }
 
 /// What the fake knows about an issued access token.
@@ -185,6 +187,8 @@ struct ShipHeroState {
     clock_offset: Duration,
     /// Every request received, attributable or not.
     total_requests: usize,
+    /// Answers sent instead of the real ones (proxies, WAFs, non-evidence errors).
+    canned: super::canned::Switchboard,
 }
 
 impl ShipHeroState {
@@ -329,6 +333,7 @@ impl FakeShipHero {
                 latency: Duration::ZERO,
                 clock_offset: Duration::ZERO,
                 total_requests: 0,
+                canned: Default::default(),
             }),
             events: Notify::new(),
             shutdown: shutdown.clone(),
@@ -382,6 +387,7 @@ impl FakeShipHero {
                     issued: Vec::new(),
                     refresh_count: 0,
                     graphql_count: 0,
+                    issue_as: None,
                 },
             );
             st.by_refresh.insert(refresh_token, email.to_owned());
@@ -407,6 +413,24 @@ impl FakeShipHero {
     /// Overrides the token lifetime for one user's future tokens. Unknown emails are ignored.
     pub fn set_user_token_lifetime(&self, email: &str, d: Duration) {
         self.with_user(email, |u| u.lifetime = Some(d));
+    }
+
+    /// Answers `route` with `answer` instead of the real answer, for one user's requests
+    /// (`Some(email)`) or everyone's (`None`); `None` as the answer switches it off.
+    pub fn set_canned(
+        &self,
+        email: Option<&str>,
+        route: super::Route,
+        answer: Option<super::Canned>,
+    ) {
+        lock(&self.shared.state).canned.set(email, route, answer);
+    }
+
+    /// Makes refreshes of `email` issue tokens that act for `other`'s account (`None`: their
+    /// own again), as a mix-up at the provider would.
+    pub fn set_issue_as(&self, email: &str, other: Option<&str>) {
+        let other = other.map(str::to_owned);
+        self.with_user(email, |u| u.issue_as = other);
     }
 
     /// Puts a user in a mode. Unknown emails are ignored.
@@ -594,6 +618,12 @@ async fn refresh(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         return refresh_rejected(RefreshRejectShape::InvalidGrant401);
     };
     tracing::debug!(email, ?mode, "fake shiphero: refresh");
+    if let Some(canned) = lock(&shared.state)
+        .canned
+        .get(Some(&email), super::Route::Refresh)
+    {
+        return canned.response();
+    }
     if let Some(answer) = shared.transient_gate(mode).await {
         return answer;
     }
@@ -613,7 +643,8 @@ async fn refresh(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         return refresh_rejected(user.refresh_reject_shape);
     }
     // Suspended users still get a token here: that is the silent failure being simulated.
-    match st.issue(&email) {
+    let issue_for = user.issue_as.clone().unwrap_or(email);
+    match st.issue(&issue_for) {
         Some((access_token, expires_in)) => ok_json(json!({
             "access_token": access_token,
             "expires_in": expires_in,
@@ -663,16 +694,21 @@ async fn graphql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         )
             .into_response();
     };
-    let mode = {
+    let (mode, canned) = {
         let mut st = lock(&shared.state);
         let email = st.tokens.get(token).map(|i| i.email.clone());
-        email.and_then(|email| {
+        let canned = st.canned.get(email.as_deref(), super::Route::Graphql);
+        let mode = email.and_then(|email| {
             let user = st.users.get_mut(&email)?;
             user.graphql_count += 1;
             Some(user.mode)
-        })
+        });
+        (mode, canned)
     };
     shared.events.notify_waiters();
+    if let Some(canned) = canned {
+        return canned.response();
+    }
     // Requests with unknown tokens cannot be attributed to a user, so they skip the user's mode.
     if let Some(mode) = mode
         && let Some(answer) = shared.transient_gate(mode).await

@@ -179,6 +179,8 @@ struct ShippoState {
     api_counts: HashMap<String, usize>,
     /// Every request received.
     total_requests: usize,
+    /// Answers sent instead of the real ones (proxies, WAFs, throttling, odd statuses).
+    canned: super::canned::Switchboard,
 }
 
 impl ShippoState {
@@ -320,6 +322,7 @@ impl FakeShippo {
                 last_exchange_content_type: None,
                 api_counts: HashMap::new(),
                 total_requests: 0,
+                canned: Default::default(),
             }),
             events: Notify::new(),
             shutdown: shutdown.clone(),
@@ -396,6 +399,17 @@ impl FakeShippo {
         if let Some(t) = lock(&self.shared.state).tokens.get_mut(token) {
             t.revoked = true;
         }
+    }
+
+    /// Answers `route` with `answer` instead of the real answer, for one account's calls
+    /// (`Some(name)`) or everyone's (`None`); `None` as the answer switches it off.
+    pub fn set_canned(
+        &self,
+        account: Option<&str>,
+        route: super::Route,
+        answer: Option<super::Canned>,
+    ) {
+        lock(&self.shared.state).canned.set(account, route, answer);
     }
 
     /// Puts an account in a mode, affecting every token of it.
@@ -553,7 +567,16 @@ async fn access_token(
             st.last_exchange_content_type = recorded;
         })
         .await;
-    let mode = lock(&shared.state).exchange_mode;
+    let (mode, canned) = {
+        let st = lock(&shared.state);
+        (
+            st.exchange_mode,
+            st.canned.get(None, super::Route::ShippoToken),
+        )
+    };
+    if let Some(canned) = canned {
+        return canned.response();
+    }
     match mode {
         ExchangeMode::Normal => {}
         ExchangeMode::Down => return down(),
@@ -643,10 +666,18 @@ async fn api_call(shared: &Shared, headers: &HeaderMap, listing: Listing) -> Res
             "Authentication credentials were not provided.",
         );
     };
-    let account = {
+    let (account, canned) = {
         let st = lock(&shared.state);
-        st.live_account(&token).map(|a| (a.clone(), st.account(&a)))
+        let account = st.live_account(&token).map(|a| (a.clone(), st.account(&a)));
+        let canned = st.canned.get(
+            account.as_ref().map(|(n, _)| n.as_str()),
+            super::Route::ShippoApi,
+        );
+        (account, canned)
     };
+    if let Some(canned) = canned {
+        return canned.response();
+    }
     match account.as_ref().map(|(_, a)| a.mode) {
         Some(ShippoMode::Down) => return down(),
         Some(ShippoMode::Slow(d)) => sleep_or_shutdown(&shared.shutdown, d).await,

@@ -79,7 +79,11 @@ fn kinds(notes: &[Note]) -> Vec<EventKind> {
 fn a_refused_fresh_token_is_never_served_and_flags_only_when_seen_again_later() {
     let mut a = active("shiphero");
     a.candidate = Some(token("fresh", t0()));
-    let (b, notes) = transition(&a, Outcome::Probe(Probed::Candidate, refused()), &rules(t0(), true));
+    let (b, notes) = transition(
+        &a,
+        Outcome::Probe(Probed::Candidate, refused()),
+        &rules(t0(), true),
+    );
     assert_eq!(b.status, Status::Active);
     assert!(b.candidate.is_none(), "a disproven token stays out");
     assert_eq!(b.current.as_ref().unwrap().access_token.expose(), "served");
@@ -88,16 +92,28 @@ fn a_refused_fresh_token_is_never_served_and_flags_only_when_seen_again_later() 
     // Seen again before confirm_after: still only a doubt.
     let mut c = b.clone();
     c.candidate = Some(token("fresh2", t0()));
-    let (c, _) = transition(&c, Outcome::Probe(Probed::Candidate, refused()), &rules(t0().plus(5 * MIN), true));
+    let (c, _) = transition(
+        &c,
+        Outcome::Probe(Probed::Candidate, refused()),
+        &rules(t0().plus(5 * MIN), true),
+    );
     assert_eq!(c.status, Status::Active);
     // Seen again after it: suspended, since the refresh itself was accepted.
     let mut d = c.clone();
     d.candidate = Some(token("fresh3", t0()));
-    let (d, notes) = transition(&d, Outcome::Probe(Probed::Candidate, refused()), &rules(t0().plus(15 * MIN), true));
+    let (d, notes) = transition(
+        &d,
+        Outcome::Probe(Probed::Candidate, refused()),
+        &rules(t0().plus(15 * MIN), true),
+    );
     assert_eq!(d.status, Status::Suspended);
     assert_eq!(kinds(&notes), [EventKind::Flagged]);
     // The first passing probe clears it.
-    let (e, notes) = transition(&d, Outcome::Probe(Probed::Served, pass()), &rules(t0().plus(16 * MIN), true));
+    let (e, notes) = transition(
+        &d,
+        Outcome::Probe(Probed::Served, pass()),
+        &rules(t0().plus(16 * MIN), true),
+    );
     assert_eq!(e.status, Status::Active);
     assert_eq!(kinds(&notes), [EventKind::Checked, EventKind::Cleared]);
     assert!(e.token_doubt.is_none() && e.last_error.is_none());
@@ -107,7 +123,9 @@ fn a_refused_fresh_token_is_never_served_and_flags_only_when_seen_again_later() 
 fn an_inconclusive_probe_of_a_fresh_token_serves_the_fresh_token() {
     let mut a = active("shiphero");
     a.candidate = Some(token("fresh", t0()));
-    let v = Verdict::Inconclusive("ShipHero API answered 503 with a body that is not ShipHero's JSON".into());
+    let v = Verdict::Inconclusive(
+        "ShipHero API answered 503 with a body that is not ShipHero's JSON".into(),
+    );
     let (b, notes) = transition(&a, Outcome::Probe(Probed::Candidate, v), &rules(t0(), true));
     assert_eq!(b.status, Status::Active);
     assert_eq!(b.current.as_ref().unwrap().access_token.expose(), "fresh");
@@ -122,7 +140,11 @@ fn a_refused_refresh_with_a_working_token_is_an_alert_then_revoked_once_the_toke
     let r = Verdict::Refused("ShipHero refused the refresh token (401): invalid_grant".into());
     let (b, notes) = transition(&a, Outcome::RenewFailed(r.clone()), &rules(t0(), true));
     assert_eq!(kinds(&notes), [EventKind::RefreshRefused]);
-    let (b, _) = transition(&b, Outcome::Probe(Probed::Served, pass()), &rules(t0(), true));
+    let (b, _) = transition(
+        &b,
+        Outcome::Probe(Probed::Served, pass()),
+        &rules(t0(), true),
+    );
     assert_eq!(b.status, Status::Active);
     assert!(b.renew_doubt.is_some() && b.last_error.as_deref().unwrap().contains("still works"));
     // A day later the refresh is still refused, and the token still works: still served.
@@ -130,7 +152,11 @@ fn a_refused_refresh_with_a_working_token_is_an_alert_then_revoked_once_the_toke
     let (c, _) = transition(&b, Outcome::RenewFailed(r.clone()), &rules(day, true));
     assert_eq!(c.status, Status::Active);
     // The served token stops working: evidence, then on the next refused refresh, revoked.
-    let (d, _) = transition(&c, Outcome::Probe(Probed::Served, refused()), &rules(day, true));
+    let (d, _) = transition(
+        &c,
+        Outcome::Probe(Probed::Served, refused()),
+        &rules(day, true),
+    );
     assert_eq!(d.status, Status::Active);
     let (e, _) = transition(&d, Outcome::RenewFailed(r), &rules(day.plus(MIN), true));
     assert_eq!(e.status, Status::Revoked);
@@ -144,17 +170,29 @@ fn a_token_of_another_account_is_never_served() {
         identity: Some("QWNjb3VudDoy".into()),
         note: None,
     };
-    let (b, _) = transition(&a, Outcome::Probe(Probed::Candidate, other), &rules(t0(), true));
+    let (b, _) = transition(
+        &a,
+        Outcome::Probe(Probed::Candidate, other),
+        &rules(t0(), true),
+    );
     assert_eq!(b.status, Status::Revoked);
     assert!(b.candidate.is_none());
-    assert!(b.last_error.unwrap().contains("token belongs to another account"));
+    assert!(
+        b.last_error
+            .unwrap()
+            .contains("token belongs to another account")
+    );
 }
 
 #[test]
 fn the_first_pass_pins_the_account() {
     let mut a = active("shiphero");
     a.upstream_id = None;
-    let (b, _) = transition(&a, Outcome::Probe(Probed::Served, pass()), &rules(t0(), true));
+    let (b, _) = transition(
+        &a,
+        Outcome::Probe(Probed::Served, pass()),
+        &rules(t0(), true),
+    );
     assert_eq!(b.upstream_id.as_deref(), Some("QWNjb3VudDox"));
 }
 
@@ -173,11 +211,19 @@ fn an_undocumented_answer_flags_only_when_the_others_pass() {
     let mut later = rules(t0().plus(20 * MIN), true);
     later.others_pass = false;
     let (c2, _) = transition(&c, Outcome::Probe(Probed::Candidate, null()), &later);
-    assert_eq!(c2.status, Status::Active, "every account gets it: not evidence");
+    assert_eq!(
+        c2.status,
+        Status::Active,
+        "every account gets it: not evidence"
+    );
     later.others_pass = true;
     let (c3, _) = transition(&c, Outcome::Probe(Probed::Candidate, null()), &later);
     assert_eq!(c3.status, Status::Suspended);
-    assert!(c3.last_error.unwrap().contains("refused in an undocumented way"));
+    assert!(
+        c3.last_error
+            .unwrap()
+            .contains("refused in an undocumented way")
+    );
 }
 
 #[test]
@@ -193,7 +239,11 @@ fn an_incident_holds_flags() {
     let (b, notes) = transition(&a, Outcome::Probe(Probed::Served, refused()), &held);
     assert_eq!(b.status, Status::Active);
     assert_eq!(kinds(&notes), [EventKind::Held]);
-    let (c, _) = transition(&a, Outcome::Probe(Probed::Served, refused()), &rules(t0().plus(30 * MIN), false));
+    let (c, _) = transition(
+        &a,
+        Outcome::Probe(Probed::Served, refused()),
+        &rules(t0().plus(30 * MIN), false),
+    );
     assert_eq!(c.status, Status::Revoked);
 }
 
