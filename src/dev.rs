@@ -101,8 +101,8 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
         verify: crate::config::RawVerify {
             interval: "20s".into(),
             suspended_interval: "15s".into(),
-            // Short, so the demo's suspension is flagged within a minute of showing up.
-            confirm_after: "20s".into(),
+            // Short, so the demo's suspension is flagged seconds after it is first seen.
+            confirm_after: "5s".into(),
             ..defaults.verify
         },
         shiphero: crate::config::RawShipHero {

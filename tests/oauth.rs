@@ -53,6 +53,8 @@ callback_listen = "127.0.0.1:{port}""#
     let config = ConfigText {
         shiphero_base: &base,
         shippo: &shippo,
+        // Evidence is confirmed a second after it is first seen, so flags show quickly.
+        extra: "[verify]\nconfirm_after = \"1s\"\n",
         ..ConfigText::default()
     }
     .render(dir);
@@ -412,12 +414,35 @@ async fn exchange_failures_store_nothing_and_spend_the_state() {
     let location = env.authorize(&url).await;
     let (status, _, page) = env.open(&location).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{page}");
-    assert!(
-        page.contains("could not be reached or had an error"),
-        "{page}"
-    );
+    assert!(page.contains("could not be reached"), "{page}");
+    assert!(page.contains("shiptoken shippo connect down"), "{page}");
     assert_eq!(env.fake.exchange_count(), 2);
     assert_eq!(env.status_of("down").await.as_deref(), Some("pending"));
+    env.fake.set_exchange_mode(ExchangeMode::Normal);
+
+    // Shippo's token endpoint throttles (429): not a refusal of the merchant's code. The
+    // account stays pending and the page says to start again from a new link.
+    env.fake.set_canned(
+        None,
+        shiptoken::sim::Route::ShippoToken,
+        Some(shiptoken::sim::Canned::json(
+            429,
+            json!({"detail": "Request was throttled."}),
+        )),
+    );
+    let url = env.connect("busy").await;
+    let location = env.authorize(&url).await;
+    let (status, _, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{page}");
+    assert!(page.contains("could not be reached"), "{page}");
+    assert!(!page.contains("refused the authorization code"), "{page}");
+    assert!(page.contains("shiptoken shippo connect busy"), "{page}");
+    assert_eq!(env.status_of("busy").await.as_deref(), Some("pending"));
+    env.fake
+        .set_canned(None, shiptoken::sim::Route::ShippoToken, None);
+    // A new link works once Shippo is back.
+    env.connect_fully("busy").await;
+    assert_eq!(env.status_of("busy").await.as_deref(), Some("active"));
 
     // Shippo never answers: the daemon gives up after its timeout (2 s here).
     env.fake.set_exchange_mode(ExchangeMode::Hang);
@@ -467,7 +492,11 @@ async fn a_revoked_token_is_flagged_revoked() {
         "{}",
         verify.stderr
     );
-    assert_eq!(env.status_of("gone").await.as_deref(), Some("revoked"));
+    // Seen again after verify.confirm_after (1 s here) by the routine checks: revoked.
+    wait_for("shippo/gone to be flagged", || async {
+        (env.status_of("gone").await.as_deref() == Some("revoked")).then_some(())
+    })
+    .await;
     let get = env.cli(&["get", "shippo/gone"]).await;
     assert_eq!(get.code, 3, "{}", get.stderr);
     assert!(get.stderr.contains("revoked"), "{}", get.stderr);

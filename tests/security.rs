@@ -108,6 +108,8 @@ redirect_uri = "{redirect}""#,
         "callback_listen = \"\"",
         &format!("callback_listen = \"127.0.0.1:{port}\""),
     );
+    // Evidence is confirmed a second after it is first seen, so the flags below show quickly.
+    text.push_str("\n[verify]\nconfirm_after = \"1s\"\n");
     let mut d = Daemon::start(dir.path(), &text).await;
     shiphero.set_echo_credentials(true);
 

@@ -498,6 +498,11 @@ async fn a_waiting_client_gets_the_new_token_the_moment_it_is_stored() {
         .unwrap()
     });
     fake.set_mode("ops@acme.test", ShipHeroMode::Suspended);
+    // Evidence seen once, then again past verify.confirm_after (15 minutes): suspended.
+    let (_, _) = d
+        .call("POST", "/v1/accounts/shiphero/acme/verify", None)
+        .await;
+    d.advance("16m").await;
     let (_, _) = d
         .call("POST", "/v1/accounts/shiphero/acme/verify", None)
         .await;

@@ -11,23 +11,28 @@ mod oauth_states;
 mod record;
 pub mod rekey;
 pub mod seal;
+mod sqlite;
+pub mod store;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
 pub use audit::{AuditEntry, AuditQuery};
 pub use migrations::SCHEMA_VERSION;
 pub use record::{AccountRecord, Doubt, Event, EventKind, NewAccount, Note, TokenRecord};
+pub use store::{Save, Store};
+
+use sqlite::open_blocking;
+pub(crate) use sqlite::{account_id, insert_account, insert_event, load_one};
 
 use crate::clock::Timestamp;
-use crate::keys::{KeyError, KeySource};
-use crate::names::{AccountKey, Provider, Status};
+use crate::keys::KeyError;
+use crate::names::AccountKey;
 use crate::secret::Secret;
 
 /// What can go wrong in the registry.
@@ -313,18 +318,22 @@ impl Registry {
         let (cache, health, stored) = (self.cache.clone(), self.health.clone(), next.clone());
         let result = self
             .call(move |conn| {
-                let tx = conn.transaction()?;
-                write_record(&tx, &stored, Some(expected))?;
-                for note in &notes {
-                    insert_event(
-                        &tx,
-                        now,
-                        &stored.key,
-                        note.kind.as_str(),
-                        note.detail.as_deref(),
-                    )?;
+                // Memory is never behind the disk, so it decides whether the record is still
+                // the one this save was computed from. The disk is asked too unless it is
+                // behind (a write it refused earlier is still waiting in memory).
+                let current = read(&cache)
+                    .get(&stored.key)
+                    .is_some_and(|c| c.generation == stored.generation && c.revision == expected);
+                if !current {
+                    return Err(RegistryError::Stale(stored.key.clone()));
                 }
-                tx.commit()?;
+                let behind = health.lock().accounts.contains(&stored.key);
+                conn.save_all(&[Save {
+                    record: &stored,
+                    expected: (!behind).then_some(expected),
+                    notes: &notes,
+                    at: now,
+                }])?;
                 let mut unsaved = health.lock();
                 unsaved.accounts.remove(&stored.key);
                 if unsaved.accounts.is_empty() && unsaved.error.take().is_some() {
@@ -374,51 +383,11 @@ impl Registry {
         new: NewAccount,
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
-        if let Some(t) = &new.access_token {
-            check_token_times(t)?;
-        }
         let cache = self.cache.clone();
         let record = self
             .call(move |conn| {
-                let tx = conn.transaction()?;
-                check_unique(&tx, &new)?;
-                let id = insert_account(
-                    &tx,
-                    &new.key,
-                    [
-                        new.email.as_deref(),
-                        new.first_name.as_deref(),
-                        new.last_name.as_deref(),
-                    ],
-                    now,
-                )?;
-                let access = new.access_token.as_ref();
-                tx.execute(
-                    "INSERT INTO tokens (account_id, refresh_token, refresh_fingerprint,
-                                         candidate_token, candidate_issued_at, candidate_expires_at)
-                     VALUES (?1, seal(?2, ?7, ?8, 'refresh_token'), ?3,
-                             seal(?4, ?7, ?8, 'candidate_token'), ?5, ?6)",
-                    params![
-                        id,
-                        new.refresh_token.as_ref().map(|s| s.expose().to_string()),
-                        new.refresh_token.as_ref().map(Secret::fingerprint),
-                        access.map(|t| t.access_token.expose().to_string()),
-                        access.map(|t| t.issued_at.millis()),
-                        access.and_then(|t| t.expires_at.map(Timestamp::millis)),
-                        new.key.provider.as_str(),
-                        new.key.name,
-                    ],
-                )?;
-                let detail = match (&new.email, access) {
-                    (Some(e), Some(_)) => format!("developer user {e}, with an access token"),
-                    (Some(e), None) => format!("developer user {e}"),
-                    (None, Some(_)) => "with an access token".to_string(),
-                    (None, None) => "awaiting a token".to_string(),
-                };
-                insert_event(&tx, now, &new.key, "added", Some(&detail))?;
-                tx.commit()?;
-                let record = Arc::new(load_one(conn, &new.key)?);
-                write(&cache).insert(new.key.clone(), record.clone());
+                let record = Arc::new(conn.insert(&new, now)?);
+                write(&cache).insert(record.key.clone(), record.clone());
                 Ok(record)
             })
             .await?;
@@ -432,12 +401,7 @@ impl Registry {
         let health = self.health.clone();
         let key = key.clone();
         self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let id = account_id(&tx, &key)?;
-            // Written first, while the row still names the registration it belongs to.
-            insert_event(&tx, now, &key, "removed", None)?;
-            tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
-            tx.commit()?;
+            conn.delete(&key, now)?;
             write(&cache).remove(&key);
             health.lock().accounts.remove(&key);
             Ok(())
@@ -447,58 +411,23 @@ impl Registry {
         Ok(())
     }
 
-    /// The stored refresh token, read from SQLite at the moment it is needed.
+    /// The stored refresh token, read from the store at the moment it is needed.
     pub async fn refresh_token(&self, key: &AccountKey) -> Result<Option<Secret>, RegistryError> {
         let key = key.clone();
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let id = account_id(&tx, &key)?;
-            let token: Option<String> = tx.query_row(
-                "SELECT unseal(refresh_token, ?2, ?3, 'refresh_token') FROM tokens WHERE account_id = ?1",
-                params![id, key.provider.as_str(), key.name],
-                |r| r.get(0),
-            )?;
-            Ok(token.map(Secret::new))
-        })
-        .await
+        self.call(move |conn| conn.refresh_token(&key)).await
     }
 
-    /// An account's history, newest last; `limit` newest entries.
+    /// An account's history, newest last; `limit` newest entries. Only the current
+    /// registration's history; a removed account's shows in full.
     pub async fn events(
         &self,
         key: &AccountKey,
         limit: usize,
     ) -> Result<Vec<Event>, RegistryError> {
         let key = key.clone();
-        // The current registration's history only; a removed account's shows in full.
         let generation = self.account(&key).map(|a| a.generation);
-        self.call(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT at, kind, detail FROM events
-                 WHERE provider = ?1 AND account = ?2 AND (?4 IS NULL OR generation = ?4)
-                 ORDER BY id DESC LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(
-                params![
-                    key.provider.as_str(),
-                    key.name,
-                    i64::try_from(limit).unwrap_or(i64::MAX),
-                    generation
-                ],
-                |r| {
-                    Ok(Event {
-                        at: Timestamp::from_millis(r.get(0)?),
-                        account: key.to_string(),
-                        kind: r.get(1)?,
-                        detail: r.get(2)?,
-                    })
-                },
-            )?;
-            let mut events = rows.collect::<Result<Vec<_>, _>>()?;
-            events.reverse();
-            Ok(events)
-        })
-        .await
+        self.call(move |conn| conn.events(&key, generation, limit))
+            .await
     }
 
     /// Checks the database file (`PRAGMA quick_check`); used by health checks.
@@ -509,119 +438,6 @@ impl Registry {
         })
         .await
     }
-}
-
-fn io_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
-    move |source| RegistryError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn open_blocking(
-    state_dir: &Path,
-    path: &Path,
-    key_file: Option<&Path>,
-) -> Result<(Connection, Vec<AccountRecord>), RegistryError> {
-    // The daemon checks the folder's permissions before it gets here (keys::prepare_state_dir);
-    // the library only makes sure a new one is private.
-    if !state_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(io_err("cannot create the state folder", state_dir))?;
-    }
-    // Created owner-only before SQLite opens it, so it is never briefly world-readable;
-    // SQLite gives the WAL and SHM files the database file's mode.
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err("cannot create", path))?;
-    let mut conn = Connection::open(path)?;
-    // A file left open by an older build or a careless restore is closed again.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err("cannot restrict permissions of", path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Every account is kept in memory already and reads come from there, so SQLite's own
-    // page cache helps only the write path: 512 KiB instead of the default 2 MiB.
-    conn.pragma_update(None, "cache_size", -512)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; continuing with {mode}");
-    }
-    // FULL: a commit is on disk (WAL fsynced) before we serve or acknowledge the token it holds.
-    // NORMAL would be faster but could lose the last refreshed token on power loss, and ShipHero
-    // may have invalidated the previous one by then.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrations::migrate(&mut conn)?;
-    unlock(&mut conn, path, &KeySource::resolve(key_file, state_dir))?;
-    let records = load_all(&conn)?;
-    Ok((conn, records))
-}
-
-/// Loads the key, proves it opens the registry, and registers `seal`/`unseal` with it.
-///
-/// A registry with nothing sealed yet (new, or written by a build without encryption) gets
-/// its plaintext sealed here, in one transaction. A key that does not open the registry is
-/// refused, unless a `key rotate` crashed after re-sealing and its new key waits beside the
-/// old one: then that key is installed.
-fn unlock(conn: &mut Connection, path: &Path, source: &KeySource) -> Result<(), RegistryError> {
-    use seal::{KeyCheck, Sealer};
-    let sealed = conn
-        .query_row("SELECT 1 FROM meta WHERE key = 'key_check'", [], |_| Ok(()))
-        .optional()?
-        .is_some();
-    let key = source.load(!sealed)?;
-    let sealer = Sealer::new(&key);
-    match seal::check_key(conn, &sealer)? {
-        KeyCheck::Matches => {}
-        KeyCheck::Unsealed => {
-            let tx = conn.transaction()?;
-            let n = seal::reseal_all(&tx, None, &sealer, |_, _| {})?;
-            tx.commit()?;
-            if n > 0 {
-                tracing::info!(
-                    accounts = n,
-                    "sealed the tokens an older build stored in plaintext"
-                );
-            }
-        }
-        KeyCheck::Differs => {
-            let pending = source.pending_path();
-            let next = KeySource::ConfigFile(pending.clone())
-                .load(false)
-                .ok()
-                .map(|k| Sealer::new(&k))
-                .filter(|s| matches!(seal::check_key(conn, s), Ok(KeyCheck::Matches)));
-            match next {
-                Some(next) if source.replaceable() => {
-                    std::fs::rename(&pending, source.path())
-                        .map_err(io_err("cannot install the rotated key", source.path()))?;
-                    tracing::warn!(key_file = %source.path().display(), "finished an interrupted key rotation: installed the new key");
-                    seal::register(conn, &next)?;
-                    return Ok(());
-                }
-                _ => {
-                    return Err(RegistryError::WrongKey {
-                        db: path.to_path_buf(),
-                        key: source.path().to_path_buf(),
-                    });
-                }
-            }
-        }
-    }
-    seal::register(conn, &sealer)?;
-    Ok(())
 }
 
 /// Writes the records kept in memory after failed writes (tokens, status, times), all in
@@ -635,14 +451,16 @@ fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
         let cache = read(cache);
         keys.iter().filter_map(|k| cache.get(k).cloned()).collect()
     };
-    let result = (|| -> Result<(), RegistryError> {
-        let tx = conn.transaction()?;
-        for r in &records {
-            write_record(&tx, r, None)?;
-        }
-        tx.commit()?;
-        Ok(())
-    })();
+    let saves: Vec<Save<'_>> = records
+        .iter()
+        .map(|r| Save {
+            record: r,
+            expected: None,
+            notes: &[],
+            at: r.status_since,
+        })
+        .collect();
+    let result = conn.save_all(&saves);
     match result {
         Ok(()) => {
             let mut unsaved = health.lock();
@@ -669,75 +487,6 @@ fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
             health.lock().error = Some(e.to_string());
         }
     }
-}
-
-const SELECT_ACCOUNT: &str = "
-    SELECT a.provider, a.name, a.email, a.first_name, a.last_name, a.status, a.status_since,
-           a.created_at, a.last_rotated_at, a.last_verified_at, a.last_error, a.failures,
-           a.next_attempt_at, unseal(t.access_token, a.provider, a.name, 'access_token'),
-           t.issued_at, t.expires_at, unseal(t.candidate_token, a.provider, a.name, 'candidate_token'),
-           t.candidate_issued_at, t.candidate_expires_at, t.refresh_token IS NOT NULL,
-           a.generation, a.revision, a.upstream_id, a.token_doubt_since, a.token_doubt_reason,
-           a.token_doubt_signature, a.renew_doubt_since, a.renew_doubt_reason
-    FROM accounts a LEFT JOIN tokens t ON t.account_id = a.id";
-
-/// A row the registry cannot read: a provider or status this build does not know.
-#[derive(Debug)]
-struct UnknownRow {
-    provider: String,
-    name: String,
-    status: String,
-}
-
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AccountRecord, UnknownRow>> {
-    let provider: String = r.get(0)?;
-    let name: String = r.get(1)?;
-    let status: String = r.get(5)?;
-    let (Some(provider), Some(status)) = (Provider::parse(&provider), Status::parse(&status))
-    else {
-        return Ok(Err(UnknownRow {
-            provider,
-            name,
-            status,
-        }));
-    };
-    let token = |tok: Option<String>, issued: Option<i64>, expires: Option<i64>| {
-        tok.map(|t| TokenRecord {
-            access_token: Secret::new(t),
-            issued_at: Timestamp::from_millis(issued.unwrap_or(0)),
-            expires_at: expires.map(Timestamp::from_millis),
-        })
-    };
-    let ts = |v: Option<i64>| v.map(Timestamp::from_millis);
-    let doubt = |since: Option<i64>, reason: Option<String>, signature: Option<String>| {
-        since.map(|s| Doubt {
-            since: Timestamp::from_millis(s),
-            reason: reason.unwrap_or_default(),
-            signature,
-        })
-    };
-    Ok(Ok(AccountRecord {
-        key: AccountKey { provider, name },
-        email: r.get(2)?,
-        first_name: r.get(3)?,
-        last_name: r.get(4)?,
-        status,
-        status_since: Timestamp::from_millis(r.get(6)?),
-        created_at: Timestamp::from_millis(r.get(7)?),
-        last_rotated_at: ts(r.get(8)?),
-        last_verified_at: ts(r.get(9)?),
-        last_error: r.get(10)?,
-        failures: u32::try_from(r.get::<_, i64>(11)?).unwrap_or(u32::MAX),
-        next_attempt_at: ts(r.get(12)?),
-        current: token(r.get(13)?, r.get(14)?, r.get(15)?),
-        candidate: token(r.get(16)?, r.get(17)?, r.get(18)?),
-        has_refresh_token: r.get::<_, Option<bool>>(19)?.unwrap_or(false),
-        generation: r.get(20)?,
-        revision: r.get(21)?,
-        upstream_id: r.get(22)?,
-        token_doubt: doubt(r.get(23)?, r.get(24)?, r.get(25)?),
-        renew_doubt: doubt(r.get(26)?, r.get(27)?, None),
-    }))
 }
 
 /// Publishes a stored record to the in-memory copy, unless the copy holds another
@@ -779,207 +528,12 @@ fn check_token_times(t: &TokenRecord) -> Result<(), RegistryError> {
     Ok(())
 }
 
-/// Writes every mutable column of `r`: the account row (conditional on its registration and,
-/// with `expect`, on the stored revision) and its tokens, sealed.
-fn write_record(
-    tx: &rusqlite::Transaction<'_>,
-    r: &AccountRecord,
-    expect: Option<i64>,
-) -> Result<(), RegistryError> {
-    let (p, n) = (r.key.provider.as_str(), r.key.name.as_str());
-    let millis = |t: Option<Timestamp>| t.map(Timestamp::millis);
-    let id: Option<i64> = tx
-        .query_row(
-            "UPDATE accounts SET status = ?4, status_since = ?5, last_rotated_at = ?6,
-                    last_verified_at = ?7, last_error = ?8, failures = ?9, next_attempt_at = ?10,
-                    upstream_id = ?11, token_doubt_since = ?12, token_doubt_reason = ?13,
-                    token_doubt_signature = ?14, renew_doubt_since = ?15, renew_doubt_reason = ?16,
-                    revision = ?17
-             WHERE provider = ?1 AND name = ?2 AND generation = ?3
-               AND (?18 IS NULL OR revision = ?18)
-             RETURNING id",
-            params![
-                p,
-                n,
-                r.generation,
-                r.status.as_str(),
-                r.status_since.millis(),
-                millis(r.last_rotated_at),
-                millis(r.last_verified_at),
-                r.last_error,
-                i64::from(r.failures),
-                millis(r.next_attempt_at),
-                r.upstream_id,
-                millis(r.token_doubt.as_ref().map(|d| d.since)),
-                r.token_doubt.as_ref().map(|d| d.reason.as_str()),
-                r.token_doubt.as_ref().and_then(|d| d.signature.as_deref()),
-                millis(r.renew_doubt.as_ref().map(|d| d.since)),
-                r.renew_doubt.as_ref().map(|d| d.reason.as_str()),
-                r.revision,
-                expect,
-            ],
-            |row| row.get(0),
-        )
-        .optional()?;
-    let Some(id) = id else {
-        return Err(RegistryError::Stale(r.key.clone()));
-    };
-    let (cur, cand) = (r.current.as_ref(), r.candidate.as_ref());
-    tx.execute(
-        "UPDATE tokens SET access_token = seal(?2, ?8, ?9, 'access_token'), issued_at = ?3, expires_at = ?4,
-                candidate_token = seal(?5, ?8, ?9, 'candidate_token'), candidate_issued_at = ?6,
-                candidate_expires_at = ?7
-         WHERE account_id = ?1",
-        params![
-            id,
-            cur.map(|t| t.access_token.expose()),
-            cur.map(|t| t.issued_at.millis()),
-            cur.and_then(|t| t.expires_at.map(Timestamp::millis)),
-            cand.map(|t| t.access_token.expose()),
-            cand.map(|t| t.issued_at.millis()),
-            cand.and_then(|t| t.expires_at.map(Timestamp::millis)),
-            p,
-            n,
-        ],
-    )?;
-    Ok(())
-}
-
-fn load_all(conn: &Connection) -> Result<Vec<AccountRecord>, RegistryError> {
-    let mut stmt = conn.prepare(SELECT_ACCOUNT)?;
-    let rows = stmt.query_map([], row_to_record)?;
-    let mut out = Vec::new();
-    for row in rows {
-        match row? {
-            Ok(r) => out.push(r),
-            // Skipping it would make the account silently disappear from the socket.
-            Err(u) => {
-                return Err(RegistryError::UnknownRow(format!(
-                    "{}/{} (status {})",
-                    u.provider, u.name, u.status
-                )));
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn load_one(conn: &Connection, key: &AccountKey) -> Result<AccountRecord, RegistryError> {
-    let sql = format!("{SELECT_ACCOUNT} WHERE a.provider = ?1 AND a.name = ?2");
-    conn.query_row(
-        &sql,
-        params![key.provider.as_str(), key.name],
-        row_to_record,
-    )
-    .optional()?
-    .and_then(Result::ok)
-    .ok_or_else(|| RegistryError::NotFound(key.clone()))
-}
-
-fn account_id(conn: &Connection, key: &AccountKey) -> Result<i64, RegistryError> {
-    conn.query_row(
-        "SELECT id FROM accounts WHERE provider = ?1 AND name = ?2",
-        params![key.provider.as_str(), key.name],
-        |r| r.get(0),
-    )
-    .optional()?
-    .ok_or_else(|| RegistryError::NotFound(key.clone()))
-}
-
-fn key_of(provider: String, name: String) -> AccountKey {
-    AccountKey {
-        provider: Provider::parse(&provider).unwrap_or(Provider::ShipHero),
-        name,
-    }
-}
-
-fn check_unique(conn: &Connection, new: &NewAccount) -> Result<(), RegistryError> {
-    if account_id(conn, &new.key).is_ok() {
-        return Err(RegistryError::AccountExists(new.key.clone()));
-    }
-    if let Some(email) = &new.email {
-        let existing: Option<(String, String)> = conn
-            .query_row(
-                "SELECT provider, name FROM accounts WHERE provider = ?1 AND email = ?2 COLLATE NOCASE",
-                params![new.key.provider.as_str(), email],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((p, n)) = existing {
-            return Err(RegistryError::EmailTaken {
-                email: email.clone(),
-                existing: key_of(p, n),
-            });
-        }
-    }
-    if let Some(refresh) = &new.refresh_token {
-        let existing: Option<(String, String)> = conn
-            .query_row(
-                "SELECT a.provider, a.name FROM tokens t JOIN accounts a ON a.id = t.account_id
-                 WHERE t.refresh_fingerprint = ?1",
-                [refresh.fingerprint()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((p, n)) = existing {
-            return Err(RegistryError::RefreshTokenTaken {
-                existing: key_of(p, n),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Appends to the history of the account's current registration.
-fn insert_event(
-    conn: &Connection,
-    at: Timestamp,
-    key: &AccountKey,
-    kind: &str,
-    detail: Option<&str>,
-) -> Result<(), RegistryError> {
-    conn.execute(
-        "INSERT INTO events (at, provider, account, kind, detail, generation)
-         VALUES (?1, ?2, ?3, ?4, ?5,
-                 (SELECT generation FROM accounts WHERE provider = ?2 AND name = ?3))",
-        params![at.millis(), key.provider.as_str(), key.name, kind, detail],
-    )?;
-    Ok(())
-}
-
-/// Inserts a `pending` account row with a generation never used before and returns its row
-/// id; the caller inserts its tokens row.
-fn insert_account(
-    tx: &rusqlite::Transaction<'_>,
-    key: &AccountKey,
-    [email, first_name, last_name]: [Option<&str>; 3],
-    now: Timestamp,
-) -> Result<i64, RegistryError> {
-    let generation: i64 = tx.query_row(
-        "UPDATE sequences SET value = value + 1 WHERE name = 'generation' RETURNING value",
-        [],
-        |r| r.get(0),
-    )?;
-    tx.execute(
-        "INSERT INTO accounts (provider, name, email, first_name, last_name, status, status_since,
-                               created_at, generation)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
-        params![
-            key.provider.as_str(),
-            key.name,
-            email,
-            first_name,
-            last_name,
-            now.millis(),
-            generation
-        ],
-    )?;
-    Ok(tx.last_insert_rowid())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+    use crate::names::Status;
 
     fn key(s: &str) -> AccountKey {
         AccountKey::parse(s).unwrap_or_else(|e| panic!("{e}"))

@@ -30,6 +30,8 @@ struct ProviderState {
     since: Option<Timestamp>,
     /// The last time the share was above the threshold.
     last_above: Option<Timestamp>,
+    /// Per account: the last undocumented answer it got, and when.
+    odd: HashMap<AccountKey, (Timestamp, String)>,
 }
 
 /// What [`Incidents::record`] found.
@@ -72,13 +74,14 @@ impl Incidents {
     pub fn forget(&mut self, key: &AccountKey) {
         if let Some(s) = self.providers.get_mut(&key.provider) {
             s.results.remove(key);
+            s.odd.remove(key);
         }
     }
 
-    /// Why flags of `provider` are held, if they are.
-    pub fn hold(&mut self, provider: Provider, now: Timestamp, t: Threshold) -> Option<String> {
-        let state = self.providers.get_mut(&provider)?;
-        state.update(now, t);
+    /// Why flags of `provider` are held, if they are. The incident's start and end are
+    /// decided by [`Incidents::record`] alone, so each is reported exactly once.
+    pub fn hold(&self, provider: Provider, now: Timestamp, t: Threshold) -> Option<String> {
+        let state = self.providers.get(&provider)?;
         let since = state.since?;
         let (evidence, checked) = state.counts(now, t.window);
         Some(format!(
@@ -93,14 +96,41 @@ impl Incidents {
         self.providers.get(&provider)?.since
     }
 
-    /// Whether any other account of the provider passed within the window, with no incident.
-    pub fn others_pass(&self, key: &AccountKey, now: Timestamp, t: Threshold) -> bool {
-        self.providers.get(&key.provider).is_some_and(|s| {
-            s.since.is_none()
-                && s.results
-                    .iter()
-                    .any(|(k, (at, evidence))| k != key && !evidence && now.since(*at) <= t.window)
-        })
+    /// Notes that `key` got the undocumented answer `signature` at `now`.
+    pub fn record_odd(&mut self, key: &AccountKey, signature: &str, now: Timestamp) {
+        let state = self.providers.entry(key.provider).or_default();
+        state.odd.insert(key.clone(), (now, signature.to_string()));
+    }
+
+    /// The last time another account of the provider got the undocumented answer
+    /// `signature`: while others get it too, it says nothing about this account.
+    pub fn others_same_answer_at(&self, key: &AccountKey, signature: &str) -> Option<Timestamp> {
+        self.providers
+            .get(&key.provider)?
+            .odd
+            .iter()
+            .filter(|(k, (_, sig))| *k != key && sig == signature)
+            .map(|(_, (at, _))| *at)
+            .max()
+    }
+
+    /// The last time another account of the provider passed its probe (its latest result
+    /// being a pass, within the window); `None` during an incident.
+    pub fn others_passed_at(
+        &self,
+        key: &AccountKey,
+        now: Timestamp,
+        t: Threshold,
+    ) -> Option<Timestamp> {
+        let s = self.providers.get(&key.provider)?;
+        if s.since.is_some() {
+            return None;
+        }
+        s.results
+            .iter()
+            .filter(|(k, (at, evidence))| *k != key && !evidence && now.since(*at) <= t.window)
+            .map(|(_, (at, _))| *at)
+            .max()
     }
 }
 
@@ -174,7 +204,7 @@ mod tests {
         }
         assert!(inc.hold(Provider::ShipHero, t0, T).is_some());
         assert!(inc.hold(Provider::Shippo, t0, T).is_none());
-        assert!(!inc.others_pass(&key(0), t0, T));
+        assert_eq!(inc.others_passed_at(&key(0), t0, T), None);
         // Passes again; the incident lasts until the share stayed low for a window.
         let later = t0.plus(Duration::from_secs(60));
         for i in 0..50 {
@@ -182,8 +212,9 @@ mod tests {
         }
         assert!(inc.hold(Provider::ShipHero, later, T).is_some());
         let quiet = later.plus(Duration::from_secs(600));
+        assert_eq!(inc.record(&key(1), false, quiet, T), Change::Ended);
         assert!(inc.hold(Provider::ShipHero, quiet, T).is_none());
-        assert!(inc.others_pass(&key(0), quiet, T));
+        assert_eq!(inc.others_passed_at(&key(0), quiet, T), Some(quiet));
     }
 
     #[test]
@@ -194,6 +225,6 @@ mod tests {
         inc.record(&key(1), false, t0, T);
         assert_eq!(inc.record(&key(2), true, t0, T), Change::None);
         assert!(inc.hold(Provider::ShipHero, t0, T).is_none());
-        assert!(inc.others_pass(&key(2), t0, T));
+        assert_eq!(inc.others_passed_at(&key(2), t0, T), Some(t0));
     }
 }

@@ -60,9 +60,11 @@ pub struct Rules {
     pub renews: bool,
     /// Why flags are held right now (an incident at the provider), if they are.
     pub hold: Option<String>,
-    /// Whether the provider's other accounts pass their probes, which makes an undocumented
-    /// answer that only this account gets a refusal.
-    pub others_pass: bool,
+    /// The last time another account of the provider passed its probe. An undocumented
+    /// answer is a refusal only when others passed after this account first got it.
+    pub others_passed_at: Option<Timestamp>,
+    /// The last time another account got the same undocumented answer as this outcome's.
+    pub others_same_answer_at: Option<Timestamp>,
 }
 
 /// The new record and what to write in its history.
@@ -197,8 +199,21 @@ impl Transition<'_> {
                 self.r.candidate = None;
             }
         }
+        // Another account got the same undocumented answer since this one first did: it was
+        // not about this account, so the span starts again now.
+        let shared = signature.is_some()
+            && self.r.token_doubt.as_ref().is_some_and(|d| {
+                self.rules
+                    .others_same_answer_at
+                    .is_some_and(|t| t >= d.since)
+            });
         let doubt = match self.r.token_doubt.take() {
-            Some(d) if d.signature == signature => Doubt { reason, ..d },
+            Some(d) if d.signature == signature && !shared => Doubt { reason, ..d },
+            Some(d) if d.signature == signature => Doubt {
+                since: self.now(),
+                reason,
+                ..d
+            },
             _ => {
                 let first = Doubt {
                     since: self.now(),
@@ -209,13 +224,27 @@ impl Transition<'_> {
                 first
             }
         };
-        let confirmed =
-            self.confirmed(&doubt) && (doubt.signature.is_none() || self.rules.others_pass);
+        // Others passed after this account first got the answer: it is about this account.
+        let others_pass = self
+            .rules
+            .others_passed_at
+            .is_some_and(|t| t >= doubt.since);
+        let confirmed = self.confirmed(&doubt) && (doubt.signature.is_none() || others_pass);
         let message = match &doubt.signature {
             Some(_) => format!("refused in an undocumented way: {}", doubt.reason),
             None => doubt.reason.clone(),
         };
         let target = self.flag_for(which);
+        // Revoked because the refresh is refused too: say both.
+        let message = match (&self.r.renew_doubt, target) {
+            (Some(renew), Some(Status::Revoked)) if self.rules.renews => {
+                format!(
+                    "{}; and the served token is refused: {message}",
+                    renew.reason
+                )
+            }
+            _ => message,
+        };
         self.r.token_doubt = Some(doubt.clone());
         match target {
             Some(status) if confirmed || self.r.status.is_flagged() => self.flag(status, message),

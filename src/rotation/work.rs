@@ -314,6 +314,12 @@ impl Engine {
 
     /// Feeds a conclusive probe result to the incident detector and reports its changes.
     fn count_for_incidents(&self, key: &AccountKey, verdict: &Verdict) {
+        if let Verdict::Undocumented { signature, .. } = verdict {
+            self.incidents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_odd(key, signature, self.clock.now());
+        }
         let evidence = match verdict {
             Verdict::Pass { .. } => false,
             Verdict::Refused(_) | Verdict::Undocumented { .. } => true,
@@ -343,15 +349,20 @@ impl Engine {
         }
     }
 
-    /// The rules a transition of `record` is judged by now.
-    fn rules(&self, record: &AccountRecord) -> Rules {
+    /// The rules a transition of `record` by `outcome` is judged by now.
+    fn rules(&self, record: &AccountRecord, outcome: &Outcome) -> Rules {
         let now = self.clock.now();
         let threshold = self.threshold();
-        let (hold, others_pass) = {
-            let mut incidents = self.incidents.lock().unwrap_or_else(|e| e.into_inner());
+        let signature = match outcome {
+            Outcome::Probe(_, Verdict::Undocumented { signature, .. }) => Some(signature.as_str()),
+            _ => None,
+        };
+        let (hold, others_passed_at, others_same_answer_at) = {
+            let incidents = self.incidents.lock().unwrap_or_else(|e| e.into_inner());
             (
                 incidents.hold(record.key.provider, now, threshold),
-                incidents.others_pass(&record.key, now, threshold),
+                incidents.others_passed_at(&record.key, now, threshold),
+                signature.and_then(|s| incidents.others_same_answer_at(&record.key, s)),
             )
         };
         let c = self.config.borrow();
@@ -367,7 +378,8 @@ impl Engine {
             ),
             renews: self.upstreams.get(record.key.provider).renews(),
             hold,
-            others_pass,
+            others_passed_at,
+            others_same_answer_at,
         }
     }
 
@@ -389,7 +401,7 @@ impl Engine {
                 tracing::warn!(provider = %key.provider, account = %key.name, "the account was removed (or removed and added again) while work was in flight; its result is dropped");
                 return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
             };
-            let rules = self.rules(&current);
+            let rules = self.rules(&current, &outcome);
             let (next, notes) = transition(&current, outcome.clone(), &rules);
             match self.registry.save(next, notes.clone(), rules.now).await {
                 Ok(saved) => {

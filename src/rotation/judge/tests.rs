@@ -56,7 +56,8 @@ fn rules(now: Timestamp, renews: bool) -> Rules {
         retry: MIN,
         renews,
         hold: None,
-        others_pass: true,
+        others_passed_at: Some(now),
+        others_same_answer_at: None,
     }
 }
 
@@ -204,19 +205,20 @@ fn an_undocumented_answer_flags_only_when_the_others_pass() {
         message: "ShipHero API answered 200 with null account data".into(),
     };
     let mut lonely = rules(t0(), true);
-    lonely.others_pass = false;
+    lonely.others_passed_at = None;
     let (b, _) = transition(&a, Outcome::Probe(Probed::Served, null()), &lonely);
     let mut c = b.clone();
     c.candidate = Some(token("fresh", t0()));
     let mut later = rules(t0().plus(20 * MIN), true);
-    later.others_pass = false;
+    // The others last passed before this account first got the answer: no help.
+    later.others_passed_at = Some(Timestamp::from_secs(t0().secs() - 60));
     let (c2, _) = transition(&c, Outcome::Probe(Probed::Candidate, null()), &later);
     assert_eq!(
         c2.status,
         Status::Active,
         "every account gets it: not evidence"
     );
-    later.others_pass = true;
+    later.others_passed_at = Some(t0().plus(10 * MIN));
     let (c3, _) = transition(&c, Outcome::Probe(Probed::Candidate, null()), &later);
     assert_eq!(c3.status, Status::Suspended);
     assert!(
