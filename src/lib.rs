@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod keys;
+pub mod listeners;
 pub mod logging;
 pub mod metrics;
 pub mod names;
