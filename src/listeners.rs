@@ -33,7 +33,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Time to send a request's headers, and to start the next one on a kept-alive connection.
     pub header_timeout: Duration,
-    /// A connection where no byte moves for this long while no request is handled is closed.
+    /// A connection where no byte moves for this long while no request is handled (a client
+    /// that stops reading the answer) is closed. Stalled bodies need no such guard: the routes
+    /// read none, and hyper closes a connection whose request body was left unread.
     pub idle_timeout: Duration,
 }
 
@@ -322,6 +324,102 @@ pub fn open_file_limit() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Larger than what loopback socket buffers hold.
+    const BIG: usize = 32 << 20;
+
+    /// A listener serving `GET /` (and `/big`) with 2 connections, 1 s timeouts; its address and metrics.
+    async fn small_listener() -> (std::net::SocketAddr, Metrics, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        let limits = HttpLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        let router = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route("/big", axum::routing::get(|| async { vec![b'x'; BIG] }));
+        tokio::spawn(serve(
+            listener,
+            router,
+            limits,
+            "metrics",
+            metrics.clone(),
+            shutdown.clone(),
+            TaskTracker::new(),
+        ));
+        (addr, metrics, shutdown)
+    }
+
+    /// Reads until the server closes the connection; how long that took, or `None` after 5 s.
+    async fn closed_after(s: &mut TcpStream) -> Option<Duration> {
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .ok()
+            .map(|_| started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_a_connection_is_closed_at_once_and_counted() {
+        let (addr, metrics, _shutdown) = small_listener().await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+            held.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let took = closed_after(&mut third).await.unwrap();
+        assert!(took < Duration::from_millis(900), "closed after {took:?}");
+        let scrape = metrics.render(&[]);
+        assert!(
+            scrape.contains(
+                "shiptoken_connections_refused_total{listener=\"metrics\",reason=\"connections\"} 1"
+            ),
+            "{scrape}"
+        );
+        // The unfinished heads hit the header timeout, which frees their slots.
+        for s in &mut held {
+            assert!(
+                closed_after(s).await.is_some(),
+                "a half-sent head was never closed"
+            );
+        }
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_closed_by_the_idle_timeout() {
+        let (addr, _metrics, _shutdown) = small_listener().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Not reading: the answer fills the socket buffers and the daemon's write stalls.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("never closed")
+            .ok();
+        assert!(
+            got.len() < BIG,
+            "the whole answer came: the connection was not closed"
+        );
+    }
 
     #[test]
     fn the_defaults_fit_under_1024_open_files() {

@@ -64,7 +64,7 @@ pub struct LimitsConfig {
     /// for the next request on a kept-alive connection.
     pub header_timeout: Duration,
     /// A TCP listener's connection on which no byte moves for this long while no request is
-    /// being handled (a stalled body, a client that does not read the answer) is closed.
+    /// being handled (a client that stops reading the answer) is closed.
     pub idle_timeout: Duration,
     /// Open files the listeners never take (registry, upstream calls, logs, notifications):
     /// the connection caps together must fit under `RLIMIT_NOFILE` minus this.
@@ -116,5 +116,61 @@ impl Validator<'_> {
             ));
         }
         Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Serialized, Toml};
+
+    use super::super::{Config, RawConfig};
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(toml));
+        Config::from_figment(&figment, None)
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        assert_eq!(load("").unwrap().limits, LimitsConfig::default());
+        let set = load("[limits]\nsocket_connections_unauthorized = 0\nidle_timeout = \"2m\"\n")
+            .unwrap()
+            .limits;
+        assert_eq!(set.socket_connections_unauthorized, 0);
+        assert_eq!(set.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_reason() {
+        for (toml, key, reason) in [
+            (
+                "http_connections = 0",
+                "limits.http_connections",
+                "between 1 and",
+            ),
+            (
+                "socket_connections_per_uid = -1",
+                "limits.socket_connections_per_uid",
+                "between 1 and",
+            ),
+            (
+                "header_timeout = \"soon\"",
+                "limits.header_timeout",
+                "not a duration",
+            ),
+            (
+                "socket_connections = 16",
+                "limits.socket_connections_unauthorized",
+                "must be smaller than limits.socket_connections (16)",
+            ),
+        ] {
+            let e = load(&format!("[limits]\n{toml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(reason), "{toml}: {e}");
+        }
     }
 }
