@@ -139,25 +139,47 @@ for _ in range(tries):
     time.sleep(0.25)
 "#;
 
-/// `PATH N`: opens N connections to the socket and sends nothing; a second later prints
-/// `closed K`, how many of them the daemon has closed, then holds the rest open.
+/// `PATH N`: opens N connections to the socket and keeps each alive with `GET /v1/health`
+/// every 2 s; prints `open K` whenever the number the daemon has not closed changes.
 const HOLD: &str = r#"
-import socket, sys, time
+import selectors, socket, sys, time
 path, n = sys.argv[1], int(sys.argv[2])
-conns = []
+sel = selectors.DefaultSelector()
+due = {}
 for _ in range(n):
     s = socket.socket(socket.AF_UNIX)
     s.connect(path)
-    conns.append(s)
-time.sleep(1)
-closed = 0
-for s in conns:
-    try:
-        closed += s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        pass
-print("closed", closed, flush=True)
-time.sleep(3600)
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+    due[s] = 0
+
+def drop(s):
+    sel.unregister(s)
+    s.close()
+    del due[s]
+
+shown = None
+while True:
+    now = time.monotonic()
+    for s, at in list(due.items()):
+        if at <= now:
+            try:
+                s.send(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                due[s] = now + 2
+            except OSError:
+                drop(s)
+    for key, _ in sel.select(timeout=0.1):
+        try:
+            data = key.fileobj.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            drop(key.fileobj)
+    if len(due) != shown:
+        shown = len(due)
+        print("open", shown, flush=True)
 "#;
 
 fn is_root() -> bool {
@@ -427,21 +449,25 @@ async fn one_application_cannot_take_every_readers_slot() {
     }
     let (_dir, _fake, d, metrics_listen, token) = reader_and_daemon().await;
     let socket = d.socket.to_str().unwrap();
-    // 80 idle connections from one reader: its 64 (limits.socket_connections_per_uid) stay
-    // open, the other 16 are closed at once.
+    // 80 kept-alive connections from one reader: its 64
+    // (limits.socket_connections_per_uid) stay open, the other 16 are closed at once.
     let (_holder, mut held) = python_as(READER, &d.dir, HOLD, &[socket, "80"]);
-    let line = tokio::time::timeout(DEADLINE, held.next_line())
-        .await
-        .expect("the holder hung")
-        .unwrap()
-        .expect("the holder ended early");
-    assert_eq!(line, "closed 16");
+    until(
+        &mut held,
+        "the reader's connections beyond 64 to be closed",
+        |l| l == "open 64",
+    )
+    .await;
     // Another application, and the daemon's own uid, still read.
     reads_as(OTHER_READER, 3, &d, &token, "beside a hog").await;
     let (status, body) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
     assert_eq!(status, 200, "{body}");
     let body = scrape(&metrics_listen).await;
     assert_eq!(refused(&body, "socket", "per_uid"), 16.0, "{body}");
+    // The 64 it holds stay open all along.
+    if let Some(Ok(Some(line))) = held.next_line().now_or_never() {
+        panic!("the daemon closed a connection within the cap: {line}");
+    }
     assert_eq!(refused(&body, "socket", "unauthorized"), 0.0, "{body}");
     assert!(d.logs().contains(&format!("uid={READER}")), "{}", d.logs());
 }
