@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::names::{AccountKey, Provider};
 use crate::secret::Secret;
 
+mod limits;
+pub use limits::{LimitsConfig, RawLimits};
+
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
 
@@ -76,6 +79,8 @@ pub struct RawConfig {
     pub shippo: RawShippo,
     /// `[notify]`
     pub notify: RawNotify,
+    /// `[limits]`
+    pub limits: RawLimits,
 }
 
 /// `[notify]` as written: where status changes are reported besides logs and metrics.
@@ -316,6 +321,7 @@ impl Default for RawConfig {
             shiphero: RawShipHero::default(),
             shippo: RawShippo::default(),
             notify: RawNotify::default(),
+            limits: RawLimits::default(),
         }
     }
 }
@@ -447,6 +453,8 @@ pub struct Config {
     pub shippo: ShippoConfig,
     /// Where status changes are reported.
     pub notify: NotifyConfig,
+    /// Connection caps and timeouts of the listeners.
+    pub limits: LimitsConfig,
     /// The values as written, for `config check` to print.
     pub raw: RawConfig,
     /// The file it was read from, if any.
@@ -675,6 +683,7 @@ impl Config {
                 command: v.command("notify.command", &raw.notify.command)?,
                 timeout: v.duration("notify.timeout", &raw.notify.timeout)?,
             },
+            limits: v.limits(&raw.limits)?,
             raw: raw.clone(),
             file,
         };

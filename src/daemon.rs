@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState, Limits};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
+use crate::listeners::{self, HttpLimits};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::providers::{self, shiphero::ShipHero, shippo::Shippo};
@@ -136,6 +137,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let limits = fit_limits(&config)?;
 
     let last_sweep = Arc::new(AtomicI64::new(clock.now().millis()));
     let audit = api::AuditLog::new();
@@ -162,7 +164,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     tracker.spawn(api::serve(
         listener,
         api::Handler::new(state),
-        Limits::default(),
+        Limits::from(&limits),
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -176,6 +178,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
                 last_sweep.clone(),
                 clock.clone(),
                 &config,
+                HttpLimits::from(&limits),
                 shutdown.clone(),
                 &tracker,
             )
@@ -190,7 +193,15 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
                 .await
                 .with_context(|| format!("cannot listen on shippo.callback_listen {addr}"))?;
             let bound = listener.local_addr()?;
-            tracker.spawn(flow.clone().serve(listener, shutdown.clone()));
+            tracker.spawn(listeners::serve(
+                listener,
+                flow.clone().callback_router(),
+                HttpLimits::from(&limits),
+                "shippo_callback",
+                metrics.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
             Some(bound)
         }
         _ => None,
@@ -295,6 +306,19 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     Ok(())
 }
 
+/// `[limits]` fitted under the open-file limit with the TCP listeners that will be on: lowered
+/// with a warning when they do not fit, an error when not even that leaves readers a slot.
+fn fit_limits(config: &Config) -> anyhow::Result<LimitsConfig> {
+    let oauth_on = config.shippo.oauth_enabled() && config.shippo.callback_listen.is_some();
+    let tcp_listeners = usize::from(config.metrics_listen.is_some()) + usize::from(oauth_on);
+    let nofile = listeners::open_file_limit();
+    let (limits, warning) = listeners::fit(config.limits, tcp_listeners, nofile)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    Ok(limits)
+}
+
 /// The daemon's own uid, which may always administer.
 fn own_uid() -> u32 {
     // SAFETY: getuid takes no arguments, touches no memory of ours and cannot fail.
@@ -336,6 +360,7 @@ async fn reload(
         ),
         ("shiphero", current.shiphero != new.shiphero),
         ("shippo", current.shippo != new.shippo),
+        ("limits", current.limits != new.limits),
         (
             "rotation.concurrency",
             current.rotation.concurrency != new.rotation.concurrency,
@@ -401,6 +426,7 @@ async fn start_metrics(
     last_sweep: Arc<AtomicI64>,
     clock: Clock,
     config: &Config,
+    limits: HttpLimits,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<SocketAddr> {
@@ -458,13 +484,14 @@ async fn start_metrics(
     let app = axum::Router::new()
         .route("/metrics", get(move || std::future::ready(render())))
         .route("/healthz", get(healthz));
-    tracker.spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    });
+    tracker.spawn(listeners::serve(
+        listener,
+        app,
+        limits,
+        "metrics",
+        metrics,
+        shutdown,
+        tracker.clone(),
+    ));
     Ok(bound)
 }

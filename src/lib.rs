@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dev;
 pub mod jwt;
 pub mod keys;
+pub mod listeners;
 pub mod logging;
 pub mod metrics;
 pub mod names;

@@ -32,10 +32,22 @@ pub struct Metrics {
     incident: IntGaugeVec,
     /// Failed registry writes; the registry increments it itself.
     registry_errors: IntCounter,
+    /// Connections a listener closed at once because a cap was reached.
+    connections_refused: IntCounterVec,
     /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
     /// Prometheus servers) must not gather while the other is half way through the rebuild.
     render_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
+
+/// Every `(listener, reason)` pair of `shiptoken_connections_refused_total`, created at zero
+/// so an alert on its rate sees the series before the first refusal: the socket's per-uid cap
+/// and its pool for peers that may read nothing, and each TCP listener's connection cap.
+pub const REFUSAL_SERIES: [(&str, &str); 4] = [
+    ("socket", "per_uid"),
+    ("socket", "unauthorized"),
+    ("metrics", "connections"),
+    ("shippo_callback", "connections"),
+];
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     match r {
@@ -134,6 +146,16 @@ impl Metrics {
             "shiptoken_registry_errors_total",
             "Writes to registry.db that failed (read-only file system, disk full, I/O error)",
         ));
+        let connections_refused = must(IntCounterVec::new(
+            Opts::new(
+                "shiptoken_connections_refused_total",
+                "Connections closed at once because a [limits] cap was reached, by listener and cap",
+            ),
+            &["listener", "reason"],
+        ));
+        for (listener, reason) in REFUSAL_SERIES {
+            connections_refused.with_label_values(&[listener, reason]);
+        }
         let build_info = must(IntGaugeVec::new(
             Opts::new(
                 "shiptoken_build_info",
@@ -145,6 +167,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         reg(Box::new(registry_errors.clone()));
+        reg(Box::new(connections_refused.clone()));
         reg(Box::new(account_status.clone()));
         reg(Box::new(token_expiry.clone()));
         reg(Box::new(last_rotation.clone()));
@@ -192,6 +215,7 @@ impl Metrics {
             last_sweep,
             registry_errors,
             incident,
+            connections_refused,
             render_lock: std::sync::Arc::default(),
         }
     }
@@ -206,6 +230,14 @@ impl Metrics {
     /// The counter of failed registry writes, handed to the registry when it opens.
     pub fn registry_errors(&self) -> IntCounter {
         self.registry_errors.clone()
+    }
+
+    /// Counts a connection `listener` closed at once because its `reason` cap was reached
+    /// (one of [`REFUSAL_SERIES`]).
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections_refused
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 
     /// Counts a refresh attempt; `result` is ok, rejected, throttled or failed (see

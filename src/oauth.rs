@@ -15,8 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use rand::RngCore;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::ShippoConfig;
@@ -175,17 +173,6 @@ impl OAuthFlow {
                 )
             })
             .with_state(self)
-    }
-
-    /// Serves the callback routes on `listener` until `shutdown` is cancelled; requests in
-    /// flight finish first.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let result = axum::serve(listener, self.callback_router())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "Shippo OAuth callback listener failed");
-        }
     }
 
     /// Handles one callback. The state is spent first; only a good state goes further.

@@ -28,7 +28,7 @@ use tower::ServiceExt;
 
 pub use answer::Answers;
 pub use audit::AuditLog;
-pub use server::{Caller, Limits, Peer, serve};
+pub use server::{Caller, Limits, Peer, Standing, serve};
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
@@ -185,6 +185,16 @@ impl Handler {
         }
     }
 
+    /// How the accept loop should count a connection from `peer` (see [`Standing`]).
+    pub fn standing(&self, peer: &Peer) -> Standing {
+        self.state.standing(peer)
+    }
+
+    /// The daemon's metrics, where the accept loop counts refused connections.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
     /// Answers one request. The caller attaches a [`Caller`] extension (the accept loop does,
     /// from `SO_PEERCRED`); without one, every route that needs it answers 403.
     pub async fn handle<B>(&self, request: axum::http::Request<B>) -> Response
@@ -315,6 +325,20 @@ impl ApiState {
 
     fn is_admin_under(&self, config: &Config, peer: &Peer) -> bool {
         peer.uid == self.daemon_uid || config.socket.admin_uids.contains(&peer.uid)
+    }
+
+    /// Whether `peer` administers, may read some token, or may read nothing, under the
+    /// current rules: the accept loop gives each a different share of the connections.
+    fn standing(&self, peer: &Peer) -> Standing {
+        let config = self.config.borrow();
+        let rules = &config.socket.clients;
+        if self.is_admin_under(&config, peer) {
+            Standing::Admin
+        } else if rules.is_empty() || rules.iter().any(|r| r.matches_peer(peer.uid, peer.gid)) {
+            Standing::Reader
+        } else {
+            Standing::Stranger
+        }
     }
 
     fn require_admin(

@@ -2,16 +2,20 @@
 //!
 //! The caller binds the listener and passes a shutdown token in, so tests start a server on
 //! a temporary path. A connection permit is taken *before* `accept`, which caps open
-//! connections without ever accepting one we cannot serve. On shutdown each connection
-//! finishes the request in hand and closes.
+//! connections without ever accepting one we cannot serve. Once the peer is known, a peer
+//! that may read nothing gets a slot of a small shared pool, any other non-admin uid one of
+//! its own few, or the connection is closed at once: no flood from one uid, or from every
+//! uid without rights, keeps a reader out. On shutdown each connection finishes the request
+//! in hand and closes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,6 +57,11 @@ impl Caller {
 pub struct Limits {
     /// Connections open at once; the next waits in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections open at once per uid that may read but is no admin; past it, the uid's
+    /// next connection is closed at once, so one application cannot take every slot.
+    pub per_uid: usize,
+    /// Connections shared by every peer that may read nothing; past it, closed at once.
+    pub unauthorized: usize,
     /// Time allowed to send a request's headers (and between keep-alive requests).
     pub header_read_timeout: Duration,
     /// Largest buffered request head.
@@ -61,10 +70,89 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        Limits::from(&crate::config::LimitsConfig::default())
+    }
+}
+
+impl From<&crate::config::LimitsConfig> for Limits {
+    fn from(l: &crate::config::LimitsConfig) -> Limits {
         Limits {
-            max_connections: 512,
-            header_read_timeout: Duration::from_secs(10),
+            max_connections: l.socket_connections,
+            per_uid: l.socket_connections_per_uid,
+            unauthorized: l.socket_connections_unauthorized,
+            header_read_timeout: l.header_timeout,
             max_head_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// What a peer may do, as far as the accept loop cares; decided by the same rules as each
+/// request (`ApiState::standing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The daemon's uid or one of `socket.admin_uids`: no cap but the total.
+    Admin,
+    /// May read some token: a `[[socket.clients]]` rule lists its uid or gid, or there are no
+    /// rules. Capped per uid.
+    Reader,
+    /// May read nothing: shares the small pool with every other such peer.
+    Stranger,
+}
+
+/// The per-uid and shared-pool slots in use.
+struct Slots {
+    per_uid: Mutex<HashMap<u32, usize>>,
+    unauthorized: Arc<Semaphore>,
+    limits: Limits,
+}
+
+/// A connection's hold on its slot, given back when the connection ends.
+enum Slot {
+    Free,
+    Uid(Arc<Slots>, u32),
+    Pool { _permit: OwnedSemaphorePermit },
+}
+
+impl Slots {
+    fn new(limits: Limits) -> Arc<Slots> {
+        Arc::new(Slots {
+            per_uid: Mutex::default(),
+            unauthorized: Arc::new(Semaphore::new(limits.unauthorized)),
+            limits,
+        })
+    }
+
+    /// A slot for `peer`, or the reason (a metrics label) why there is none.
+    fn take(self: &Arc<Self>, peer: &Peer, standing: Standing) -> Result<Slot, &'static str> {
+        match standing {
+            Standing::Admin => Ok(Slot::Free),
+            Standing::Stranger => match self.unauthorized.clone().try_acquire_owned() {
+                Ok(permit) => Ok(Slot::Pool { _permit: permit }),
+                Err(_) => Err("unauthorized"),
+            },
+            Standing::Reader => {
+                let mut open = self.per_uid.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = open.entry(peer.uid).or_default();
+                if *n >= self.limits.per_uid {
+                    return Err("per_uid");
+                }
+                *n += 1;
+                Ok(Slot::Uid(self.clone(), peer.uid))
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Slot::Uid(slots, uid) = self {
+            let mut open = slots.per_uid.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = open.get_mut(uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(uid);
+                }
+            }
         }
     }
 }
@@ -79,6 +167,8 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Slots::new(limits);
+    let mut refusals = crate::listeners::RefusalLog::new("socket");
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -107,10 +197,18 @@ pub async fn serve(
                 continue;
             }
         };
+        let slot = match slots.take(&peer, handler.standing(&peer)) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                handler.metrics().connection_refused("socket", reason);
+                refusals.refused(reason, Some(peer.uid));
+                continue;
+            }
+        };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, slot);
             let caller = Caller::of(peer);
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(caller.clone());
