@@ -530,6 +530,7 @@ impl Registry {
             let tx = conn.transaction()?;
             let id = account_id(&tx, &key)?;
             tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+            oauth_states::forget_account(&tx, &key)?;
             insert_event(&tx, now, &key, "removed", None)?;
             tx.commit()?;
             write(&cache).remove(&key);
