@@ -95,6 +95,17 @@ pub enum RegistryError {
         /// The key file tried.
         key: PathBuf,
     },
+    /// The registry holds sealed tokens but its key check is gone, and the key at hand is
+    /// missing or does not open them: a new key would seal them a second time.
+    #[error(
+        "{db} holds sealed tokens but its key check is missing, and the key {key} is missing or does not open them; shiptoken will not make a new key over them. Restore the key that sealed them (key_file, the systemd credential shiptoken.key or <state_dir>/secret.key) and start again, or restore a backup of the registry together with its key"
+    )]
+    KeyCheckMissing {
+        /// The database.
+        db: PathBuf,
+        /// The key file tried.
+        key: PathBuf,
+    },
 }
 
 /// How the registry is opened.
@@ -842,8 +853,23 @@ fn unlock(conn: &mut Connection, path: &Path, source: &KeySource) -> Result<(), 
         .query_row("SELECT 1 FROM meta WHERE key = 'key_check'", [], |_| Ok(()))
         .optional()?
         .is_some();
-    let key = source.load(!sealed)?;
+    // Sealed values without a key check: only the key that sealed them may go on.
+    let orphaned = !sealed && seal::holds_sealed_values(conn)?;
+    let key_check_missing = || RegistryError::KeyCheckMissing {
+        db: path.to_path_buf(),
+        key: source.path().to_path_buf(),
+    };
+    let key = match source.load(!sealed && !orphaned) {
+        Err(KeyError::Missing { .. }) if orphaned => return Err(key_check_missing()),
+        loaded => loaded?,
+    };
     let sealer = Sealer::new(&key);
+    if orphaned {
+        if !seal::restore_key_check(conn, &sealer)? {
+            return Err(key_check_missing());
+        }
+        tracing::warn!(db = %path.display(), "the registry's key check was missing; the key opens every sealed token, so the check was written again");
+    }
     match seal::check_key(conn, &sealer)? {
         KeyCheck::Matches => {}
         KeyCheck::Unsealed => {
