@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::names::{AccountKey, Provider};
 use crate::secret::Secret;
 
+pub mod reload;
+
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
 

@@ -315,6 +315,17 @@ async fn reload(
             return None;
         }
     };
+    match crate::config::reload::check(current, &new) {
+        Ok(grants) => {
+            for grant in grants {
+                tracing::warn!(peer = %grant.peer, grant = %grant.what, "reload widens access: {grant}");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: keeping the running configuration");
+            return None;
+        }
+    }
     if let Err(e) = log.set_level(&new.log_level) {
         tracing::error!(error = %e, "reload: cannot apply log.level");
     }
