@@ -670,7 +670,10 @@ async fn a_reload_that_would_drop_every_rule_is_refused_and_access_is_unchanged(
         .find(|l| l.contains("reload widens access"))
         .unwrap_or_else(|| panic!("{logs}"));
     assert!(line.contains("WARN"), "{line}");
-    assert!(line.contains("uid 1001 may now read shiphero/beta"), "{line}");
+    assert!(
+        line.contains("uid 1001 may now read shiphero/beta"),
+        "{line}"
+    );
     let out = cli_as(&d, 1001, 1001, &["get", "shiphero/beta"]).await;
     assert_eq!(out.code, 0, "{out:?}");
 }
