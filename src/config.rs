@@ -18,6 +18,7 @@ use crate::secret::Secret;
 
 mod limits;
 pub use limits::{LimitsConfig, RawLimits};
+pub mod reload;
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";

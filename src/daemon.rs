@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -139,7 +138,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
     let tracker = TaskTracker::new();
     let limits = fit_limits(&config)?;
 
-    let last_sweep = Arc::new(AtomicI64::new(clock.now().millis()));
+    let last_sweep = Arc::new(scheduler::LastSweep::new(clock.now()));
     let audit = api::AuditLog::new();
     tracker.spawn(audit.clone().run(
         registry.clone(),
@@ -176,7 +175,6 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
                 metrics.clone(),
                 registry.clone(),
                 last_sweep.clone(),
-                clock.clone(),
                 &config,
                 HttpLimits::from(&limits),
                 shutdown.clone(),
@@ -215,6 +213,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         engine.clone(),
         clock.clone(),
         notify.clone(),
+        config_rx.clone(),
         shutdown.clone(),
         last_sweep.clone(),
     ));
@@ -339,6 +338,17 @@ async fn reload(
             return None;
         }
     };
+    match crate::config::reload::check(current, &new) {
+        Ok(grants) => {
+            for grant in grants {
+                tracing::warn!(peer = %grant.peer, grant = %grant.what, "reload widens access: {grant}");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: keeping the running configuration");
+            return None;
+        }
+    }
     if let Err(e) = log.set_level(&new.log_level) {
         tracing::error!(error = %e, "reload: cannot apply log.level");
     }
@@ -423,8 +433,7 @@ async fn start_metrics(
     addr: SocketAddr,
     metrics: Metrics,
     registry: Registry,
-    last_sweep: Arc<AtomicI64>,
-    clock: Clock,
+    last_sweep: Arc<scheduler::LastSweep>,
     config: &Config,
     limits: HttpLimits,
     shutdown: CancellationToken,
@@ -456,7 +465,7 @@ async fn start_metrics(
         }
     };
     let healthz = move || {
-        let (registry, last_sweep, clock) = (registry.clone(), last_sweep.clone(), clock.clone());
+        let (registry, last_sweep) = (registry.clone(), last_sweep.clone());
         async move {
             if let Err(e) = registry.ping().await {
                 return (
@@ -469,8 +478,8 @@ async fn start_metrics(
             if let Some(problem) = registry.write_problem() {
                 return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
             }
-            let last = crate::clock::Timestamp::from_millis(last_sweep.load(Ordering::Relaxed));
-            let age = clock.now().since(last);
+            // Monotonic: a step of the wall clock neither hides a stall nor fakes one.
+            let age = last_sweep.silence();
             if age > stall_after {
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,

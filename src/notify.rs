@@ -110,14 +110,30 @@ pub fn signature(key: &Secret, body: &[u8]) -> String {
     )
 }
 
+/// How a webhook is named in logs: scheme, host and port only. Receivers such as Slack or
+/// Teams carry their secret in the path or query, so the rest of the URL never reaches a log.
+pub fn webhook_label(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("?");
+            match u.port() {
+                Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        }
+        Err(_) => "(an unparsable URL)".to_string(),
+    }
+}
+
 async fn deliver_webhook(http: &reqwest::Client, url: &str, secret_file: &str, body: &[u8]) {
+    let webhook = webhook_label(url);
     let key = if secret_file.is_empty() {
         None
     } else {
         match std::fs::read_to_string(secret_file) {
             Ok(s) => Some(Secret::new(s.trim())),
             Err(e) => {
-                tracing::error!(webhook = url, error = %e, "cannot read the webhook secret file; not sending unsigned");
+                tracing::error!(%webhook, error = %e, "cannot read the webhook secret file; not sending unsigned");
                 return;
             }
         }
@@ -134,19 +150,22 @@ async fn deliver_webhook(http: &reqwest::Client, url: &str, secret_file: &str, b
         match request.send().await {
             Ok(r) if r.status().is_success() => return,
             Ok(r) => tracing::warn!(
-                webhook = url,
+                %webhook,
                 attempt,
                 status = r.status().as_u16(),
                 "webhook receiver refused the event"
             ),
-            Err(e) => tracing::warn!(webhook = url, attempt, error = %e, "webhook delivery failed"),
+            // reqwest's error text names the full URL; the label above stands in for it.
+            Err(e) => {
+                tracing::warn!(%webhook, attempt, error = %e.without_url(), "webhook delivery failed")
+            }
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(Duration::from_secs(u64::from(attempt * attempt))).await;
         }
     }
     tracing::error!(
-        webhook = url,
+        %webhook,
         "gave up delivering a status-change event after {ATTEMPTS} attempts"
     );
 }
@@ -183,6 +202,19 @@ async fn run_command(argv: &[String], body: &[u8], timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhooks_are_named_by_scheme_host_and_port() {
+        assert_eq!(
+            webhook_label("https://hooks.slack.com/services/T0/B0/XyZsecret?x=1#y"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            webhook_label("http://user:pw@127.0.0.1:8080/a/secret"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(webhook_label("not a url/secret"), "(an unparsable URL)");
+    }
 
     #[test]
     fn signature_is_hmac_sha256_hex() {

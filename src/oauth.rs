@@ -482,7 +482,8 @@ fn bad_state() -> Response {
         Tone::Error,
         "Link not valid",
         "This connection link is not valid",
-        "<p>It is unknown, was already used, or has expired: each link works once, within 30 minutes. \
+        "<p>It is unknown, was already used, has expired, or its account was removed: each link \
+         works once, within 30 minutes, for the account it was made for. \
          shiptoken did not contact Shippo.</p>\
          <p>To connect an account, run <code>shiptoken shippo connect NAME</code> and open the new link.</p>",
     )

@@ -10,8 +10,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener as StdUnixListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::names::Status;
 use crate::registry::Registry;
+use crate::scheduler::LastSweep;
 
 /// The first file descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -266,37 +266,6 @@ pub fn registry_status(registry: &Registry) -> String {
     status_line(&statuses)
 }
 
-/// Notices sweeps finishing, on the monotonic clock: the daemon's clock can be moved by
-/// tests (`--movable-clock`), so the sweep time itself is only compared with its previous
-/// value, never with now.
-pub struct Heartbeat {
-    seen: i64,
-    at: Instant,
-}
-
-impl Heartbeat {
-    /// Starts counting from `now`, with the current value of the last-sweep marker.
-    pub fn new(marker: i64, now: Instant) -> Heartbeat {
-        Heartbeat {
-            seen: marker,
-            at: now,
-        }
-    }
-
-    /// Records `marker`; a new value means a sweep finished.
-    pub fn observe(&mut self, marker: i64, now: Instant) {
-        if marker != self.seen {
-            self.seen = marker;
-            self.at = now;
-        }
-    }
-
-    /// How long since the last sweep finished (or since counting started).
-    pub fn age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.at)
-    }
-}
-
 /// How long without a finished sweep means the scheduler stalled. A sweep waits for every
 /// account's upstream calls, which an outage slows to their timeouts, so the margin is wide:
 /// restarting the daemon cannot cure an outage, only a stuck scheduler.
@@ -314,7 +283,7 @@ pub async fn supervise(
     notifier: Notifier,
     watchdog: Option<Duration>,
     registry: Registry,
-    last_sweep: Arc<AtomicI64>,
+    last_sweep: Arc<LastSweep>,
     config: watch::Receiver<Arc<Config>>,
     shutdown: CancellationToken,
 ) {
@@ -324,7 +293,6 @@ pub async fn supervise(
     let period = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = Heartbeat::new(last_sweep.load(Ordering::Relaxed), Instant::now());
     let mut last_status = registry_status(&registry);
     let mut stalled = false;
     loop {
@@ -332,10 +300,9 @@ pub async fn supervise(
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let now = Instant::now();
-        heartbeat.observe(last_sweep.load(Ordering::Relaxed), now);
         let limit = stall_after(&config.borrow());
-        let age = heartbeat.age(now);
+        // Monotonic: a step of the wall clock neither hides a stall nor fakes one.
+        let age = last_sweep.silence();
         let status = registry_status(&registry);
         if age > limit {
             if !stalled {
@@ -375,22 +342,6 @@ pub async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn heartbeat_ages_until_the_marker_changes() {
-        let start = Instant::now();
-        let mut hb = Heartbeat::new(100, start);
-        hb.observe(100, start + Duration::from_secs(50));
-        assert_eq!(
-            hb.age(start + Duration::from_secs(60)),
-            Duration::from_secs(60)
-        );
-        hb.observe(5_000_000, start + Duration::from_secs(61));
-        assert_eq!(
-            hb.age(start + Duration::from_secs(70)),
-            Duration::from_secs(9)
-        );
-    }
 
     #[test]
     fn notify_socket_forms() {

@@ -121,7 +121,9 @@ async fn state(dir: &std::path::Path) -> Arc<ApiState> {
         metrics,
         daemon_uid: 4040,
         movable_clock: false,
-        last_sweep: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        last_sweep: Arc::new(shiptoken::scheduler::LastSweep::new(
+            shiptoken::clock::Timestamp::from_millis(0),
+        )),
         oauth: None,
         audit: AuditLog::new(),
         answers: Default::default(),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use common::{ConfigText, Daemon, free_port, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shiptoken::sim::{ExchangeMode, FakeShippo, UserDecision};
+use shiptoken::sim::{ExchangeMode, FakeShippo, ShippoMode, UserDecision};
 
 const CLIENT_ID: &str = "platform-test";
 const CLIENT_SECRET: &str = "client-secret-0123456789abcdef";
@@ -531,4 +531,49 @@ async fn connect_without_oauth_configured_says_so() {
     assert!(out.stderr.contains("not configured"), "{}", out.stderr);
     let (_, body) = daemon.call("GET", "/v1/accounts", None).await;
     assert_eq!(body["accounts"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_accounts_link_is_refused_and_the_operators_token_stays() {
+    let env = Env::start().await;
+    let url = env.connect("shop5").await;
+    let out = env.cli(&["accounts", "remove", "shippo/shop5"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // The operator registers a token obtained elsewhere under the same name. Shippo's API is
+    // down for it, so the account stays `pending`, as a fresh one is until its first check.
+    let operators = env.fake.add_token("shop5");
+    env.fake.set_mode("shop5", ShippoMode::Down);
+    let file = env.daemon.dir.join("shop5.token");
+    std::fs::write(&file, &operators).unwrap();
+    let out = env
+        .cli(&[
+            "accounts",
+            "add",
+            "shippo",
+            "shop5",
+            "--access-token-file",
+            file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(env.status_of("shop5").await.as_deref(), Some("pending"));
+
+    // The link made before the removal: Shippo grants, the callback refuses it.
+    env.fake.set_next_grant_account("shop5");
+    let location = env.authorize(&url).await;
+    let (status, headers, page) = env.open(&location).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert_page_headers(&headers);
+    assert!(page.contains("This connection link is not valid"), "{page}");
+    assert!(page.contains("its account was removed"), "{page}");
+    assert_eq!(env.fake.exchange_count(), 0, "Shippo was not contacted");
+
+    // Once Shippo answers, the account serves the operator's token, not one from the link.
+    env.fake.set_mode("shop5", ShippoMode::Active);
+    env.daemon.wait_for_status("shippo/shop5", "active").await;
+    let out = env.cli(&["get", "shippo/shop5"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), operators);
+    assert_eq!(env.fake.tokens_of("shop5"), [operators]);
 }

@@ -657,3 +657,66 @@ async fn start_wrapped(dir: &Path, program: &Path) -> Daemon {
     .await;
     d
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_tokens_without_their_key_check_are_never_sealed_twice() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), &fake.base_url(), "info", "", "", "");
+    let mut d = Daemon::start(dir.path(), &text).await;
+    d.register(&fake, "acme", "ops@acme.test").await;
+    let token = served(&d, "shiphero/acme").await;
+    d.stop().await;
+
+    let state = dir.path().join("state");
+    let key = state.join("secret.key");
+    let good = std::fs::read(&key).unwrap();
+    let db = state.join("registry.db");
+    let sealed_columns = || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT refresh_token, access_token FROM tokens", [], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .unwrap()
+    };
+    let before = sealed_columns();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let deleted = conn
+        .execute("DELETE FROM meta WHERE key = 'key_check'", [])
+        .unwrap();
+    assert_eq!(deleted, 1);
+    drop(conn);
+    std::fs::remove_file(&key).unwrap();
+
+    // No key check, no key: refused with how to recover; no new key, nothing re-sealed.
+    let config_path = dir.path().join("shiptoken.toml");
+    let out = refused(dir.path(), &config_path).await;
+    assert!(
+        out.contains("holds sealed tokens but its key check is missing"),
+        "{out}"
+    );
+    assert!(out.contains("Restore the key that sealed them"), "{out}");
+    assert!(out.contains("restore a backup"), "{out}");
+    assert!(!key.exists(), "a new key was made");
+    assert_eq!(sealed_columns(), before);
+
+    // Another key in its place: refused the same way.
+    std::fs::write(&key, shiptoken::keys::MasterKey::generate().encode()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = refused(dir.path(), &config_path).await;
+    assert!(out.contains("key check is missing"), "{out}");
+    assert_eq!(sealed_columns(), before);
+
+    // The right key restored: the check is written again and the real token is served.
+    std::fs::write(&key, &good).unwrap();
+    let d = Daemon::start_with(dir.path(), &config_path, &[]).await;
+    assert!(
+        d.logs().contains("the check was written again"),
+        "{}",
+        d.logs()
+    );
+    let (status, body) = d.call("GET", "/v1/tokens/shiphero/acme", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], token.as_str());
+    assert_eq!(sealed_columns(), before);
+}

@@ -608,3 +608,77 @@ async fn the_documented_clients_get_the_new_token() {
         );
     }
 }
+
+/// Sends SIGHUP and waits for the reload's verdict; true when it was applied.
+async fn sighup_applied(d: &Daemon) -> bool {
+    let seen = |logs: &str| {
+        (
+            logs.matches("configuration reloaded").count(),
+            logs.matches("reload refused").count(),
+        )
+    };
+    let before = seen(&d.logs());
+    d.signal(libc::SIGHUP);
+    wait_for("the reload's verdict", || {
+        let now = seen(&d.logs());
+        async move { (now != before).then_some(now.0 > before.0) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_would_drop_every_rule_is_refused_and_access_is_unchanged() {
+    needs_root!();
+    let (dir, fake, d) = two_accounts(RULES).await;
+    let refused_as_before = || async {
+        let out = cli_as(&d, 1001, 1001, &["get", "shiphero/beta"]).await;
+        assert_eq!(out.code, 1, "order-sync read beta: {out:?}");
+        assert!(out.stderr.contains("may not read shiphero/beta"), "{out:?}");
+        let out = cli_as(&d, 1004, 1004, &["get", "shiphero/acme"]).await;
+        assert_eq!(out.code, 1, "an unlisted uid read acme: {out:?}");
+        let out = cli_as(&d, 1001, 1001, &["get", "shiphero/acme"]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    };
+
+    // An empty file (an editor's truncation, a failed deploy), then one with comments only.
+    for text in ["", "# shiptoken\n\n"] {
+        std::fs::write(&d.config, text).unwrap();
+        assert!(!sighup_applied(&d).await, "{}", d.logs());
+        refused_as_before().await;
+    }
+    let logs = d.logs();
+    let line = logs.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("is empty"), "{line}");
+
+    // A file that parses but lists no clients while the running one has two.
+    std::fs::write(&d.config, open_config(dir.path(), &fake, "")).unwrap();
+    assert!(!sighup_applied(&d).await, "{}", d.logs());
+    refused_as_before().await;
+    let logs = d.logs();
+    assert!(
+        logs.contains("has no [[socket.clients]] while the running one has 2"),
+        "{logs}"
+    );
+    assert!(logs.contains("restart the daemon"), "{logs}");
+
+    // A reload that grants more is applied, and says what it grants.
+    let granted = RULES.replace(
+        "accounts = [\"shiphero/acme\"]",
+        "accounts = [\"shiphero/acme\", \"shiphero/beta\"]",
+    );
+    std::fs::write(&d.config, open_config(dir.path(), &fake, &granted)).unwrap();
+    assert!(sighup_applied(&d).await, "{}", d.logs());
+    let logs = d.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("reload widens access"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("uid 1001 may now read shiphero/beta"),
+        "{line}"
+    );
+    let out = cli_as(&d, 1001, 1001, &["get", "shiphero/beta"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+}

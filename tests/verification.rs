@@ -458,3 +458,57 @@ async fn status_changes_reach_a_signed_webhook_and_a_command() {
     .await;
     assert!(lines.contains("\"status\":\"suspended\""), "{lines}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_webhook_is_logged_by_scheme_and_host_only() {
+    // One receiver answers 500; on the other port nothing listens.
+    let app = axum::Router::new()
+        .fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let refusing = format!("127.0.0.1:{}", free_port());
+    let hooks = [
+        format!("http://{failing}/services/T0/B0/path-secret-5f2c9e?token=query-secret-81ad"),
+        format!("http://{refusing}/hooks/path-secret-77b1/x?sig=query-secret-c0de#frag-secret"),
+    ];
+    let extra = hooks
+        .iter()
+        .map(|url| format!("[[notify.webhooks]]\nurl = \"{url}\"\n"))
+        .collect::<String>();
+    let fake = FakeShipHero::start().await.unwrap();
+    let (_dir, d) = daemon(&fake, &format!("[notify]\ntimeout = \"2s\"\n{extra}")).await;
+    registered(&fake, &d, "hooked").await;
+
+    // Three attempts each (1 s, then 4 s apart), then the give-up line.
+    wait_for("both webhooks to be given up", || async {
+        let logs = d.logs();
+        (logs.matches("gave up delivering").count() >= 2).then_some(())
+    })
+    .await;
+    let logs = d.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("webhook")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("refused the event")
+                && l.contains(&format!("webhook=http://{failing}"))),
+        "{logs}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("webhook delivery failed")
+            && l.contains(&format!("webhook=http://{refusing}"))),
+        "{logs}"
+    );
+    for part in [
+        "path-secret",
+        "query-secret",
+        "frag-secret",
+        "/services",
+        "/hooks",
+        "token=",
+        "sig=",
+    ] {
+        assert!(!logs.contains(part), "{part:?} reached the log:\n{logs}");
+    }
+}

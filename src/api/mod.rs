@@ -56,8 +56,8 @@ pub struct ApiState {
     pub daemon_uid: u32,
     /// Whether `POST /v1/debug/clock` may move the clock (tests and dev mode only).
     pub movable_clock: bool,
-    /// Clock time (ms) when the last sweep finished, shown by `/v1/health`.
-    pub last_sweep: Arc<std::sync::atomic::AtomicI64>,
+    /// When the last sweep finished, shown by `/v1/health`.
+    pub last_sweep: Arc<crate::scheduler::LastSweep>,
     /// The Shippo OAuth flow; `None` when OAuth is not configured, which disables connect.
     pub oauth: Option<Arc<crate::oauth::OAuthFlow>>,
     /// Where every token handed out is queued for the audit (written in batches).
@@ -451,7 +451,7 @@ async fn health(State(state): Shared) -> Response {
         "accounts": accounts.len(),
         "by_status": by_status,
         "now": state.clock.now(),
-        "last_sweep_at": Timestamp::from_millis(state.last_sweep.load(std::sync::atomic::Ordering::Relaxed)),
+        "last_sweep_at": state.last_sweep.at(),
         // Providers where many accounts answer with evidence at once: flags are held there.
         "incidents": state.engine.incidents().into_iter().map(|(provider, since)| {
             json!({"provider": provider, "since": since})

@@ -120,6 +120,17 @@ pub enum RegistryError {
         /// The key file tried.
         key: PathBuf,
     },
+    /// The registry holds sealed tokens but its key check is gone, and the key at hand is
+    /// missing or does not open them: a new key would seal them a second time.
+    #[error(
+        "{db} holds sealed tokens but its key check is missing, and the key {key} is missing or does not open them; shiptoken will not make a new key over them. Restore the key that sealed them (key_file, the systemd credential shiptoken.key or <state_dir>/secret.key) and start again, or restore a backup of the registry together with its key"
+    )]
+    KeyCheckMissing {
+        /// The database.
+        db: PathBuf,
+        /// The key file tried.
+        key: PathBuf,
+    },
 }
 
 /// How the registry is opened.

@@ -25,6 +25,19 @@ fn state_hash(state: &Secret) -> String {
         .collect()
 }
 
+/// Deletes every state issued for `key`, in the caller's transaction. Called when the account
+/// is removed: a link made for the old account must not complete for a new one registered
+/// under the same name, replacing the operator's token.
+pub(super) fn forget_account(
+    tx: &rusqlite::Transaction<'_>,
+    key: &AccountKey,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        "DELETE FROM oauth_states WHERE provider = ?1 AND account = ?2",
+        params![key.provider.as_str(), key.name],
+    )
+}
+
 impl Registry {
     /// Starts an OAuth flow for a Shippo account: creates the account as `pending` (no token)
     /// unless it already waits for one, and stores `state` until `expires_at`.

@@ -47,6 +47,12 @@ pub enum SealError {
     /// The cipher refused to seal (input too long for the AEAD).
     #[error("cannot seal a value")]
     Seal,
+    /// A value to seal is already sealed, under another key: sealing it again would store
+    /// ciphertext as if it were the token.
+    #[error(
+        "a value in the registry is already sealed with a different key; refusing to seal it again"
+    )]
+    AlreadySealed,
 }
 
 /// Seals and opens values with one key.
@@ -153,6 +159,43 @@ pub enum KeyCheck {
     Differs,
 }
 
+/// Whether any token column holds a sealed value. Asked when the key check is missing: a
+/// registry in that state was sealed once, so a new key must not be made for it.
+pub fn holds_sealed_values(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM tokens WHERE refresh_token LIKE 'v1:%'
+                          OR access_token LIKE 'v1:%' OR candidate_token LIKE 'v1:%')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Writes the key check back for a registry that lost it, if `sealer` opens every sealed
+/// value in it (so it is the key they were sealed with); returns whether it did.
+pub fn restore_key_check(conn: &Connection, sealer: &Sealer) -> Result<bool, super::RegistryError> {
+    let mut stmt = conn.prepare(
+        "SELECT a.provider, a.name, t.refresh_token, t.access_token, t.candidate_token
+         FROM tokens t JOIN accounts a ON a.id = t.account_id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (provider, name): (String, String) = (row.get(0)?, row.get(1)?);
+        for (i, column) in SECRET_COLUMNS.iter().enumerate() {
+            let value: Option<String> = row.get(i + 2)?;
+            let opens =
+                value.is_none_or(|v| sealer.open(&v, &ad(&provider, &name, column)).is_ok());
+            if !opens {
+                return Ok(false);
+            }
+        }
+    }
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+        [sealer.seal(KEY_CHECK_PLAIN, KEY_CHECK_AD)?],
+    )?;
+    Ok(true)
+}
+
 /// Whether `sealer` opens the registry.
 pub fn check_key(conn: &Connection, sealer: &Sealer) -> rusqlite::Result<KeyCheck> {
     let stored: Option<String> = conn
@@ -200,11 +243,10 @@ pub fn reseal_all(
         for ((column, value), out) in SECRET_COLUMNS.iter().zip(values).zip(sealed.iter_mut()) {
             let Some(value) = value else { continue };
             let ad = ad(&provider, &name, column);
-            let plain = match from {
-                Some(old) => old.open(&value, &ad)?,
-                None => value,
-            };
-            *out = Some(to.seal(&plain, &ad)?);
+            *out = Some(match from {
+                Some(old) => to.seal(&old.open(&value, &ad)?, &ad)?,
+                None => seal_plaintext(to, value, &ad)?,
+            });
         }
         let [refresh, access, candidate] = sealed;
         tx.execute(
@@ -220,6 +262,19 @@ pub fn reseal_all(
         [to.seal(KEY_CHECK_PLAIN, KEY_CHECK_AD)?],
     )?;
     Ok(total)
+}
+
+/// Seals a value a registry written before encryption holds. Sealing is idempotent: a value
+/// already sealed with `to` is kept as it is, and one sealed with another key is refused,
+/// never sealed a second time (it would be served as the token).
+fn seal_plaintext(to: &Sealer, value: String, ad: &str) -> Result<String, SealError> {
+    if !value.starts_with(PREFIX) {
+        return to.seal(&value, ad);
+    }
+    match to.open(&value, ad) {
+        Ok(_) => Ok(value),
+        Err(_) => Err(SealError::AlreadySealed),
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +313,20 @@ mod tests {
         assert!(matches!(
             s.open("plain-token", "x"),
             Err(SealError::Malformed)
+        ));
+    }
+
+    #[test]
+    fn sealing_plaintext_never_seals_a_sealed_value_again() {
+        let s = Sealer::new(&MasterKey::generate());
+        let ad = "shiphero/acme/access_token";
+        let once = seal_plaintext(&s, "tok-123456789".into(), ad).unwrap();
+        assert_eq!(s.open(&once, ad).unwrap(), "tok-123456789");
+        assert_eq!(seal_plaintext(&s, once.clone(), ad).unwrap(), once);
+        let other = Sealer::new(&MasterKey::generate());
+        assert!(matches!(
+            seal_plaintext(&other, once, ad),
+            Err(SealError::AlreadySealed)
         ));
     }
 }

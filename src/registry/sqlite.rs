@@ -12,7 +12,7 @@ use super::{
 };
 use super::{migrations, seal};
 use crate::clock::Timestamp;
-use crate::keys::KeySource;
+use crate::keys::{KeyError, KeySource};
 use crate::names::{AccountKey, Provider, Status};
 use crate::secret::Secret;
 
@@ -93,6 +93,8 @@ impl Store for Connection {
         // Written first, while the row still names the registration it belongs to.
         insert_event(&tx, now, key, "removed", None)?;
         tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+        // A link issued for this account must not complete for one registered again later.
+        super::oauth_states::forget_account(&tx, key)?;
         tx.commit()?;
         Ok(())
     }
@@ -210,8 +212,23 @@ fn unlock(conn: &mut Connection, path: &Path, source: &KeySource) -> Result<(), 
         .query_row("SELECT 1 FROM meta WHERE key = 'key_check'", [], |_| Ok(()))
         .optional()?
         .is_some();
-    let key = source.load(!sealed)?;
+    // Sealed values without a key check: only the key that sealed them may go on.
+    let orphaned = !sealed && seal::holds_sealed_values(conn)?;
+    let key_check_missing = || RegistryError::KeyCheckMissing {
+        db: path.to_path_buf(),
+        key: source.path().to_path_buf(),
+    };
+    let key = match source.load(!sealed && !orphaned) {
+        Err(KeyError::Missing { .. }) if orphaned => return Err(key_check_missing()),
+        loaded => loaded?,
+    };
     let sealer = Sealer::new(&key);
+    if orphaned {
+        if !seal::restore_key_check(conn, &sealer)? {
+            return Err(key_check_missing());
+        }
+        tracing::warn!(db = %path.display(), "the registry's key check was missing; the key opens every sealed token, so the check was written again");
+    }
     match seal::check_key(conn, &sealer)? {
         KeyCheck::Matches => {}
         KeyCheck::Unsealed => {
