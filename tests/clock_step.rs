@@ -123,3 +123,55 @@ async fn sweeps_go_on_and_healthz_tells_the_truth_after_the_clock_steps_back_an_
     let (_, last) = health(&d).await;
     next_sweep(&d, last).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_go_on_after_the_clock_steps_back_an_hour() {
+    let Some(lib) = libfaketime() else {
+        assert!(
+            std::env::var_os("REQUIRE_LIBFAKETIME").is_none(),
+            "libfaketime is required here but missing: apt-get install libfaketime"
+        );
+        eprintln!("skipped: libfaketime is missing (apt-get install libfaketime)");
+        return;
+    };
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("faketime");
+    step_to(&offset, "+0");
+    let config = dir.path().join("shiptoken.toml");
+    // Checked every second, so the outage below is noticed at once.
+    let extra = "[verify]\ninterval = \"1s\"\n";
+    std::fs::write(&config, config_text(dir.path(), &fake.base_url(), extra)).unwrap();
+    let d = Daemon::start_with(
+        dir.path(),
+        &config,
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+    .await;
+    let user = d.register(&fake, "acme", "ops@acme.test").await;
+    // An outage: the daemon retries with backoff (1 s doubling to at most 4 s here).
+    fake.set_mode(&user.email, ShipHeroMode::Down);
+    let calls = fake.graphql_count(&user.email);
+    tokio::time::timeout(DEADLINE, fake.wait_for_graphql(&user.email, calls + 2))
+        .await
+        .unwrap();
+    // NTP steps the wall clock back an hour: the retries scheduled on it must not wait an hour.
+    step_to(&offset, "-3600");
+    let calls = fake.graphql_count(&user.email);
+    tokio::time::timeout(DEADLINE, fake.wait_for_graphql(&user.email, calls + 3))
+        .await
+        .expect("retries stopped after the clock stepped back");
+    // And once upstream is back the account is proven again, still on the stepped clock.
+    fake.set_mode(&user.email, ShipHeroMode::Active);
+    wait_for("the account to be checked again", || async {
+        let a = d.account("shiphero/acme").await;
+        a["last_error"].is_null().then_some(())
+    })
+    .await;
+    assert_eq!(d.cli(&["get", "shiphero/acme"]).await.code, 0);
+}

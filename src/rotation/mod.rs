@@ -121,6 +121,21 @@ pub struct Engine {
     incidents: Mutex<Incidents>,
     /// Set on shutdown: no new upstream call starts; a token already issued is still stored.
     stopping: AtomicBool,
+    /// Per account, the daemon's time and a monotonic instant at its last save: retries and
+    /// re-checks go on when the wall clock steps back (NTP), since the account's schedule is
+    /// judged at least as late as that time plus the monotonic time elapsed since.
+    anchors: Mutex<HashMap<AccountKey, Anchor>>,
+}
+
+/// Where an account's schedule stood on the monotonic clock.
+#[derive(Clone, Copy, Debug)]
+struct Anchor {
+    /// The registration the anchor belongs to.
+    generation: i64,
+    /// The daemon's time at the save.
+    at: Timestamp,
+    /// The monotonic instant of the save.
+    instant: std::time::Instant,
 }
 
 /// Removes the account from `probing` and wakes waiting readers, however the probe ends.
@@ -166,6 +181,7 @@ impl Engine {
             notifier: Notifier::disabled(),
             incidents: Mutex::new(Incidents::default()),
             stopping: AtomicBool::new(false),
+            anchors: Mutex::new(HashMap::new()),
         }
     }
 

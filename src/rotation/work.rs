@@ -25,9 +25,17 @@ impl Engine {
         };
         let policy = self.policy();
         let mut due: [Vec<(AccountKey, Work)>; 2] = Default::default();
-        for a in self.registry.accounts() {
+        let accounts = self.registry.accounts();
+        let anchors = self.steady_times(&accounts, now);
+        for (a, steady) in accounts.iter().zip(anchors) {
             let renews = self.upstreams.get(a.key.provider).renews();
-            if let Some(w) = plan(&a, now, policy, renews) {
+            // Schedules (backoff, checks, refresh points) on the steady time; expiry on the
+            // wall clock alone.
+            let work = match plan(a, steady, policy, renews) {
+                Some(Work::Expire) if steady > now => plan(a, now, policy, renews),
+                other => other,
+            };
+            if let Some(w) = work {
                 let i = usize::from(a.key.provider == Provider::Shippo);
                 due[i].push((a.key.clone(), w));
             }
@@ -47,6 +55,22 @@ impl Engine {
         }
         self.metrics.sweep_done(self.clock.now());
         count
+    }
+
+    /// For each account, the time its schedule is judged at: `now`, or later when the wall
+    /// clock stepped back since the account was last saved (its save time plus the monotonic
+    /// time elapsed since). Forgets anchors of accounts that are gone.
+    fn steady_times(&self, accounts: &[Arc<AccountRecord>], now: Timestamp) -> Vec<Timestamp> {
+        let mut anchors = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
+        anchors.retain(|k, a| {
+            accounts
+                .iter()
+                .any(|r| &r.key == k && r.generation == a.generation)
+        });
+        accounts
+            .iter()
+            .map(|r| steady_time(anchors.get(&r.key), r, now))
+            .collect()
     }
 
     /// Does one provider's due work, keeping at most twice `rotation.concurrency` accounts in
@@ -349,9 +373,14 @@ impl Engine {
         }
     }
 
-    /// The rules a transition of `record` by `outcome` is judged by now.
+    /// The rules a transition of `record` by `outcome` is judged by now. Its `now` is the
+    /// account's steady time (see [`Engine::steady_times`]), so spans and backoffs keep
+    /// running when the wall clock steps back.
     fn rules(&self, record: &AccountRecord, outcome: &Outcome) -> Rules {
-        let now = self.clock.now();
+        let now = {
+            let anchors = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
+            steady_time(anchors.get(&record.key), record, self.clock.now())
+        };
         let threshold = self.threshold();
         let signature = match outcome {
             Outcome::Probe(_, Verdict::Undocumented { signature, .. }) => Some(signature.as_str()),
@@ -405,6 +434,15 @@ impl Engine {
             let (next, notes) = transition(&current, outcome.clone(), &rules);
             match self.registry.save(next, notes.clone(), rules.now).await {
                 Ok(saved) => {
+                    let anchor = super::Anchor {
+                        generation,
+                        at: rules.now,
+                        instant: std::time::Instant::now(),
+                    };
+                    self.anchors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone(), anchor);
                     self.report(&current, &saved, &notes);
                     return Ok(saved);
                 }
@@ -423,10 +461,12 @@ impl Engine {
             let (p, a, kind) = (key.provider, key.name.as_str(), note.kind.as_str());
             match note.kind {
                 EventKind::Rotated => {
-                    tracing::info!(provider = %p, account = a, event = kind, "issued a new access token ({detail}); probing it")
+                    tracing::info!(provider = %p, account = a, event = kind, detail, "issued a new access token; probing it")
                 }
                 EventKind::Checked => {
-                    tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "token works ({detail})")
+                    // A journald field of its own, so a ShipHero support ticket can quote it.
+                    let upstream_request_id = detail.strip_prefix("request_id ");
+                    tracing::info!(provider = %p, account = a, event = kind, status = %after.status, upstream_request_id, "token works")
                 }
                 EventKind::Cleared => {
                     tracing::info!(provider = %p, account = a, event = kind, status = %after.status, "account reactivated: its token works again")
@@ -474,6 +514,19 @@ impl Engine {
                 reason,
             });
         }
+    }
+}
+
+/// The account's steady time: `now`, or its last save's time plus the monotonic time
+/// elapsed since, whichever is later.
+fn steady_time(
+    anchor: Option<&super::Anchor>,
+    record: &AccountRecord,
+    now: Timestamp,
+) -> Timestamp {
+    match anchor {
+        Some(a) if a.generation == record.generation => now.max(a.at.plus(a.instant.elapsed())),
+        _ => now,
     }
 }
 
