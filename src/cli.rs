@@ -110,13 +110,15 @@ pub enum KeyCommand {
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A complete local demo: temporary state, simulated ShipHero and Shippo, demo accounts.
+    /// A complete local demo: temporary state, simulated ShipHero and Shippo, demo accounts
+    /// (in builds with the `dev` feature, the default; not in the .deb).
     #[arg(long)]
     pub dev: bool,
     /// With --dev: keep the temporary state folder on exit.
     #[arg(long, requires = "dev")]
     pub keep: bool,
     /// Testing aid: allow POST /v1/debug/clock to move the daemon's clock forward.
+    #[cfg(feature = "dev")]
     #[arg(long, hide = true)]
     pub movable_clock: bool,
 }

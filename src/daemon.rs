@@ -36,6 +36,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct ServeOptions {
     /// Allow `POST /v1/debug/clock` (tests, dev mode).
+    #[cfg(feature = "dev")]
     pub movable_clock: bool,
     /// The clock to use (dev mode shares it with its simulated upstreams).
     pub clock: Option<Clock>,
@@ -144,6 +145,11 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         config_rx.clone(),
         shutdown.clone(),
     ));
+    // Without the dev feature there is no route that could move the clock.
+    #[cfg(feature = "dev")]
+    let movable_clock = options.movable_clock;
+    #[cfg(not(feature = "dev"))]
+    let movable_clock = false;
     let state = Arc::new(ApiState {
         registry: registry.clone(),
         engine: engine.clone(),
@@ -151,7 +157,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         clock: clock.clone(),
         metrics: metrics.clone(),
         daemon_uid: own_uid(),
-        movable_clock: options.movable_clock,
+        movable_clock,
         last_sweep: last_sweep.clone(),
         oauth: oauth.clone(),
         audit: audit.clone(),
