@@ -303,8 +303,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
 
 /// The daemon's own uid, which may always administer.
 fn own_uid() -> u32 {
-    // SAFETY: getuid takes no arguments, touches no memory of ours and cannot fail.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }
 
 /// Re-reads the configuration; returns it when it was valid and applied.

@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve(_)) {
         limit_malloc_arenas();
     }
-    // SAFETY: no other thread exists yet; the async runtime starts below.
+    // SAFETY: no other thread exists yet; the async runtime starts below. No crate can make
+    // this safe: since Rust 2024 changing the environment is unsafe because other threads
+    // may read it, and only the caller knows there are none.
     let systemd = unsafe { shiptoken::systemd::Systemd::from_env() };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,7 +163,8 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 /// (docs/scale.md): idle RSS drops by about 2 MB, throughput is unchanged.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator tunable; no other thread exists yet.
+    // SAFETY: mallopt only sets an allocator tunable; no other thread exists yet. A glibc
+    // extension: neither std nor rustix wraps it, and libc's binding is the only one.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }

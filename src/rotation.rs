@@ -249,6 +249,7 @@ pub fn backoff(failures: u32, initial: Duration, max: Duration, rng: &mut impl R
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointer.
+    // A glibc extension: neither std nor rustix wraps it, and libc's binding is the only one.
     unsafe {
         libc::malloc_trim(0);
     }
