@@ -27,7 +27,7 @@ fi
 # below proves nothing.
 marker=$(sed -n 's/^pub const SERVER_HEADER: &str = "\([^"]*\)";$/\1/p' src/sim/mod.rs)
 [ -n "$marker" ] || { echo "error: no SERVER_HEADER marker in src/sim/mod.rs" >&2; exit 1; }
-if [ "$(grep -c -- "$marker" target/debug/shiptoken || true)" = 0 ]; then
+if [ "$(grep -cF -- "$marker" target/debug/shiptoken || true)" = 0 ]; then
     echo "error: the default build lacks the simulators' marker \"$marker\"" >&2
     exit 1
 fi
@@ -71,7 +71,7 @@ cmp systemd/shiptoken.tmpfile "$x/usr/lib/tmpfiles.d/shiptoken.conf"
 cmp config/shiptoken.toml "$x/etc/shiptoken/shiptoken.toml"
 "$x/usr/bin/shiptoken" --help >/dev/null
 # No simulator in the package, and its `serve --dev` says where dev mode is (exit 2).
-sims=$(grep -c -- "$marker" "$x/usr/bin/shiptoken" || true)
+sims=$(grep -cF -- "$marker" "$x/usr/bin/shiptoken" || true)
 if [ "$sims" != 0 ]; then
     echo "error: the packaged binary contains the simulators (\"$marker\" found)" >&2
     fail=1
@@ -106,5 +106,10 @@ fi
 dpkg-deb -f "$deb" Depends | grep -q systemd-sysusers \
     || { echo "error: Depends lacks a provider of systemd-sysusers" >&2; fail=1; }
 
+# `cargo deb` itself (the release package) builds without the dev feature too.
+awk '/^\[package\.metadata\.deb\]/ { s = 1; next } /^\[/ { s = 0 } s' Cargo.toml \
+    | grep -qx 'default-features = false' \
+    || { echo "error: [package.metadata.deb] lacks default-features = false" >&2; fail=1; }
+
 [ "$fail" = 0 ] || exit 1
-echo "deb package: ok"
+echo "deb package: ok (no simulator in the binary)"
