@@ -4,7 +4,9 @@
 //! reads the system clock (clippy's `disallowed-methods` enforces it), so any decision can be
 //! tested with any `now`, and a test can move the daemon's clock forward by days in a second.
 
+#[cfg(feature = "dev")]
 use std::sync::Arc;
+#[cfg(feature = "dev")]
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,9 +83,11 @@ impl serde::Serialize for Timestamp {
 /// The wall clock, with an offset that tests and dev mode can move forward.
 ///
 /// Cloning shares the offset: the scheduler, the rotation engine and the socket API all see
-/// the same time.
+/// the same time. Builds without the `dev` feature (the .deb) have no offset: their clock is
+/// the system's.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
+    #[cfg(feature = "dev")]
     offset_millis: Arc<AtomicI64>,
 }
 
@@ -96,7 +100,9 @@ impl Clock {
     /// The current time (system time plus the offset).
     pub fn now(&self) -> Timestamp {
         let wall = Self::system_now().0;
-        Timestamp(wall.saturating_add(self.offset_millis.load(Ordering::Relaxed)))
+        #[cfg(feature = "dev")]
+        let wall = wall.saturating_add(self.offset_millis.load(Ordering::Relaxed));
+        Timestamp(wall)
     }
 
     /// The system time without any offset: what the cron trigger goes by, so the sweeper can
@@ -112,6 +118,7 @@ impl Clock {
     }
 
     /// Moves this clock (and every clone of it) forward by `d`.
+    #[cfg(feature = "dev")]
     pub fn advance(&self, d: Duration) {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         self.offset_millis.fetch_add(ms, Ordering::Relaxed);
@@ -129,6 +136,7 @@ mod tests {
         assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
     }
 
+    #[cfg(feature = "dev")]
     #[test]
     fn advancing_moves_every_clone() {
         let a = Clock::system();

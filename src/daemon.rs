@@ -37,6 +37,7 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct ServeOptions {
     /// Allow `POST /v1/debug/clock` (tests, dev mode).
+    #[cfg(feature = "dev")]
     pub movable_clock: bool,
     /// The clock to use (dev mode shares it with its simulated upstreams).
     pub clock: Option<Clock>,
@@ -146,6 +147,11 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         config_rx.clone(),
         shutdown.clone(),
     ));
+    // Without the dev feature there is no route that could move the clock.
+    #[cfg(feature = "dev")]
+    let movable_clock = options.movable_clock;
+    #[cfg(not(feature = "dev"))]
+    let movable_clock = false;
     let state = Arc::new(ApiState {
         registry: registry.clone(),
         engine: engine.clone(),
@@ -153,7 +159,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         clock: clock.clone(),
         metrics: metrics.clone(),
         daemon_uid: own_uid(),
-        movable_clock: options.movable_clock,
+        movable_clock,
         last_sweep: last_sweep.clone(),
         oauth: oauth.clone(),
         audit: audit.clone(),
@@ -320,8 +326,7 @@ fn fit_limits(config: &Config) -> anyhow::Result<LimitsConfig> {
 
 /// The daemon's own uid, which may always administer.
 fn own_uid() -> u32 {
-    // SAFETY: getuid takes no arguments, touches no memory of ours and cannot fail.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }
 
 /// Re-reads the configuration; returns it when it was valid and applied.

@@ -289,7 +289,6 @@ impl StateLock {
     /// Takes the lock on `<state_dir>/shiptoken.lock` without waiting; `None` when another
     /// process holds it.
     pub fn try_take(state_dir: &Path) -> Result<Option<StateLock>, KeyError> {
-        use std::os::fd::AsRawFd;
         let path = state_dir.join("shiptoken.lock");
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -302,20 +301,16 @@ impl StateLock {
                 path: path.clone(),
                 source,
             })?;
-        // SAFETY: flock on a descriptor we own and keep open for the lock's lifetime.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(Some(StateLock { _file: file }));
+        // flock(2) on Linux: held per open file description, released when the file closes.
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StateLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(source)) => Err(KeyError::Write {
+                what: "lock",
+                path,
+                source,
+            }),
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(None);
-        }
-        Err(KeyError::Write {
-            what: "lock",
-            path,
-            source: e,
-        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod jwt;
 pub mod keys;
@@ -26,6 +27,7 @@ pub mod registry;
 pub mod rotation;
 pub mod scheduler;
 pub mod secret;
+#[cfg(feature = "dev")]
 pub mod sim;
 pub mod systemd;
 pub mod window;

@@ -1,19 +1,20 @@
 //! The `shiptoken` binary: parses the command line and hands off to the library.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use shiptoken::cli::{Cli, Command, ConfigCommand, KeyCommand};
 use shiptoken::config::Config;
-use shiptoken::{daemon, dev, logging};
+use shiptoken::{daemon, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve(_)) {
         limit_malloc_arenas();
     }
-    // SAFETY: no other thread exists yet; the async runtime starts below.
+    // SAFETY: no other thread exists yet; the async runtime starts below. No crate can make
+    // this safe: since Rust 2024 changing the environment is unsafe because other threads
+    // may read it, and only the caller knows there are none.
     let systemd = unsafe { shiptoken::systemd::Systemd::from_env() };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,44 +80,73 @@ async fn serve(
     args: &shiptoken::cli::ServeArgs,
     systemd: shiptoken::systemd::Systemd,
 ) -> ExitCode {
-    let (config, dev_env) = if args.dev {
-        let log = logging::init("info", shiptoken::config::LogFormat::Text);
-        match dev::prepare(args.keep).await {
-            Ok(env) => (env.config.clone(), Some((env, log))),
-            Err(e) => {
-                eprintln!("shiptoken: cannot start dev mode: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        match Config::load(cli.config.as_deref()) {
-            Ok(c) => (c, None),
-            Err(e) => {
-                eprintln!("shiptoken: invalid configuration: {e}");
-                return ExitCode::FAILURE;
-            }
+    if args.dev {
+        return serve_dev(args, systemd).await;
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shiptoken: invalid configuration: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    let (log, env) = match dev_env {
-        Some((env, log)) => (log, Some(env)),
-        None => (logging::init(&config.log_level, config.log_format), None),
-    };
-    let mut options = daemon::ServeOptions {
-        movable_clock: args.movable_clock || args.dev,
+    let log = logging::init(&config.log_level, config.log_format);
+    let options = daemon::ServeOptions {
+        #[cfg(feature = "dev")]
+        movable_clock: args.movable_clock,
         systemd,
         ..Default::default()
     };
-    if env.is_some() {
-        options.on_ready = Some(Box::new(|ready: &daemon::Ready| {
+    exit_code(daemon::serve(config, log, options).await)
+}
+
+/// `serve --dev`: the daemon against the simulators, on a temporary state folder.
+#[cfg(feature = "dev")]
+async fn serve_dev(
+    args: &shiptoken::cli::ServeArgs,
+    systemd: shiptoken::systemd::Systemd,
+) -> ExitCode {
+    use std::io::Write;
+    let log = logging::init("info", shiptoken::config::LogFormat::Text);
+    let env = match shiptoken::dev::prepare(args.keep).await {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("shiptoken: cannot start dev mode: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = daemon::ServeOptions {
+        movable_clock: true,
+        systemd,
+        on_ready: Some(Box::new(|ready: &daemon::Ready| {
             // The daemon keeps running if nobody reads its standard output any more.
-            let text = dev::instructions(&ready.socket, ready.metrics);
+            let text = shiptoken::dev::instructions(&ready.socket, ready.metrics);
             let _ = writeln!(std::io::stdout(), "{text}");
-        }));
-    }
-    let result = daemon::serve(config, log, options).await;
-    if let Some(env) = env {
-        env.finish();
-    }
+        })),
+        ..Default::default()
+    };
+    let result = daemon::serve(env.config.clone(), log, options).await;
+    env.finish();
+    exit_code(result)
+}
+
+/// `serve --dev` in a build without the simulators (the .deb): a usage error that says
+/// where dev mode is.
+#[cfg(not(feature = "dev"))]
+async fn serve_dev(
+    _args: &shiptoken::cli::ServeArgs,
+    _systemd: shiptoken::systemd::Systemd,
+) -> ExitCode {
+    eprintln!(
+        "shiptoken: this build has no dev mode: it was built without the `dev` feature, as \
+         the .deb is. From a source checkout, `cargo run -- serve --dev` has it (a default \
+         feature), and so does `cargo run --features dev -- serve --dev`."
+    );
+    ExitCode::from(2)
+}
+
+/// Exit 0, or 1 with the error logged and on stderr.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -133,7 +163,8 @@ async fn serve(
 /// (docs/scale.md): idle RSS drops by about 2 MB, throughput is unchanged.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator tunable; no other thread exists yet.
+    // SAFETY: mallopt only sets an allocator tunable; no other thread exists yet. A glibc
+    // extension: neither std nor rustix wraps it, and libc's binding is the only one.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }

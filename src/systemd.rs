@@ -1,17 +1,17 @@
 //! The systemd service protocol: readiness, reload and stop notifications, the watchdog, and
-//! socket activation. Written by hand (a datagram per message, `LISTEN_FDS` per sd_listen_fds(3))
-//! because it is a few dozen lines and the daemon must read and clear the environment before
-//! any thread starts, which a library calling `getenv` later cannot promise.
+//! socket activation, spoken through the `sd-notify` crate (sd_notify(3), sd_listen_fds(3)).
+//! The environment is read, and the `LISTEN_*` and `WATCHDOG_*` variables cleared, once
+//! before any thread starts ([`Systemd::from_env`]); notifications are then sent from anywhere.
 //!
 //! Everything here is a no-op outside systemd: no `NOTIFY_SOCKET`, no `WATCHDOG_USEC`, no
 //! `LISTEN_FDS` means nothing is sent and the daemon binds its socket itself.
 
-use std::os::fd::{FromRawFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener as StdUnixListener};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -20,15 +20,8 @@ use crate::names::Status;
 use crate::registry::Registry;
 use crate::scheduler::LastSweep;
 
-/// The first file descriptor systemd passes (`SD_LISTEN_FDS_START`).
-const LISTEN_FDS_START: RawFd = 3;
-
 /// How often STATUS= is refreshed when no watchdog asks for a shorter period.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
-
-/// How long a notification may block: systemd drains its socket promptly, and a stuck send
-/// must not hold a runtime worker for long.
-const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What systemd handed this process, read once from the environment at start-up.
 #[derive(Default)]
@@ -44,69 +37,44 @@ pub struct Systemd {
 }
 
 impl Systemd {
-    /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC`/`WATCHDOG_PID` and `LISTEN_FDS`/`LISTEN_PID`, and
-    /// removes the `LISTEN_*` and `WATCHDOG_*` variables so that child processes do not think
-    /// these are meant for them.
+    /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC`/`WATCHDOG_PID` and `LISTEN_FDS`/`LISTEN_PID`
+    /// (each honoured only when its PID variable, if set, names this process), and removes
+    /// the `LISTEN_*` and `WATCHDOG_*` variables so that child processes do not think these
+    /// are meant for them.
     ///
     /// # Safety
     /// Call before any other thread exists (first thing in `main`, before the async runtime
     /// starts): it changes the process environment, which is not thread-safe.
     pub unsafe fn from_env() -> Systemd {
         let mut warnings = Vec::new();
-        let pid = std::process::id().to_string();
-        let notifier = std::env::var_os("NOTIFY_SOCKET")
-            .and_then(|path| match Notifier::connect(&path.to_string_lossy()) {
-                Ok(n) => Some(n),
-                Err(e) => {
+        let notifier = Notifier::from_env(&mut warnings);
+        // SAFETY: the caller promises no other thread runs yet. The crate's *_and_unset_env
+        // functions are unsafe for the reason std::env::remove_var is, which no crate can lift.
+        let watchdog = unsafe { sd_notify::watchdog_enabled_and_unset_env() }
+            .filter(|period| !period.is_zero());
+        // SAFETY: as above. The crate also sets close-on-exec on the descriptors, so no
+        // child of ours inherits them.
+        let listener = match unsafe { sd_notify::listen_fds_with_names_and_unset_env() } {
+            Err(e) => Some(Err(format!(
+                "the sockets systemd passed (LISTEN_FDS) cannot be used: {e}"
+            ))),
+            Ok(fds) => {
+                let fds: Vec<_> = fds.map(|(fd, _name)| fd).collect();
+                if fds.len() > 1 {
                     warnings.push(format!(
-                        "NOTIFY_SOCKET {}: {e}; systemd will not hear from the daemon",
-                        path.to_string_lossy()
+                        "systemd passed {} sockets; only the first is used (the .socket unit should list one ListenStream=)",
+                        fds.len()
                     ));
-                    None
                 }
-            })
-            .unwrap_or_default();
-        let watchdog = std::env::var("WATCHDOG_PID")
-            .map_or(true, |p| p == pid)
-            .then(|| std::env::var("WATCHDOG_USEC").ok())
-            .flatten()
-            .and_then(|usec| usec.parse::<u64>().ok())
-            .filter(|&usec| usec > 0)
-            .map(Duration::from_micros);
-        let listener = if std::env::var("LISTEN_PID").is_ok_and(|p| p == pid) {
-            match std::env::var("LISTEN_FDS")
-                .ok()
-                .and_then(|n| n.parse::<i32>().ok())
-            {
-                Some(n) if n >= 1 => {
-                    if n > 1 {
-                        warnings.push(format!(
-                            "systemd passed {n} sockets; only the first is used (the .socket unit should list one ListenStream=)"
-                        ));
-                    }
-                    for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
-                        // Inherited without close-on-exec; no child of ours should get them.
-                        // SAFETY: fcntl on a descriptor number has no memory effects; a bad fd
-                        // just fails.
-                        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-                    }
-                    Some(inherited_listener(LISTEN_FDS_START))
-                }
-                _ => None,
+                fds.first().map(|&fd| {
+                    // SAFETY: systemd passed this descriptor to this process alone (LISTEN_PID
+                    // matched), and it is taken exactly once, here: from_env runs once and
+                    // has just cleared LISTEN_FDS. Owning an inherited descriptor can only be
+                    // asserted, never checked, which is why sd-notify hands out raw numbers.
+                    inherited_listener(unsafe { OwnedFd::from_raw_fd(fd) })
+                })
             }
-        } else {
-            None
         };
-        for var in [
-            "LISTEN_PID",
-            "LISTEN_FDS",
-            "LISTEN_FDNAMES",
-            "WATCHDOG_PID",
-            "WATCHDOG_USEC",
-        ] {
-            // SAFETY: the caller promises no other thread runs yet.
-            unsafe { std::env::remove_var(var) };
-        }
         Systemd {
             notifier,
             watchdog,
@@ -116,43 +84,28 @@ impl Systemd {
     }
 }
 
-/// Takes fd `fd` as the listening socket, after checking that it is one: a Unix stream
-/// socket in the listening state (a `.socket` unit with `ListenStream=/path`).
-fn inherited_listener(fd: RawFd) -> Result<StdUnixListener, String> {
-    let int_opt = |level, name| {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len point to live locals of the sizes given.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                level,
-                name,
-                (&raw mut value).cast::<libc::c_void>(),
-                &raw mut len,
-            )
-        };
-        (r == 0).then_some(value)
-    };
-    let what = format!("fd {fd} passed by systemd (LISTEN_FDS)");
-    match int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN) {
-        None => return Err(format!("{what} is not a socket")),
-        Some(libc::AF_UNIX) => {}
-        Some(_) => {
+/// Takes `fd` as the listening socket, after checking that it is one: a Unix stream socket
+/// in the listening state (a `.socket` unit with `ListenStream=/path`).
+fn inherited_listener(fd: OwnedFd) -> Result<StdUnixListener, String> {
+    use socket2::{Domain, Socket, Type};
+    let what = "the socket passed by systemd (LISTEN_FDS)";
+    let socket = Socket::from(fd);
+    match socket.domain() {
+        Err(_) => return Err(format!("{what} is not a socket")),
+        Ok(Domain::UNIX) => {}
+        Ok(_) => {
             return Err(format!(
                 "{what} is not a Unix socket; use ListenStream=/path"
             ));
         }
     }
-    if int_opt(libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+    if !matches!(socket.r#type(), Ok(Type::STREAM)) {
         return Err(format!("{what} is not a stream socket; use ListenStream="));
     }
-    if int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Some(1) {
+    if !matches!(socket.is_listener(), Ok(true)) {
         return Err(format!("{what} is not listening; set Accept=no"));
     }
-    // SAFETY: systemd passed this descriptor to us alone; it is taken exactly once, here,
-    // since from_env runs once and clears LISTEN_FDS.
-    Ok(unsafe { StdUnixListener::from_raw_fd(fd) })
+    Ok(StdUnixListener::from(OwnedFd::from(socket)))
 }
 
 /// Turns an inherited listener into a tokio one. Call inside the runtime.
@@ -164,83 +117,75 @@ pub fn into_tokio(listener: StdUnixListener) -> std::io::Result<tokio::net::Unix
 /// Sends sd_notify(3) messages; does nothing when systemd did not ask for them.
 #[derive(Clone, Default)]
 pub struct Notifier {
-    target: Option<Arc<(UnixDatagram, SocketAddr)>>,
+    enabled: bool,
 }
 
 impl Notifier {
-    /// A notifier for `NOTIFY_SOCKET`: a path, or an abstract socket name after `@`.
-    pub fn connect(notify_socket: &str) -> std::io::Result<Notifier> {
-        let addr = match notify_socket.strip_prefix('@') {
-            Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-            None if notify_socket.starts_with('/') => SocketAddr::from_pathname(notify_socket)?,
-            None => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "neither an absolute path nor an abstract name (@...)",
-                ));
-            }
+    /// A notifier for `NOTIFY_SOCKET`, if it is set to something the crate can reach: an
+    /// absolute path (an abstract `@name`, which only old systemd versions use, is not).
+    fn from_env(warnings: &mut Vec<String>) -> Notifier {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Notifier::default();
         };
-        let socket = UnixDatagram::unbound()?;
-        socket.set_write_timeout(Some(SEND_TIMEOUT))?;
-        Ok(Notifier {
-            target: Some(Arc::new((socket, addr))),
-        })
+        if !path.to_string_lossy().starts_with('/') {
+            warnings.push(format!(
+                "NOTIFY_SOCKET {}: not an absolute path (abstract sockets are not supported); \
+                 systemd will not hear from the daemon",
+                path.to_string_lossy()
+            ));
+            return Notifier::default();
+        }
+        Notifier { enabled: true }
     }
 
     /// Whether messages go anywhere.
     pub fn enabled(&self) -> bool {
-        self.target.is_some()
+        self.enabled
     }
 
-    /// Sends one message of `KEY=value` lines. Failures are logged, never fatal: the daemon
-    /// works without systemd hearing from it (systemd then times it out, which says why).
-    pub fn send(&self, message: &str) {
-        let Some(target) = &self.target else { return };
-        let (socket, addr) = &**target;
-        if let Err(e) = socket.send_to_addr(message.as_bytes(), addr) {
+    /// Sends one message. Failures are logged, never fatal: the daemon works without
+    /// systemd hearing from it (systemd then times it out, which says why).
+    fn send(&self, states: &[NotifyState]) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(e) = sd_notify::notify(states) {
             tracing::warn!(error = %e, "cannot notify systemd");
         }
     }
 
     /// READY=1: the registry is open and the socket listens; also after a reload.
     pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={status}"));
+        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
     /// RELOADING=1 with the CLOCK_MONOTONIC time systemd needs to match it with READY=1.
     pub fn reloading(&self) {
-        self.send(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
-            monotonic_usec()
-        ));
+        let status = NotifyState::Status("reloading the configuration");
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now, status]),
+            Err(e) => {
+                // Without the stamp systemd still sees the reload, it just cannot pair it.
+                tracing::warn!(error = %e, "cannot read CLOCK_MONOTONIC for systemd");
+                self.send(&[NotifyState::Reloading, status]);
+            }
+        }
     }
 
     /// STOPPING=1: shutdown has begun.
     pub fn stopping(&self) {
-        self.send("STOPPING=1\nSTATUS=stopping");
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
     /// STATUS=: a one-line summary shown by `systemctl status`.
     pub fn status(&self, status: &str) {
-        self.send(&format!("STATUS={status}"));
+        self.send(&[NotifyState::Status(status)]);
     }
 
     /// WATCHDOG=1: proof of life.
     pub fn watchdog(&self) {
-        self.send("WATCHDOG=1");
+        self.send(&[NotifyState::Watchdog]);
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds, the clock systemd uses for MONOTONIC_USEC.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a live timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
-        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000
 }
 
 /// The STATUS= line: how many accounts, by status, e.g. `3 accounts: 2 active, 1 suspended`.
@@ -344,25 +289,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notify_socket_forms() {
-        assert!(Notifier::connect("relative/path").is_err());
-        assert!(Notifier::connect("@abstract-name").is_ok_and(|n| n.enabled()));
-        assert!(Notifier::connect("/run/systemd/notify").is_ok_and(|n| n.enabled()));
-        assert!(!Notifier::default().enabled());
-    }
-
-    #[test]
-    fn abstract_notify_socket_receives() {
-        let name = format!("shiptoken-test-{}", std::process::id());
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let rx = UnixDatagram::bind_addr(&addr).unwrap();
-        Notifier::connect(&format!("@{name}")).unwrap().ready("ok");
-        let mut buf = [0u8; 256];
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nSTATUS=ok");
-    }
-
-    #[test]
     fn status_line_counts_by_status() {
         assert_eq!(status_line(&[]), "no accounts registered");
         assert_eq!(status_line(&[Status::Active]), "1 account: 1 active");
@@ -373,18 +299,33 @@ mod tests {
     }
 
     #[test]
-    fn monotonic_clock_is_positive() {
-        assert!(monotonic_usec() > 0);
+    fn a_listening_unix_socket_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = StdUnixListener::bind(&path).unwrap();
+        let taken = inherited_listener(OwnedFd::from(listener)).unwrap();
+        assert_eq!(
+            taken.local_addr().unwrap().as_pathname(),
+            Some(path.as_path())
+        );
     }
 
     #[test]
-    fn not_a_listening_socket_is_refused() {
+    fn not_a_listening_unix_stream_socket_is_refused() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        use std::os::fd::IntoRawFd;
-        let fd = a.into_raw_fd();
-        let err = inherited_listener(fd).err().unwrap();
+        let err = inherited_listener(OwnedFd::from(a)).err().unwrap();
         assert!(err.contains("not listening"), "{err}");
-        // SAFETY: fd is ours (into_raw_fd above) and not used after.
-        unsafe { libc::close(fd) };
+
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = inherited_listener(OwnedFd::from(tcp)).err().unwrap();
+        assert!(err.contains("not a Unix socket"), "{err}");
+
+        let dgram = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let err = inherited_listener(OwnedFd::from(dgram)).err().unwrap();
+        assert!(err.contains("not a stream socket"), "{err}");
+
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = inherited_listener(OwnedFd::from(file)).err().unwrap();
+        assert!(err.contains("not a socket"), "{err}");
     }
 }

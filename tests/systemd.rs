@@ -81,6 +81,11 @@ fn has_line(msg: &str, line: &str) -> bool {
     msg.lines().any(|l| l == line)
 }
 
+/// Whether `msg` is that one line alone (sd_notify(3) lets a message end in a newline).
+fn only_line(msg: &str, line: &str) -> bool {
+    msg.lines().eq([line])
+}
+
 /// CLOCK_MONOTONIC in microseconds, as the daemon reports it.
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
@@ -111,10 +116,16 @@ async fn notify_protocol_ready_status_watchdog_reload_stop() {
     assert_eq!(status, 200);
 
     // WATCHDOG_USEC=200000: pings come every 100 ms while sweeps finish (one per second).
-    notify.expect("WATCHDOG=1", |m| m == "WATCHDOG=1").await;
-    let before = notify.seen.iter().filter(|m| *m == "WATCHDOG=1").count();
     notify
-        .expect("more WATCHDOG=1", |m| m == "WATCHDOG=1")
+        .expect("WATCHDOG=1", |m| only_line(m, "WATCHDOG=1"))
+        .await;
+    let before = notify
+        .seen
+        .iter()
+        .filter(|m| only_line(m, "WATCHDOG=1"))
+        .count();
+    notify
+        .expect("more WATCHDOG=1", |m| only_line(m, "WATCHDOG=1"))
         .await;
     assert!(before >= 1);
 

@@ -3,8 +3,15 @@
 # units, sysusers.d and tmpfiles.d files, the example config as a conffile, the docs; its
 # postinst creates the user and enables and starts nothing.
 #
-# Packs the debug binary `cargo build` already made (stripped, fast compression), so the
-# check costs seconds, not a release build; `cargo deb` makes the real release package.
+# The package carries no simulator, dev mode or movable clock: `cargo deb` builds
+# `--release --no-default-features` (Cargo.toml: default-features = false), and the check
+# greps the packaged binary for a string only the simulators have (src/sim/mod.rs
+# SERVER_HEADER), after making sure a default build does contain it.
+#
+# Packs a debug build without default features (stripped, fast compression), so the check
+# costs a minute, not a release build; `cargo deb` makes the real release package. That
+# build replaces target/debug/shiptoken for a moment; the default one is put back on exit
+# (cargo keeps both, so that takes a second) for the checks that run `serve --dev`.
 # Installing cargo-deb the first time compiles it (about 5 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,8 +23,18 @@ if ! command -v cargo-deb >/dev/null; then
 fi
 [ -x target/debug/shiptoken ] || { echo "error: target/debug/shiptoken missing; run cargo build first" >&2; exit 1; }
 
+# Only the simulators have this string; a default build must contain it, or the check
+# below proves nothing.
+marker=$(sed -n 's/^pub const SERVER_HEADER: &str = "\([^"]*\)";$/\1/p' src/sim/mod.rs)
+[ -n "$marker" ] || { echo "error: no SERVER_HEADER marker in src/sim/mod.rs" >&2; exit 1; }
+if [ "$(grep -cF -- "$marker" target/debug/shiptoken || true)" = 0 ]; then
+    echo "error: the default build lacks the simulators' marker \"$marker\"" >&2
+    exit 1
+fi
+
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+trap 'rm -rf "$out"; cargo build --locked --quiet --bin shiptoken' EXIT
+cargo build --locked --quiet --no-default-features --bin shiptoken
 scripts/dist-assets.sh target/debug/shiptoken >/dev/null
 cargo deb --no-build --profile dev --fast --output "$out/" --quiet >/dev/null
 deb=$(ls "$out"/shiptoken_*.deb)
@@ -53,6 +70,20 @@ cmp systemd/shiptoken.sysusers "$x/usr/lib/sysusers.d/shiptoken.conf"
 cmp systemd/shiptoken.tmpfile "$x/usr/lib/tmpfiles.d/shiptoken.conf"
 cmp config/shiptoken.toml "$x/etc/shiptoken/shiptoken.toml"
 "$x/usr/bin/shiptoken" --help >/dev/null
+# No simulator in the package, and its `serve --dev` says where dev mode is (exit 2).
+sims=$(grep -cF -- "$marker" "$x/usr/bin/shiptoken" || true)
+if [ "$sims" != 0 ]; then
+    echo "error: the packaged binary contains the simulators (\"$marker\" found)" >&2
+    fail=1
+fi
+set +e
+dev_err=$("$x/usr/bin/shiptoken" serve --dev 2>&1 >/dev/null)
+dev_code=$?
+set -e
+if [ "$dev_code" != 2 ] || ! grep -q 'cargo run --features dev' <<<"$dev_err"; then
+    echo "error: the packaged serve --dev exited $dev_code: $dev_err" >&2
+    fail=1
+fi
 zcat "$x/usr/share/man/man1/shiptoken.1.gz" | grep -q '^.TH shiptoken 1'
 grep -q 'complete -F _shiptoken' "$x/usr/share/bash-completion/completions/shiptoken"
 
@@ -75,5 +106,10 @@ fi
 dpkg-deb -f "$deb" Depends | grep -q systemd-sysusers \
     || { echo "error: Depends lacks a provider of systemd-sysusers" >&2; fail=1; }
 
+# `cargo deb` itself (the release package) builds without the dev feature too.
+awk '/^\[package\.metadata\.deb\]/ { s = 1; next } /^\[/ { s = 0 } s' Cargo.toml \
+    | grep -qx 'default-features = false' \
+    || { echo "error: [package.metadata.deb] lacks default-features = false" >&2; fail=1; }
+
 [ "$fail" = 0 ] || exit 1
-echo "deb package: ok"
+echo "deb package: ok (no simulator in the binary)"

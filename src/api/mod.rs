@@ -274,7 +274,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/shippo/connect", post(shippo_connect))
         .route("/v1/audit", get(read_audit))
-        .route("/v1/debug/clock", post(move_clock))
+        .merge(debug_routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1042,6 +1042,19 @@ async fn read_audit(
     Ok(axum::Json(json!({ "entries": entries })).into_response())
 }
 
+/// `POST /v1/debug/clock`, only in builds with the `dev` feature (never in the .deb).
+#[cfg(feature = "dev")]
+fn debug_routes() -> Router<Arc<ApiState>> {
+    Router::new().route("/v1/debug/clock", post(move_clock))
+}
+
+/// No debug routes: this build has no `dev` feature.
+#[cfg(not(feature = "dev"))]
+fn debug_routes() -> Router<Arc<ApiState>> {
+    Router::new()
+}
+
+#[cfg(feature = "dev")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MoveClock {
@@ -1049,6 +1062,7 @@ struct MoveClock {
 }
 
 /// Test and dev-mode hook: moves the daemon's clock forward so a 28-day cycle takes seconds.
+#[cfg(feature = "dev")]
 async fn move_clock(State(state): Shared, request: Request) -> Result<Response, ApiError> {
     if !state.movable_clock {
         return Err(ApiError::new(

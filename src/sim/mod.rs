@@ -25,6 +25,11 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+/// The `Server` header of every answer from a fake: a client pointed at one by mistake can
+/// tell. Only the simulators carry this string, so the .deb check greps the packaged binary
+/// for it to prove the simulators are not in it (.ci/checks/deb-package.sh).
+pub const SERVER_HEADER: &str = "shiptoken-simulated-upstream (not a real ShipHero or Shippo)";
+
 /// Locks a mutex, tolerating poison: a panicking test thread must not take the fake down with it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -92,6 +97,15 @@ pub(crate) async fn spawn_server(
             format!("fake upstream servers bind loopback addresses only, not {addr}"),
         ));
     }
+    let router = router.layer(axum::middleware::map_response(
+        |mut response: axum::response::Response| async move {
+            response.headers_mut().insert(
+                axum::http::header::SERVER,
+                axum::http::HeaderValue::from_static(SERVER_HEADER),
+            );
+            response
+        },
+    ));
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -207,6 +221,20 @@ mod tests {
             form_decode("flag").get("flag").map(String::as_str),
             Some("")
         );
+    }
+
+    #[tokio::test]
+    async fn every_answer_names_the_simulator() {
+        let (lifecycle, shutdown) = Lifecycle::new();
+        let router = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        let addr = spawn_server("127.0.0.1:0".parse().unwrap(), router, shutdown)
+            .await
+            .unwrap();
+        for path in ["/", "/no-such-route"] {
+            let answer = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+            assert_eq!(answer.headers()["server"], SERVER_HEADER, "{path}");
+        }
+        lifecycle.shutdown();
     }
 
     #[test]

@@ -1,0 +1,445 @@
+//! The client commands: each asks the daemon over its socket and prints the answer, mapping
+//! failures to the exit codes of CONTRACT.md.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::render::{self, render_watch, say, say_raw, terminal_width};
+use super::{AccountsCommand, AddCommand, Cli, Command, ShippoCommand};
+use crate::client::{self, ClientError, Reply};
+use crate::clock::{Clock, Timestamp};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// A client command's failure, with its exit code.
+struct Failed {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failed {
+    fn from(e: ClientError) -> Failed {
+        let code = match e {
+            ClientError::Unreachable { .. } => 4,
+            ClientError::Protocol { .. } => 1,
+        };
+        Failed {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn fail(message: impl Into<String>) -> Failed {
+    Failed {
+        code: 1,
+        message: message.into(),
+    }
+}
+
+/// The socket a client command talks to: `--socket`, else the config's `socket.path`, else
+/// the default.
+fn socket_path(cli: &Cli) -> Result<PathBuf, Failed> {
+    if let Some(s) = &cli.socket {
+        return Ok(s.clone());
+    }
+    match &cli.config {
+        Some(file) => Config::load(Some(file))
+            .map(|c| c.socket.path)
+            .map_err(|e| fail(format!("{e}"))),
+        // The default file may be unreadable for an unprivileged client: fall back quietly.
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Ok(Config::load(None)
+            .map(|c| c.socket.path)
+            .unwrap_or_else(|_| default_socket())),
+        None => Ok(default_socket()),
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::config::RawConfig::default().socket.path)
+}
+
+/// Runs a client command (everything but `serve` and `config check`).
+pub async fn run_client(cli: &Cli) -> ExitCode {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "shiptoken", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shiptoken: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
+    let result = async {
+        let socket = socket_path(cli)?;
+        match &cli.command {
+            Command::Get { account, json } => get(&socket, account, *json).await,
+            Command::Accounts(AccountsCommand::List { watch: true, .. }) => watch(&socket).await,
+            Command::Accounts(AccountsCommand::List { json, .. }) => list(&socket, *json).await,
+            Command::Accounts(AccountsCommand::Add(add)) => add_account(&socket, add).await,
+            Command::Accounts(AccountsCommand::Remove { account }) => {
+                let reply = client::call(&socket, "DELETE", &account_path(account)?, None).await?;
+                expect_ok(&reply)?;
+                say(format_args!("removed {account}"));
+                Ok(())
+            }
+            Command::Rotate { accounts, all } => rotate_many(&socket, accounts, *all).await,
+            Command::Verify { account } => act(&socket, account, "verify").await,
+            Command::Audit { account, since, json } => {
+                audit(&socket, account.as_deref(), since.as_deref(), *json).await
+            }
+            Command::Shippo(ShippoCommand::Connect { name }) => {
+                let reply = client::call(&socket, "POST", "/v1/shippo/connect", Some(&json!({ "account": name }))).await?;
+                expect_ok(&reply)?;
+                let url = reply.body.get("authorize_url").and_then(Value::as_str).unwrap_or_default();
+                say(format_args!("Open this URL to connect the Shippo account {name}:\n\n  {url}\n"));
+                say(format_args!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works."));
+                Ok(())
+            }
+            Command::Serve(_)
+            | Command::Config(_)
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Backup { .. }
+            | Command::Key(_) => {
+                Err(fail("not a client command"))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("shiptoken: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `shiptoken audit`: the daemon parses `--since` with its own clock, so "1h" means an hour
+/// before the daemon's now.
+async fn audit(
+    socket: &Path,
+    account: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> Result<(), Failed> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(a) = account {
+        account_path(a)?;
+        query.append_pair("account", a);
+    }
+    if let Some(s) = since {
+        query.append_pair("since", s);
+    }
+    let query = query.finish();
+    let path = if query.is_empty() {
+        "/v1/audit".to_string()
+    } else {
+        format!("/v1/audit?{query}")
+    };
+    let reply = client::call(socket, "GET", &path, None).await?;
+    expect_ok(&reply)?;
+    let entries = reply
+        .body
+        .get("entries")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if json {
+        say(format_args!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Array(entries)).unwrap_or_default()
+        ));
+        return Ok(());
+    }
+    for line in render::audit_table(&entries) {
+        say(format_args!("{line}"));
+    }
+    Ok(())
+}
+
+fn account_path(account: &str) -> Result<String, Failed> {
+    let key = crate::names::AccountKey::parse(account).map_err(|e| Failed {
+        code: 2,
+        message: e.to_string(),
+    })?;
+    Ok(format!("/v1/accounts/{}/{}", key.provider, key.name))
+}
+
+/// Maps an error answer to an exit code: 3 when the account has no usable token.
+fn expect_ok(reply: &Reply) -> Result<(), Failed> {
+    if (200..300).contains(&reply.status) {
+        return Ok(());
+    }
+    let code = match reply.code() {
+        "account_suspended" | "account_revoked" | "token_expired" | "account_pending" => 3,
+        _ => 1,
+    };
+    let mut message = reply.message();
+    if let Some(e) = reply.body.get("last_error").and_then(Value::as_str) {
+        message.push_str(&format!(" (last error: {e})"));
+    }
+    Err(Failed { code, message })
+}
+
+async fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
+    let key = crate::names::AccountKey::parse(account).map_err(|e| Failed {
+        code: 2,
+        message: e.to_string(),
+    })?;
+    let reply = client::call(
+        socket,
+        "GET",
+        &format!("/v1/tokens/{}/{}", key.provider, key.name),
+        None,
+    )
+    .await?;
+    expect_ok(&reply)?;
+    if json {
+        say(format_args!(
+            "{}",
+            serde_json::to_string_pretty(&reply.body).unwrap_or_default()
+        ));
+    } else {
+        let token = reply
+            .body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("answer has no access_token"))?;
+        say(format_args!("{token}"));
+    }
+    Ok(())
+}
+
+async fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
+    let line = act_quiet(socket, account, action).await?;
+    say(format_args!("{line}"));
+    Ok(())
+}
+
+/// Performs `action` on one account and returns the line to print.
+async fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String, Failed> {
+    let path = format!("{}/{action}", account_path(account)?);
+    let reply = client::call(socket, "POST", &path, None).await?;
+    expect_ok(&reply)?;
+    let b = &reply.body;
+    let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    Ok(format!(
+        "{account}: {} (expires {}, last check {})",
+        s("status"),
+        s("expires_at"),
+        s("last_verified_at")
+    ))
+}
+
+/// Rotates several accounts one after another: a progress bar on a terminal, a line per
+/// account otherwise. Exits with the worst outcome (1 before 3 before 0).
+async fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
+    let keys: Vec<String> = if all {
+        let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
+        expect_ok(&reply)?;
+        let empty = Vec::new();
+        let list = reply
+            .body
+            .get("accounts")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty);
+        list.iter()
+            .map(|a| {
+                format!(
+                    "{}/{}",
+                    a["provider"].as_str().unwrap_or(""),
+                    a["account"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    } else {
+        accounts.to_vec()
+    };
+    if let [only] = keys.as_slice() {
+        return act(socket, only, "rotate").await;
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(keys.len() as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let mut worst: Option<Failed> = None;
+    for key in &keys {
+        if let Some(b) = &bar {
+            b.set_message(key.clone());
+        }
+        let line = match act_quiet(socket, key, "rotate").await {
+            Ok(line) => line,
+            Err(f) if f.code == 4 => return Err(f),
+            Err(f) => {
+                let line = format!("{key}: {}", f.message);
+                if worst.as_ref().is_none_or(|w| w.code != 1) {
+                    worst = Some(Failed {
+                        code: f.code,
+                        message: line.clone(),
+                    });
+                }
+                line
+            }
+        };
+        match &bar {
+            Some(b) => {
+                b.println(line);
+                b.inc(1);
+            }
+            None => say(format_args!("{line}")),
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match worst {
+        Some(w) => Err(Failed {
+            code: w.code,
+            message: format!("not every rotation worked; first problem: {}", w.message),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `accounts list --watch`: redraws the table every second until interrupted. On a terminal
+/// it clears the screen and colours the status; without one (or with NO_COLOR) it prints
+/// plain snapshots.
+async fn watch(socket: &Path) -> Result<(), Failed> {
+    use std::io::Write;
+    let tty = std::io::stdout().is_terminal();
+    let color = tty && std::env::var_os("NO_COLOR").is_none();
+    loop {
+        let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
+        expect_ok(&reply)?;
+        // The daemon's clock, so the view agrees with it even when tests move it.
+        let health = client::call(socket, "GET", "/v1/health", None)
+            .await
+            .map(|h| h.body)
+            .unwrap_or(Value::Null);
+        let now = health
+            .get("now")
+            .and_then(Value::as_str)
+            .and_then(Timestamp::parse_rfc3339)
+            .unwrap_or_else(|| Clock::system().now());
+        let screen = render_watch(&reply.body, now, terminal_width(), color);
+        if tty {
+            say_raw(format_args!("\x1b[H\x1b[2J{screen}"));
+        } else {
+            say(format_args!("{screen}"));
+        }
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String, Failed> {
+    let text = if path == Path::new("-") {
+        if *stdin_used {
+            return Err(Failed {
+                code: 2,
+                message: "only one secret can come from stdin (\"-\")".into(),
+            });
+        }
+        *stdin_used = true;
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| fail(format!("cannot read the {what} from stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            fail(format!(
+                "cannot read the {what} from {}: {e}",
+                path.display()
+            ))
+        })?
+    };
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(fail(format!("the {what} file {} is empty", path.display())));
+    }
+    Ok(token)
+}
+
+async fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
+    let mut stdin_used = false;
+    let body = match add {
+        AddCommand::Shiphero {
+            name,
+            email,
+            first_name,
+            last_name,
+            refresh_token_file,
+            access_token_file,
+        } => {
+            let refresh = read_secret(refresh_token_file, "refresh token", &mut stdin_used)?;
+            let access = match access_token_file {
+                Some(f) => Some(read_secret(f, "access token", &mut stdin_used)?),
+                None => None,
+            };
+            json!({
+                "provider": "shiphero", "account": name, "email": email, "first_name": first_name,
+                "last_name": last_name, "refresh_token": refresh, "access_token": access,
+            })
+        }
+        AddCommand::Shippo {
+            name,
+            access_token_file,
+        } => {
+            let access = read_secret(access_token_file, "access token", &mut stdin_used)?;
+            json!({ "provider": "shippo", "account": name, "access_token": access })
+        }
+    };
+    let reply = client::call(socket, "POST", "/v1/accounts", Some(&body)).await?;
+    expect_ok(&reply)?;
+    let b = &reply.body;
+    let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    say(format_args!(
+        "added {}/{}: {}",
+        s("provider"),
+        s("account"),
+        s("status")
+    ));
+    if let Some(e) = b.get("last_error").and_then(Value::as_str) {
+        say(format_args!("last error: {e}"));
+    }
+    Ok(())
+}
+
+async fn list(socket: &Path, json: bool) -> Result<(), Failed> {
+    let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
+    expect_ok(&reply)?;
+    if json {
+        say(format_args!(
+            "{}",
+            serde_json::to_string_pretty(&reply.body).unwrap_or_default()
+        ));
+        return Ok(());
+    }
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    for line in render::accounts_table(&reply.body, Clock::system().now(), color) {
+        say(format_args!("{line}"));
+    }
+    Ok(())
+}

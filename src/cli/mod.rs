@@ -1,0 +1,207 @@
+//! The command line: the clap definitions here, the client commands that talk to the daemon
+//! in [`commands`], and how their answers look on a terminal in [`render`].
+//!
+//! Exit codes (CONTRACT.md): 0 success, 1 failure, 2 usage error (clap), 3 the account
+//! exists but has no usable token, 4 the daemon is not reachable.
+
+mod commands;
+mod render;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use commands::run_client;
+pub use render::{lifetime_bar, relative, render_watch, say, say_raw};
+
+/// Keeps ShipHero and Shippo API tokens alive and serves them over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "shiptoken", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The daemon's Unix socket (client commands); default: the config's socket.path.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Configuration file [default: /etc/shiptoken/shiptoken.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd Type=notify).
+    Serve(ServeArgs),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print an account's current access token.
+    Get {
+        /// PROVIDER/ACCOUNT, e.g. shiphero/acme.
+        account: String,
+        /// Print the daemon's whole JSON answer (token, expiry, headers to send).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, register and remove accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Refresh access tokens now, then check them (a progress bar for many).
+    Rotate {
+        /// PROVIDER/ACCOUNT, one or more.
+        #[arg(required_unless_present = "all")]
+        accounts: Vec<String>,
+        /// Every registered account.
+        #[arg(long, conflicts_with = "accounts")]
+        all: bool,
+    },
+    /// Check the current token against the provider's API now.
+    Verify {
+        /// PROVIDER/ACCOUNT.
+        account: String,
+    },
+    /// Shippo OAuth.
+    #[command(subcommand)]
+    Shippo(ShippoCommand),
+    /// Show who was handed which token: time, client rule, uid, gid, pid, executable, account
+    /// and the token's fingerprint (admins only).
+    Audit {
+        /// Only this PROVIDER/ACCOUNT.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only since this RFC 3339 time, or this long ago ("1h", "7d").
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `shiptoken man > shiptoken.1`.
+    Man,
+    /// Copy the registry consistently while the daemon runs (SQLite online backup).
+    Backup {
+        /// Where to write the copy (must not exist; created with mode 0600).
+        file: PathBuf,
+    },
+    /// The key that seals tokens at rest.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Re-seal every token with a new key, in one transaction; run with the daemon stopped.
+    Rotate {
+        /// Write the new key here instead of replacing the key file (required when the key
+        /// is the systemd credential shiptoken.key).
+        #[arg(long, value_name = "FILE")]
+        new_key_out: Option<PathBuf>,
+    },
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A complete local demo: temporary state, simulated ShipHero and Shippo, demo accounts
+    /// (in builds with the `dev` feature, the default; not in the .deb).
+    #[arg(long)]
+    pub dev: bool,
+    /// With --dev: keep the temporary state folder on exit.
+    #[arg(long, requires = "dev")]
+    pub keep: bool,
+    /// Testing aid: allow POST /v1/debug/clock to move the daemon's clock forward.
+    #[cfg(feature = "dev")]
+    #[arg(long, hide = true)]
+    pub movable_clock: bool,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective values (secrets redacted).
+    Check,
+}
+
+/// `accounts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// One row per account: status, expiry, last rotation, last check, last error.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Redraw a live view every second: status, token lifetime, rotation point.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Register an account.
+    #[command(subcommand)]
+    Add(AddCommand),
+    /// Remove an account and its tokens.
+    Remove {
+        /// PROVIDER/ACCOUNT.
+        account: String,
+    },
+}
+
+/// `accounts add` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AddCommand {
+    /// Register a ShipHero developer user (secrets are read from files, never arguments).
+    Shiphero {
+        /// Account name: 1-64 characters of a-z 0-9 . _ -
+        name: String,
+        /// The developer user's email (unique across ShipHero).
+        #[arg(long)]
+        email: String,
+        /// The developer user's first name.
+        #[arg(long)]
+        first_name: Option<String>,
+        /// The developer user's last name.
+        #[arg(long)]
+        last_name: Option<String>,
+        /// File holding the refresh token ("-" for stdin).
+        #[arg(long, value_name = "FILE")]
+        refresh_token_file: PathBuf,
+        /// File holding the access token ShipHero showed ("-" for stdin).
+        #[arg(long, value_name = "FILE")]
+        access_token_file: Option<PathBuf>,
+    },
+    /// Register a Shippo OAuth token obtained elsewhere.
+    Shippo {
+        /// Account name: 1-64 characters of a-z 0-9 . _ -
+        name: String,
+        /// File holding the OAuth access token ("-" for stdin).
+        #[arg(long, value_name = "FILE")]
+        access_token_file: PathBuf,
+    },
+}
+
+/// `shippo` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ShippoCommand {
+    /// Start the OAuth flow for account NAME and print the URL to open.
+    Connect {
+        /// Account name to create.
+        name: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
