@@ -8,6 +8,7 @@
 mod audit;
 mod migrations;
 mod oauth_states;
+mod owner;
 mod record;
 pub mod rekey;
 pub mod seal;
@@ -17,7 +18,6 @@ pub mod store;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
@@ -95,6 +95,9 @@ pub enum RegistryError {
         /// The value as given.
         value: String,
     },
+    /// A batch of saves could not be written (the first saver gets the database's error).
+    #[error("registry database error: {0}")]
+    Unwritable(String),
     /// A row names a provider or status this build does not know (written by a newer build
     /// or by hand).
     #[error(
@@ -176,16 +179,12 @@ impl WriteHealth {
     }
 }
 
-/// How often the owner thread retries writing records kept in memory.
-const RETRY_UNSAVED: Duration = Duration::from_secs(2);
-
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 type Cache = Arc<RwLock<HashMap<AccountKey, Arc<AccountRecord>>>>;
 
 /// A handle to the registry; cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::Sender<owner::Job>,
     cache: Cache,
     changes: watch::Sender<u64>,
     path: PathBuf,
@@ -239,28 +238,11 @@ impl Registry {
             unsaved: Arc::default(),
             errors: options.errors,
         };
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (jobs, rx) = std::sync::mpsc::channel::<owner::Job>();
         let (thread_cache, thread_health) = (cache.clone(), health.clone());
         std::thread::Builder::new()
             .name("registry".into())
-            .spawn(move || {
-                let mut conn = conn;
-                // Ends when every Registry handle is dropped.
-                loop {
-                    match rx.recv_timeout(RETRY_UNSAVED) {
-                        Ok(job) => {
-                            // Records kept in memory go first, so a later write never
-                            // reloads an older token over them.
-                            store_unsaved(&mut conn, &thread_cache, &thread_health);
-                            job(&mut conn);
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            store_unsaved(&mut conn, &thread_cache, &thread_health);
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            })
+            .spawn(move || owner::run(conn, rx, thread_cache, thread_health))
             .map_err(|source| RegistryError::Io {
                 what: "cannot start the registry thread for",
                 path: path.clone(),
@@ -301,9 +283,9 @@ impl Registry {
     ) -> Result<R, RegistryError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(move |conn| {
+            .send(owner::Job::Call(Box::new(move |conn| {
                 let _ = tx.send(f(conn));
-            }))
+            })))
             .map_err(|_| RegistryError::Closed)?;
         rx.await.map_err(|_| RegistryError::Closed)?
     }
@@ -326,38 +308,20 @@ impl Registry {
         let mut next = record;
         next.revision = expected + 1;
         let next = Arc::new(next);
-        let (cache, health, stored) = (self.cache.clone(), self.health.clone(), next.clone());
-        let result = self
-            .call(move |conn| {
-                // Memory is never behind the disk, so it decides whether the record is still
-                // the one this save was computed from. The disk is asked too unless it is
-                // behind (a write it refused earlier is still waiting in memory).
-                let current = read(&cache)
-                    .get(&stored.key)
-                    .is_some_and(|c| c.generation == stored.generation && c.revision == expected);
-                if !current {
-                    return Err(RegistryError::Stale(stored.key.clone()));
-                }
-                let behind = health.lock().accounts.contains(&stored.key);
-                conn.save_all(&[Save {
-                    record: &stored,
-                    expected: (!behind).then_some(expected),
-                    notes: &notes,
-                    at: now,
-                }])?;
-                let mut unsaved = health.lock();
-                unsaved.accounts.remove(&stored.key);
-                if unsaved.accounts.is_empty() && unsaved.error.take().is_some() {
-                    tracing::info!("the registry is writable again");
-                }
-                drop(unsaved);
-                Ok(publish(&cache, &stored))
-            })
-            .await;
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(owner::Job::Save(owner::SaveJob {
+                record: next.clone(),
+                expected,
+                notes,
+                at: now,
+                reply,
+            }))
+            .map_err(|_| RegistryError::Closed)?;
+        let result = answer.await.map_err(|_| RegistryError::Closed)?;
         match result {
-            Ok(true) => {}
-            Ok(false) => return Err(RegistryError::Stale(key)),
-            Err(e @ RegistryError::Sqlite(_)) => {
+            Ok(()) => {}
+            Err(e @ (RegistryError::Sqlite(_) | RegistryError::Unwritable(_))) => {
                 self.health.failed("saving an account", &e);
                 if !publish(&self.cache, &next) {
                     return Err(RegistryError::Stale(key));
@@ -448,55 +412,6 @@ impl Registry {
             Ok(())
         })
         .await
-    }
-}
-
-/// Writes the records kept in memory after failed writes (tokens, status, times), all in
-/// one transaction; on failure they stay in memory for the next attempt.
-fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
-    let keys: Vec<AccountKey> = health.lock().accounts.iter().cloned().collect();
-    if keys.is_empty() {
-        return;
-    }
-    let records: Vec<Arc<AccountRecord>> = {
-        let cache = read(cache);
-        keys.iter().filter_map(|k| cache.get(k).cloned()).collect()
-    };
-    let saves: Vec<Save<'_>> = records
-        .iter()
-        .map(|r| Save {
-            record: r,
-            expected: None,
-            notes: &[],
-            at: r.status_since,
-        })
-        .collect();
-    let result = conn.save_all(&saves);
-    match result {
-        Ok(()) => {
-            let mut unsaved = health.lock();
-            for k in &keys {
-                unsaved.accounts.remove(k);
-            }
-            if unsaved.accounts.is_empty() {
-                unsaved.error = None;
-            }
-            drop(unsaved);
-            tracing::info!(
-                accounts = keys.len(),
-                "stored the tokens kept in memory; the registry is writable again"
-            );
-        }
-        Err(RegistryError::NotFound(k) | RegistryError::Stale(k)) => {
-            health.lock().accounts.remove(&k);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, accounts = keys.len(), "still cannot write the registry; the new tokens stay in memory");
-            if let Some(c) = &health.errors {
-                c.inc();
-            }
-            health.lock().error = Some(e.to_string());
-        }
     }
 }
 
@@ -675,6 +590,65 @@ pub(crate) mod tests {
         reg.add(shiphero("beta", "b@x.io", "refresh-bbbbbbbb"), t0)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn saves_queued_together_are_all_stored_and_a_panic_does_not_close_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_secs(1_800_000_000);
+        let keys: Vec<AccountKey> = (0..200).map(|i| key(&format!("shiphero/m{i}"))).collect();
+        {
+            let reg = Registry::open(dir.path()).await.unwrap();
+            for (i, k) in keys.iter().enumerate() {
+                reg.add(
+                    shiphero(&k.name, &format!("{i}@x.io"), &format!("refresh-{i:08}")),
+                    t0,
+                )
+                .await
+                .unwrap();
+            }
+            // Two saves per account in flight at once, as a sweep makes them: the second
+            // computed from the first, so they chain inside one batch.
+            let mut tasks = tokio::task::JoinSet::new();
+            for k in &keys {
+                let (reg, k) = (reg.clone(), k.clone());
+                tasks.spawn(async move {
+                    let mut r = (*reg.account(&k).unwrap()).clone();
+                    r.candidate = Some(TokenRecord {
+                        access_token: Secret::new(format!("tok-{}", k.name)),
+                        issued_at: t0,
+                        expires_at: None,
+                    });
+                    let first = reg.save(r, vec![], t0).await.unwrap();
+                    let mut r = (*first).clone();
+                    r.current = r.candidate.take();
+                    r.status = Status::Active;
+                    reg.save(r, vec![], t0).await.unwrap();
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+            // A job that panics is logged; the next one runs.
+            assert!(matches!(
+                reg.call(|_| -> Result<(), RegistryError> { panic!("a bad value") })
+                    .await,
+                Err(RegistryError::Closed)
+            ));
+            reg.ping().await.unwrap();
+        }
+        let reg = Registry::open(dir.path()).await.unwrap();
+        for k in &keys {
+            let r = reg.account(k).unwrap();
+            assert_eq!(r.status, Status::Active);
+            assert_eq!(
+                r.current
+                    .as_ref()
+                    .map(|t| t.access_token.expose().to_string()),
+                Some(format!("tok-{}", k.name))
+            );
+            assert_eq!(r.revision, 2);
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,231 @@
+//! The registry's owner thread: the one place SQLite runs.
+//!
+//! Saves are group-committed: the saves found queued together are written in one transaction
+//! with one fsync, and only after that commit is each record published to the in-memory copy
+//! and acknowledged, so "stored before served" holds for every one of them. With many
+//! accounts in flight, their saves share fsyncs instead of paying one each.
+//!
+//! A panic in a job is caught and logged with what was being done; the thread goes on (the
+//! open transaction rolls back as it unwinds), so one bad value cannot close the registry
+//! for every later write.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::store::{Save, Store};
+use super::{AccountRecord, Cache, Note, RegistryError, WriteHealth, publish, read};
+use crate::clock::Timestamp;
+use crate::names::AccountKey;
+
+/// How often the owner thread retries writing records kept in memory.
+const RETRY_UNSAVED: Duration = Duration::from_secs(2);
+
+/// The most saves written in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Work for the owner thread.
+pub(super) enum Job {
+    /// Anything on the connection: reads, registrations, OAuth states, the audit.
+    Call(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// A record to store, group-committed with the saves queued beside it.
+    Save(SaveJob),
+}
+
+/// One record to store and whom to tell.
+pub(super) struct SaveJob {
+    /// The record, carrying its new revision.
+    pub record: Arc<AccountRecord>,
+    /// The revision it was computed from.
+    pub expected: i64,
+    /// What it adds to the history.
+    pub notes: Vec<Note>,
+    /// When.
+    pub at: Timestamp,
+    /// Told once the record is stored and published, or why not.
+    pub reply: oneshot::Sender<Result<(), RegistryError>>,
+}
+
+/// Runs jobs until every registry handle is gone.
+pub(super) fn run(mut conn: Connection, rx: Receiver<Job>, cache: Cache, health: WriteHealth) {
+    let mut held: Option<Job> = None;
+    loop {
+        let job = match held.take() {
+            Some(job) => job,
+            None => match rx.recv_timeout(RETRY_UNSAVED) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    guarded("writing back records kept in memory", || {
+                        store_unsaved(&mut conn, &cache, &health)
+                    });
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        // Records kept in memory go first, so a later write never lands before them.
+        guarded("writing back records kept in memory", || {
+            store_unsaved(&mut conn, &cache, &health)
+        });
+        match job {
+            Job::Call(f) => guarded("a registry job", || f(&mut conn)),
+            Job::Save(first) => {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Job::Save(next)) => batch.push(next),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+                guarded("storing account records", || {
+                    commit(&mut conn, &cache, &health, batch)
+                });
+            }
+        }
+    }
+}
+
+/// Runs `f`, logging a panic with what was being done instead of ending the thread.
+fn guarded(what: &str, f: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(panic = %message, "the registry thread panicked while {what}; that work is lost, the registry goes on");
+    }
+}
+
+/// Writes a batch of saves in one transaction; publishes and acknowledges each after the
+/// commit. Memory is never behind the disk, so it decides which saves are stale.
+fn commit(conn: &mut Connection, cache: &Cache, health: &WriteHealth, batch: Vec<SaveJob>) {
+    let mut latest: HashMap<AccountKey, (i64, i64)> = HashMap::new();
+    let mut current = Vec::with_capacity(batch.len());
+    for job in batch {
+        let key = &job.record.key;
+        let stored = latest
+            .get(key)
+            .copied()
+            .or_else(|| read(cache).get(key).map(|c| (c.generation, c.revision)));
+        if stored == Some((job.record.generation, job.expected)) {
+            latest.insert(key.clone(), (job.record.generation, job.record.revision));
+            current.push(job);
+        } else {
+            let _ = job.reply.send(Err(RegistryError::Stale(key.clone())));
+        }
+    }
+    if current.is_empty() {
+        return;
+    }
+    let behind = health.lock().accounts.clone();
+    let saves: Vec<Save<'_>> = current
+        .iter()
+        .map(|j| Save {
+            record: &j.record,
+            // The disk is asked too, unless a refused write left it behind memory.
+            expected: (!behind.contains(&j.record.key)).then_some(j.expected),
+            notes: &j.notes,
+            at: j.at,
+        })
+        .collect();
+    let result = conn.save_all(&saves);
+    drop(saves);
+    match result {
+        Ok(()) => acknowledge(cache, health, current),
+        // One save the disk calls stale fails the whole transaction: write them one by one.
+        Err(RegistryError::Stale(_)) if current.len() > 1 => {
+            for job in current {
+                commit(conn, cache, health, vec![job]);
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            let mut first = Some(e);
+            for job in current {
+                let error = first
+                    .take()
+                    .unwrap_or_else(|| RegistryError::Unwritable(why.clone()));
+                let _ = job.reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// After the commit: publish in order, then tell each saver.
+fn acknowledge(cache: &Cache, health: &WriteHealth, stored: Vec<SaveJob>) {
+    {
+        let mut unsaved = health.lock();
+        for job in &stored {
+            unsaved.accounts.remove(&job.record.key);
+        }
+        if unsaved.accounts.is_empty() && unsaved.error.take().is_some() {
+            tracing::info!("the registry is writable again");
+        }
+    }
+    for job in stored {
+        let result = if publish(cache, &job.record) {
+            Ok(())
+        } else {
+            Err(RegistryError::Stale(job.record.key.clone()))
+        };
+        let _ = job.reply.send(result);
+    }
+}
+
+/// Writes the records kept in memory after failed writes (tokens, status, times), all in
+/// one transaction; on failure they stay in memory for the next attempt.
+fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
+    let keys: Vec<AccountKey> = health.lock().accounts.iter().cloned().collect();
+    if keys.is_empty() {
+        return;
+    }
+    let records: Vec<Arc<AccountRecord>> = {
+        let cache = read(cache);
+        keys.iter().filter_map(|k| cache.get(k).cloned()).collect()
+    };
+    let saves: Vec<Save<'_>> = records
+        .iter()
+        .map(|r| Save {
+            record: r,
+            expected: None,
+            notes: &[],
+            at: r.status_since,
+        })
+        .collect();
+    match conn.save_all(&saves) {
+        Ok(()) => {
+            let mut unsaved = health.lock();
+            for k in &keys {
+                unsaved.accounts.remove(k);
+            }
+            if unsaved.accounts.is_empty() {
+                unsaved.error = None;
+            }
+            drop(unsaved);
+            tracing::info!(
+                accounts = keys.len(),
+                "stored the tokens kept in memory; the registry is writable again"
+            );
+        }
+        Err(RegistryError::NotFound(k) | RegistryError::Stale(k)) => {
+            health.lock().accounts.remove(&k);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, accounts = keys.len(), "still cannot write the registry; the new tokens stay in memory");
+            if let Some(c) = &health.errors {
+                c.inc();
+            }
+            health.lock().error = Some(e.to_string());
+        }
+    }
+}
