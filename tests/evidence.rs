@@ -352,3 +352,65 @@ async fn a_token_of_another_shiphero_account_is_never_served() {
         "{events}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_shippo_answer_that_proves_nothing_flags_a_healthy_account() {
+    let shiphero = FakeShipHero::start().await.unwrap();
+    let shippo = FakeShippo::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shippo_section = format!(
+        "callback_listen = \"\"\napi_base = \"{0}\"\noauth_base = \"{0}\"",
+        shippo.base_url()
+    );
+    let text = ConfigText {
+        shiphero_base: &shiphero.base_url(),
+        shippo: &shippo_section,
+        extra: "[verify]\ninterval = \"1s\"\nconfirm_after = \"30s\"\n",
+        ..ConfigText::default()
+    }
+    .render(dir.path());
+    let d = Daemon::start(dir.path(), &text).await;
+    let token = shippo.add_token("shop");
+    let file = dir.path().join("shop.token");
+    std::fs::write(&file, &token).unwrap();
+    let out = d
+        .cli(&[
+            "accounts",
+            "add",
+            "shippo",
+            "shop",
+            "--access-token-file",
+            file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    d.wait_for_status("shippo/shop", "active").await;
+
+    for (what, answer) in [
+        (
+            "409 too many concurrent calls",
+            Canned::json(409, json!({"detail": "Too many concurrent calls."})),
+        ),
+        ("404", Canned::json(404, json!({"detail": "Not found."}))),
+        ("400", Canned::json(400, json!({"detail": "Bad request."}))),
+        ("HTML 200 from a proxy", Canned::html(200)),
+        ("HTML 401 from a proxy", Canned::html(401)),
+        ("403 without Shippo's JSON", Canned::html(403)),
+    ] {
+        shippo.set_canned(None, Route::ShippoApi, Some(answer));
+        let first = d.cli(&["verify", "shippo/shop"]).await;
+        assert_ne!(first.code, 3, "{what}: {first:?}");
+        d.advance("31s").await;
+        let again = d.cli(&["verify", "shippo/shop"]).await;
+        assert_ne!(again.code, 3, "{what}: {again:?}");
+        assert_eq!(d.account("shippo/shop").await["status"], "active", "{what}");
+        let served = get(&d, "shippo/shop").await;
+        assert_eq!(
+            (served.code, served.stdout.trim()),
+            (0, token.as_str()),
+            "{what}"
+        );
+        shippo.set_canned(None, Route::ShippoApi, None);
+        assert_eq!(d.cli(&["verify", "shippo/shop"]).await.code, 0, "{what}");
+    }
+}
