@@ -103,8 +103,31 @@ pub fn init(level: &str, format: LogFormat) -> LogHandle {
         .with(json)
         .with(journald)
         .try_init();
+    log_panics();
     LogHandle {
         filter: handle,
         destination,
     }
+}
+
+/// Sends panics to the log with where they happened, as well as to stderr: under journald a
+/// panic on a worker or the registry thread (which the daemon survives) would otherwise be a
+/// bare line without the daemon's fields.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(thread, location, panic = %message, "a thread panicked");
+        default(info);
+    }));
 }
