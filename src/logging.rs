@@ -116,7 +116,10 @@ pub fn init(level: &str, format: LogFormat) -> LogHandle {
 fn log_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))

@@ -20,6 +20,29 @@ async fn daemon(fake: &FakeShipHero, env: &[(&str, &str)]) -> (tempfile::TempDir
     (dir, d)
 }
 
+/// Starts `rotate KEY` in the background and returns once ShipHero received its refresh.
+async fn rotate_in_flight(
+    d: &Daemon,
+    fake: &FakeShipHero,
+    key: &str,
+    email: &str,
+) -> tokio::task::JoinHandle<Cli> {
+    let refreshes = fake.refresh_count(email);
+    let socket = d.socket.clone();
+    let key = key.to_string();
+    let rotate = tokio::spawn(async move {
+        cli(
+            &["--socket", socket.to_str().unwrap(), "rotate", &key],
+            None,
+        )
+        .await
+    });
+    tokio::time::timeout(DEADLINE, fake.wait_for_refreshes(email, refreshes + 1))
+        .await
+        .unwrap();
+    rotate
+}
+
 fn kinds(events: &Value) -> Vec<String> {
     events["events"]
         .as_array()
@@ -35,25 +58,7 @@ async fn an_account_removed_and_added_again_mid_refresh_gets_nothing_of_the_old_
     let (_dir, d) = daemon(&fake, &[]).await;
     let old = d.register(&fake, "beta", "old@beta.test").await;
     fake.set_mode(&old.email, ShipHeroMode::Slow(Duration::from_secs(3)));
-    let refreshes = fake.refresh_count(&old.email);
-    let rotate = tokio::spawn({
-        let socket = d.socket.clone();
-        async move {
-            cli(
-                &[
-                    "--socket",
-                    socket.to_str().unwrap(),
-                    "rotate",
-                    "shiphero/beta",
-                ],
-                None,
-            )
-            .await
-        }
-    });
-    tokio::time::timeout(DEADLINE, fake.wait_for_refreshes(&old.email, refreshes + 1))
-        .await
-        .unwrap();
+    let rotate = rotate_in_flight(&d, &fake, "shiphero/beta", &old.email).await;
     assert_eq!(
         d.cli(&["accounts", "remove", "shiphero/beta"]).await.code,
         0
@@ -139,28 +144,7 @@ async fn sigterm_during_a_slow_refresh_stores_the_token_shiphero_issued() {
     let (dir, mut d) = daemon(&fake, &env).await;
     let acme = d.register(&fake, "acme", "ops@acme.test").await;
     fake.set_mode(&acme.email, ShipHeroMode::Slow(Duration::from_secs(15)));
-    let refreshes = fake.refresh_count(&acme.email);
-    let _rotate = tokio::spawn({
-        let socket = d.socket.clone();
-        async move {
-            cli(
-                &[
-                    "--socket",
-                    socket.to_str().unwrap(),
-                    "rotate",
-                    "shiphero/acme",
-                ],
-                None,
-            )
-            .await
-        }
-    });
-    tokio::time::timeout(
-        DEADLINE,
-        fake.wait_for_refreshes(&acme.email, refreshes + 1),
-    )
-    .await
-    .unwrap();
+    let _rotate = rotate_in_flight(&d, &fake, "shiphero/acme", &acme.email).await;
     fake.set_mode(&acme.email, ShipHeroMode::Active);
     let status = tokio::time::timeout(Duration::from_secs(40), async {
         d.signal(libc::SIGTERM);

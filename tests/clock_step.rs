@@ -46,6 +46,36 @@ async fn next_sweep(d: &Daemon, after: Timestamp) -> Timestamp {
 }
 
 /// Sets the daemon's wall-clock offset, in seconds (libfaketime's relative form).
+/// libfaketime, or `None` after saying the test is skipped; CI sets REQUIRE_LIBFAKETIME so
+/// the test cannot skip there.
+fn libfaketime_or_skip() -> Option<PathBuf> {
+    let lib = libfaketime();
+    if lib.is_none() {
+        assert!(
+            std::env::var_os("REQUIRE_LIBFAKETIME").is_none(),
+            "libfaketime is required here but missing: apt-get install libfaketime"
+        );
+        eprintln!("skipped: libfaketime is missing (apt-get install libfaketime)");
+    }
+    lib
+}
+
+/// Starts the daemon with its wall clock read from `offset` (libfaketime); an NTP step
+/// moves the wall clock only, so the monotonic clock is left alone.
+async fn start_faked(dir: &Path, config: &Path, lib: &Path, offset: &Path) -> Daemon {
+    Daemon::start_with(
+        dir,
+        config,
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+    .await
+}
+
 fn step_to(file: &Path, offset: &str) {
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, format!("{offset}\n")).unwrap();
@@ -54,12 +84,7 @@ fn step_to(file: &Path, offset: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeps_go_on_and_healthz_tells_the_truth_after_the_clock_steps_back_an_hour() {
-    let Some(lib) = libfaketime() else {
-        assert!(
-            std::env::var_os("REQUIRE_LIBFAKETIME").is_none(),
-            "libfaketime is required here but missing: apt-get install libfaketime"
-        );
-        eprintln!("skipped: libfaketime is missing (apt-get install libfaketime)");
+    let Some(lib) = libfaketime_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -74,18 +99,7 @@ async fn sweeps_go_on_and_healthz_tells_the_truth_after_the_clock_steps_back_an_
     }
     .render(dir.path());
     std::fs::write(&config, text).unwrap();
-    let d = Daemon::start_with(
-        dir.path(),
-        &config,
-        &[
-            ("LD_PRELOAD", lib.to_str().unwrap()),
-            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
-            ("FAKETIME_NO_CACHE", "1"),
-            // An NTP step moves the wall clock only.
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
-    )
-    .await;
+    let d = start_faked(dir.path(), &config, &lib, &offset).await;
     let (before, last) = health(&d).await;
     next_sweep(&d, last).await;
 
@@ -126,12 +140,7 @@ async fn sweeps_go_on_and_healthz_tells_the_truth_after_the_clock_steps_back_an_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_go_on_after_the_clock_steps_back_an_hour() {
-    let Some(lib) = libfaketime() else {
-        assert!(
-            std::env::var_os("REQUIRE_LIBFAKETIME").is_none(),
-            "libfaketime is required here but missing: apt-get install libfaketime"
-        );
-        eprintln!("skipped: libfaketime is missing (apt-get install libfaketime)");
+    let Some(lib) = libfaketime_or_skip() else {
         return;
     };
     let fake = FakeShipHero::start().await.unwrap();
@@ -142,17 +151,7 @@ async fn retries_go_on_after_the_clock_steps_back_an_hour() {
     // Checked every second, so the outage below is noticed at once.
     let extra = "[verify]\ninterval = \"1s\"\n";
     std::fs::write(&config, config_text(dir.path(), &fake.base_url(), extra)).unwrap();
-    let d = Daemon::start_with(
-        dir.path(),
-        &config,
-        &[
-            ("LD_PRELOAD", lib.to_str().unwrap()),
-            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
-            ("FAKETIME_NO_CACHE", "1"),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
-    )
-    .await;
+    let d = start_faked(dir.path(), &config, &lib, &offset).await;
     let user = d.register(&fake, "acme", "ops@acme.test").await;
     // An outage: the daemon retries with backoff (1 s doubling to at most 4 s here).
     fake.set_mode(&user.email, ShipHeroMode::Down);

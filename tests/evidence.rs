@@ -371,19 +371,7 @@ async fn no_shippo_answer_that_proves_nothing_flags_a_healthy_account() {
     .render(dir.path());
     let d = Daemon::start(dir.path(), &text).await;
     let token = shippo.add_token("shop");
-    let file = dir.path().join("shop.token");
-    std::fs::write(&file, &token).unwrap();
-    let out = d
-        .cli(&[
-            "accounts",
-            "add",
-            "shippo",
-            "shop",
-            "--access-token-file",
-            file.to_str().unwrap(),
-        ])
-        .await;
-    assert_eq!(out.code, 0, "{out:?}");
+    d.add_shippo("shop", &token).await;
     d.wait_for_status("shippo/shop", "active").await;
 
     for (what, answer) in [

@@ -325,19 +325,7 @@ async fn a_revoked_shippo_token_is_flagged() {
     .replace("[shippo]\n", &format!("[shippo]\n{extra}"));
     let d = Daemon::start(dir.path(), &config).await;
     let token = shippo.add_token("merchant");
-    let file = dir.path().join("shippo.token");
-    std::fs::write(&file, &token).unwrap();
-    let out = d
-        .cli(&[
-            "accounts",
-            "add",
-            "shippo",
-            "merchant",
-            "--access-token-file",
-            file.to_str().unwrap(),
-        ])
-        .await;
-    assert_eq!(out.code, 0, "{out:?}");
+    d.add_shippo("merchant", &token).await;
     let (_, body) = d.call("GET", "/v1/tokens/shippo/merchant", None).await;
     assert_eq!(body["headers"]["Authorization"], format!("Bearer {token}"));
     assert_eq!(body["headers"]["Shippo-API-Version"], "2018-02-08");

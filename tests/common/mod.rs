@@ -404,6 +404,24 @@ impl Daemon {
         user
     }
 
+    /// Registers a Shippo OAuth token obtained elsewhere as `shippo/NAME` through the CLI,
+    /// with the token in a file, failing the test if registration fails.
+    pub async fn add_shippo(&self, name: &str, token: &str) {
+        let file = self.dir.join(format!("{name}.shippo-token"));
+        std::fs::write(&file, token).unwrap();
+        let out = self
+            .cli(&[
+                "accounts",
+                "add",
+                "shippo",
+                name,
+                "--access-token-file",
+                file.to_str().unwrap(),
+            ])
+            .await;
+        assert_eq!(out.code, 0, "registering shippo/{name} failed: {out:?}");
+    }
+
     /// Registers a ShipHero developer user through the CLI, with the refresh token in a file.
     pub async fn add_shiphero(
         &self,
