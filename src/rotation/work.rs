@@ -1,6 +1,7 @@
 //! The engine's work: sweeps, the manual rotate and verify, and the one path every upstream
 //! result takes into the registry ([`Engine::apply`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,12 +62,10 @@ impl Engine {
     /// clock stepped back since the account was last saved (its save time plus the monotonic
     /// time elapsed since). Forgets anchors of accounts that are gone.
     fn steady_times(&self, accounts: &[Arc<AccountRecord>], now: Timestamp) -> Vec<Timestamp> {
+        let live: HashMap<&AccountKey, i64> =
+            accounts.iter().map(|r| (&r.key, r.generation)).collect();
         let mut anchors = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
-        anchors.retain(|k, a| {
-            accounts
-                .iter()
-                .any(|r| &r.key == k && r.generation == a.generation)
-        });
+        anchors.retain(|k, a| live.get(k) == Some(&a.generation));
         accounts
             .iter()
             .map(|r| steady_time(anchors.get(&r.key), r, now))
@@ -390,7 +389,8 @@ impl Engine {
             let incidents = self.incidents.lock().unwrap_or_else(|e| e.into_inner());
             (
                 incidents.hold(record.key.provider, now, threshold),
-                incidents.others_passed_at(&record.key, now, threshold),
+                // Only an undocumented answer needs it, and it walks the provider's accounts.
+                signature.and_then(|_| incidents.others_passed_at(&record.key, now, threshold)),
                 signature.and_then(|s| incidents.others_same_answer_at(&record.key, s)),
             )
         };
