@@ -381,48 +381,9 @@ impl Config {
                 concurrency: v.concurrency("rotation.concurrency", raw.rotation.concurrency)?,
                 window: v.window("rotation.window", raw.rotation.window.as_ref())?,
             },
-            verify: VerifyConfig {
-                interval: v.duration("verify.interval", &raw.verify.interval)?,
-                suspended_interval: v
-                    .duration("verify.suspended_interval", &raw.verify.suspended_interval)?,
-                confirm_after: v.duration("verify.confirm_after", &raw.verify.confirm_after)?,
-                incident_share: v.fraction("verify.incident_share", raw.verify.incident_share)?,
-                incident_min_accounts: v.concurrency(
-                    "verify.incident_min_accounts",
-                    raw.verify.incident_min_accounts,
-                )?,
-                incident_window: v
-                    .duration("verify.incident_window", &raw.verify.incident_window)?,
-            },
-            shiphero: ShipHeroConfig {
-                api_base: v.base_url("shiphero.api_base", &raw.shiphero.api_base)?,
-                timeout: v.duration("shiphero.timeout", &raw.shiphero.timeout)?,
-                pace: crate::pacing::Rate {
-                    per_second: f64::from(v.count(
-                        "shiphero.max_requests_per_second",
-                        raw.shiphero.max_requests_per_second,
-                    )?),
-                    burst: v.count("shiphero.burst", raw.shiphero.burst)?,
-                },
-            },
-            shippo: ShippoConfig {
-                api_base: v.base_url("shippo.api_base", &raw.shippo.api_base)?,
-                oauth_base: v.base_url("shippo.oauth_base", &raw.shippo.oauth_base)?,
-                api_version: v.api_version("shippo.api_version", &raw.shippo.api_version)?,
-                timeout: v.duration("shippo.timeout", &raw.shippo.timeout)?,
-                client_id: raw.shippo.client_id.trim().to_string(),
-                client_secret_file: v
-                    .optional_path("shippo.client_secret_file", &raw.shippo.client_secret_file)?,
-                redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.shippo.redirect_uri)?,
-                callback_listen: v.listen("shippo.callback_listen", &raw.shippo.callback_listen)?,
-                pace: crate::pacing::Rate {
-                    per_second: f64::from(v.count(
-                        "shippo.max_requests_per_minute",
-                        raw.shippo.max_requests_per_minute,
-                    )?) / 60.0,
-                    burst: v.count("shippo.burst", raw.shippo.burst)?,
-                },
-            },
+            verify: verify_section(&v, &raw.verify)?,
+            shiphero: shiphero_section(&v, &raw.shiphero)?,
+            shippo: shippo_section(&v, &raw.shippo)?,
             notify: NotifyConfig {
                 webhooks: v.webhooks("notify.webhooks", &raw.notify.webhooks)?,
                 command: v.command("notify.command", &raw.notify.command)?,
@@ -479,6 +440,56 @@ impl Config {
         out.push_str(&toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# {e}\n")));
         out
     }
+}
+
+/// `[verify]`, typed.
+fn verify_section(v: &Validator, raw: &RawVerify) -> Result<VerifyConfig, ConfigError> {
+    Ok(VerifyConfig {
+        interval: v.duration("verify.interval", &raw.interval)?,
+        suspended_interval: v.duration("verify.suspended_interval", &raw.suspended_interval)?,
+        confirm_after: v.duration("verify.confirm_after", &raw.confirm_after)?,
+        incident_share: v.fraction("verify.incident_share", raw.incident_share)?,
+        incident_min_accounts: v
+            .concurrency("verify.incident_min_accounts", raw.incident_min_accounts)?,
+        incident_window: v.duration("verify.incident_window", &raw.incident_window)?,
+    })
+}
+
+/// `[shiphero]`, typed.
+fn shiphero_section(v: &Validator, raw: &RawShipHero) -> Result<ShipHeroConfig, ConfigError> {
+    Ok(ShipHeroConfig {
+        api_base: v.base_url("shiphero.api_base", &raw.api_base)?,
+        timeout: v.duration("shiphero.timeout", &raw.timeout)?,
+        pace: crate::pacing::Rate {
+            per_second: f64::from(v.count(
+                "shiphero.max_requests_per_second",
+                raw.max_requests_per_second,
+            )?),
+            burst: v.count("shiphero.burst", raw.burst)?,
+        },
+    })
+}
+
+/// `[shippo]`, typed.
+fn shippo_section(v: &Validator, raw: &RawShippo) -> Result<ShippoConfig, ConfigError> {
+    Ok(ShippoConfig {
+        api_base: v.base_url("shippo.api_base", &raw.api_base)?,
+        oauth_base: v.base_url("shippo.oauth_base", &raw.oauth_base)?,
+        api_version: v.api_version("shippo.api_version", &raw.api_version)?,
+        timeout: v.duration("shippo.timeout", &raw.timeout)?,
+        client_id: raw.client_id.trim().to_string(),
+        client_secret_file: v
+            .optional_path("shippo.client_secret_file", &raw.client_secret_file)?,
+        redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.redirect_uri)?,
+        callback_listen: v.listen("shippo.callback_listen", &raw.callback_listen)?,
+        pace: crate::pacing::Rate {
+            per_second: f64::from(v.count(
+                "shippo.max_requests_per_minute",
+                raw.max_requests_per_minute,
+            )?) / 60.0,
+            burst: v.count("shippo.burst", raw.burst)?,
+        },
+    })
 }
 
 /// The flattened, lower-case keys that `SHIPTOKEN_<SECTION>__<KEY>[__<FIELD>]` may name, at

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::{ExchangeMode, MIN_API_VERSION, Shared, ShippoMode, ShippoState, SuspendedShape};
+use super::{
+    Account, ExchangeMode, MIN_API_VERSION, Shared, ShippoMode, ShippoState, SuspendedShape,
+};
 use crate::sim::{form_decode, form_encode, lock, random_hex, sleep_or_shutdown, until_shutdown};
 
 /// The fake's routes over `shared`.
@@ -190,24 +192,35 @@ async fn api_call(shared: &Shared, headers: &HeaderMap, listing: Listing) -> Res
         Some(ShippoMode::Slow(d)) => sleep_or_shutdown(&shared.shutdown, d).await,
         _ => {}
     }
-    let version = headers
-        .get("shippo-api-version")
-        .and_then(|v| v.to_str().ok());
-    match version {
-        None => {
-            return detail(StatusCode::BAD_REQUEST, "Shippo-API-Version header missing");
-        }
-        Some(v) if !is_date(v) || v < MIN_API_VERSION => {
-            return detail(
-                StatusCode::BAD_REQUEST,
-                "Invalid Shippo-API-Version: use a date of 2018-02-08 or later",
-            );
-        }
-        Some(_) => {}
+    if let Some(refused) = version_refused(headers) {
+        return refused;
     }
     let Some((account_name, account)) = account else {
         return detail(StatusCode::UNAUTHORIZED, "Token does not exist");
     };
+    answer(shared, &account_name, account, listing)
+}
+
+/// The 400 Shippo sends for a missing or too old `Shippo-API-Version`.
+fn version_refused(headers: &HeaderMap) -> Option<Response> {
+    let version = headers
+        .get("shippo-api-version")
+        .and_then(|v| v.to_str().ok());
+    match version {
+        None => Some(detail(
+            StatusCode::BAD_REQUEST,
+            "Shippo-API-Version header missing",
+        )),
+        Some(v) if !is_date(v) || v < MIN_API_VERSION => Some(detail(
+            StatusCode::BAD_REQUEST,
+            "Invalid Shippo-API-Version: use a date of 2018-02-08 or later",
+        )),
+        Some(_) => None,
+    }
+}
+
+/// What a known account's API call gets in its mode.
+fn answer(shared: &Shared, account_name: &str, account: Account, listing: Listing) -> Response {
     match account.mode {
         ShippoMode::Suspended => match account.suspended_shape {
             SuspendedShape::Forbidden403 => detail(
@@ -236,7 +249,7 @@ async fn api_call(shared: &Shared, headers: &HeaderMap, listing: Listing) -> Res
             response
         }
         ShippoMode::Active | ShippoMode::Slow(_) | ShippoMode::Down => {
-            json_response(StatusCode::OK, listing_body(listing, &account_name))
+            json_response(StatusCode::OK, listing_body(listing, account_name))
         }
     }
 }
