@@ -49,6 +49,38 @@ pub const REFUSAL_SERIES: [(&str, &str); 4] = [
     ("shippo_callback", "connections"),
 ];
 
+/// The `result` label of `shiptoken_rotations_total` and `shiptoken_verifications_total`:
+/// what a refresh or a probe came to (`providers::Verdict::metric_result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    /// The provider issued a token, or the probe passed.
+    Ok,
+    /// Evidence against the account: the provider refused the credentials.
+    Rejected,
+    /// An answer no document explains; a refusal only once confirmed.
+    Undocumented,
+    /// The probe is wrong for this token (a missing scope): never a flag.
+    Misconfigured,
+    /// The provider asked us to slow down.
+    Throttled,
+    /// Inconclusive: an outage, a proxy, a timeout.
+    Failed,
+}
+
+impl CheckResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::Ok => "ok",
+            CheckResult::Rejected => "rejected",
+            CheckResult::Undocumented => "undocumented",
+            CheckResult::Misconfigured => "misconfigured",
+            CheckResult::Throttled => "throttled",
+            CheckResult::Failed => "failed",
+        }
+    }
+}
+
 fn must<T>(r: prometheus::Result<T>) -> T {
     match r {
         Ok(v) => v,
@@ -215,9 +247,15 @@ impl Metrics {
         }
         for p in Provider::ALL {
             self.incident.with_label_values(&[p.as_str()]).set(0);
-            for r in ["ok", "rejected", "throttled", "failed"] {
-                self.rotations.with_label_values(&[p.as_str(), r]);
-                self.verifications.with_label_values(&[p.as_str(), r]);
+            for r in [
+                CheckResult::Ok,
+                CheckResult::Rejected,
+                CheckResult::Throttled,
+                CheckResult::Failed,
+            ] {
+                self.rotations.with_label_values(&[p.as_str(), r.as_str()]);
+                self.verifications
+                    .with_label_values(&[p.as_str(), r.as_str()]);
             }
         }
         let build_info = int_gauges(
@@ -253,19 +291,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a refresh attempt; `result` is ok, rejected, throttled or failed (see
+    /// Counts a refresh attempt by what it came to (see
     /// [`crate::providers::Verdict::metric_result`]).
-    pub fn rotation(&self, provider: Provider, result: &str) {
+    pub fn rotation(&self, provider: Provider, result: CheckResult) {
         self.rotations
-            .with_label_values(&[provider.as_str(), result])
+            .with_label_values(&[provider.as_str(), result.as_str()])
             .inc();
     }
 
-    /// Counts a probe; `result` is ok, rejected, undocumented, misconfigured, throttled or
-    /// failed (see [`crate::providers::Verdict::metric_result`]).
-    pub fn verification(&self, provider: Provider, result: &str) {
+    /// Counts a probe by what it came to (see [`crate::providers::Verdict::metric_result`]).
+    pub fn verification(&self, provider: Provider, result: CheckResult) {
         self.verifications
-            .with_label_values(&[provider.as_str(), result])
+            .with_label_values(&[provider.as_str(), result.as_str()])
             .inc();
     }
 
@@ -330,5 +367,43 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+// Panicking on a failed expectation is what a test is for.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_labels_are_the_words_alerts_and_dashboards_query() {
+        let metrics = Metrics::new();
+        let results = [
+            (CheckResult::Ok, "ok"),
+            (CheckResult::Rejected, "rejected"),
+            (CheckResult::Undocumented, "undocumented"),
+            (CheckResult::Misconfigured, "misconfigured"),
+            (CheckResult::Throttled, "throttled"),
+            (CheckResult::Failed, "failed"),
+        ];
+        for (result, _) in results {
+            metrics.verification(Provider::ShipHero, result);
+        }
+        metrics.rotation(Provider::Shippo, CheckResult::Misconfigured);
+        let text = metrics.render(&[]);
+        for (_, word) in results {
+            let line = format!(
+                "shiptoken_verifications_total{{provider=\"shiphero\",result=\"{word}\"}} 1"
+            );
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        // Series an alert needs before the first event exist at zero.
+        assert!(text.contains("shiptoken_rotations_total{provider=\"shiphero\",result=\"ok\"} 0"));
+        assert!(
+            text.contains(
+                "shiptoken_rotations_total{provider=\"shippo\",result=\"misconfigured\"} 1"
+            )
+        );
     }
 }

@@ -20,7 +20,7 @@ use super::{ApiError, ApiState, Caller, Shared, audit};
 use crate::clock::Timestamp;
 use crate::names::{AccountKey, Status};
 use crate::registry::{AccountRecord, RegistryError, TokenRecord};
-use crate::rotation::usable;
+use crate::rotation::{Probed, usable};
 
 /// How long a token request waits for the probe of a token issued a moment ago.
 const CANDIDATE_WAIT: Duration = Duration::from_secs(3);
@@ -44,17 +44,16 @@ pub const MAX_WAIT_SECS: u64 = 300;
 pub(super) struct Servable {
     /// The account's record, which holds the token.
     pub(super) record: Arc<AccountRecord>,
-    /// Whether the record's candidate token (not its current one) is the one served.
-    pub(super) candidate: bool,
+    /// Which of the record's tokens is served: the candidate or the current one.
+    pub(super) which: Probed,
 }
 
 impl Servable {
     /// The token served.
     pub(super) fn token(&self) -> Option<&TokenRecord> {
-        if self.candidate {
-            self.record.candidate.as_ref()
-        } else {
-            self.record.current.as_ref()
+        match self.which {
+            Probed::Candidate => self.record.candidate.as_ref(),
+            Probed::Served => self.record.current.as_ref(),
         }
     }
 }
@@ -78,15 +77,18 @@ impl ApiState {
         // The newest stored token wins. A candidate still here after its probe was
         // inconclusive (outage, throttling) is newer than the served one, which may no longer
         // work.
-        let candidate = record.candidate.as_ref().is_some_and(|c| usable(c, now));
-        let newest = if candidate {
-            record.candidate.as_ref()
+        let which = if record.candidate.as_ref().is_some_and(|c| usable(c, now)) {
+            Probed::Candidate
         } else {
-            record.current.as_ref()
+            Probed::Served
+        };
+        let newest = match which {
+            Probed::Candidate => record.candidate.as_ref(),
+            Probed::Served => record.current.as_ref(),
         };
         match newest {
             Some(t) if record.status == Status::Active && usable(t, now) => {
-                Ok(Servable { record, candidate })
+                Ok(Servable { record, which })
             }
             _ => Err(unusable(&record, now)),
         }
