@@ -3,6 +3,10 @@
 //!
 //! Every validation error names the key, where its value came from (file, variable or
 //! default) and why it is wrong, because an operator reading a failed start needs all three.
+//!
+//! Here: the layering, the typed configuration and the access rules. `raw` holds the sections
+//! as written with their defaults, `validate` the checks that type them, `limits` the
+//! `[limits]` section, `reload` what a reload may change.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -13,12 +17,20 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::names::{AccountKey, Provider};
+use crate::names::AccountKey;
 use crate::secret::Secret;
 
 mod limits;
-pub use limits::{LimitsConfig, RawLimits};
+mod raw;
 pub mod reload;
+mod validate;
+
+pub use limits::{LimitsConfig, RawLimits};
+pub use raw::{
+    RawLog, RawMetrics, RawNotify, RawRotation, RawShipHero, RawShippo, RawSocket, RawVerify,
+    RawWindow, Webhook,
+};
+use validate::Validator;
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
@@ -84,39 +96,6 @@ pub struct RawConfig {
     pub limits: RawLimits,
 }
 
-/// `[notify]` as written: where status changes are reported besides logs and metrics.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawNotify {
-    /// Webhooks that get a signed JSON POST per status change.
-    pub webhooks: Vec<Webhook>,
-    /// A command (argv) run per status change with the event on stdin; empty for none.
-    pub command: Vec<String>,
-    /// Timeout of one delivery attempt.
-    pub timeout: String,
-}
-
-impl Default for RawNotify {
-    fn default() -> Self {
-        RawNotify {
-            webhooks: Vec::new(),
-            command: Vec::new(),
-            timeout: "10s".into(),
-        }
-    }
-}
-
-/// One `[[notify.webhooks]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Webhook {
-    /// Where to POST the event.
-    pub url: String,
-    /// File holding the HMAC-SHA256 key for the `X-Shiptoken-Signature` header; empty: unsigned.
-    #[serde(default)]
-    pub secret_file: String,
-}
-
 /// The validated `[notify]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NotifyConfig {
@@ -126,136 +105,6 @@ pub struct NotifyConfig {
     pub command: Vec<String>,
     /// Timeout of one delivery attempt.
     pub timeout: Duration,
-}
-
-/// `[log]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawLog {
-    /// A tracing `EnvFilter` directive string.
-    pub level: String,
-    /// `auto`, `journald`, `text` or `json`.
-    pub format: String,
-}
-
-/// `[socket]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawSocket {
-    /// Path of the Unix socket.
-    pub path: String,
-    /// Octal file mode, e.g. `"0660"`.
-    pub mode: String,
-    /// Uids allowed to administer.
-    pub admin_uids: Vec<u32>,
-    /// `[[socket.clients]]` rules.
-    pub clients: Vec<ClientRule>,
-    /// How long audit entries (who read which token) are kept, e.g. `"90d"`.
-    pub audit_retention: String,
-}
-
-/// `[metrics]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawMetrics {
-    /// `host:port`, or empty to turn the listener off.
-    pub listen: String,
-}
-
-/// `[rotation]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawRotation {
-    /// Cron expression with a seconds field.
-    pub schedule: String,
-    /// Fraction of the lifetime after which a token is refreshed.
-    pub rotate_at: f64,
-    /// First backoff after a failed refresh.
-    pub retry_initial: String,
-    /// Longest backoff.
-    pub retry_max: String,
-    /// Upstream calls in flight at once.
-    pub concurrency: i64,
-    /// When routine refreshes may run; absent: at any time.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub window: Option<RawWindow>,
-}
-
-/// `rotation.window` as written: weekdays, a daily `start`..`end` and a time zone.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWindow {
-    /// Day names, `mon`..`sun`.
-    pub days: Vec<String>,
-    /// Opening, `HH:MM` local time.
-    pub start: String,
-    /// Closing, `HH:MM` local time (`24:00` allowed), later than `start`.
-    pub end: String,
-    /// IANA zone name; default `UTC`.
-    #[serde(default = "utc")]
-    pub timezone: String,
-}
-
-fn utc() -> String {
-    "UTC".into()
-}
-
-/// `[verify]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawVerify {
-    /// How often every token is probed.
-    pub interval: String,
-    /// How often a flagged account is re-checked.
-    pub suspended_interval: String,
-    /// How long after first seeing evidence it must be seen again before a flag.
-    pub confirm_after: String,
-    /// More than this share of one provider's accounts with evidence at once is an incident.
-    pub incident_share: f64,
-    /// ...and at least this many accounts.
-    pub incident_min_accounts: i64,
-    /// The window those accounts are counted in, and that must stay quiet to end it.
-    pub incident_window: String,
-}
-
-/// `[shiphero]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawShipHero {
-    /// Base URL of the public API.
-    pub api_base: String,
-    /// Timeout of one upstream request.
-    pub timeout: String,
-    /// Sustained upstream calls per second, all accounts together.
-    pub max_requests_per_second: i64,
-    /// Calls that may start back to back after a quiet spell.
-    pub burst: i64,
-}
-
-/// `[shippo]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawShippo {
-    /// Base URL of the REST API.
-    pub api_base: String,
-    /// Base URL of the OAuth pages and token endpoint.
-    pub oauth_base: String,
-    /// Value of the `Shippo-API-Version` header.
-    pub api_version: String,
-    /// Per-request timeout for the API and the OAuth token endpoint.
-    pub timeout: String,
-    /// The platform's OAuth client id.
-    pub client_id: String,
-    /// File holding the OAuth client secret.
-    pub client_secret_file: String,
-    /// The registered callback URL.
-    pub redirect_uri: String,
-    /// Where the OAuth callback listener binds.
-    pub callback_listen: String,
-    /// Sustained API calls per minute, all accounts together.
-    pub max_requests_per_minute: i64,
-    /// Calls that may start back to back after a quiet spell.
-    pub burst: i64,
 }
 
 /// One `[[socket.clients]]` rule: which peers may read which tokens.
@@ -293,26 +142,10 @@ impl ClientRule {
     }
 }
 
-fn env_or(var: &str, suffix: &str, fallback: &str) -> String {
-    match std::env::var_os(var) {
-        // systemd may list several directories separated by ':'; the first is ours.
-        Some(v) if !v.is_empty() => {
-            let first = v
-                .to_string_lossy()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            format!("{first}{suffix}")
-        }
-        _ => fallback.to_string(),
-    }
-}
-
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
-            state_dir: env_or("STATE_DIRECTORY", "", "/var/lib/shiptoken"),
+            state_dir: raw::env_or("STATE_DIRECTORY", "", "/var/lib/shiptoken"),
             key_file: String::new(),
             log: RawLog::default(),
             socket: RawSocket::default(),
@@ -323,95 +156,6 @@ impl Default for RawConfig {
             shippo: RawShippo::default(),
             notify: RawNotify::default(),
             limits: RawLimits::default(),
-        }
-    }
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        RawLog {
-            level: "info".into(),
-            format: "auto".into(),
-        }
-    }
-}
-
-impl Default for RawSocket {
-    fn default() -> Self {
-        RawSocket {
-            path: env_or(
-                "RUNTIME_DIRECTORY",
-                "/shiptoken.sock",
-                "/run/shiptoken/shiptoken.sock",
-            ),
-            mode: "0660".into(),
-            admin_uids: vec![0],
-            clients: Vec::new(),
-            audit_retention: "90d".into(),
-        }
-    }
-}
-
-impl Default for RawMetrics {
-    fn default() -> Self {
-        RawMetrics {
-            listen: "127.0.0.1:9847".into(),
-        }
-    }
-}
-
-impl Default for RawRotation {
-    fn default() -> Self {
-        RawRotation {
-            schedule: "0 * * * * *".into(),
-            rotate_at: 0.5,
-            retry_initial: "1m".into(),
-            retry_max: "1h".into(),
-            concurrency: 8,
-            window: None,
-        }
-    }
-}
-
-impl Default for RawVerify {
-    fn default() -> Self {
-        RawVerify {
-            interval: "6h".into(),
-            suspended_interval: "6h".into(),
-            confirm_after: "15m".into(),
-            incident_share: 0.2,
-            incident_min_accounts: 5,
-            incident_window: "10m".into(),
-        }
-    }
-}
-
-impl Default for RawShipHero {
-    fn default() -> Self {
-        RawShipHero {
-            api_base: "https://public-api.shiphero.com".into(),
-            timeout: "30s".into(),
-            // ShipHero allows 7,000 requests per 5 minutes (23/s): stay well below.
-            max_requests_per_second: 10,
-            burst: 20,
-        }
-    }
-}
-
-impl Default for RawShippo {
-    fn default() -> Self {
-        RawShippo {
-            api_base: "https://api.goshippo.com".into(),
-            oauth_base: "https://goshippo.com".into(),
-            api_version: "2018-02-08".into(),
-            timeout: "30s".into(),
-            client_id: String::new(),
-            client_secret_file: String::new(),
-            redirect_uri: String::new(),
-            callback_listen: "127.0.0.1:8847".into(),
-            // Shippo allows 50 list calls a minute on live tokens; the probe is one.
-            max_requests_per_minute: 40,
-            burst: 5,
         }
     }
 }
@@ -637,48 +381,9 @@ impl Config {
                 concurrency: v.concurrency("rotation.concurrency", raw.rotation.concurrency)?,
                 window: v.window("rotation.window", raw.rotation.window.as_ref())?,
             },
-            verify: VerifyConfig {
-                interval: v.duration("verify.interval", &raw.verify.interval)?,
-                suspended_interval: v
-                    .duration("verify.suspended_interval", &raw.verify.suspended_interval)?,
-                confirm_after: v.duration("verify.confirm_after", &raw.verify.confirm_after)?,
-                incident_share: v.fraction("verify.incident_share", raw.verify.incident_share)?,
-                incident_min_accounts: v.concurrency(
-                    "verify.incident_min_accounts",
-                    raw.verify.incident_min_accounts,
-                )?,
-                incident_window: v
-                    .duration("verify.incident_window", &raw.verify.incident_window)?,
-            },
-            shiphero: ShipHeroConfig {
-                api_base: v.base_url("shiphero.api_base", &raw.shiphero.api_base)?,
-                timeout: v.duration("shiphero.timeout", &raw.shiphero.timeout)?,
-                pace: crate::pacing::Rate {
-                    per_second: f64::from(v.count(
-                        "shiphero.max_requests_per_second",
-                        raw.shiphero.max_requests_per_second,
-                    )?),
-                    burst: v.count("shiphero.burst", raw.shiphero.burst)?,
-                },
-            },
-            shippo: ShippoConfig {
-                api_base: v.base_url("shippo.api_base", &raw.shippo.api_base)?,
-                oauth_base: v.base_url("shippo.oauth_base", &raw.shippo.oauth_base)?,
-                api_version: v.api_version("shippo.api_version", &raw.shippo.api_version)?,
-                timeout: v.duration("shippo.timeout", &raw.shippo.timeout)?,
-                client_id: raw.shippo.client_id.trim().to_string(),
-                client_secret_file: v
-                    .optional_path("shippo.client_secret_file", &raw.shippo.client_secret_file)?,
-                redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.shippo.redirect_uri)?,
-                callback_listen: v.listen("shippo.callback_listen", &raw.shippo.callback_listen)?,
-                pace: crate::pacing::Rate {
-                    per_second: f64::from(v.count(
-                        "shippo.max_requests_per_minute",
-                        raw.shippo.max_requests_per_minute,
-                    )?) / 60.0,
-                    burst: v.count("shippo.burst", raw.shippo.burst)?,
-                },
-            },
+            verify: verify_section(&v, &raw.verify)?,
+            shiphero: shiphero_section(&v, &raw.shiphero)?,
+            shippo: shippo_section(&v, &raw.shippo)?,
             notify: NotifyConfig {
                 webhooks: v.webhooks("notify.webhooks", &raw.notify.webhooks)?,
                 command: v.command("notify.command", &raw.notify.command)?,
@@ -737,6 +442,56 @@ impl Config {
     }
 }
 
+/// `[verify]`, typed.
+fn verify_section(v: &Validator, raw: &RawVerify) -> Result<VerifyConfig, ConfigError> {
+    Ok(VerifyConfig {
+        interval: v.duration("verify.interval", &raw.interval)?,
+        suspended_interval: v.duration("verify.suspended_interval", &raw.suspended_interval)?,
+        confirm_after: v.duration("verify.confirm_after", &raw.confirm_after)?,
+        incident_share: v.fraction("verify.incident_share", raw.incident_share)?,
+        incident_min_accounts: v
+            .concurrency("verify.incident_min_accounts", raw.incident_min_accounts)?,
+        incident_window: v.duration("verify.incident_window", &raw.incident_window)?,
+    })
+}
+
+/// `[shiphero]`, typed.
+fn shiphero_section(v: &Validator, raw: &RawShipHero) -> Result<ShipHeroConfig, ConfigError> {
+    Ok(ShipHeroConfig {
+        api_base: v.base_url("shiphero.api_base", &raw.api_base)?,
+        timeout: v.duration("shiphero.timeout", &raw.timeout)?,
+        pace: crate::pacing::Rate {
+            per_second: f64::from(v.count(
+                "shiphero.max_requests_per_second",
+                raw.max_requests_per_second,
+            )?),
+            burst: v.count("shiphero.burst", raw.burst)?,
+        },
+    })
+}
+
+/// `[shippo]`, typed.
+fn shippo_section(v: &Validator, raw: &RawShippo) -> Result<ShippoConfig, ConfigError> {
+    Ok(ShippoConfig {
+        api_base: v.base_url("shippo.api_base", &raw.api_base)?,
+        oauth_base: v.base_url("shippo.oauth_base", &raw.oauth_base)?,
+        api_version: v.api_version("shippo.api_version", &raw.api_version)?,
+        timeout: v.duration("shippo.timeout", &raw.timeout)?,
+        client_id: raw.client_id.trim().to_string(),
+        client_secret_file: v
+            .optional_path("shippo.client_secret_file", &raw.client_secret_file)?,
+        redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.redirect_uri)?,
+        callback_listen: v.listen("shippo.callback_listen", &raw.callback_listen)?,
+        pace: crate::pacing::Rate {
+            per_second: f64::from(v.count(
+                "shippo.max_requests_per_minute",
+                raw.max_requests_per_minute,
+            )?) / 60.0,
+            burst: v.count("shippo.burst", raw.burst)?,
+        },
+    })
+}
+
 /// The flattened, lower-case keys that `SHIPTOKEN_<SECTION>__<KEY>[__<FIELD>]` may name, at
 /// every depth. Optional tables absent from the defaults (`rotation.window`) are filled in
 /// first, or their variables would be reported as typos although they work.
@@ -759,313 +514,13 @@ fn known_env_keys() -> BTreeSet<String> {
         days: Vec::new(),
         start: String::new(),
         end: String::new(),
-        timezone: utc(),
+        timezone: raw::utc(),
     });
     let mut keys = BTreeSet::new();
     if let Ok(value) = serde_json::to_value(every) {
         walk("", &value, &mut keys);
     }
     keys
-}
-
-/// Turns raw strings into typed values, naming key and origin on failure.
-struct Validator<'a> {
-    figment: &'a Figment,
-}
-
-impl Validator<'_> {
-    fn origin(&self, key: &str) -> String {
-        let Some(md) = self.figment.find_metadata(key) else {
-            return "built-in default".into();
-        };
-        match &md.source {
-            Some(figment::Source::File(path)) => format!("in {}", path.display()),
-            _ if md.name.contains("environment") => {
-                format!(
-                    "from environment variable {ENV_PREFIX}{}",
-                    key.replace('.', "__").to_ascii_uppercase()
-                )
-            }
-            _ => format!("from {}", md.name),
-        }
-    }
-
-    fn invalid(&self, key: &str, value: &str, reason: String) -> ConfigError {
-        ConfigError::Invalid(Box::new(Invalid {
-            key: key.into(),
-            value: value.into(),
-            origin: self.origin(key),
-            reason,
-        }))
-    }
-
-    fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
-        let d = humantime::parse_duration(value.trim()).map_err(|e| {
-            self.invalid(
-                key,
-                value,
-                format!("not a duration ({e}); write e.g. \"90s\", \"15m\", \"14d\""),
-            )
-        })?;
-        if d.is_zero() {
-            return Err(self.invalid(key, value, "must be longer than zero".into()));
-        }
-        Ok(d)
-    }
-
-    fn absolute_path(&self, key: &str, value: &str) -> Result<PathBuf, ConfigError> {
-        let p = PathBuf::from(value);
-        if value.is_empty() || !p.is_absolute() {
-            return Err(self.invalid(key, value, "must be an absolute path".into()));
-        }
-        Ok(p)
-    }
-
-    fn optional_path(&self, key: &str, value: &str) -> Result<Option<PathBuf>, ConfigError> {
-        if value.is_empty() {
-            return Ok(None);
-        }
-        self.absolute_path(key, value).map(Some)
-    }
-
-    fn log_level(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        tracing_subscriber::EnvFilter::try_new(value)
-            .map_err(|e| self.invalid(key, value, format!("not a tracing filter: {e}")))?;
-        Ok(value.to_string())
-    }
-
-    fn log_format(&self, key: &str, value: &str) -> Result<LogFormat, ConfigError> {
-        match value {
-            "auto" => Ok(LogFormat::Auto),
-            "journald" => Ok(LogFormat::Journald),
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(self.invalid(
-                key,
-                value,
-                "must be one of auto, journald, text, json".into(),
-            )),
-        }
-    }
-
-    fn file_mode(&self, key: &str, value: &str) -> Result<u32, ConfigError> {
-        let mode = u32::from_str_radix(value.trim_start_matches("0o"), 8).map_err(|_| {
-            self.invalid(
-                key,
-                value,
-                "must be an octal file mode such as \"0660\"".into(),
-            )
-        })?;
-        if mode > 0o777 {
-            return Err(self.invalid(key, value, "must be at most 0777".into()));
-        }
-        if mode & 0o600 != 0o600 {
-            return Err(self.invalid(
-                key,
-                value,
-                "the owner needs read and write (0600 at least)".into(),
-            ));
-        }
-        Ok(mode)
-    }
-
-    fn listen(&self, key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
-        if value.is_empty() {
-            return Ok(None);
-        }
-        value.parse().map(Some).map_err(|_| {
-            self.invalid(
-                key,
-                value,
-                "must be host:port with an IP address, e.g. \"127.0.0.1:9847\", or \"\" for off"
-                    .into(),
-            )
-        })
-    }
-
-    fn cron(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        // The same parser settings tokio-cron-scheduler uses, so what passes here runs there.
-        croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .dom_and_dow(true)
-            .build()
-            .parse(value)
-            .map_err(|e| {
-                self.invalid(
-                    key,
-                    value,
-                    format!(
-                        "not a cron expression with a seconds field ({e}); e.g. \"0 * * * * *\""
-                    ),
-                )
-            })?;
-        Ok(value.to_string())
-    }
-
-    fn fraction(&self, key: &str, value: f64) -> Result<f64, ConfigError> {
-        if value > 0.0 && value < 1.0 {
-            Ok(value)
-        } else {
-            Err(self.invalid(
-                key,
-                &value.to_string(),
-                "must be between 0 and 1, exclusive (e.g. 0.5)".into(),
-            ))
-        }
-    }
-
-    fn concurrency(&self, key: &str, value: i64) -> Result<usize, ConfigError> {
-        match usize::try_from(value) {
-            Ok(n) if (1..=1024).contains(&n) => Ok(n),
-            _ => Err(self.invalid(key, &value.to_string(), "must be between 1 and 1024".into())),
-        }
-    }
-
-    fn count(&self, key: &str, value: i64) -> Result<u32, ConfigError> {
-        match u32::try_from(value) {
-            Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-            _ => Err(self.invalid(
-                key,
-                &value.to_string(),
-                "must be a whole number between 1 and 1000000".into(),
-            )),
-        }
-    }
-
-    fn window(
-        &self,
-        key: &str,
-        raw: Option<&RawWindow>,
-    ) -> Result<Option<crate::window::Window>, ConfigError> {
-        let Some(w) = raw else { return Ok(None) };
-        crate::window::Window::new(&w.days, &w.start, &w.end, &w.timezone)
-            .map(Some)
-            .map_err(|e| {
-                let written = format!(
-                    "{{ days = {:?}, start = {:?}, end = {:?}, timezone = {:?} }}",
-                    w.days, w.start, w.end, w.timezone
-                );
-                self.invalid(key, &written, e.to_string())
-            })
-    }
-
-    fn base_url(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        let url = reqwest::Url::parse(value)
-            .map_err(|e| self.invalid(key, value, format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(self.invalid(
-                key,
-                value,
-                "must be an http:// or https:// URL with a host".into(),
-            ));
-        }
-        Ok(value.trim_end_matches('/').to_string())
-    }
-
-    fn api_version(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        let well_formed = value.len() == 10
-            && value.chars().enumerate().all(|(i, c)| {
-                if i == 4 || i == 7 {
-                    c == '-'
-                } else {
-                    c.is_ascii_digit()
-                }
-            });
-        if !well_formed || value < "2018-02-08" {
-            return Err(self.invalid(
-                key,
-                value,
-                "must be a date YYYY-MM-DD, 2018-02-08 or later".into(),
-            ));
-        }
-        Ok(value.to_string())
-    }
-
-    fn redirect_uri(&self, key: &str, value: &str) -> Result<Option<String>, ConfigError> {
-        if value.is_empty() {
-            return Ok(None);
-        }
-        let url = reqwest::Url::parse(value)
-            .map_err(|e| self.invalid(key, value, format!("must be an absolute URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(self.invalid(key, value, "must be an http:// or https:// URL".into()));
-        }
-        if !value.ends_with('/') {
-            return Err(self.invalid(
-                key,
-                value,
-                "must end in \"/\" (Shippo requires the closing slash)".into(),
-            ));
-        }
-        Ok(Some(value.to_string()))
-    }
-
-    fn webhooks(&self, key: &str, hooks: &[Webhook]) -> Result<Vec<Webhook>, ConfigError> {
-        for (i, hook) in hooks.iter().enumerate() {
-            let at = format!("{key}[{i}]");
-            self.base_url(&format!("{at}.url"), &hook.url)?;
-            if !hook.secret_file.is_empty() {
-                let path = self.absolute_path(&format!("{at}.secret_file"), &hook.secret_file)?;
-                if !path.is_file() {
-                    return Err(self.invalid(
-                        &format!("{at}.secret_file"),
-                        &hook.secret_file,
-                        "is not a readable file".into(),
-                    ));
-                }
-            }
-        }
-        Ok(hooks.to_vec())
-    }
-
-    fn command(&self, key: &str, argv: &[String]) -> Result<Vec<String>, ConfigError> {
-        if let Some(program) = argv.first().filter(|p| !Path::new(p).is_absolute()) {
-            return Err(self.invalid(key, program, "the program must be an absolute path".into()));
-        }
-        Ok(argv.to_vec())
-    }
-
-    fn client_rules(
-        &self,
-        key: &str,
-        rules: &[ClientRule],
-    ) -> Result<Vec<ClientRule>, ConfigError> {
-        for (i, rule) in rules.iter().enumerate() {
-            let at = format!("{key}[{i}]");
-            if rule.name.trim().is_empty() {
-                return Err(self.invalid(
-                    &format!("{at}.name"),
-                    "\"\"",
-                    "every client rule needs a name".into(),
-                ));
-            }
-            if rule.uids.is_empty() && rule.gids.is_empty() {
-                return Err(self.invalid(
-                    &format!("{at}.uids"),
-                    "[]",
-                    format!(
-                        "client rule \"{}\" matches no peer: list uids or gids",
-                        rule.name
-                    ),
-                ));
-            }
-            for pattern in &rule.accounts {
-                let ok = match pattern.split_once('/') {
-                    Some((p, "*")) => Provider::parse(p).is_some(),
-                    Some(_) => AccountKey::parse(pattern).is_ok(),
-                    None => false,
-                };
-                if !ok {
-                    return Err(self.invalid(
-                        &format!("{at}.accounts"),
-                        pattern,
-                        "must be \"provider/account\" or \"provider/*\" with provider shiphero or shippo".into(),
-                    ));
-                }
-            }
-        }
-        Ok(rules.to_vec())
-    }
 }
 
 #[cfg(test)]

@@ -1,33 +1,42 @@
-//! `shiptoken serve`: wires the parts together, runs until SIGTERM/SIGINT, reloads on SIGHUP.
+//! `shiptoken serve` as a value: [`start`] opens the registry and starts every listener and
+//! task, [`Running::run`] serves until the shutdown future it is given resolves, then stops.
 //!
-//! Start-up order matters for systemd: the registry is open and the socket listens before
-//! the daemon says it is ready. Shutdown stops accepting, lets in-flight work finish (bounded),
-//! removes the socket file and returns.
+//! The caller owns the signals (main.rs: SIGTERM/SIGINT stop, SIGHUP calls
+//! [`Reloader::reload`]), the way mini-redis passes shutdown in, so the daemon can also run
+//! inside a test. Start-up order matters for systemd: the registry is open and the socket
+//! listens before the daemon says it is ready. Shutdown stops accepting, lets in-flight work
+//! finish (bounded), removes the socket file and returns.
 
+mod listen;
+mod reload;
+
+use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use tokio::net::UnixListener;
-use tokio::sync::{Notify, watch};
+use anyhow::Context;
+use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, ApiState, Limits};
+pub use listen::bind_socket;
+pub use reload::Reloader;
+
+use crate::api::{self, ApiState, AuditLog, Limits};
 use crate::clock::Clock;
 use crate::config::{Config, LimitsConfig};
+use crate::keys::StateLock;
 use crate::listeners::{self, HttpLimits};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
+use crate::oauth::OAuthFlow;
 use crate::providers::{self, shiphero::ShipHero, shippo::Shippo};
 use crate::registry::Registry;
 use crate::rotation::Engine;
-use crate::scheduler::{self, Trigger};
+use crate::scheduler::{self, LastSweep, Trigger};
+use crate::systemd::Systemd;
 
 /// How long shutdown waits for connections after the work in flight (see
 /// [`Engine::stop_grace`]) has had its time.
@@ -41,16 +50,14 @@ pub struct ServeOptions {
     pub movable_clock: bool,
     /// The clock to use (dev mode shares it with its simulated upstreams).
     pub clock: Option<Clock>,
-    /// Called once the daemon is ready, with where it listens.
-    pub on_ready: Option<OnReady>,
     /// What systemd passed: notify socket, watchdog, inherited listening socket.
-    pub systemd: crate::systemd::Systemd,
+    pub systemd: Systemd,
+    /// The global log subscriber's handle, so a reload can apply `log.level`; `None` (a
+    /// daemon inside a test) keeps the level the process started with.
+    pub log: Option<LogHandle>,
 }
 
-/// A callback run once the daemon is ready.
-pub type OnReady = Box<dyn FnOnce(&Ready) + Send>;
-
-/// Where a ready daemon listens.
+/// Where a started daemon listens.
 pub struct Ready {
     /// The Unix socket.
     pub socket: PathBuf,
@@ -60,23 +67,289 @@ pub struct Ready {
     pub shippo_callback: Option<SocketAddr>,
 }
 
-/// Runs the daemon until it is told to stop.
-pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> anyhow::Result<()> {
+/// What the parts of a daemon share while it runs.
+struct Core {
+    /// The live configuration; the reloader holds the sending side.
+    config: watch::Receiver<Arc<Config>>,
+    /// The daemon's clock.
+    clock: Clock,
+    /// One metrics registry per daemon, so two daemons in one test process never collide.
+    metrics: Metrics,
+    /// The source of truth.
+    registry: Registry,
+    /// Rotation and verification.
+    engine: Arc<Engine>,
+    /// When the last sweep finished: health, the systemd watchdog and `/healthz` read it.
+    last_sweep: Arc<LastSweep>,
+    /// Fired once on shutdown; every task and connection watches it.
+    shutdown: CancellationToken,
+    /// Every task and connection, so shutdown can wait for them.
+    tracker: TaskTracker,
+}
+
+/// A daemon whose listeners and tasks run; [`Running::run`] serves until told to stop.
+pub struct Running {
+    core: Core,
+    ready: Ready,
+    reloader: Reloader,
+    /// The cron trigger, shared with the reloader (which reschedules it).
+    trigger: Arc<Mutex<Trigger>>,
+    /// The audit queue, flushed once more after the tasks stopped.
+    audit: AuditLog,
+    /// Whether systemd passed the socket: then the file is systemd's and stays.
+    activated: bool,
+    systemd: Systemd,
+    /// Where the start-up log line says logs go.
+    logs: &'static str,
+    /// Held until the daemon stops: `key rotate` refuses to run under a live daemon, and a
+    /// second daemon refuses to share the registry.
+    _state_lock: StateLock,
+}
+
+/// Opens the registry and starts every listener and task: once this returns, the socket
+/// accepts connections. The daemon tells systemd it is ready in [`Running::run`].
+pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Running> {
+    warn_about_environment(&options.systemd);
+    let movable_clock = movable_clock(&options);
+    let clock = options.clock.unwrap_or_else(Clock::system);
+    let state_lock = lock_state_dir(&config)?;
+    let metrics = Metrics::new();
+    let registry = open_registry(&config, &metrics).await?;
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let (engine, shippo) = engine(&config, &registry, &clock, &metrics, &config_rx);
+    // Checked before anything listens: OAuth configured without its secret is a start-up error.
+    let oauth = OAuthFlow::from_config(
+        &config.shippo,
+        registry.clone(),
+        shippo,
+        engine.clone(),
+        clock.clone(),
+    )?
+    .map(Arc::new);
+    let core = Core {
+        config: config_rx,
+        last_sweep: Arc::new(LastSweep::new(clock.now())),
+        clock,
+        metrics,
+        registry,
+        engine,
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+
+    let mut systemd = options.systemd;
+    let activated = systemd.listener.is_some();
+    let listener = listen::socket(systemd.listener.take(), &config)?;
+    let limits = fit_limits(&config)?;
+    let audit = core.start_audit();
+    let state = core.api_state(oauth.clone(), audit.clone(), movable_clock);
+    core.tracker.spawn(api::serve(
+        listener,
+        api::Handler::new(state),
+        Limits::from(&limits),
+        core.shutdown.clone(),
+        core.tracker.clone(),
+    ));
+    let ready = Ready {
+        socket: config.socket.path.clone(),
+        metrics: listen::metrics(&core, &config, HttpLimits::from(&limits)).await?,
+        shippo_callback: listen::shippo_callback(&core, oauth.as_ref(), &config, &limits).await?,
+    };
+    let (trigger, notify) = core.start_sweeps(&config).await?;
+    let logs = options
+        .log
+        .as_ref()
+        .map_or("as set up by the caller", |l| l.destination);
+    let reloader = Reloader::new(
+        config.file.clone(),
+        config_tx,
+        options.log,
+        trigger.clone(),
+        notify,
+        systemd.notifier.clone(),
+        core.registry.clone(),
+    );
+    Ok(Running {
+        core,
+        ready,
+        reloader,
+        trigger,
+        audit,
+        activated,
+        systemd,
+        logs,
+        _state_lock: state_lock,
+    })
+}
+
+impl Running {
+    /// Where the daemon listens.
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// A handle that re-reads the configuration file, for the caller's SIGHUP.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Tells systemd the daemon is ready, serves until `shutdown` resolves, then stops:
+    /// no new upstream call, connections and work in flight finish (bounded), the socket file
+    /// goes. `shutdown` is polled for the whole run, so it may do work of its own (main.rs
+    /// reloads on SIGHUP inside it).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.announce();
+        shutdown.await;
+        self.stop().await;
+        Ok(())
+    }
+
+    /// The start-up log line, READY=1 and the systemd supervisor (status and watchdog).
+    fn announce(&self) {
+        let core = &self.core;
+        let off = || "off".to_string();
+        tracing::info!(
+            socket = %self.ready.socket.display(),
+            metrics = %self.ready.metrics.map_or_else(off, |a| a.to_string()),
+            shippo_callback = %self.ready.shippo_callback.map_or_else(off, |a| a.to_string()),
+            accounts = core.registry.accounts().len(),
+            logs = self.logs,
+            version = env!("CARGO_PKG_VERSION"),
+            "shiptoken ready"
+        );
+        let notifier = &self.systemd.notifier;
+        notifier.ready(&crate::systemd::registry_status(&core.registry));
+        core.tracker.spawn(crate::systemd::supervise(
+            notifier.clone(),
+            self.systemd.watchdog,
+            core.registry.clone(),
+            core.last_sweep.clone(),
+            core.config.clone(),
+            core.shutdown.clone(),
+        ));
+    }
+
+    /// The graceful stop.
+    async fn stop(self) {
+        let core = self.core;
+        self.systemd.notifier.stopping();
+        // First: no new upstream call. A refresh already sent is waited for and its token
+        // stored (not probed), so nothing a provider issued is lost to a restart.
+        core.engine.stop_new_work();
+        self.trigger.lock().await.stop().await;
+        core.shutdown.cancel();
+        core.tracker.close();
+        let wait = core.engine.stop_grace() + SHUTDOWN_MARGIN;
+        if tokio::time::timeout(wait, core.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some connections or work did not finish within {wait:?}; abandoning them"
+            );
+        }
+        // Reads answered while the audit flusher was stopping.
+        self.audit.flush(&core.registry).await;
+        // With socket activation the file belongs to systemd, which keeps listening on it.
+        if !self.activated {
+            listen::remove_socket(&self.ready.socket);
+        }
+        tracing::info!("stopped");
+    }
+}
+
+impl Core {
+    /// The audit queue and its flusher.
+    fn start_audit(&self) -> AuditLog {
+        let audit = AuditLog::new();
+        self.tracker.spawn(audit.clone().run(
+            self.registry.clone(),
+            self.clock.clone(),
+            self.config.clone(),
+            self.shutdown.clone(),
+        ));
+        audit
+    }
+
+    /// What the socket's handlers share.
+    fn api_state(
+        &self,
+        oauth: Option<Arc<OAuthFlow>>,
+        audit: AuditLog,
+        movable_clock: bool,
+    ) -> Arc<ApiState> {
+        Arc::new(ApiState {
+            registry: self.registry.clone(),
+            engine: self.engine.clone(),
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            daemon_uid: own_uid(),
+            movable_clock,
+            last_sweep: self.last_sweep.clone(),
+            oauth,
+            audit,
+            answers: api::Answers::default(),
+            shutdown: self.shutdown.clone(),
+        })
+    }
+
+    /// The cron trigger and the sweeper it wakes; the `Notify` also wakes it after a reload.
+    async fn start_sweeps(
+        &self,
+        config: &Config,
+    ) -> anyhow::Result<(Arc<Mutex<Trigger>>, Arc<Notify>)> {
+        let notify = Arc::new(Notify::new());
+        let trigger = Trigger::start(&config.rotation.schedule, notify.clone())
+            .await
+            .context("cannot start the rotation scheduler")?;
+        self.tracker.spawn(scheduler::run_sweeper(
+            self.engine.clone(),
+            self.clock.clone(),
+            notify.clone(),
+            self.config.clone(),
+            self.shutdown.clone(),
+            self.last_sweep.clone(),
+        ));
+        Ok((Arc::new(Mutex::new(trigger)), notify))
+    }
+}
+
+/// What the environment got wrong: variables that name no key, and systemd's oddities.
+fn warn_about_environment(systemd: &Systemd) {
     for var in Config::unknown_env_vars() {
         tracing::warn!(variable = %var, "environment variable names no configuration key; ignored");
     }
-    let clock = options.clock.unwrap_or_else(Clock::system);
-    // Held until the process ends: `key rotate` refuses to run under a live daemon, and a
-    // second daemon refuses to share the registry.
+    for warning in &systemd.warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// Whether `POST /v1/debug/clock` may move the clock.
+fn movable_clock(options: &ServeOptions) -> bool {
+    #[cfg(feature = "dev")]
+    return options.movable_clock;
+    // Without the dev feature there is no route that could move the clock.
+    #[cfg(not(feature = "dev"))]
+    {
+        let _ = options;
+        false
+    }
+}
+
+/// Prepares the state folder and takes its lock.
+fn lock_state_dir(config: &Config) -> anyhow::Result<StateLock> {
     crate::keys::prepare_state_dir(&config.state_dir)?;
-    let _state_lock = crate::keys::StateLock::try_take(&config.state_dir)?.with_context(|| {
+    crate::keys::StateLock::try_take(&config.state_dir)?.with_context(|| {
         format!(
             "another shiptoken process is using the state folder {}; stop it first",
             config.state_dir.display()
         )
-    })?;
-    let metrics = Metrics::new();
-    let registry = Registry::open_with(
+    })
+}
+
+async fn open_registry(config: &Config, metrics: &Metrics) -> anyhow::Result<Registry> {
+    Registry::open_with(
         &config.state_dir,
         crate::registry::OpenOptions {
             key_file: config.key_file.clone(),
@@ -84,8 +357,18 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         },
     )
     .await
-    .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))?;
-    // One client (connection pool, TLS setup) per provider, each with its own timeout.
+    .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))
+}
+
+/// The engine over one client (connection pool, TLS setup) per provider, each with its own
+/// timeout; the Shippo client too, for the OAuth flow.
+fn engine(
+    config: &Config,
+    registry: &Registry,
+    clock: &Clock,
+    metrics: &Metrics,
+    config_rx: &watch::Receiver<Arc<Config>>,
+) -> (Arc<Engine>, Shippo) {
     let shiphero = ShipHero::new(
         providers::http_client(config.shiphero.timeout),
         &config.shiphero.api_base,
@@ -98,217 +381,16 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         &config.shippo.api_version,
         metrics.clone(),
     );
-    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let engine = Arc::new(
-        Engine::new(
-            registry.clone(),
-            shiphero,
-            shippo.clone(),
-            clock.clone(),
-            metrics.clone(),
-            config_rx.clone(),
-        )
-        .with_notifier(crate::notify::Notifier::start(&config.notify)),
-    );
-    // Checked before anything listens: OAuth configured without its secret is a start-up error.
-    let oauth = crate::oauth::OAuthFlow::from_config(
-        &config.shippo,
+    let engine = Engine::new(
         registry.clone(),
-        shippo,
-        engine.clone(),
+        shiphero,
+        shippo.clone(),
         clock.clone(),
-    )?
-    .map(Arc::new);
-
-    let mut systemd = options.systemd;
-    for warning in &systemd.warnings {
-        tracing::warn!("{warning}");
-    }
-    // Socket activation: systemd owns the socket file, so it is neither bound nor removed here.
-    let activated = systemd.listener.is_some();
-    let listener = match systemd.listener.take() {
-        Some(inherited) => {
-            let inherited = inherited.map_err(anyhow::Error::msg)?;
-            tracing::info!(socket = ?inherited.local_addr().ok(), "using the socket passed by systemd");
-            crate::systemd::into_tokio(inherited)
-                .context("cannot use the socket passed by systemd")?
-        }
-        None => bind_socket(&config.socket.path, config.socket.mode)?,
-    };
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let limits = fit_limits(&config)?;
-
-    let last_sweep = Arc::new(scheduler::LastSweep::new(clock.now()));
-    let audit = api::AuditLog::new();
-    tracker.spawn(audit.clone().run(
-        registry.clone(),
-        clock.clone(),
+        metrics.clone(),
         config_rx.clone(),
-        shutdown.clone(),
-    ));
-    // Without the dev feature there is no route that could move the clock.
-    #[cfg(feature = "dev")]
-    let movable_clock = options.movable_clock;
-    #[cfg(not(feature = "dev"))]
-    let movable_clock = false;
-    let state = Arc::new(ApiState {
-        registry: registry.clone(),
-        engine: engine.clone(),
-        config: config_rx.clone(),
-        clock: clock.clone(),
-        metrics: metrics.clone(),
-        daemon_uid: own_uid(),
-        movable_clock,
-        last_sweep: last_sweep.clone(),
-        oauth: oauth.clone(),
-        audit: audit.clone(),
-        answers: api::Answers::default(),
-        shutdown: shutdown.clone(),
-    });
-    tracker.spawn(api::serve(
-        listener,
-        api::Handler::new(state),
-        Limits::from(&limits),
-        shutdown.clone(),
-        tracker.clone(),
-    ));
-
-    let metrics_addr = match config.metrics_listen {
-        Some(addr) => Some(
-            start_metrics(
-                addr,
-                metrics.clone(),
-                registry.clone(),
-                last_sweep.clone(),
-                &config,
-                HttpLimits::from(&limits),
-                shutdown.clone(),
-                &tracker,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-
-    let shippo_callback = match (&oauth, config.shippo.callback_listen) {
-        (Some(flow), Some(addr)) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on shippo.callback_listen {addr}"))?;
-            let bound = listener.local_addr()?;
-            tracker.spawn(listeners::serve(
-                listener,
-                flow.clone().callback_router(),
-                HttpLimits::from(&limits),
-                "shippo_callback",
-                metrics.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-            Some(bound)
-        }
-        _ => None,
-    };
-
-    let notify = Arc::new(Notify::new());
-    let mut trigger = Trigger::start(&config.rotation.schedule, notify.clone())
-        .await
-        .context("cannot start the rotation scheduler")?;
-    tracker.spawn(scheduler::run_sweeper(
-        engine.clone(),
-        clock.clone(),
-        notify.clone(),
-        config_rx.clone(),
-        shutdown.clone(),
-        last_sweep.clone(),
-    ));
-
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .context("cannot install signal handlers")?;
-    let signals_handle = signals.handle();
-
-    let accounts = registry.accounts().len();
-    tracing::info!(
-        socket = %config.socket.path.display(),
-        metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-        shippo_callback = %shippo_callback.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-        accounts,
-        logs = log.destination,
-        version = env!("CARGO_PKG_VERSION"),
-        "shiptoken ready"
-    );
-    systemd
-        .notifier
-        .ready(&crate::systemd::registry_status(&registry));
-    tracker.spawn(crate::systemd::supervise(
-        systemd.notifier.clone(),
-        systemd.watchdog,
-        registry.clone(),
-        last_sweep.clone(),
-        config_rx.clone(),
-        shutdown.clone(),
-    ));
-    if let Some(on_ready) = options.on_ready {
-        on_ready(&Ready {
-            socket: config.socket.path.clone(),
-            metrics: metrics_addr,
-            shippo_callback,
-        });
-    }
-
-    let file = config.file.clone();
-    let mut current = config;
-    while let Some(signal) = signals.next().await {
-        match signal {
-            SIGHUP => {
-                // systemd pairs RELOADING=1 with the READY=1 that follows, failed or not.
-                systemd.notifier.reloading();
-                let status = crate::systemd::registry_status(&registry);
-                if let Some(new) = reload(file.as_deref(), &current, &log, &mut trigger).await {
-                    current = new.clone();
-                    config_tx.send_replace(Arc::new(new));
-                    notify.notify_one();
-                    systemd.notifier.ready(&status);
-                } else {
-                    systemd.notifier.ready(&format!(
-                        "reload refused, previous configuration kept (see the log); {status}"
-                    ));
-                }
-            }
-            _ => {
-                tracing::info!(signal, "stopping");
-                systemd.notifier.stopping();
-                break;
-            }
-        }
-    }
-    signals_handle.close();
-    // First: no new upstream call. A refresh already sent is waited for and its token
-    // stored (not probed), so nothing a provider issued is lost to a restart.
-    engine.stop_new_work();
-    trigger.stop().await;
-    shutdown.cancel();
-    tracker.close();
-    let wait = engine.stop_grace() + SHUTDOWN_MARGIN;
-    if tokio::time::timeout(wait, tracker.wait()).await.is_err() {
-        tracing::warn!("some connections or work did not finish within {wait:?}; abandoning them");
-    }
-    // Reads answered while the audit flusher was stopping.
-    audit.flush(&registry).await;
-    // With socket activation the file belongs to systemd, which keeps listening on it.
-    let removed = if activated {
-        Ok(())
-    } else {
-        std::fs::remove_file(&current.socket.path)
-    };
-    match removed {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(error = %e, "cannot remove the socket file"),
-    }
-    tracing::info!("stopped");
-    Ok(())
+    )
+    .with_notifier(crate::notify::Notifier::start(&config.notify));
+    (Arc::new(engine), shippo)
 }
 
 /// `[limits]` fitted under the open-file limit with the TCP listeners that will be on: lowered
@@ -327,185 +409,4 @@ fn fit_limits(config: &Config) -> anyhow::Result<LimitsConfig> {
 /// The daemon's own uid, which may always administer.
 fn own_uid() -> u32 {
     rustix::process::getuid().as_raw()
-}
-
-/// Re-reads the configuration; returns it when it was valid and applied.
-async fn reload(
-    file: Option<&Path>,
-    current: &Config,
-    log: &LogHandle,
-    trigger: &mut Trigger,
-) -> Option<Config> {
-    let new = match Config::load(file) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused: the configuration is invalid; keeping the running one");
-            return None;
-        }
-    };
-    match crate::config::reload::check(current, &new) {
-        Ok(grants) => {
-            for grant in grants {
-                tracing::warn!(peer = %grant.peer, grant = %grant.what, "reload widens access: {grant}");
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused: keeping the running configuration");
-            return None;
-        }
-    }
-    if let Err(e) = log.set_level(&new.log_level) {
-        tracing::error!(error = %e, "reload: cannot apply log.level");
-    }
-    if let Err(e) = trigger.reschedule(&new.rotation.schedule).await {
-        tracing::error!(error = %e, "reload: cannot apply rotation.schedule; keeping the old schedule");
-    }
-    let needs_restart = [
-        ("state_dir", current.state_dir != new.state_dir),
-        ("key_file", current.key_file != new.key_file),
-        ("socket.path", current.socket.path != new.socket.path),
-        ("socket.mode", current.socket.mode != new.socket.mode),
-        (
-            "metrics.listen",
-            current.metrics_listen != new.metrics_listen,
-        ),
-        (
-            "shippo.callback_listen",
-            current.shippo.callback_listen != new.shippo.callback_listen,
-        ),
-        ("shiphero", current.shiphero != new.shiphero),
-        ("shippo", current.shippo != new.shippo),
-        ("limits", current.limits != new.limits),
-        (
-            "rotation.concurrency",
-            current.rotation.concurrency != new.rotation.concurrency,
-        ),
-    ];
-    for (key, changed) in needs_restart {
-        if changed {
-            tracing::warn!(
-                key,
-                "reload: {key} changed but takes effect only after a restart"
-            );
-        }
-    }
-    tracing::info!("configuration reloaded");
-    Some(new)
-}
-
-/// Binds the Unix socket, replacing a stale file left by a crash but refusing to steal the
-/// path from a live daemon.
-pub fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
-    if let Some(parent) = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-    {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create the socket folder {}", parent.display()))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            bail!(
-                "{} exists and is not a socket; remove it or set socket.path elsewhere",
-                path.display()
-            )
-        }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => bail!(
-                "another process is already listening on {}; stop it (is shiptoken already running?) or set socket.path elsewhere",
-                path.display()
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                tracing::info!(socket = %path.display(), "removing a stale socket file left by a previous run");
-                std::fs::remove_file(path).with_context(|| {
-                    format!("cannot remove the stale socket {}", path.display())
-                })?;
-            }
-            Err(e) => bail!("cannot check the existing socket {}: {e}", path.display()),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => bail!("cannot inspect {}: {e}", path.display()),
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
-    Ok(listener)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn start_metrics(
-    addr: SocketAddr,
-    metrics: Metrics,
-    registry: Registry,
-    last_sweep: Arc<scheduler::LastSweep>,
-    config: &Config,
-    limits: HttpLimits,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<SocketAddr> {
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    use axum::routing::get;
-
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on metrics.listen {addr}"))?;
-    let bound = listener.local_addr()?;
-    // A sweep that has not finished in two ticks plus a minute means the scheduler stalled.
-    let stall_after =
-        scheduler::tick_interval(&config.rotation.schedule).unwrap_or(Duration::from_secs(60)) * 2
-            + Duration::from_secs(60);
-    let render = {
-        let (metrics, registry) = (metrics.clone(), registry.clone());
-        move || {
-            let body = metrics.render(&registry.accounts());
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                body,
-            )
-        }
-    };
-    let healthz = move || {
-        let (registry, last_sweep) = (registry.clone(), last_sweep.clone());
-        async move {
-            if let Err(e) = registry.ping().await {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("registry unusable: {e}\n"),
-                )
-                    .into_response();
-            }
-            // Tokens are still served from memory, but a restart now would lose the unsaved ones.
-            if let Some(problem) = registry.write_problem() {
-                return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
-            }
-            // Monotonic: a step of the wall clock neither hides a stall nor fakes one.
-            let age = last_sweep.silence();
-            if age > stall_after {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("scheduler stalled: last sweep {}s ago\n", age.as_secs()),
-                )
-                    .into_response();
-            }
-            (StatusCode::OK, "ok\n").into_response()
-        }
-    };
-    let app = axum::Router::new()
-        .route("/metrics", get(move || std::future::ready(render())))
-        .route("/healthz", get(healthz));
-    tracker.spawn(listeners::serve(
-        listener,
-        app,
-        limits,
-        "metrics",
-        metrics,
-        shutdown,
-        tracker.clone(),
-    ));
-    Ok(bound)
 }

@@ -64,25 +64,69 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
         .await
         .context("cannot start the simulated Shippo")?;
     shiphero.set_token_lifetime(DEV_TOKEN_LIFETIME);
+    let oauth = OAuthClient::register(&shippo, dir.path())?;
+    let config = dev_config(dir.path(), &shiphero, &shippo, oauth)?;
+    register_demo_accounts(&config, &shiphero, &shippo).await?;
+    let kept = keep.then(|| dir.path().to_path_buf());
+    let state = if keep {
+        let _ = dir.keep();
+        None
+    } else {
+        Some(dir)
+    };
+    Ok(DevEnvironment {
+        shiphero,
+        shippo,
+        config,
+        state,
+        kept,
+    })
+}
 
-    // The simulated Shippo is also the OAuth host, so `shippo connect` works end to end. The
-    // callback port is chosen now because the redirect URI registered with Shippo names it.
-    let callback_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("cannot find a free port for the Shippo OAuth callback")?
-        .port();
-    let redirect_uri = format!("http://127.0.0.1:{callback_port}/shippo-oauth-redirect/");
-    let client_secret = crate::sim::random_hex(16);
-    let secret_file = dir.path().join("shippo-client-secret");
-    std::fs::write(&secret_file, &client_secret)
-        .context("cannot write the dev Shippo client secret")?;
-    shippo.new_client(DEV_SHIPPO_CLIENT_ID, &client_secret, &[&redirect_uri]);
+/// The OAuth client dev mode registers with its simulated Shippo, which is also the OAuth
+/// host, so `shippo connect` works end to end.
+struct OAuthClient {
+    /// The callback URL registered with Shippo.
+    redirect_uri: String,
+    /// Where the callback listener binds: chosen now, because the redirect URI names it.
+    callback_listen: String,
+    /// The client secret's file.
+    secret_file: PathBuf,
+}
 
+impl OAuthClient {
+    fn register(shippo: &FakeShippo, dir: &Path) -> anyhow::Result<OAuthClient> {
+        let callback_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port for the Shippo OAuth callback")?
+            .port();
+        let redirect_uri = format!("http://127.0.0.1:{callback_port}/shippo-oauth-redirect/");
+        let client_secret = crate::sim::random_hex(16);
+        let secret_file = dir.join("shippo-client-secret");
+        std::fs::write(&secret_file, &client_secret)
+            .context("cannot write the dev Shippo client secret")?;
+        shippo.new_client(DEV_SHIPPO_CLIENT_ID, &client_secret, &[&redirect_uri]);
+        Ok(OAuthClient {
+            redirect_uri,
+            callback_listen: format!("127.0.0.1:{callback_port}"),
+            secret_file,
+        })
+    }
+}
+
+/// The dev configuration: state and socket in `dir`, the simulators as upstreams, short
+/// intervals so rotation and a suspension show within a minute.
+fn dev_config(
+    dir: &Path,
+    shiphero: &FakeShipHero,
+    shippo: &FakeShippo,
+    oauth: OAuthClient,
+) -> anyhow::Result<Config> {
     let defaults = RawConfig::default();
     let raw = RawConfig {
-        state_dir: dir.path().join("state").display().to_string(),
+        state_dir: dir.join("state").display().to_string(),
         socket: crate::config::RawSocket {
-            path: dir.path().join("shiptoken.sock").display().to_string(),
+            path: dir.join("shiptoken.sock").display().to_string(),
             ..defaults.socket
         },
         metrics: crate::config::RawMetrics {
@@ -114,17 +158,23 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
             api_base: shippo.base_url(),
             oauth_base: shippo.base_url(),
             client_id: DEV_SHIPPO_CLIENT_ID.into(),
-            client_secret_file: secret_file.display().to_string(),
-            redirect_uri,
-            callback_listen: format!("127.0.0.1:{callback_port}"),
+            client_secret_file: oauth.secret_file.display().to_string(),
+            redirect_uri: oauth.redirect_uri,
+            callback_listen: oauth.callback_listen,
             ..defaults.shippo
         },
         ..defaults
     };
     let figment = figment::Figment::from(figment::providers::Serialized::defaults(raw));
-    let config = Config::from_figment(&figment, None)
-        .context("the built-in dev configuration is invalid")?;
+    Config::from_figment(&figment, None).context("the built-in dev configuration is invalid")
+}
 
+/// Registers the demo accounts: an active and a suspended ShipHero user, and a Shippo token.
+async fn register_demo_accounts(
+    config: &Config,
+    shiphero: &FakeShipHero,
+    shippo: &FakeShippo,
+) -> anyhow::Result<()> {
     let registry = Registry::open(&config.state_dir).await?;
     let now = Clock::system().now();
     let active = shiphero.add_user("demo-active@example.com");
@@ -156,21 +206,7 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
             now,
         )
         .await?;
-    drop(registry);
-    let kept = keep.then(|| dir.path().to_path_buf());
-    let state = if keep {
-        let _ = dir.keep();
-        None
-    } else {
-        Some(dir)
-    };
-    Ok(DevEnvironment {
-        shiphero,
-        shippo,
-        config,
-        state,
-        kept,
-    })
+    Ok(())
 }
 
 /// The few lines dev mode prints once the daemon is ready.

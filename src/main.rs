@@ -1,11 +1,16 @@
-//! The `shiptoken` binary: parses the command line and hands off to the library.
+//! The `shiptoken` binary: parses the command line and hands off to the library. It owns the
+//! process-wide parts: the async runtime, the log subscriber and the signals.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use futures_util::StreamExt;
 use shiptoken::cli::{Cli, Command, ConfigCommand, KeyCommand};
 use shiptoken::config::Config;
 use shiptoken::{daemon, logging};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -95,9 +100,40 @@ async fn serve(
         #[cfg(feature = "dev")]
         movable_clock: args.movable_clock,
         systemd,
+        log: Some(log),
         ..Default::default()
     };
-    exit_code(daemon::serve(config, log, options).await)
+    exit_code(run_daemon(config, options, |_| {}).await)
+}
+
+/// Starts the daemon and runs it until SIGTERM or SIGINT; SIGHUP reloads its configuration.
+/// `on_start` sees where it listens before it tells systemd it is ready.
+async fn run_daemon(
+    config: Config,
+    options: daemon::ServeOptions,
+    on_start: impl FnOnce(&daemon::Ready),
+) -> anyhow::Result<()> {
+    let running = daemon::start(config, options).await?;
+    on_start(running.ready());
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let handle = signals.handle();
+    let reloader = running.reloader();
+    let result = running.run(until_stopped(signals, reloader)).await;
+    handle.close();
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT; reloads the configuration on each SIGHUP meanwhile.
+async fn until_stopped(mut signals: Signals, reloader: daemon::Reloader) {
+    while let Some(signal) = signals.next().await {
+        if signal == SIGHUP {
+            reloader.reload().await;
+        } else {
+            tracing::info!(signal, "stopping");
+            return;
+        }
+    }
 }
 
 /// `serve --dev`: the daemon against the simulators, on a temporary state folder.
@@ -118,14 +154,15 @@ async fn serve_dev(
     let options = daemon::ServeOptions {
         movable_clock: true,
         systemd,
-        on_ready: Some(Box::new(|ready: &daemon::Ready| {
-            // The daemon keeps running if nobody reads its standard output any more.
-            let text = shiptoken::dev::instructions(&ready.socket, ready.metrics);
-            let _ = writeln!(std::io::stdout(), "{text}");
-        })),
+        log: Some(log),
         ..Default::default()
     };
-    let result = daemon::serve(env.config.clone(), log, options).await;
+    let result = run_daemon(env.config.clone(), options, |ready| {
+        // The daemon keeps running if nobody reads its standard output any more.
+        let text = shiptoken::dev::instructions(&ready.socket, ready.metrics);
+        let _ = writeln!(std::io::stdout(), "{text}");
+    })
+    .await;
     env.finish();
     exit_code(result)
 }

@@ -49,6 +49,38 @@ pub const REFUSAL_SERIES: [(&str, &str); 4] = [
     ("shippo_callback", "connections"),
 ];
 
+/// The `result` label of `shiptoken_rotations_total` and `shiptoken_verifications_total`:
+/// what a refresh or a probe came to (`providers::Verdict::metric_result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    /// The provider issued a token, or the probe passed.
+    Ok,
+    /// Evidence against the account: the provider refused the credentials.
+    Rejected,
+    /// An answer no document explains; a refusal only once confirmed.
+    Undocumented,
+    /// The probe is wrong for this token (a missing scope): never a flag.
+    Misconfigured,
+    /// The provider asked us to slow down.
+    Throttled,
+    /// Inconclusive: an outage, a proxy, a timeout.
+    Failed,
+}
+
+impl CheckResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::Ok => "ok",
+            CheckResult::Rejected => "rejected",
+            CheckResult::Undocumented => "undocumented",
+            CheckResult::Misconfigured => "misconfigured",
+            CheckResult::Throttled => "throttled",
+            CheckResult::Failed => "failed",
+        }
+    }
+}
+
 fn must<T>(r: prometheus::Result<T>) -> T {
     match r {
         Ok(v) => v,
@@ -58,166 +90,185 @@ fn must<T>(r: prometheus::Result<T>) -> T {
     }
 }
 
+/// `shiptoken_last_sweep_timestamp_seconds`: name and help.
+const LAST_SWEEP: (&str, &str) = (
+    "shiptoken_last_sweep_timestamp_seconds",
+    "When the scheduler last completed a sweep for due work",
+);
+
+/// `shiptoken_registry_errors_total`: name and help.
+const REGISTRY_ERRORS: (&str, &str) = (
+    "shiptoken_registry_errors_total",
+    "Writes to registry.db that failed (read-only file system, disk full, I/O error)",
+);
+
+/// Upstream calls take tens of milliseconds to tens of seconds (the timeout).
+fn upstream_duration(registry: &PromRegistry) -> HistogramVec {
+    let opts = HistogramOpts::new(
+        "shiptoken_upstream_request_duration_seconds",
+        "Latency of requests to providers",
+    )
+    .buckets(vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+    add(
+        registry,
+        must(HistogramVec::new(opts, &["provider", "endpoint"])),
+    )
+}
+
+/// Tokens are served from memory: tens of microseconds normally, more under load. The admin
+/// routes (add, rotate, verify) and a token read that waits for a probe verdict wait for the
+/// provider, up to its timeout: the top buckets keep those out of +Inf.
+fn socket_duration(registry: &PromRegistry) -> Histogram {
+    let opts = HistogramOpts::new(
+        "shiptoken_socket_request_duration_seconds",
+        "Latency of Unix socket requests",
+    )
+    .buckets(vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0,
+    ]);
+    add(registry, must(Histogram::with_opts(opts)))
+}
+
+/// Registers `collector` in `registry` and hands it back, so each metric is built in one place.
+fn add<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &PromRegistry,
+    collector: C,
+) -> C {
+    must(registry.register(Box::new(collector.clone())));
+    collector
+}
+
+fn int_gauges(registry: &PromRegistry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    add(
+        registry,
+        must(IntGaugeVec::new(Opts::new(name, help), labels)),
+    )
+}
+
+fn gauges(registry: &PromRegistry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    add(registry, must(GaugeVec::new(Opts::new(name, help), labels)))
+}
+
+fn counters(registry: &PromRegistry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    add(
+        registry,
+        must(IntCounterVec::new(Opts::new(name, help), labels)),
+    )
+}
+
 impl Metrics {
     /// Creates and registers every metric, including the process collector and build info.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Metrics {
         let registry = PromRegistry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
-        let account_status = must(IntGaugeVec::new(
-            Opts::new(
+        let r = &registry;
+        let account = ["provider", "account"];
+        let metrics = Metrics {
+            account_status: int_gauges(
+                r,
                 "shiptoken_account_status",
                 "1 for the account's current status, 0 for the others",
+                &["provider", "account", "status"],
             ),
-            &["provider", "account", "status"],
-        ));
-        let token_expiry = must(GaugeVec::new(
-            Opts::new(
+            token_expiry: gauges(
+                r,
                 "shiptoken_token_expiry_timestamp_seconds",
                 "When the served access token expires (ShipHero)",
+                &account,
             ),
-            &["provider", "account"],
-        ));
-        let last_rotation = must(GaugeVec::new(
-            Opts::new(
+            last_rotation: gauges(
+                r,
                 "shiptoken_last_rotation_timestamp_seconds",
                 "When the provider last issued a token for the account",
+                &account,
             ),
-            &["provider", "account"],
-        ));
-        let last_verification = must(GaugeVec::new(
-            Opts::new(
+            last_verification: gauges(
+                r,
                 "shiptoken_last_verification_timestamp_seconds",
                 "When a probe last proved the account's token works",
+                &account,
             ),
-            &["provider", "account"],
-        ));
-        let rotations = must(IntCounterVec::new(
-            Opts::new(
+            rotations: counters(
+                r,
                 "shiptoken_rotations_total",
                 "Token refresh attempts by outcome",
+                &["provider", "result"],
             ),
-            &["provider", "result"],
-        ));
-        let verifications = must(IntCounterVec::new(
-            Opts::new("shiptoken_verifications_total", "Token probes by outcome"),
-            &["provider", "result"],
-        ));
-        let upstream_requests = must(IntCounterVec::new(
-            Opts::new(
+            verifications: counters(
+                r,
+                "shiptoken_verifications_total",
+                "Token probes by outcome",
+                &["provider", "result"],
+            ),
+            upstream_requests: counters(
+                r,
                 "shiptoken_upstream_requests_total",
                 "HTTP requests to providers by endpoint and status code",
+                &["provider", "endpoint", "code"],
             ),
-            &["provider", "endpoint", "code"],
-        ));
-        // Upstream calls take tens of milliseconds to tens of seconds (the timeout).
-        let upstream_duration = must(HistogramVec::new(
-            HistogramOpts::new(
-                "shiptoken_upstream_request_duration_seconds",
-                "Latency of requests to providers",
-            )
-            .buckets(vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &["provider", "endpoint"],
-        ));
-        let socket_requests = must(IntCounterVec::new(
-            Opts::new(
+            upstream_duration: upstream_duration(r),
+            socket_requests: counters(
+                r,
                 "shiptoken_socket_requests_total",
                 "Requests on the Unix socket by route and status code",
+                &["route", "code"],
             ),
-            &["route", "code"],
-        ));
-        // Tokens are served from memory: tens of microseconds normally, more under load. The
-        // admin routes (add, rotate, verify) and a token read that waits for a probe verdict
-        // wait for the provider, up to its timeout: the top buckets keep those out of +Inf.
-        let socket_duration = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "shiptoken_socket_request_duration_seconds",
-                "Latency of Unix socket requests",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0,
-            ]),
-        ));
-        let last_sweep = must(IntGauge::new(
-            "shiptoken_last_sweep_timestamp_seconds",
-            "When the scheduler last completed a sweep for due work",
-        ));
-        let registry_errors = must(IntCounter::new(
-            "shiptoken_registry_errors_total",
-            "Writes to registry.db that failed (read-only file system, disk full, I/O error)",
-        ));
-        let connections_refused = must(IntCounterVec::new(
-            Opts::new(
+            socket_duration: socket_duration(r),
+            last_sweep: add(r, must(IntGauge::new(LAST_SWEEP.0, LAST_SWEEP.1))),
+            registry_errors: add(
+                r,
+                must(IntCounter::new(REGISTRY_ERRORS.0, REGISTRY_ERRORS.1)),
+            ),
+            incident: int_gauges(
+                r,
+                "shiptoken_upstream_incident",
+                "1 while many of the provider's accounts answer with evidence at once; their flags are held",
+                &["provider"],
+            ),
+            connections_refused: counters(
+                r,
                 "shiptoken_connections_refused_total",
                 "Connections closed at once because a [limits] cap was reached, by listener and cap",
+                &["listener", "reason"],
             ),
-            &["listener", "reason"],
-        ));
+            render_lock: std::sync::Arc::default(),
+            registry,
+        };
+        metrics.start_at_zero();
+        metrics
+    }
+
+    /// Creates the series alerts and dashboards expect before the first event, at zero, and
+    /// the build info and process metrics.
+    fn start_at_zero(&self) {
         for (listener, reason) in REFUSAL_SERIES {
-            connections_refused.with_label_values(&[listener, reason]);
+            self.connections_refused
+                .with_label_values(&[listener, reason]);
         }
-        let build_info = must(IntGaugeVec::new(
-            Opts::new(
-                "shiptoken_build_info",
-                "Always 1; the version label tells which build runs",
-            ),
+        for p in Provider::ALL {
+            self.incident.with_label_values(&[p.as_str()]).set(0);
+            for r in [
+                CheckResult::Ok,
+                CheckResult::Rejected,
+                CheckResult::Throttled,
+                CheckResult::Failed,
+            ] {
+                self.rotations.with_label_values(&[p.as_str(), r.as_str()]);
+                self.verifications
+                    .with_label_values(&[p.as_str(), r.as_str()]);
+            }
+        }
+        let build_info = int_gauges(
+            &self.registry,
+            "shiptoken_build_info",
+            "Always 1; the version label tells which build runs",
             &["version"],
-        ));
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        reg(Box::new(registry_errors.clone()));
-        reg(Box::new(connections_refused.clone()));
-        reg(Box::new(account_status.clone()));
-        reg(Box::new(token_expiry.clone()));
-        reg(Box::new(last_rotation.clone()));
-        reg(Box::new(last_verification.clone()));
-        reg(Box::new(rotations.clone()));
-        reg(Box::new(verifications.clone()));
-        reg(Box::new(upstream_requests.clone()));
-        reg(Box::new(upstream_duration.clone()));
-        reg(Box::new(socket_requests.clone()));
-        reg(Box::new(socket_duration.clone()));
-        reg(Box::new(last_sweep.clone()));
-        let incident = must(IntGaugeVec::new(
-            Opts::new(
-                "shiptoken_upstream_incident",
-                "1 while many of the provider's accounts answer with evidence at once; their flags are held",
-            ),
-            &["provider"],
-        ));
-        reg(Box::new(incident.clone()));
-        for p in Provider::ALL {
-            incident.with_label_values(&[p.as_str()]).set(0);
-        }
-        reg(Box::new(build_info));
-        reg(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
-        for p in Provider::ALL {
-            for r in ["ok", "rejected", "throttled", "failed"] {
-                rotations.with_label_values(&[p.as_str(), r]);
-                verifications.with_label_values(&[p.as_str(), r]);
-            }
-        }
-        Metrics {
-            registry,
-            account_status,
-            token_expiry,
-            last_rotation,
-            last_verification,
-            rotations,
-            verifications,
-            upstream_requests,
-            upstream_duration,
-            socket_requests,
-            socket_duration,
-            last_sweep,
-            registry_errors,
-            incident,
-            connections_refused,
-            render_lock: std::sync::Arc::default(),
-        }
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        must(self.registry.register(Box::new(process)));
     }
 
     /// Marks an incident at `provider` as going on or over.
@@ -240,19 +291,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a refresh attempt; `result` is ok, rejected, throttled or failed (see
+    /// Counts a refresh attempt by what it came to (see
     /// [`crate::providers::Verdict::metric_result`]).
-    pub fn rotation(&self, provider: Provider, result: &str) {
+    pub fn rotation(&self, provider: Provider, result: CheckResult) {
         self.rotations
-            .with_label_values(&[provider.as_str(), result])
+            .with_label_values(&[provider.as_str(), result.as_str()])
             .inc();
     }
 
-    /// Counts a probe; `result` is ok, rejected, undocumented, misconfigured, throttled or
-    /// failed (see [`crate::providers::Verdict::metric_result`]).
-    pub fn verification(&self, provider: Provider, result: &str) {
+    /// Counts a probe by what it came to (see [`crate::providers::Verdict::metric_result`]).
+    pub fn verification(&self, provider: Provider, result: CheckResult) {
         self.verifications
-            .with_label_values(&[provider.as_str(), result])
+            .with_label_values(&[provider.as_str(), result.as_str()])
             .inc();
     }
 
@@ -317,5 +367,43 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+// Panicking on a failed expectation is what a test is for.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_labels_are_the_words_alerts_and_dashboards_query() {
+        let metrics = Metrics::new();
+        let results = [
+            (CheckResult::Ok, "ok"),
+            (CheckResult::Rejected, "rejected"),
+            (CheckResult::Undocumented, "undocumented"),
+            (CheckResult::Misconfigured, "misconfigured"),
+            (CheckResult::Throttled, "throttled"),
+            (CheckResult::Failed, "failed"),
+        ];
+        for (result, _) in results {
+            metrics.verification(Provider::ShipHero, result);
+        }
+        metrics.rotation(Provider::Shippo, CheckResult::Misconfigured);
+        let text = metrics.render(&[]);
+        for (_, word) in results {
+            let line = format!(
+                "shiptoken_verifications_total{{provider=\"shiphero\",result=\"{word}\"}} 1"
+            );
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        // Series an alert needs before the first event exist at zero.
+        assert!(text.contains("shiptoken_rotations_total{provider=\"shiphero\",result=\"ok\"} 0"));
+        assert!(
+            text.contains(
+                "shiptoken_rotations_total{provider=\"shippo\",result=\"misconfigured\"} 1"
+            )
+        );
     }
 }

@@ -178,28 +178,9 @@ impl OAuthFlow {
     /// Handles one callback. The state is spent first; only a good state goes further.
     async fn finish(&self, query: &str) -> Response {
         let params = Params::parse(query);
-        let Some(state) = params.state.filter(|s| plausible_state(s)) else {
-            tracing::warn!(
-                event = "connect_refused",
-                "OAuth callback without a well-formed state; Shippo not contacted"
-            );
-            return bad_state();
-        };
-        let now = self.clock.now();
-        let key = match self
-            .registry
-            .take_oauth_state(&Secret::new(state), now)
-            .await
-        {
-            Ok(Some(key)) => key,
-            Ok(None) => {
-                tracing::warn!(
-                    event = "connect_refused",
-                    "OAuth callback with an unknown, used or expired state; Shippo not contacted"
-                );
-                return bad_state();
-            }
-            Err(e) => return registry_failed(&e),
+        let key = match self.spend_state(params.state).await {
+            Ok(key) => key,
+            Err(answer) => return answer,
         };
         if let Some(error) = params.error {
             return self
@@ -207,25 +188,63 @@ impl OAuthFlow {
                 .await;
         }
         let Some(code) = params.code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
-            let message = "Shippo's redirect carried neither a code nor an error".to_string();
-            tracing::warn!(provider = %key.provider, account = %key.name, event = "connect_failed", error = %message, "Shippo OAuth callback unusable");
-            self.note_failure(&key, message).await;
-            return page(
-                StatusCode::BAD_REQUEST,
-                Tone::Error,
-                "Connection failed",
-                &format!("Shippo account {} was not connected", key.name),
-                &format!(
-                    "<p>The link Shippo sent back has no authorization code.</p>{}",
-                    retry_hint(&key)
-                ),
-            );
+            return self.no_code(&key).await;
         };
         let code = Secret::new(code);
         let token = match self.shippo.exchange_code(&self.client, &code).await {
             Ok(token) => token,
             Err(failure) => return self.exchange_failed(&key, failure).await,
         };
+        self.store(&key, token).await
+    }
+
+    /// The account a callback's state was issued for, spent so it works once; otherwise the
+    /// page to answer (Shippo is then never contacted).
+    async fn spend_state(&self, state: Option<String>) -> Result<AccountKey, Response> {
+        let Some(state) = state.filter(|s| plausible_state(s)) else {
+            tracing::warn!(
+                event = "connect_refused",
+                "OAuth callback without a well-formed state; Shippo not contacted"
+            );
+            return Err(bad_state());
+        };
+        let now = self.clock.now();
+        match self
+            .registry
+            .take_oauth_state(&Secret::new(state), now)
+            .await
+        {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => {
+                tracing::warn!(
+                    event = "connect_refused",
+                    "OAuth callback with an unknown, used or expired state; Shippo not contacted"
+                );
+                Err(bad_state())
+            }
+            Err(e) => Err(registry_failed(&e)),
+        }
+    }
+
+    /// A redirect with neither a code nor an error.
+    async fn no_code(&self, key: &AccountKey) -> Response {
+        let message = "Shippo's redirect carried neither a code nor an error".to_string();
+        tracing::warn!(provider = %key.provider, account = %key.name, event = "connect_failed", error = %message, "Shippo OAuth callback unusable");
+        self.note_failure(key, message).await;
+        page(
+            StatusCode::BAD_REQUEST,
+            Tone::Error,
+            "Connection failed",
+            &format!("Shippo account {} was not connected", key.name),
+            &format!(
+                "<p>The link Shippo sent back has no authorization code.</p>{}",
+                retry_hint(key)
+            ),
+        )
+    }
+
+    /// Stores the token Shippo issued and probes it; the page says how that went.
+    async fn store(&self, key: &AccountKey, token: Secret) -> Response {
         let now = self.clock.now();
         let record = TokenRecord {
             access_token: token,
@@ -233,18 +252,17 @@ impl OAuthFlow {
             expires_at: None,
         };
         tracing::info!(provider = %key.provider, account = %key.name, event = "connected", "Shippo issued an OAuth token; storing and probing it");
-        let _ = now;
         let refused = |key: &AccountKey| {
             self.registry
                 .account(key)
                 .is_some_and(|a| a.current.is_none() && a.candidate.is_none())
         };
-        match self.engine.accept_issued(&key, record).await {
-            Ok(_) => connected(&key, None),
+        match self.engine.accept_issued(key, record).await {
+            Ok(_) => connected(key, None),
             Err(EngineError::Registry(e)) => registry_failed(&e),
             // The probe refused the new token: it is not served, and the flow should be
             // started again once the merchant's Shippo account is in order.
-            Err(EngineError::Upstream { message, .. }) if refused(&key) => page(
+            Err(EngineError::Upstream { message, .. }) if refused(key) => page(
                 StatusCode::BAD_GATEWAY,
                 Tone::Error,
                 "Token rejected",
@@ -252,11 +270,11 @@ impl OAuthFlow {
                 &format!(
                     "<p>Shippo issued a token, but its API refuses it: {}</p>{}",
                     escape(&message),
-                    retry_hint(&key)
+                    retry_hint(key)
                 ),
             ),
             // Stored and served; the probe proved nothing yet and is tried again shortly.
-            Err(EngineError::Upstream { message, .. }) => connected(&key, Some(&message)),
+            Err(EngineError::Upstream { message, .. }) => connected(key, Some(&message)),
             Err(EngineError::Flagged {
                 status, message, ..
             }) => page(
@@ -267,7 +285,7 @@ impl OAuthFlow {
                 &format!(
                     "<p>Shippo issued a token, but its API rejects it: {}</p>{}",
                     escape(&message),
-                    retry_hint(&key)
+                    retry_hint(key)
                 ),
             ),
             Err(e) => {

@@ -24,7 +24,7 @@ use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::names::{AccountKey, Provider};
 use crate::registry::AccountRecord;
-use crate::rotation::{Policy, refresh_point};
+use crate::rotation::{Policy, Probed, refresh_point};
 
 /// The 200 answer of `GET /v1/tokens/{provider}/{account}` (CONTRACT.md), plus `fingerprint`.
 #[derive(serde::Serialize)]
@@ -56,8 +56,8 @@ pub(super) struct Answer {
     /// alive; the allocation it points at cannot be reused while this is held, so comparing
     /// addresses is sound.
     record: Weak<AccountRecord>,
-    /// Whether the record's candidate token (not its current one) was served.
-    candidate: bool,
+    /// Which of the record's tokens was served: the candidate or the current one.
+    which: Probed,
     /// The configuration it was built with.
     config: Weak<Config>,
     /// The JSON body.
@@ -70,7 +70,7 @@ pub(super) struct Answer {
 
 impl Answer {
     fn built_from(&self, served: &Servable, config: &Arc<Config>) -> bool {
-        self.candidate == served.candidate
+        self.which == served.which
             && std::ptr::eq(self.record.as_ptr(), Arc::as_ptr(&served.record))
             && std::ptr::eq(self.config.as_ptr(), Arc::as_ptr(config))
     }
@@ -101,7 +101,7 @@ impl Answer {
             .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
         Some(Answer {
             record: Arc::downgrade(&served.record),
-            candidate: served.candidate,
+            which: served.which,
             config: Arc::downgrade(config),
             json: Bytes::from(json),
             fingerprint,
@@ -200,7 +200,7 @@ mod tests {
                 token_doubt: None,
                 renew_doubt: None,
             }),
-            candidate: false,
+            which: Probed::Served,
         }
     }
 

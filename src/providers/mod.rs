@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use crate::metrics::Metrics;
+use crate::metrics::{CheckResult, Metrics};
 use crate::names::Provider;
 use crate::secret::Secret;
 
@@ -50,15 +50,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// A short word for metrics and events.
-    pub fn metric_result(&self) -> &'static str {
+    /// The `result` label the metrics count this verdict under.
+    pub fn metric_result(&self) -> CheckResult {
         match self {
-            Verdict::Pass { .. } => "ok",
-            Verdict::Refused(_) => "rejected",
-            Verdict::Undocumented { .. } => "undocumented",
-            Verdict::Misconfigured(_) => "misconfigured",
-            Verdict::Throttled { .. } => "throttled",
-            Verdict::Inconclusive(_) => "failed",
+            Verdict::Pass { .. } => CheckResult::Ok,
+            Verdict::Refused(_) => CheckResult::Rejected,
+            Verdict::Undocumented { .. } => CheckResult::Undocumented,
+            Verdict::Misconfigured(_) => CheckResult::Misconfigured,
+            Verdict::Throttled { .. } => CheckResult::Throttled,
+            Verdict::Inconclusive(_) => CheckResult::Failed,
         }
     }
 

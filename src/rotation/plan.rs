@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use super::judge::Probed;
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::names::{AccountKey, Status};
@@ -20,11 +21,8 @@ use crate::window::Window;
 pub enum Work {
     /// Get a new access token (ShipHero), then probe it.
     Refresh,
-    /// Probe a token: the unproven candidate, or the served one.
-    Verify {
-        /// Whether the candidate is probed (and promoted if it passes).
-        candidate: bool,
-    },
+    /// Probe a token: the unproven candidate (promoted if it passes), or the served one.
+    Verify(Probed),
     /// The served token is past its expiry: say so.
     Expire,
 }
@@ -171,14 +169,14 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy, renews: boo
         // A try that proved nothing is tried again once its backoff has passed.
         || account.last_error.is_some();
     if account.candidate.is_some() {
-        return Some(Work::Verify { candidate: true });
+        return Some(Work::Verify(Probed::Candidate));
     }
     let Some(current) = &account.current else {
         return renews.then_some(Work::Refresh);
     };
     if !renews {
         let wanted = verify_due || account.status.is_flagged() || account.token_doubt.is_some();
-        return wanted.then_some(Work::Verify { candidate: false });
+        return wanted.then_some(Work::Verify(Probed::Served));
     }
     // A flag, a doubt about the token or the refresh, all are judged on a fresh refresh.
     if account.status.is_flagged() || account.token_doubt.is_some() || account.renew_doubt.is_some()
@@ -194,7 +192,7 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy, renews: boo
     if due {
         Some(Work::Refresh)
     } else if verify_due {
-        Some(Work::Verify { candidate: false })
+        Some(Work::Verify(Probed::Served))
     } else {
         None
     }
@@ -509,7 +507,7 @@ mod tests {
         a.last_verified_at = Some(at("2026-11-27T12:00:00Z"));
         assert_eq!(
             plan(&a, at("2026-11-28T12:00:00Z"), p, true),
-            Some(Work::Verify { candidate: false })
+            Some(Work::Verify(Probed::Served))
         );
     }
 
@@ -545,7 +543,7 @@ mod tests {
         assert_eq!(plan(&a, just_before, policy(), true), None);
         assert_eq!(
             plan(&a, due, policy(), true),
-            Some(Work::Verify { candidate: false })
+            Some(Work::Verify(Probed::Served))
         );
         assert!(due <= t0().plus(policy().verify_interval));
     }
@@ -556,7 +554,7 @@ mod tests {
         a.candidate = Some(token(t0(), 28 * DAY));
         assert_eq!(
             plan(&a, t0(), policy(), true),
-            Some(Work::Verify { candidate: true })
+            Some(Work::Verify(Probed::Candidate))
         );
     }
 

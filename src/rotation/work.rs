@@ -9,6 +9,7 @@ use super::judge::{Outcome, Probed, Rules, transition};
 use super::plan::{Work, backoff, plan};
 use super::{Engine, EngineError, MAX_PAUSE, ProbingGuard, release_freed_memory};
 use crate::clock::Timestamp;
+use crate::metrics::CheckResult;
 use crate::names::{AccountKey, Provider, Status};
 use crate::notify::StatusChange;
 use crate::providers::Verdict;
@@ -191,12 +192,7 @@ impl Engine {
         let generation = self.account(key)?.generation;
         match work {
             Work::Refresh => self.refresh(key, generation).await,
-            Work::Verify { candidate: true } => {
-                self.verify(key, generation, Probed::Candidate, true).await
-            }
-            Work::Verify { candidate: false } => {
-                self.verify(key, generation, Probed::Served, true).await
-            }
+            Work::Verify(which) => self.verify(key, generation, which, true).await,
             Work::Expire => {
                 let record = self.apply(key, generation, Outcome::Expired).await?;
                 Err(flagged(&record))
@@ -226,7 +222,7 @@ impl Engine {
         let now = self.clock.now();
         let verdict = match result {
             Ok(issued) => {
-                self.metrics.rotation(key.provider, "ok");
+                self.metrics.rotation(key.provider, CheckResult::Ok);
                 let token = TokenRecord {
                     access_token: issued.access_token,
                     issued_at: now,
@@ -533,8 +529,8 @@ fn steady_time(
 /// Which token a probe-only operation checks: the candidate first, else the served one.
 fn probe_work(account: &AccountRecord) -> Result<Work, EngineError> {
     match (&account.candidate, &account.current) {
-        (Some(_), _) => Ok(Work::Verify { candidate: true }),
-        (None, Some(_)) => Ok(Work::Verify { candidate: false }),
+        (Some(_), _) => Ok(Work::Verify(Probed::Candidate)),
+        (None, Some(_)) => Ok(Work::Verify(Probed::Served)),
         (None, None) => Err(EngineError::Nothing(match account.key.provider {
             Provider::Shippo => format!(
                 "{} has no token yet: connect it with `shiptoken shippo connect {}`",

@@ -1,0 +1,324 @@
+//! Turning the configuration as written into typed values: one check per kind of value, each
+//! error naming the key, where its value came from (file, variable or default) and why it is
+//! wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+
+use super::{ClientRule, ConfigError, ENV_PREFIX, Invalid, LogFormat, RawWindow, Webhook};
+use crate::names::{AccountKey, Provider};
+
+/// Turns raw strings into typed values, naming key and origin on failure.
+pub(super) struct Validator<'a> {
+    pub(super) figment: &'a Figment,
+}
+
+impl Validator<'_> {
+    pub(super) fn origin(&self, key: &str) -> String {
+        let Some(md) = self.figment.find_metadata(key) else {
+            return "built-in default".into();
+        };
+        match &md.source {
+            Some(figment::Source::File(path)) => format!("in {}", path.display()),
+            _ if md.name.contains("environment") => {
+                format!(
+                    "from environment variable {ENV_PREFIX}{}",
+                    key.replace('.', "__").to_ascii_uppercase()
+                )
+            }
+            _ => format!("from {}", md.name),
+        }
+    }
+
+    pub(super) fn invalid(&self, key: &str, value: &str, reason: String) -> ConfigError {
+        ConfigError::Invalid(Box::new(Invalid {
+            key: key.into(),
+            value: value.into(),
+            origin: self.origin(key),
+            reason,
+        }))
+    }
+
+    pub(super) fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(value.trim()).map_err(|e| {
+            self.invalid(
+                key,
+                value,
+                format!("not a duration ({e}); write e.g. \"90s\", \"15m\", \"14d\""),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.invalid(key, value, "must be longer than zero".into()));
+        }
+        Ok(d)
+    }
+
+    pub(super) fn absolute_path(&self, key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+        let p = PathBuf::from(value);
+        if value.is_empty() || !p.is_absolute() {
+            return Err(self.invalid(key, value, "must be an absolute path".into()));
+        }
+        Ok(p)
+    }
+
+    pub(super) fn optional_path(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        self.absolute_path(key, value).map(Some)
+    }
+
+    pub(super) fn log_level(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(value)
+            .map_err(|e| self.invalid(key, value, format!("not a tracing filter: {e}")))?;
+        Ok(value.to_string())
+    }
+
+    pub(super) fn log_format(&self, key: &str, value: &str) -> Result<LogFormat, ConfigError> {
+        match value {
+            "auto" => Ok(LogFormat::Auto),
+            "journald" => Ok(LogFormat::Journald),
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(self.invalid(
+                key,
+                value,
+                "must be one of auto, journald, text, json".into(),
+            )),
+        }
+    }
+
+    pub(super) fn file_mode(&self, key: &str, value: &str) -> Result<u32, ConfigError> {
+        let mode = u32::from_str_radix(value.trim_start_matches("0o"), 8).map_err(|_| {
+            self.invalid(
+                key,
+                value,
+                "must be an octal file mode such as \"0660\"".into(),
+            )
+        })?;
+        if mode > 0o777 {
+            return Err(self.invalid(key, value, "must be at most 0777".into()));
+        }
+        if mode & 0o600 != 0o600 {
+            return Err(self.invalid(
+                key,
+                value,
+                "the owner needs read and write (0600 at least)".into(),
+            ));
+        }
+        Ok(mode)
+    }
+
+    pub(super) fn listen(&self, key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value.parse().map(Some).map_err(|_| {
+            self.invalid(
+                key,
+                value,
+                "must be host:port with an IP address, e.g. \"127.0.0.1:9847\", or \"\" for off"
+                    .into(),
+            )
+        })
+    }
+
+    pub(super) fn cron(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        // The same parser settings tokio-cron-scheduler uses, so what passes here runs there.
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(value)
+            .map_err(|e| {
+                self.invalid(
+                    key,
+                    value,
+                    format!(
+                        "not a cron expression with a seconds field ({e}); e.g. \"0 * * * * *\""
+                    ),
+                )
+            })?;
+        Ok(value.to_string())
+    }
+
+    pub(super) fn fraction(&self, key: &str, value: f64) -> Result<f64, ConfigError> {
+        if value > 0.0 && value < 1.0 {
+            Ok(value)
+        } else {
+            Err(self.invalid(
+                key,
+                &value.to_string(),
+                "must be between 0 and 1, exclusive (e.g. 0.5)".into(),
+            ))
+        }
+    }
+
+    pub(super) fn concurrency(&self, key: &str, value: i64) -> Result<usize, ConfigError> {
+        match usize::try_from(value) {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(self.invalid(key, &value.to_string(), "must be between 1 and 1024".into())),
+        }
+    }
+
+    pub(super) fn count(&self, key: &str, value: i64) -> Result<u32, ConfigError> {
+        match u32::try_from(value) {
+            Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+            _ => Err(self.invalid(
+                key,
+                &value.to_string(),
+                "must be a whole number between 1 and 1000000".into(),
+            )),
+        }
+    }
+
+    pub(super) fn window(
+        &self,
+        key: &str,
+        raw: Option<&RawWindow>,
+    ) -> Result<Option<crate::window::Window>, ConfigError> {
+        let Some(w) = raw else { return Ok(None) };
+        crate::window::Window::new(&w.days, &w.start, &w.end, &w.timezone)
+            .map(Some)
+            .map_err(|e| {
+                let written = format!(
+                    "{{ days = {:?}, start = {:?}, end = {:?}, timezone = {:?} }}",
+                    w.days, w.start, w.end, w.timezone
+                );
+                self.invalid(key, &written, e.to_string())
+            })
+    }
+
+    pub(super) fn base_url(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let url = reqwest::Url::parse(value)
+            .map_err(|e| self.invalid(key, value, format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(self.invalid(
+                key,
+                value,
+                "must be an http:// or https:// URL with a host".into(),
+            ));
+        }
+        Ok(value.trim_end_matches('/').to_string())
+    }
+
+    pub(super) fn api_version(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let well_formed = value.len() == 10
+            && value.chars().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    c == '-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+        if !well_formed || value < "2018-02-08" {
+            return Err(self.invalid(
+                key,
+                value,
+                "must be a date YYYY-MM-DD, 2018-02-08 or later".into(),
+            ));
+        }
+        Ok(value.to_string())
+    }
+
+    pub(super) fn redirect_uri(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let url = reqwest::Url::parse(value)
+            .map_err(|e| self.invalid(key, value, format!("must be an absolute URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.invalid(key, value, "must be an http:// or https:// URL".into()));
+        }
+        if !value.ends_with('/') {
+            return Err(self.invalid(
+                key,
+                value,
+                "must end in \"/\" (Shippo requires the closing slash)".into(),
+            ));
+        }
+        Ok(Some(value.to_string()))
+    }
+
+    pub(super) fn webhooks(
+        &self,
+        key: &str,
+        hooks: &[Webhook],
+    ) -> Result<Vec<Webhook>, ConfigError> {
+        for (i, hook) in hooks.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            self.base_url(&format!("{at}.url"), &hook.url)?;
+            if !hook.secret_file.is_empty() {
+                let path = self.absolute_path(&format!("{at}.secret_file"), &hook.secret_file)?;
+                if !path.is_file() {
+                    return Err(self.invalid(
+                        &format!("{at}.secret_file"),
+                        &hook.secret_file,
+                        "is not a readable file".into(),
+                    ));
+                }
+            }
+        }
+        Ok(hooks.to_vec())
+    }
+
+    pub(super) fn command(&self, key: &str, argv: &[String]) -> Result<Vec<String>, ConfigError> {
+        if let Some(program) = argv.first().filter(|p| !Path::new(p).is_absolute()) {
+            return Err(self.invalid(key, program, "the program must be an absolute path".into()));
+        }
+        Ok(argv.to_vec())
+    }
+
+    pub(super) fn client_rules(
+        &self,
+        key: &str,
+        rules: &[ClientRule],
+    ) -> Result<Vec<ClientRule>, ConfigError> {
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            if rule.name.trim().is_empty() {
+                return Err(self.invalid(
+                    &format!("{at}.name"),
+                    "\"\"",
+                    "every client rule needs a name".into(),
+                ));
+            }
+            if rule.uids.is_empty() && rule.gids.is_empty() {
+                return Err(self.invalid(
+                    &format!("{at}.uids"),
+                    "[]",
+                    format!(
+                        "client rule \"{}\" matches no peer: list uids or gids",
+                        rule.name
+                    ),
+                ));
+            }
+            for pattern in &rule.accounts {
+                let ok = match pattern.split_once('/') {
+                    Some((p, "*")) => Provider::parse(p).is_some(),
+                    Some(_) => AccountKey::parse(pattern).is_ok(),
+                    None => false,
+                };
+                if !ok {
+                    return Err(self.invalid(
+                        &format!("{at}.accounts"),
+                        pattern,
+                        "must be \"provider/account\" or \"provider/*\" with provider shiphero or shippo".into(),
+                    ));
+                }
+            }
+        }
+        Ok(rules.to_vec())
+    }
+}
