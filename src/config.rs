@@ -19,6 +19,8 @@ use crate::secret::Secret;
 mod limits;
 pub use limits::{LimitsConfig, RawLimits};
 pub mod reload;
+pub mod sinks;
+pub use sinks::{RawSink, SinkConfig};
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
@@ -82,6 +84,8 @@ pub struct RawConfig {
     pub notify: RawNotify,
     /// `[limits]`
     pub limits: RawLimits,
+    /// `[[sink]]`
+    pub sink: Vec<RawSink>,
 }
 
 /// `[notify]` as written: where status changes are reported besides logs and metrics.
@@ -323,6 +327,7 @@ impl Default for RawConfig {
             shippo: RawShippo::default(),
             notify: RawNotify::default(),
             limits: RawLimits::default(),
+            sink: Vec::new(),
         }
     }
 }
@@ -456,6 +461,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// Connection caps and timeouts of the listeners.
     pub limits: LimitsConfig,
+    /// Files kept holding served tokens (`[[sink]]`).
+    pub sinks: Vec<SinkConfig>,
     /// The values as written, for `config check` to print.
     pub raw: RawConfig,
     /// The file it was read from, if any.
@@ -685,6 +692,7 @@ impl Config {
                 timeout: v.duration("notify.timeout", &raw.notify.timeout)?,
             },
             limits: v.limits(&raw.limits)?,
+            sinks: v.sinks(&raw.sink)?,
             raw: raw.clone(),
             file,
         };

@@ -166,6 +166,7 @@ pub async fn serve(config: Config, log: LogHandle, options: ServeOptions) -> any
         answers: api::Answers::default(),
         shutdown: shutdown.clone(),
     });
+    tracker.spawn(crate::sinks::run(state.clone(), shutdown.clone()));
     tracker.spawn(api::serve(
         listener,
         api::Handler::new(state),

@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod audit;
+pub mod served;
 pub mod server;
 
 use std::sync::Arc;

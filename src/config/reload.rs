@@ -56,11 +56,30 @@ pub fn check(current: &Config, new: &Config) -> Result<Vec<Grant>, Refused> {
         (Some(path), None) => return Err(Refused::FileGone(path.clone())),
         _ => {}
     }
+    let sinks = sink_grants(&current.sinks, &new.sinks);
     let (old, new) = (&current.socket, &new.socket);
     if new.clients.is_empty() && !old.clients.is_empty() {
         return Err(Refused::RulesDropped(old.clients.len()));
     }
-    Ok(grants(old, new))
+    Ok(grants(old, new).into_iter().chain(sinks).collect())
+}
+
+/// A group-readable `[[sink]]` that is new, or whose account or group changed, gives that
+/// group (or the daemon's own) a token it could not read before.
+fn sink_grants(old: &[super::SinkConfig], new: &[super::SinkConfig]) -> Vec<Grant> {
+    new.iter()
+        .filter(|s| s.mode & 0o040 != 0)
+        .filter(|s| {
+            !old.iter()
+                .any(|o| o.path == s.path && o.account == s.account && o.group == s.group)
+        })
+        .map(|s| Grant {
+            peer: s
+                .group
+                .map_or_else(|| "the daemon's group".to_string(), |g| format!("gid {g}")),
+            what: format!("read {} from the sink file {}", s.account, s.path.display()),
+        })
+        .collect()
 }
 
 /// Blank lines and comments only. An unreadable file counts as not empty: the load that
