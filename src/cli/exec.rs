@@ -118,8 +118,9 @@ pub(super) async fn exec(socket: &Path, args: ExecArgs<'_>) -> Result<u8, Failed
                 message: format!("cannot run {}: {e}", program.to_string_lossy()),
             })
     };
-    let mut child = spawn(&env)?;
+    // Before the program starts, so no signal meant for it can end us instead.
     let mut forward = Forwarded::install()?;
+    let mut child = spawn(&env)?;
     loop {
         tokio::select! {
             status = child.wait() => {

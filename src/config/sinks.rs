@@ -192,7 +192,7 @@ impl Validator<'_> {
             return Err(bad(
                 "mode",
                 &s.mode,
-                "gives other users access to the token; share it through `group` instead",
+                "gives other users access to the token; share it through the sink's group instead",
             ));
         }
         let on_flag = match s.on_flag.as_str() {
