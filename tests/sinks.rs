@@ -288,3 +288,26 @@ async fn a_withheld_token_is_never_written_and_flags_keep_or_remove_the_file() {
     );
     assert!(!text.contains("shiphero/never"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_added_by_a_reload_is_written_and_reported_as_a_grant() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &fake.base_url(), "");
+    let d = Daemon::start(dir.path(), &text).await;
+    d.register(&fake, "acme", "ops@acme.test").await;
+    let path = dir.path().join("acme.token");
+    let gid = sink_group();
+    let sink = format!(
+        "[[sink]]\naccount = \"shiphero/acme\"\npath = \"{}\"\nmode = \"0640\"\ngroup = \"{gid}\"\n",
+        path.display()
+    );
+    std::fs::write(&d.config, format!("{text}\n{sink}")).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_for_file(&path, &served(&d, "shiphero/acme").await).await;
+    d.wait_for_log(&format!(
+        "gid {gid} may now read shiphero/acme from the sink file {}",
+        path.display()
+    ))
+    .await;
+}

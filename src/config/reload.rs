@@ -236,4 +236,36 @@ mod tests {
             Err(Refused::FileGone(_))
         ));
     }
+
+    #[test]
+    fn a_new_group_readable_sink_is_a_grant() {
+        use crate::config::SinkConfig;
+        use crate::config::sinks::{OnFlag, SinkFormat};
+        let sink = |path: &str, mode: u32, group: Option<u32>| SinkConfig {
+            account: crate::names::AccountKey::parse("shiphero/acme").unwrap(),
+            path: path.into(),
+            format: SinkFormat::Token,
+            group,
+            mode,
+            on_flag: OnFlag::Keep,
+            command: Vec::new(),
+        };
+        let old = with(&[0], vec![]);
+        let mut new = with(&[0], vec![]);
+        new.sinks = vec![
+            sink("/run/a/token", 0o640, Some(1005)),
+            sink("/run/b/token", 0o600, Some(1006)),
+        ];
+        let grants: Vec<String> = check(&old, &new)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            grants,
+            ["gid 1005 may now read shiphero/acme from the sink file /run/a/token"]
+        );
+        // Unchanged: nothing new.
+        assert_eq!(check(&new, &new.clone()).unwrap(), []);
+    }
 }
