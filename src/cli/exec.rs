@@ -68,41 +68,25 @@ pub(super) async fn exec(socket: &Path, args: ExecArgs<'_>) -> Result<u8, Failed
     };
     let mut follows = Vec::with_capacity(specs.len());
     let mut env: HashMap<String, String> = HashMap::new();
+    // The fingerprint of each token the program has: a token served again after a flag
+    // cleared is not a new one.
+    let mut held = Vec::with_capacity(specs.len());
     for spec in &specs {
         let mut follow = Follow::new(socket, spec.key.clone());
         match follow.next().await? {
-            Seen::Token { body, .. } => add_env(&mut env, spec, &body),
+            Seen::Token { body, fingerprint } => {
+                add_env(&mut env, spec, &body);
+                held.push(fingerprint);
+            }
             Seen::Withheld { message, .. } => return Err(Failed { code: 3, message }),
         }
         follows.push(follow);
     }
-    let (rotated_tx, mut rotated) = mpsc::channel::<(usize, Value)>(16);
-    if on_rotate != OnRotate::Nothing {
-        for (i, mut follow) in follows.into_iter().enumerate() {
-            let (tx, key) = (rotated_tx.clone(), specs[i].key.clone());
-            tokio::spawn(async move {
-                loop {
-                    match follow.next().await {
-                        Ok(Seen::Token { body, .. }) => {
-                            if tx.send((i, body)).await.is_err() {
-                                return;
-                            }
-                        }
-                        // The program keeps its token; the next one served is passed on.
-                        Ok(Seen::Withheld { message, .. }) => {
-                            eprintln!("shiptoken exec: {message}; keeping the current token")
-                        }
-                        Err(e) => {
-                            eprintln!("shiptoken exec: no longer following {key}: {}", e.message);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    }
-    drop(rotated_tx);
-
+    let mut rotated = if on_rotate == OnRotate::Nothing {
+        mpsc::channel(1).1
+    } else {
+        follow_rotations(follows, &specs)
+    };
     let spawn = |env: &HashMap<String, String>| {
         Command::new(program)
             .args(program_args)
@@ -128,7 +112,11 @@ pub(super) async fn exec(socket: &Path, args: ExecArgs<'_>) -> Result<u8, Failed
                 return Ok(exit_code(status));
             }
             Some(signal) = forward.next() => send(&child, signal),
-            Some((i, body)) = rotated.recv() => {
+            Some((i, fingerprint, body)) = rotated.recv() => {
+                if held[i] == fingerprint {
+                    continue;
+                }
+                held[i] = fingerprint;
                 add_env(&mut env, &specs[i], &body);
                 match on_rotate {
                     OnRotate::Signal(signal) => send(&child, signal),
@@ -142,6 +130,39 @@ pub(super) async fn exec(socket: &Path, args: ExecArgs<'_>) -> Result<u8, Failed
             }
         }
     }
+}
+
+/// A token served to one of the followed accounts: its index in `--token` order, fingerprint
+/// and answer.
+type Rotation = (usize, String, Value);
+
+/// Follows every account on its own task and reports each token served. The program keeps
+/// its token while an account has none to serve; an account that can no longer be followed
+/// (removed, access withdrawn) is reported on standard error and left alone.
+fn follow_rotations(follows: Vec<Follow>, specs: &[TokenSpec]) -> mpsc::Receiver<Rotation> {
+    let (tx, rx) = mpsc::channel::<Rotation>(16);
+    for (i, mut follow) in follows.into_iter().enumerate() {
+        let (tx, key) = (tx.clone(), specs[i].key.clone());
+        tokio::spawn(async move {
+            loop {
+                match follow.next().await {
+                    Ok(Seen::Token { body, fingerprint }) => {
+                        if tx.send((i, fingerprint, body)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Seen::Withheld { message, .. }) => {
+                        eprintln!("shiptoken exec: {message}; keeping the current token")
+                    }
+                    Err(e) => {
+                        eprintln!("shiptoken exec: no longer following {key}: {}", e.message);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    rx
 }
 
 fn usage(message: impl Into<String>) -> Failed {
