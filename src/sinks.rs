@@ -269,17 +269,41 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_leaves_the_old_file() {
+    fn each_format_renders_what_the_readme_shows() {
+        use crate::config::sinks::EnvNames;
+        use crate::names::Provider;
+        let token = ServedToken {
+            access_token: crate::secret::Secret::new("oauth.tok"),
+            fingerprint: "fp".into(),
+            json: axum::body::Bytes::from_static(b"{\"access_token\":\"oauth.tok\"}"),
+            headers: vec![
+                ("Authorization".into(), "Bearer oauth.tok".into()),
+                ("Shippo-API-Version".into(), "2018-02-08".into()),
+            ],
+        };
+        let text = |format: SinkFormat| String::from_utf8(render(&format, &token)).unwrap();
+        assert_eq!(text(SinkFormat::Token), "oauth.tok");
+        assert_eq!(text(SinkFormat::Json), "{\"access_token\":\"oauth.tok\"}\n");
+        assert_eq!(
+            text(SinkFormat::Headers),
+            "Authorization: Bearer oauth.tok\nShippo-API-Version: 2018-02-08\n"
+        );
+        assert_eq!(
+            text(SinkFormat::Env(EnvNames::default_for(Provider::Shippo))),
+            "SHIPPO_ACCESS_TOKEN=oauth.tok\nSHIPPO_API_VERSION=2018-02-08\n"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_what_was_there_and_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
+        // A folder where the file should be: the rename fails after the token was written
+        // to the temporary file (as root too, which no permission check stops).
         let path = dir.path().join("token");
-        std::fs::write(&path, "old").unwrap();
-        // A group this process cannot give (not root, not a member of gid 1 = daemon/bin).
-        if rustix::process::getuid().is_root() {
-            return;
-        }
-        let e = write_atomically(&path, b"new", 0o640, Some(1)).unwrap_err();
-        assert!(e.to_string().contains("SupplementaryGroups"), "{e}");
-        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("keep"), "x").unwrap();
+        assert!(write_atomically(&path, b"new", 0o600, None).is_err());
+        assert!(path.join("keep").exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
