@@ -34,6 +34,8 @@ pub struct Metrics {
     registry_errors: IntCounter,
     /// Connections a listener closed at once because a cap was reached.
     connections_refused: IntCounterVec,
+    /// File sink writes and removals, by result (`[[sink]]`, src/sinks.rs).
+    sink_writes: IntCounterVec,
     /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
     /// Prometheus servers) must not gather while the other is half way through the rebuild.
     render_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -156,6 +158,16 @@ impl Metrics {
         for (listener, reason) in REFUSAL_SERIES {
             connections_refused.with_label_values(&[listener, reason]);
         }
+        let sink_writes = must(IntCounterVec::new(
+            Opts::new(
+                "shiptoken_sink_writes_total",
+                "File sink updates: written, removed (no token served), or failed (retried every 30s)",
+            ),
+            &["result"],
+        ));
+        for result in ["written", "removed", "failed"] {
+            sink_writes.with_label_values(&[result]);
+        }
         let build_info = must(IntGaugeVec::new(
             Opts::new(
                 "shiptoken_build_info",
@@ -168,6 +180,7 @@ impl Metrics {
             .set(1);
         reg(Box::new(registry_errors.clone()));
         reg(Box::new(connections_refused.clone()));
+        reg(Box::new(sink_writes.clone()));
         reg(Box::new(account_status.clone()));
         reg(Box::new(token_expiry.clone()));
         reg(Box::new(last_rotation.clone()));
@@ -216,6 +229,7 @@ impl Metrics {
             registry_errors,
             incident,
             connections_refused,
+            sink_writes,
             render_lock: std::sync::Arc::default(),
         }
     }
@@ -238,6 +252,11 @@ impl Metrics {
         self.connections_refused
             .with_label_values(&[listener, reason])
             .inc();
+    }
+
+    /// Counts a file sink update; `result` is written, removed or failed.
+    pub fn sink_write(&self, result: &str) {
+        self.sink_writes.with_label_values(&[result]).inc();
     }
 
     /// Counts a refresh attempt; `result` is ok, rejected, throttled or failed (see

@@ -97,11 +97,13 @@ async fn step(state: &ApiState, sink: &SinkConfig, file: &FileState) -> FileStat
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             return match written {
                 Ok(()) => {
+                    state.metrics.sink_write("written");
                     tracing::info!(%account, path = %sink.path.display(), fingerprint = %token.fingerprint, reason, "sink written");
                     run_command(sink, reason, "active");
                     FileState::Holds(token.fingerprint)
                 }
                 Err(e) => {
+                    state.metrics.sink_write("failed");
                     tracing::error!(%account, path = %sink.path.display(), error = %e, "cannot write the sink file; will retry");
                     FileState::Unknown
                 }
@@ -115,12 +117,14 @@ async fn step(state: &ApiState, sink: &SinkConfig, file: &FileState) -> FileStat
     }
     match std::fs::remove_file(&sink.path) {
         Ok(()) => {
+            state.metrics.sink_write("removed");
             tracing::info!(%account, path = %sink.path.display(), status, "sink removed: no token is served");
             run_command(sink, "removed", status);
             FileState::Absent
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
         Err(e) => {
+            state.metrics.sink_write("failed");
             tracing::error!(%account, path = %sink.path.display(), error = %e, "cannot remove the sink file; will retry");
             file.clone()
         }
