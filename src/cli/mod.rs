@@ -57,7 +57,8 @@ pub enum Command {
     /// Each token goes in SHIPHERO_ACCESS_TOKEN or SHIPPO_ACCESS_TOKEN (plus
     /// SHIPPO_API_VERSION for Shippo) unless named with =ENV_NAME. SIGTERM, SIGINT and SIGHUP
     /// are passed on; the exit status is the program's (128+N when signal N ended it; 127 or
-    /// 126 when it could not be started).
+    /// 126 when it could not be started). It is not started when an account has no usable
+    /// token (exit 3) or the daemon is not reachable (exit 4).
     Exec {
         /// PROVIDER/ACCOUNT[=ENV_NAME], one or more; two accounts of one provider need names.
         #[arg(
