@@ -59,8 +59,9 @@ impl Follow {
     }
 
     /// The first answer at once; after that, the next one that differs from the last. A
-    /// daemon that cannot be reached after the first answer (a restart) is waited for; an
-    /// answer that will not change by waiting (unknown account, forbidden) is an error.
+    /// daemon that cannot be reached (a restart) or answers 5xx after the first answer is
+    /// waited for; an answer that will not change by waiting (unknown account, forbidden) is
+    /// an error.
     pub(super) async fn next(&mut self) -> Result<Seen, Failed> {
         let mut pause = Duration::from_secs(1);
         loop {
@@ -77,8 +78,14 @@ impl Follow {
                 ),
             };
             let reply = match client::call(&self.socket, "GET", &path, None).await {
-                Ok(reply) => reply,
+                // The registry briefly unusable: as passing as a restart, once following.
+                Ok(reply) if reply.status >= 500 && self.known.is_some() => Err(reply.message()),
+                Ok(reply) => Ok(reply),
                 Err(e) if self.known.is_none() => return Err(e.into()),
+                Err(e) => Err(e.to_string()),
+            };
+            let reply = match reply {
+                Ok(reply) => reply,
                 Err(e) => {
                     if pause == Duration::from_secs(1) {
                         eprintln!("shiptoken: {}: {e}; retrying", self.key);
