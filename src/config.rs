@@ -31,6 +31,8 @@ pub use raw::{
     RawWindow, Webhook,
 };
 use validate::Validator;
+pub mod sinks;
+pub use sinks::{RawSink, SinkConfig};
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
@@ -94,6 +96,8 @@ pub struct RawConfig {
     pub notify: RawNotify,
     /// `[limits]`
     pub limits: RawLimits,
+    /// `[[sink]]`
+    pub sink: Vec<RawSink>,
 }
 
 /// The validated `[notify]` section.
@@ -156,6 +160,7 @@ impl Default for RawConfig {
             shippo: RawShippo::default(),
             notify: RawNotify::default(),
             limits: RawLimits::default(),
+            sink: Vec::new(),
         }
     }
 }
@@ -200,6 +205,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// Connection caps and timeouts of the listeners.
     pub limits: LimitsConfig,
+    /// Files kept holding served tokens (`[[sink]]`).
+    pub sinks: Vec<SinkConfig>,
     /// The values as written, for `config check` to print.
     pub raw: RawConfig,
     /// The file it was read from, if any.
@@ -390,6 +397,7 @@ impl Config {
                 timeout: v.duration("notify.timeout", &raw.notify.timeout)?,
             },
             limits: v.limits(&raw.limits)?,
+            sinks: v.sinks(&raw.sink)?,
             raw: raw.clone(),
             file,
         };

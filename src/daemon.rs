@@ -143,6 +143,8 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let limits = fit_limits(&config)?;
     let audit = core.start_audit();
     let state = core.api_state(oauth.clone(), audit.clone(), movable_clock);
+    core.tracker
+        .spawn(crate::sinks::run(state.clone(), core.shutdown.clone()));
     core.tracker.spawn(api::serve(
         listener,
         api::Handler::new(state),

@@ -29,5 +29,6 @@ pub mod scheduler;
 pub mod secret;
 #[cfg(feature = "dev")]
 pub mod sim;
+pub mod sinks;
 pub mod systemd;
 pub mod window;

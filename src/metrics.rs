@@ -34,6 +34,8 @@ pub struct Metrics {
     registry_errors: IntCounter,
     /// Connections a listener closed at once because a cap was reached.
     connections_refused: IntCounterVec,
+    /// File sink writes and removals, by result (`[[sink]]`, src/sinks.rs).
+    sink_writes: IntCounterVec,
     /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
     /// Prometheus servers) must not gather while the other is half way through the rebuild.
     render_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -231,6 +233,12 @@ impl Metrics {
                 "Connections closed at once because a [limits] cap was reached, by listener and cap",
                 &["listener", "reason"],
             ),
+            sink_writes: counters(
+                r,
+                "shiptoken_sink_writes_total",
+                "File sink updates: written, removed (no token served), or failed (retried every 30s)",
+                &["result"],
+            ),
             render_lock: std::sync::Arc::default(),
             registry,
         };
@@ -244,6 +252,9 @@ impl Metrics {
         for (listener, reason) in REFUSAL_SERIES {
             self.connections_refused
                 .with_label_values(&[listener, reason]);
+        }
+        for result in ["written", "removed", "failed"] {
+            self.sink_writes.with_label_values(&[result]);
         }
         for p in Provider::ALL {
             self.incident.with_label_values(&[p.as_str()]).set(0);
@@ -289,6 +300,11 @@ impl Metrics {
         self.connections_refused
             .with_label_values(&[listener, reason])
             .inc();
+    }
+
+    /// Counts a file sink update; `result` is written, removed or failed.
+    pub fn sink_write(&self, result: &str) {
+        self.sink_writes.with_label_values(&[result]).inc();
     }
 
     /// Counts a refresh attempt by what it came to (see

@@ -14,6 +14,7 @@ pub mod answer;
 pub mod audit;
 mod error;
 mod routes;
+pub mod served;
 pub mod server;
 mod tokens;
 

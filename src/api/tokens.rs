@@ -60,7 +60,7 @@ impl Servable {
 
 impl ApiState {
     /// The token to hand out for `key` now, from memory, or why there is none.
-    async fn servable(&self, key: &AccountKey) -> Result<Servable, ApiError> {
+    pub(super) async fn servable(&self, key: &AccountKey) -> Result<Servable, ApiError> {
         let lookup = || {
             self.registry
                 .account(key)
@@ -220,7 +220,7 @@ async fn wait_for_change(
 }
 
 /// The 409 answer for an account that has no token to hand out.
-fn unusable(record: &AccountRecord, now: Timestamp) -> ApiError {
+pub(super) fn unusable(record: &AccountRecord, now: Timestamp) -> ApiError {
     let status = match record.status {
         Status::Active => Status::Expired,
         s => s,

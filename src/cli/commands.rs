@@ -14,9 +14,12 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 /// A client command's failure, with its exit code.
-struct Failed {
-    code: u8,
-    message: String,
+#[derive(Debug)]
+pub(super) struct Failed {
+    /// The exit code (CONTRACT.md).
+    pub(super) code: u8,
+    /// What to print on standard error.
+    pub(super) message: String,
 }
 
 impl From<ClientError> for Failed {
@@ -32,7 +35,7 @@ impl From<ClientError> for Failed {
     }
 }
 
-fn fail(message: impl Into<String>) -> Failed {
+pub(super) fn fail(message: impl Into<String>) -> Failed {
     Failed {
         code: 1,
         message: message.into(),
@@ -84,7 +87,10 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
     let result = async {
         let socket = socket_path(cli)?;
         match &cli.command {
-            Command::Get { account, json } => get(&socket, account, *json).await,
+            Command::Get { account, json, watch: true } => {
+                super::follow::get_watch(&socket, account, *json).await
+            }
+            Command::Get { account, json, .. } => get(&socket, account, *json).await,
             Command::Accounts(AccountsCommand::List { watch: true, .. }) => watch(&socket).await,
             Command::Accounts(AccountsCommand::List { json, .. }) => list(&socket, *json).await,
             Command::Accounts(AccountsCommand::Add(add)) => add_account(&socket, add).await,
@@ -107,6 +113,16 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
                 say(format_args!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works."));
                 Ok(())
             }
+            Command::Exec { tokens, restart_on_rotate, signal_on_rotate, command } => {
+                let args = super::exec::ExecArgs {
+                    tokens,
+                    restart: *restart_on_rotate,
+                    signal: signal_on_rotate.as_deref(),
+                    command,
+                };
+                let code = super::exec::exec(&socket, args).await?;
+                return Ok(code);
+            }
             Command::Serve(_)
             | Command::Config(_)
             | Command::Completions { .. }
@@ -116,10 +132,11 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
                 Err(fail("not a client command"))
             }
         }
+        .map(|()| 0)
     }
     .await;
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("shiptoken: {}", f.message);
             ExitCode::from(f.code)
@@ -179,7 +196,7 @@ fn account_path(account: &str) -> Result<String, Failed> {
 }
 
 /// Maps an error answer to an exit code: 3 when the account has no usable token.
-fn expect_ok(reply: &Reply) -> Result<(), Failed> {
+pub(super) fn expect_ok(reply: &Reply) -> Result<(), Failed> {
     if (200..300).contains(&reply.status) {
         return Ok(());
     }

@@ -5,6 +5,8 @@
 //! exists but has no usable token, 4 the daemon is not reachable.
 
 mod commands;
+mod exec;
+mod follow;
 mod render;
 
 use std::path::PathBuf;
@@ -44,6 +46,37 @@ pub enum Command {
         /// Print the daemon's whole JSON answer (token, expiry, headers to send).
         #[arg(long)]
         json: bool,
+        /// Keep running and print each new token (or JSON answer, one line) once, as the
+        /// daemon starts serving it; ends on SIGINT, SIGTERM or a closed pipe.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Run a program with tokens in its environment, e.g.
+    /// `shiptoken exec --token shiphero/acme -- php sync.php`.
+    ///
+    /// Each token goes in SHIPHERO_ACCESS_TOKEN or SHIPPO_ACCESS_TOKEN (plus
+    /// SHIPPO_API_VERSION for Shippo) unless named with =ENV_NAME. SIGTERM, SIGINT and SIGHUP
+    /// are passed on; the exit status is the program's (128+N when signal N ended it; 127 or
+    /// 126 when it could not be started). It is not started when an account has no usable
+    /// token (exit 3) or the daemon is not reachable (exit 4).
+    Exec {
+        /// PROVIDER/ACCOUNT[=ENV_NAME], one or more; two accounts of one provider need names.
+        #[arg(
+            long = "token",
+            value_name = "PROVIDER/ACCOUNT[=ENV_NAME]",
+            required = true
+        )]
+        tokens: Vec<String>,
+        /// Restart the program (SIGTERM, SIGKILL after 10 s) with the new token when one changes.
+        #[arg(long, conflicts_with = "signal_on_rotate")]
+        restart_on_rotate: bool,
+        /// Send the program this signal (HUP, USR1, ...) when a token changes; it must re-read
+        /// the token itself (from a sink or the socket), since its environment cannot change.
+        #[arg(long, value_name = "SIGNAL")]
+        signal_on_rotate: Option<String>,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
     },
     /// List, register and remove accounts.
     #[command(subcommand)]

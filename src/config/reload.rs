@@ -56,11 +56,30 @@ pub fn check(current: &Config, new: &Config) -> Result<Vec<Grant>, Refused> {
         (Some(path), None) => return Err(Refused::FileGone(path.clone())),
         _ => {}
     }
+    let sinks = sink_grants(&current.sinks, &new.sinks);
     let (old, new) = (&current.socket, &new.socket);
     if new.clients.is_empty() && !old.clients.is_empty() {
         return Err(Refused::RulesDropped(old.clients.len()));
     }
-    Ok(grants(old, new))
+    Ok(grants(old, new).into_iter().chain(sinks).collect())
+}
+
+/// A group-readable `[[sink]]` that is new, or whose account or group changed, gives that
+/// group (or the daemon's own) a token it could not read before.
+fn sink_grants(old: &[super::SinkConfig], new: &[super::SinkConfig]) -> Vec<Grant> {
+    new.iter()
+        .filter(|s| s.mode & 0o040 != 0)
+        .filter(|s| {
+            !old.iter()
+                .any(|o| o.path == s.path && o.account == s.account && o.group == s.group)
+        })
+        .map(|s| Grant {
+            peer: s
+                .group
+                .map_or_else(|| "the daemon's group".to_string(), |g| format!("gid {g}")),
+            what: format!("read {} from the sink file {}", s.account, s.path.display()),
+        })
+        .collect()
 }
 
 /// Blank lines and comments only. An unreadable file counts as not empty: the load that
@@ -216,5 +235,37 @@ mod tests {
             check(&started_with_file, &with(&[0], vec![])),
             Err(Refused::FileGone(_))
         ));
+    }
+
+    #[test]
+    fn a_new_group_readable_sink_is_a_grant() {
+        use crate::config::SinkConfig;
+        use crate::config::sinks::{OnFlag, SinkFormat};
+        let sink = |path: &str, mode: u32, group: Option<u32>| SinkConfig {
+            account: crate::names::AccountKey::parse("shiphero/acme").unwrap(),
+            path: path.into(),
+            format: SinkFormat::Token,
+            group,
+            mode,
+            on_flag: OnFlag::Keep,
+            command: Vec::new(),
+        };
+        let old = with(&[0], vec![]);
+        let mut new = with(&[0], vec![]);
+        new.sinks = vec![
+            sink("/run/a/token", 0o640, Some(1005)),
+            sink("/run/b/token", 0o600, Some(1006)),
+        ];
+        let grants: Vec<String> = check(&old, &new)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            grants,
+            ["gid 1005 may now read shiphero/acme from the sink file /run/a/token"]
+        );
+        // Unchanged: nothing new.
+        assert_eq!(check(&new, &new.clone()).unwrap(), []);
     }
 }

@@ -228,6 +228,9 @@ impl Engine {
                     issued_at: now,
                     expires_at: issued.lifetime.map(|l| now.plus(l)),
                 };
+                // Marked as being probed before it is stored: a reader woken by the store
+                // (a long poll, a file sink) must wait for the verdict, never serve it unproven.
+                let _probing = self.probing_guard(key);
                 // Stored before it is probed or served: the provider may have invalidated
                 // the previous token, and a crash or shutdown must not lose this one.
                 let stored = self.apply(key, generation, Outcome::Issued(token)).await?;
@@ -264,6 +267,19 @@ impl Engine {
         Err(failed(&record))
     }
 
+    /// Marks the account's candidate as being probed until the guard drops; readers
+    /// ([`Engine::settle`]) wait for the verdict meanwhile.
+    fn probing_guard(&self, key: &AccountKey) -> ProbingGuard<'_> {
+        self.probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        ProbingGuard {
+            engine: self,
+            key: key.clone(),
+        }
+    }
+
     /// Probes one of the account's tokens and stores the verdict. With `follow_up`, evidence
     /// against the served token of a renewing provider is judged on a fresh refresh.
     async fn verify(
@@ -284,16 +300,7 @@ impl Engine {
         if self.stopping() {
             return Err(stopping());
         }
-        let _probing = (which == Probed::Candidate).then(|| {
-            self.probing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone());
-            ProbingGuard {
-                engine: self,
-                key: key.clone(),
-            }
-        });
+        let _probing = (which == Probed::Candidate).then(|| self.probing_guard(key));
         let upstream = self.upstreams.get(key.provider);
         let verdict = {
             let _permit = self.upstream_permits.acquire().await;

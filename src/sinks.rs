@@ -1,0 +1,313 @@
+//! File sinks (`[[sink]]`): keeps a file per configured account holding the token the socket
+//! serves, for applications that read a file or an environment file instead of the socket.
+//!
+//! The token comes from [`ApiState::served_token`], the socket's own rule, so a file never
+//! holds a token the socket would withhold. Each write replaces the file atomically (a
+//! temporary file in the same folder, fsync, rename, fsync of the folder): a reader sees the
+//! old file or the new one, never a part.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiState;
+use crate::api::served::{ServedToken, Withheld};
+use crate::config::SinkConfig;
+use crate::config::sinks::{OnFlag, SinkFormat};
+
+/// How often every sink is looked at even without a change: a token that expires unrefreshed
+/// changes nothing in the registry, and a write that failed (full disk, folder missing) is
+/// retried.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// How long a sink's `command` may run before it is killed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a sink's file is known to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileState {
+    /// Not known yet (start, new sink, failed write): the next served token is written.
+    Unknown,
+    /// The token with this fingerprint.
+    Holds(String),
+    /// Nothing: removed by us.
+    Absent,
+}
+
+/// One sink and what its file holds.
+struct Tracked {
+    sink: SinkConfig,
+    file: FileState,
+}
+
+/// Keeps every configured sink's file in step with the served token until `shutdown`. Wakes
+/// on every registry change, on a reload (which may add, drop or change sinks) and every
+/// [`RECHECK`].
+pub async fn run(state: Arc<ApiState>, shutdown: CancellationToken) {
+    let mut changes = state.registry.subscribe();
+    let mut config = state.config.clone();
+    let mut tracked: HashMap<PathBuf, Tracked> = HashMap::new();
+    loop {
+        changes.borrow_and_update();
+        let sinks = config.borrow_and_update().sinks.clone();
+        // A sink dropped or changed by a reload starts over; its old file is left alone.
+        tracked.retain(|path, t| sinks.iter().any(|s| &s.path == path && *s == t.sink));
+        for sink in sinks {
+            let entry = tracked.entry(sink.path.clone()).or_insert_with(|| Tracked {
+                sink,
+                file: FileState::Unknown,
+            });
+            entry.file = step(&state, &entry.sink, &entry.file).await;
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = config.changed() => {}
+            () = tokio::time::sleep(RECHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Brings one sink's file in step with what is served now; returns what it holds after.
+async fn step(state: &ApiState, sink: &SinkConfig, file: &FileState) -> FileState {
+    let account = sink.account.to_string();
+    let (remove, status) = match state.served_token(&sink.account).await {
+        Ok(token) => {
+            if *file == FileState::Holds(token.fingerprint.clone()) {
+                return file.clone();
+            }
+            let reason = match file {
+                FileState::Unknown => "start",
+                FileState::Absent => "created",
+                FileState::Holds(_) => "rotated",
+            };
+            let contents = render(&sink.format, &token);
+            let (path, mode, group) = (sink.path.clone(), sink.mode, sink.group);
+            let written = tokio::task::spawn_blocking(move || {
+                write_atomically(&path, &contents, mode, group)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            return match written {
+                Ok(()) => {
+                    state.metrics.sink_write("written");
+                    tracing::info!(%account, path = %sink.path.display(), fingerprint = %token.fingerprint, reason, "sink written");
+                    run_command(sink, reason, "active");
+                    FileState::Holds(token.fingerprint)
+                }
+                Err(e) => {
+                    state.metrics.sink_write("failed");
+                    tracing::error!(%account, path = %sink.path.display(), error = %e, "cannot write the sink file; will retry");
+                    FileState::Unknown
+                }
+            };
+        }
+        Err(Withheld::Unknown) => (true, "unknown_account"),
+        Err(Withheld::NoToken(code)) => (sink.on_flag == OnFlag::Remove, code),
+    };
+    if !remove || *file == FileState::Absent {
+        return file.clone();
+    }
+    match std::fs::remove_file(&sink.path) {
+        Ok(()) => {
+            state.metrics.sink_write("removed");
+            tracing::info!(%account, path = %sink.path.display(), status, "sink removed: no token is served");
+            run_command(sink, "removed", status);
+            FileState::Absent
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
+        Err(e) => {
+            state.metrics.sink_write("failed");
+            tracing::error!(%account, path = %sink.path.display(), error = %e, "cannot remove the sink file; will retry");
+            file.clone()
+        }
+    }
+}
+
+/// The file's contents in `format`.
+fn render(format: &SinkFormat, token: &ServedToken) -> Vec<u8> {
+    let mut out = Vec::new();
+    match format {
+        SinkFormat::Token => out.extend_from_slice(token.access_token.expose().as_bytes()),
+        SinkFormat::Json => {
+            out.extend_from_slice(&token.json);
+            out.push(b'\n');
+        }
+        SinkFormat::Headers => {
+            for (name, value) in &token.headers {
+                out.extend_from_slice(format!("{name}: {value}\n").as_bytes());
+            }
+        }
+        SinkFormat::Env(names) => {
+            // Unquoted: `docker --env-file` keeps quotes as part of the value, and neither
+            // a JWT nor a Shippo token contains a character a shell or systemd would split on.
+            let line = |name: &str, value: &str| format!("{name}={value}\n");
+            out.extend_from_slice(
+                line(&names.access_token, token.access_token.expose()).as_bytes(),
+            );
+            if let Some((_, version)) = token
+                .headers
+                .iter()
+                .find(|(name, _)| name == "Shippo-API-Version")
+            {
+                out.extend_from_slice(line(&names.api_version, version).as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Replaces `path` with `contents` so that a reader sees either the old file or the new one:
+/// a temporary file in the same folder (same filesystem, so the rename is atomic) is given
+/// its mode and group before the token is written into it, synced, renamed over `path`, and
+/// the folder is synced so the rename survives a crash.
+pub fn write_atomically(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    group: Option<u32>,
+) -> std::io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("the sink path names no file"));
+    };
+    let tmp = dir.join(format!(".{}.shiptoken-tmp", name.to_string_lossy()));
+    // Left by a crash mid-write; only the daemon (which holds the state lock) writes it.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        if let Some(gid) = group {
+            std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot give the file group {gid} ({e}); the daemon's user must be a member (SupplementaryGroups=)"),
+                )
+            })?;
+        }
+        // After the group, so no moment has the token readable by the daemon's own group
+        // when another was asked for; set explicitly, so the umask plays no part.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Runs the sink's command, if any, on its own task the way `[notify] command` runs: argv
+/// without a shell, output discarded, killed after [`COMMAND_TIMEOUT`]. What happened is in
+/// its environment; the token never is, nor on its command line (any user can read those
+/// in /proc): the command reads the file.
+fn run_command(sink: &SinkConfig, reason: &'static str, status: &'static str) {
+    let Some((program, args)) = sink.command.split_first() else {
+        return;
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env("SHIPTOKEN_ACCOUNT", sink.account.to_string())
+        .env("SHIPTOKEN_SINK_PATH", &sink.path)
+        .env("SHIPTOKEN_SINK_REASON", reason)
+        .env("SHIPTOKEN_SINK_STATUS", status)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let (program, account) = (program.clone(), sink.account.to_string());
+    tokio::spawn(async move {
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(command = %program, %account, error = %e, "cannot run the sink command");
+                return;
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => {
+                tracing::warn!(command = %program, %account, %status, "the sink command failed")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(command = %program, %account, error = %e, "the sink command failed")
+            }
+            Err(_) => {
+                tracing::warn!(command = %program, %account, "the sink command timed out; killed")
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_replaces_the_file_with_the_mode_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "old").unwrap();
+        write_atomically(&path, b"new", 0o640, None).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // Nothing left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn each_format_renders_what_the_readme_shows() {
+        use crate::config::sinks::EnvNames;
+        use crate::names::Provider;
+        let token = ServedToken {
+            access_token: crate::secret::Secret::new("oauth.tok"),
+            fingerprint: "fp".into(),
+            json: axum::body::Bytes::from_static(b"{\"access_token\":\"oauth.tok\"}"),
+            headers: vec![
+                ("Authorization".into(), "Bearer oauth.tok".into()),
+                ("Shippo-API-Version".into(), "2018-02-08".into()),
+            ],
+        };
+        let text = |format: SinkFormat| String::from_utf8(render(&format, &token)).unwrap();
+        assert_eq!(text(SinkFormat::Token), "oauth.tok");
+        assert_eq!(text(SinkFormat::Json), "{\"access_token\":\"oauth.tok\"}\n");
+        assert_eq!(
+            text(SinkFormat::Headers),
+            "Authorization: Bearer oauth.tok\nShippo-API-Version: 2018-02-08\n"
+        );
+        assert_eq!(
+            text(SinkFormat::Env(EnvNames::default_for(Provider::Shippo))),
+            "SHIPPO_ACCESS_TOKEN=oauth.tok\nSHIPPO_API_VERSION=2018-02-08\n"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_what_was_there_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder where the file should be: the rename fails after the token was written
+        // to the temporary file (as root too, which no permission check stops).
+        let path = dir.path().join("token");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("keep"), "x").unwrap();
+        assert!(write_atomically(&path, b"new", 0o600, None).is_err());
+        assert!(path.join("keep").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
