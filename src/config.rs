@@ -34,6 +34,17 @@ use validate::Validator;
 pub mod sinks;
 pub use sinks::{RawSink, SinkConfig};
 
+/// Parses `rotation.schedule` the way tokio-cron-scheduler does (croner, seconds required,
+/// day-of-month and day-of-week both honoured): the one parser configuration in the daemon, so
+/// what validation accepts is what runs, and the scheduler's timing reads the same.
+pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+}
+
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
 

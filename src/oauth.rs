@@ -305,8 +305,8 @@ impl OAuthFlow {
     }
 
     async fn declined(&self, key: &AccountKey, error: &str, description: Option<&str>) -> Response {
-        let error = clip(error);
-        let description = description.map(clip);
+        let error = crate::providers::excerpt(error);
+        let description = description.map(crate::providers::excerpt);
         tracing::info!(
             provider = %key.provider, account = %key.name, event = "connect_declined",
             error = %error, description = description.as_deref().unwrap_or(""),
@@ -435,19 +435,6 @@ impl Params {
             }
         }
         p
-    }
-}
-
-/// Cuts text that came from the query string to something fit for a log line and a page.
-fn clip(s: &str) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one_line.chars().count() > 200 {
-        format!("{}…", one_line.chars().take(200).collect::<String>())
-    } else {
-        one_line
     }
 }
 

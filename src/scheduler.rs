@@ -125,12 +125,7 @@ fn tick_job(schedule: &str, notify: Arc<Notify>) -> Result<Job, JobSchedulerErro
 
 /// The time between two ticks of `schedule` from now, used to notice a stalled scheduler.
 pub fn tick_interval(schedule: &str) -> Option<std::time::Duration> {
-    let cron = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(schedule)
-        .ok()?;
+    let cron = crate::config::parse_schedule(schedule).ok()?;
     let start = chrono::DateTime::<chrono::Utc>::from_timestamp(1_800_000_000, 0)?;
     let first = cron.find_next_occurrence(&start, false).ok()?;
     let second = cron.find_next_occurrence(&first, false).ok()?;
@@ -141,12 +136,7 @@ pub fn tick_interval(schedule: &str) -> Option<std::time::Duration> {
 /// anyway: until the schedule's next tick, plus [`TICK_GRACE`]. `None` when the schedule has
 /// no next tick (it does not parse, which validation prevents).
 pub fn allowed_silence(schedule: &str, now: Timestamp) -> Option<Duration> {
-    let cron = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(schedule)
-        .ok()?;
+    let cron = crate::config::parse_schedule(schedule).ok()?;
     let now = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now.millis())?;
     let next = cron.find_next_occurrence(&now, false).ok()?;
     Some((next - now).to_std().ok()? + TICK_GRACE)

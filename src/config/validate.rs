@@ -131,21 +131,13 @@ impl Validator<'_> {
     }
 
     pub(super) fn cron(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        // The same parser settings tokio-cron-scheduler uses, so what passes here runs there.
-        croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .dom_and_dow(true)
-            .build()
-            .parse(value)
-            .map_err(|e| {
-                self.invalid(
-                    key,
-                    value,
-                    format!(
-                        "not a cron expression with a seconds field ({e}); e.g. \"0 * * * * *\""
-                    ),
-                )
-            })?;
+        super::parse_schedule(value).map_err(|e| {
+            self.invalid(
+                key,
+                value,
+                format!("not a cron expression with a seconds field ({e}); e.g. \"0 * * * * *\""),
+            )
+        })?;
         Ok(value.to_string())
     }
 

@@ -184,8 +184,14 @@ fn describe_transport_error(provider: Provider, endpoint: &str, e: &reqwest::Err
 }
 
 /// Cuts an upstream body to something fit for a log line and `last_error`.
+/// Control characters become spaces, so nothing from outside can forge a log line or a
+/// terminal escape; also used for text from the OAuth callback's query string.
 pub(crate) fn excerpt(body: &str) -> String {
-    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line: String = body
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if one_line.chars().count() > 200 {
         format!("{}…", one_line.chars().take(200).collect::<String>())
     } else {
@@ -216,4 +222,16 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_is_one_line_without_control_characters_and_at_most_200_characters() {
+        assert_eq!(excerpt("a\n\tb\x1b[31m c\r\n"), "a b [31m c");
+        let long = "x".repeat(300);
+        assert_eq!(excerpt(&long).chars().count(), 201);
+    }
 }
