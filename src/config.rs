@@ -545,9 +545,16 @@ fn known_env_keys() -> BTreeSet<String> {
 #[cfg(test)]
 // figment's Jail closures return figment's own (large) error type.
 #[allow(clippy::result_large_err)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use figment::Jail;
+
+    /// The configuration the defaults and `toml` make, for tests of one section.
+    pub(crate) fn load(toml: &str) -> Result<Config, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(toml));
+        Config::from_figment(&figment, None)
+    }
 
     fn load_in(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));

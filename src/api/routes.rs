@@ -189,11 +189,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// `POST /v1/accounts` (admin): registers an account and checks its credentials at once.
-async fn add_account(State(state): Shared, request: Request) -> Result<Response, ApiError> {
-    let peer = peer_of(request.extensions())?;
-    state.require_admin(&peer, "add accounts", None)?;
-    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+/// An admin request's body, at most 64 KiB (no registration or connect request needs more).
+async fn read_body(request: Request) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), 64 * 1024)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -201,7 +199,14 @@ async fn add_account(State(state): Shared, request: Request) -> Result<Response,
                 "body_too_large",
                 "the body is over 64 KiB",
             )
-        })?;
+        })
+}
+
+/// `POST /v1/accounts` (admin): registers an account and checks its credentials at once.
+async fn add_account(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "add accounts", None)?;
+    let body = read_body(request).await?;
     let now = state.clock.now();
     let new = new_account(parse_json::<AddAccount>(&body)?, now)?;
     let key = new.key.clone();
@@ -263,15 +268,7 @@ struct Connect {
 async fn shippo_connect(State(state): Shared, request: Request) -> Result<Response, ApiError> {
     let peer = peer_of(request.extensions())?;
     state.require_admin(&peer, "connect Shippo accounts", None)?;
-    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the body is over 64 KiB",
-            )
-        })?;
+    let body = read_body(request).await?;
     let req: Connect = parse_json(&body)?;
     validate_account_name(&req.account)?;
     let Some(oauth) = &state.oauth else {

@@ -121,17 +121,8 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
-    use figment::Figment;
-    use figment::providers::{Format, Serialized, Toml};
-
-    use super::super::{Config, RawConfig};
+    use super::super::tests::load;
     use super::*;
-
-    fn load(toml: &str) -> Result<Config, ConfigError> {
-        let figment =
-            Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(toml));
-        Config::from_figment(&figment, None)
-    }
 
     #[test]
     fn the_defaults_are_the_documented_ones() {

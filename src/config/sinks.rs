@@ -304,17 +304,8 @@ fn gid_of(name: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use figment::Figment;
-    use figment::providers::{Format, Serialized, Toml};
-
-    use super::super::{Config, RawConfig};
+    use super::super::tests::load;
     use super::*;
-
-    fn load(toml: &str) -> Result<Config, ConfigError> {
-        let figment =
-            Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(toml));
-        Config::from_figment(&figment, None)
-    }
 
     #[test]
     fn a_minimal_sink_gets_the_documented_defaults() {
