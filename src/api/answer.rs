@@ -160,7 +160,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::config::RawConfig;
-    use crate::names::Status;
     use crate::registry::TokenRecord;
     use crate::secret::Secret;
     use figment::Figment;
@@ -175,30 +174,12 @@ mod tests {
         let day = 86_400;
         Servable {
             record: Arc::new(AccountRecord {
-                key: key.clone(),
-                email: None,
-                first_name: None,
-                last_name: None,
-                status: Status::Active,
-                status_since: Timestamp::from_secs(day),
-                created_at: Timestamp::from_secs(day),
-                last_rotated_at: None,
-                last_verified_at: None,
-                last_error: None,
-                failures: 0,
-                next_attempt_at: None,
                 current: Some(TokenRecord {
                     access_token: Secret::new(token),
                     issued_at: Timestamp::from_secs(day),
                     expires_at: Some(Timestamp::from_secs(29 * day)),
                 }),
-                candidate: None,
-                has_refresh_token: true,
-                generation: 1,
-                revision: 0,
-                upstream_id: None,
-                token_doubt: None,
-                renew_doubt: None,
+                ..AccountRecord::example(key.clone(), Timestamp::from_secs(day))
             }),
             which: Probed::Served,
         }

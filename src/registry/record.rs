@@ -66,6 +66,36 @@ pub struct AccountRecord {
     pub renew_doubt: Option<Doubt>,
 }
 
+#[cfg(test)]
+impl AccountRecord {
+    /// An `active` account registered at `at` with no token, nothing checked and no doubt;
+    /// tests change the fields they are about with struct-update syntax.
+    pub(crate) fn example(key: AccountKey, at: Timestamp) -> AccountRecord {
+        AccountRecord {
+            key,
+            email: None,
+            first_name: None,
+            last_name: None,
+            status: Status::Active,
+            status_since: at,
+            created_at: at,
+            last_rotated_at: None,
+            last_verified_at: None,
+            last_error: None,
+            failures: 0,
+            next_attempt_at: None,
+            current: None,
+            candidate: None,
+            has_refresh_token: true,
+            generation: 1,
+            revision: 0,
+            upstream_id: None,
+            token_doubt: None,
+            renew_doubt: None,
+        }
+    }
+}
+
 /// Evidence seen about an account that waits for confirmation over time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Doubt {

@@ -259,30 +259,15 @@ mod tests {
 
     fn shiphero_account(current: Option<TokenRecord>) -> AccountRecord {
         AccountRecord {
-            key: AccountKey::parse("shiphero/acme").unwrap(),
             email: Some("a@b.c".into()),
-            first_name: None,
-            last_name: None,
             status: if current.is_some() {
                 Status::Active
             } else {
                 Status::Pending
             },
-            status_since: t0(),
-            created_at: t0(),
-            last_rotated_at: None,
             last_verified_at: Some(t0()),
-            last_error: None,
-            failures: 0,
-            next_attempt_at: None,
             current,
-            candidate: None,
-            has_refresh_token: true,
-            generation: 1,
-            revision: 0,
-            upstream_id: None,
-            token_doubt: None,
-            renew_doubt: None,
+            ..AccountRecord::example(AccountKey::parse("shiphero/acme").unwrap(), t0())
         }
     }
 

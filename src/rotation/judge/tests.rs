@@ -25,26 +25,15 @@ fn token(name: &str, issued: Timestamp) -> TokenRecord {
 
 fn active(provider: &str) -> AccountRecord {
     AccountRecord {
-        key: AccountKey::parse(&format!("{provider}/acme")).unwrap(),
-        email: None,
-        first_name: None,
-        last_name: None,
-        status: Status::Active,
-        status_since: t0(),
-        created_at: t0(),
         last_rotated_at: Some(t0()),
         last_verified_at: Some(t0()),
-        last_error: None,
-        failures: 0,
-        next_attempt_at: None,
         current: Some(token("served", t0())),
-        candidate: None,
         has_refresh_token: provider == "shiphero",
-        generation: 1,
-        revision: 0,
         upstream_id: Some("QWNjb3VudDox".into()),
-        token_doubt: None,
-        renew_doubt: None,
+        ..AccountRecord::example(
+            AccountKey::parse(&format!("{provider}/acme")).unwrap(),
+            t0(),
+        )
     }
 }
 
