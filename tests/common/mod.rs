@@ -15,6 +15,8 @@ use tokio::process::{Child, Command};
 #[allow(unused_imports)]
 pub use shiptoken::sim::{FakeShipHero, FakeShippo, ShipHeroMode};
 
+pub mod postgres;
+
 /// The built binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
 
