@@ -671,3 +671,19 @@ async fn a_sqlite_registry_migrated_to_postgres_serves_the_same_tokens_and_histo
         fake.latest_token("ops@acme.test").unwrap()
     );
 }
+
+/// The harness itself: the proxy the restart test relies on really cuts and restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_cuts_and_restores_connections() {
+    let direct = database_or_skip!();
+    let proxy = Proxy::start(&direct).await;
+    let through = proxy.url_for(&direct);
+    let client = common::postgres::connect(&through).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    proxy.cut();
+    assert!(client.simple_query("SELECT 1").await.is_err(), "still connected");
+    assert!(common::postgres::connect(&through).await.is_err(), "accepted while cut");
+    proxy.restore().await;
+    let again = common::postgres::connect(&through).await.unwrap();
+    again.simple_query("SELECT 1").await.unwrap();
+}
