@@ -306,6 +306,7 @@ async fn a_token_stored_by_one_daemon_is_served_by_the_others_within_a_second() 
     for i in 0..3 {
         let out = f.d[i].cli(&["rotate", "shiphero/acme"]).await;
         let stored = Instant::now();
+        // A refusal naming another daemon here means a finished rotate kept its lease.
         assert_eq!(out.code, 0, "rotate on daemon {i}: {out:?}");
         let newest = f.fake.latest_token(&email).unwrap();
         assert_eq!(served(&f.d[i], "shiphero/acme").await, Some(newest.clone()));
@@ -325,7 +326,16 @@ async fn a_token_stored_by_one_daemon_is_served_by_the_others_within_a_second() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
     let url = database_or_skip!();
-    let mut f = Fleet::start(&url, Setup::default()).await;
+    // A's calls must still be in flight, not timed out, when it dies.
+    let env = [("SHIPTOKEN_SHIPHERO__TIMEOUT", "60s")];
+    let mut f = Fleet::start(
+        &url,
+        Setup {
+            env: &env,
+            ..Setup::default()
+        },
+    )
+    .await;
     let names = ["k1", "k2", "k3", "k4", "k5"];
     let mut emails = Vec::new();
     for n in names {
@@ -681,8 +691,14 @@ async fn the_proxy_cuts_and_restores_connections() {
     let client = common::postgres::connect(&through).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     proxy.cut();
-    assert!(client.simple_query("SELECT 1").await.is_err(), "still connected");
-    assert!(common::postgres::connect(&through).await.is_err(), "accepted while cut");
+    assert!(
+        client.simple_query("SELECT 1").await.is_err(),
+        "still connected"
+    );
+    assert!(
+        common::postgres::connect(&through).await.is_err(),
+        "accepted while cut"
+    );
     proxy.restore().await;
     let again = common::postgres::connect(&through).await.unwrap();
     again.simple_query("SELECT 1").await.unwrap();
