@@ -109,7 +109,7 @@ impl Validator<'_> {
         let url = match raw.url.trim() {
             "" => None,
             u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                if let Err(e) = u.parse::<tokio_postgres::Config>() {
+                if let Err(e) = PostgresTarget::new(u, None, "check") {
                     return Err(self.invalid("registry.url", &shown(u), e.to_string()));
                 }
                 Some(u.to_string())

@@ -7,6 +7,7 @@
 
 mod audit;
 pub mod follow;
+pub mod migrate;
 mod migrations;
 mod oauth_states;
 mod owner;

@@ -15,6 +15,7 @@
 //! new tokens in memory and writes them back (see `owner`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,14 +155,17 @@ pub enum TargetError {
 
 impl PostgresTarget {
     /// Parses `url`; `password` (from `registry.password_file` or the credential) replaces
-    /// any password in it.
+    /// any password in it. `sslmode` and `sslrootcert` mean what they mean to libpq (see
+    /// [`Tls`]).
     pub fn new(url: &str, password: Option<&Secret>, host: &str) -> Result<Self, TargetError> {
-        let mut config: tokio_postgres::Config = url
+        let (rest, tls) = Tls::from_url(url)?;
+        let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e: tokio_postgres::Error| TargetError::Url(e.to_string()))?;
         if let Some(p) = password {
             config.password(p.expose());
         }
+        config.ssl_mode(tls.mode);
         // A peer that vanishes without closing (a dead host, a cut link) must not hang the
         // registry thread: connect and TCP timeouts, keepalives.
         config
@@ -176,8 +180,143 @@ impl PostgresTarget {
             shown: shown(url),
             config,
             host: host.to_string(),
-            tls: tls()?,
+            tls: tls.connector()?,
         })
+    }
+}
+
+/// TLS as libpq's `sslmode` describes it, which is what operators expect of a URL:
+/// `disable`; `allow`/`prefer` (the default) and `require` encrypt without checking the
+/// server's certificate; `verify-ca` and `verify-full` check it against `sslrootcert` (a PEM
+/// file) or the system's roots, and here both check the host name too.
+struct Tls {
+    mode: tokio_postgres::config::SslMode,
+    verify: bool,
+    root_cert: Option<PathBuf>,
+}
+
+impl Tls {
+    /// Takes `sslmode` and `sslrootcert` out of the URL's query (tokio-postgres knows only
+    /// three modes and no root certificate); returns the rest of the URL.
+    fn from_url(url: &str) -> Result<(String, Tls), TargetError> {
+        use tokio_postgres::config::SslMode;
+        let mut parsed = url::Url::parse(url).map_err(|e| TargetError::Url(e.to_string()))?;
+        let mut tls = Tls {
+            mode: SslMode::Prefer,
+            verify: false,
+            root_cert: None,
+        };
+        let mut kept = Vec::new();
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "sslmode" => {
+                    (tls.mode, tls.verify) = match v.as_ref() {
+                        "disable" => (SslMode::Disable, false),
+                        "allow" | "prefer" => (SslMode::Prefer, false),
+                        "require" => (SslMode::Require, false),
+                        "verify-ca" | "verify-full" => (SslMode::Require, true),
+                        other => {
+                            return Err(TargetError::Url(format!(
+                                "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                            )));
+                        }
+                    }
+                }
+                "sslrootcert" => tls.root_cert = Some(PathBuf::from(v.as_ref())),
+                _ => kept.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        Ok((parsed.to_string(), tls))
+    }
+
+    fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, TargetError> {
+        use rustls_platform_verifier::BuilderVerifierExt;
+        let tls_error = |e: rustls::Error| TargetError::Tls(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?;
+        let config = match (&self.root_cert, self.verify) {
+            (_, false) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_no_client_auth(),
+            (Some(file), true) => {
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                let certs =
+                    rustls::pki_types::CertificateDer::pem_file_iter(file).map_err(|e| {
+                        TargetError::Tls(format!("sslrootcert {}: {e}", file.display()))
+                    })?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| {
+                        TargetError::Tls(format!("sslrootcert {}: {e}", file.display()))
+                    })?;
+                    roots.add(cert).map_err(tls_error)?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            (None, true) => builder
+                .with_platform_verifier()
+                .map_err(tls_error)?
+                .with_no_client_auth(),
+        };
+        Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    }
+}
+
+/// `sslmode=prefer|require`: encrypted, the certificate not checked (as libpq does), the
+/// handshake's signatures still are.
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -197,18 +336,6 @@ pub fn shown(url: &str) -> String {
         // Key-value form ("host=... password=..."): say only that it is one.
         Err(_) => "the PostgreSQL registry (registry.url)".to_string(),
     }
-}
-
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, TargetError> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TargetError::Tls(e.to_string()))?
-        .with_platform_verifier()
-        .map_err(|e| TargetError::Tls(e.to_string()))?
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 impl From<postgres::Error> for RegistryError {
