@@ -146,6 +146,13 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     match postgres {
         Some(target) => {
             tracing::info!(registry = %target.shown, host_name = %target.host, "sharing the PostgreSQL registry");
+            if let Some(changes) = core.registry.remote_changes() {
+                core.tracker.spawn(
+                    core.engine
+                        .clone()
+                        .follow_fleet(changes, core.shutdown.clone()),
+                );
+            }
             core.tracker.spawn(crate::registry::follow::follow(
                 core.registry.clone(),
                 target,

@@ -211,6 +211,17 @@ pub struct Registry {
     shared: bool,
     /// Why other daemons' changes are not reaching this one, while they are not.
     feed_problem: Arc<Mutex<Option<String>>>,
+    /// Where records stored by other daemons are reported (see [`Registry::remote_changes`]).
+    remote: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RemoteChange>>>,
+}
+
+/// A record another daemon stored, as this one loaded it, with what memory held before.
+#[derive(Debug)]
+pub struct RemoteChange {
+    /// What memory held; `None` for an account new to this daemon.
+    pub before: Option<Arc<AccountRecord>>,
+    /// The stored record.
+    pub after: Arc<AccountRecord>,
 }
 
 /// Reads the cache even if a writer panicked while holding the lock: the map itself is
@@ -297,6 +308,7 @@ impl Registry {
             health,
             shared,
             feed_problem: Arc::default(),
+            remote: Arc::default(),
         })
     }
 
@@ -311,6 +323,13 @@ impl Registry {
                 "registry write failed: {error}; {n} account(s) have tokens kept in memory only, retrying"
             ),
         })
+    }
+
+    /// Records stored by other daemons, as they are loaded into memory (for the fleet-wide
+    /// incident count). Only the first caller gets them; later calls get `None`.
+    pub fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.remote.set(tx).ok().map(|()| rx)
     }
 
     /// Records why changes stored by other daemons do not reach this one (`None`: they do).
@@ -480,12 +499,12 @@ impl Registry {
         if !self.shared {
             return Ok(LeaseAnswer::Granted);
         }
-        let (record, cache) = (record.clone(), self.cache.clone());
+        let (record, cache, remote) = (record.clone(), self.cache.clone(), self.remote.clone());
         let answer = self
             .call(move |store| {
                 let answer = store.lease(&record, lease)?;
                 if answer == LeaseAnswer::Moved {
-                    merge_from_store(store, &cache, &record.key)?;
+                    merge_from_store(store, &cache, &record.key, &remote)?;
                 }
                 Ok(answer)
             })
@@ -512,9 +531,9 @@ impl Registry {
     /// Loads one account from the store into memory (another daemon changed it). Returns
     /// whether memory changed.
     pub async fn reload(&self, key: &AccountKey) -> Result<bool, RegistryError> {
-        let (key, cache) = (key.clone(), self.cache.clone());
+        let (key, cache, remote) = (key.clone(), self.cache.clone(), self.remote.clone());
         let changed = self
-            .call(move |store| merge_from_store(store, &cache, &key))
+            .call(move |store| merge_from_store(store, &cache, &key, &remote))
             .await?;
         if changed {
             self.changes.send_modify(|n| *n += 1);
@@ -526,7 +545,8 @@ impl Registry {
     /// records replace older ones, accounts gone from the store leave memory. Returns how
     /// many changed.
     pub async fn resync(&self) -> Result<usize, RegistryError> {
-        let (cache, health) = (self.cache.clone(), self.health.clone());
+        let (cache, health, remote) =
+            (self.cache.clone(), self.health.clone(), self.remote.clone());
         let changed = self
             .call(move |store| {
                 let stored = store.load_all()?;
@@ -540,7 +560,7 @@ impl Registry {
                     keep
                 });
                 for record in stored {
-                    changed += usize::from(merge(&mut cache, record));
+                    changed += usize::from(merge(&mut cache, record, &remote));
                 }
                 Ok(changed)
             })
@@ -579,7 +599,11 @@ fn publish(cache: &Cache, record: &Arc<AccountRecord>) -> bool {
 
 /// Puts a record read from the store into memory if it is newer than what memory holds: a
 /// later registration, or a later revision of the same one. Returns whether it did.
-fn merge(cache: &mut HashMap<AccountKey, Arc<AccountRecord>>, record: AccountRecord) -> bool {
+fn merge(
+    cache: &mut HashMap<AccountKey, Arc<AccountRecord>>,
+    record: AccountRecord,
+    remote: &Remote,
+) -> bool {
     let newer = match cache.get(&record.key) {
         Some(old) => {
             record.generation > old.generation
@@ -588,10 +612,16 @@ fn merge(cache: &mut HashMap<AccountKey, Arc<AccountRecord>>, record: AccountRec
         None => true,
     };
     if newer {
-        cache.insert(record.key.clone(), Arc::new(record));
+        let after = Arc::new(record);
+        let before = cache.insert(after.key.clone(), after.clone());
+        if let Some(tx) = remote.get() {
+            let _ = tx.send(RemoteChange { before, after });
+        }
     }
     newer
 }
+
+type Remote = std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RemoteChange>>;
 
 /// Loads `key` from the store and merges it into memory; an account gone from the store
 /// leaves memory. Returns whether memory changed.
@@ -599,9 +629,10 @@ fn merge_from_store(
     store: &mut dyn Store,
     cache: &Cache,
     key: &AccountKey,
+    remote: &Remote,
 ) -> Result<bool, RegistryError> {
     match store.load(key) {
-        Ok(record) => Ok(merge(&mut write(cache), record)),
+        Ok(record) => Ok(merge(&mut write(cache), record, remote)),
         Err(RegistryError::NotFound(_)) => Ok(write(cache).remove(key).is_some()),
         Err(e) => Err(e),
     }

@@ -351,7 +351,13 @@ pub(crate) struct PgStore {
     sealer: Sealer,
     /// Fences of the leases this daemon holds.
     leases: HashMap<AccountKey, i64>,
+    /// The last failed connection attempt and its error: calls within [`RECONNECT_AFTER`]
+    /// fail at once instead of each waiting for a connect timeout behind the others.
+    down: Option<(std::time::Instant, String)>,
 }
+
+/// How long after a failed connection attempt calls fail without trying again.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 /// Connects, migrates, proves the key, and loads every account.
 pub(crate) fn open_blocking(
@@ -369,6 +375,7 @@ pub(crate) fn open_blocking(
         client: Some(client),
         sealer,
         leases: HashMap::new(),
+        down: None,
     };
     let records = store.load_all()?;
     Ok((store, records))
@@ -390,6 +397,16 @@ fn pg_text(e: &postgres::Error) -> String {
     match RegistryError::from_pg(e) {
         RegistryError::Postgres(t) => t,
         other => other.to_string(),
+    }
+}
+
+/// A registration that lost a race with the same one on another host: the unique index
+/// refused it; said as the duplicate it is.
+fn duplicate(e: postgres::Error, key: &AccountKey) -> RegistryError {
+    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+        RegistryError::AccountExists(key.clone())
+    } else {
+        e.into()
     }
 }
 
@@ -584,7 +601,9 @@ fn insert_event(
 }
 
 /// Writes every mutable column of `r`, conditional on its registration, on `expected` (the
-/// stored revision) and on `fence` (the lease this daemon holds on it).
+/// stored revision; without it, on no newer revision being stored: a record kept in memory
+/// while the database was away never lands over another daemon's later work) and on `fence`
+/// (the lease this daemon holds on it).
 fn write_record(
     c: &mut impl GenericClient,
     sealer: &Sealer,
@@ -602,7 +621,7 @@ fn write_record(
                 revision = $17, access_token = $18, issued_at = $19, expires_at = $20,
                 candidate_token = $21, candidate_issued_at = $22, candidate_expires_at = $23
          WHERE provider = $1 AND name = $2 AND generation = $3
-           AND ($24::bigint IS NULL OR revision = $24)
+           AND (revision = $24 OR ($24::bigint IS NULL AND revision <= $17))
            AND ($25::bigint IS NULL OR lease_fence = $25)",
         &[
             &r.key.provider.as_str(),
@@ -667,9 +686,23 @@ impl PgStore {
     ) -> Result<R, RegistryError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            let client = connect(&self.target)?;
-            tracing::info!(registry = %self.target.shown, "connected to the PostgreSQL registry");
-            self.client = Some(client);
+            if let Some((at, error)) = &self.down
+                && at.elapsed() < RECONNECT_AFTER
+            {
+                return Err(RegistryError::Postgres(error.clone()));
+            }
+            match connect(&self.target) {
+                Ok(client) => {
+                    if self.down.take().is_some() {
+                        tracing::info!(registry = %self.target.shown, "connected to the PostgreSQL registry again");
+                    }
+                    self.client = Some(client);
+                }
+                Err(e) => {
+                    self.down = Some((std::time::Instant::now(), e.to_string()));
+                    return Err(e);
+                }
+            }
         }
         let Some(client) = self.client.as_mut() else {
             return Err(RegistryError::Closed);
@@ -783,7 +816,8 @@ impl Store for PgStore {
                     &access.map(|t| t.issued_at.millis()),
                     &access.and_then(|t| t.expires_at.map(Timestamp::millis)),
                 ],
-            )?;
+            )
+            .map_err(|e| duplicate(e, &new.key))?;
             let detail = new.added_detail();
             insert_event(
                 &mut tx,
@@ -796,7 +830,7 @@ impl Store for PgStore {
             )?;
             notify(&mut tx, &new.key, generation, 0)?;
             let record = load_one(&mut tx, sealer, &new.key)?;
-            tx.commit()?;
+            tx.commit().map_err(|e| duplicate(e, &new.key))?;
             Ok(record)
         })
     }
@@ -901,7 +935,8 @@ impl Store for PgStore {
                         "INSERT INTO accounts (provider, name, status, status_since, created_at, generation)
                          VALUES ($1, $2, 'pending', $3, $3, $4)",
                         &[&key.provider.as_str(), &key.name, &now.millis(), &generation],
-                    )?;
+                    )
+                    .map_err(|e| duplicate(e, key))?;
                     insert_event(
                         &mut tx,
                         host,

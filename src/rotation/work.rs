@@ -14,7 +14,7 @@ use crate::names::{AccountKey, Provider, Status};
 use crate::notify::StatusChange;
 use crate::providers::Verdict;
 use crate::registry::{
-    AccountRecord, EventKind, LeaseAnswer, Note, Registry, RegistryError, TokenRecord,
+    AccountRecord, EventKind, LeaseAnswer, Note, Registry, RegistryError, RemoteChange, TokenRecord,
 };
 use crate::rotation::incident::Change;
 
@@ -409,6 +409,60 @@ impl Engine {
             Verdict::Refused(_) | Verdict::Undocumented { .. } => true,
             _ => return,
         };
+        self.count_result(key, evidence);
+    }
+
+    /// Counts what other daemons sharing the registry saw of their accounts toward this
+    /// daemon's incident rule, so it counts the whole fleet's accounts, not only the share
+    /// this daemon probed. Returns when `stop` is cancelled or the registry is gone.
+    pub async fn follow_fleet(
+        self: Arc<Self>,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<RemoteChange>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.recv() => match change {
+                    Some(c) => self.count_remote(&c),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// A conclusive probe result read off a record another daemon stored: a new doubt or
+    /// flag is evidence, a newer proof without doubt is a pass.
+    fn count_remote(&self, change: &RemoteChange) {
+        let (before, after) = (change.before.as_deref(), &change.after);
+        if before.is_some_and(|b| b.generation != after.generation) {
+            return;
+        }
+        let key = &after.key;
+        let doubt_before = before.and_then(|b| b.token_doubt.as_ref()).map(|d| d.since);
+        let new_doubt = after
+            .token_doubt
+            .as_ref()
+            .filter(|d| doubt_before != Some(d.since));
+        if let Some(signature) = new_doubt.and_then(|d| d.signature.as_deref()) {
+            self.incidents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_odd(key, signature, self.clock.now());
+        }
+        let newly_flagged =
+            after.status.is_flagged() && before.is_none_or(|b| b.status != after.status);
+        let proven = after.token_doubt.is_none()
+            && after.last_verified_at > before.and_then(|b| b.last_verified_at);
+        if new_doubt.is_some() || newly_flagged {
+            self.count_result(key, true);
+        } else if proven {
+            self.count_result(key, false);
+        }
+    }
+
+    /// Counts one account's conclusive result toward the incident rule and reports a change.
+    fn count_result(&self, key: &AccountKey, evidence: bool) {
         let now = self.clock.now();
         let threshold = self.threshold();
         let change = self
