@@ -87,7 +87,7 @@ pub fn migrate_registry(
 ) -> anyhow::Result<()> {
     use crate::registry::migrate::{Location, migrate};
     let from = match config.registry.postgres().map_err(anyhow::Error::msg)? {
-        Some(target) => Location::Postgres(target),
+        Some(target) => Location::Postgres(Box::new(target)),
         None => {
             // The daemon must not write the file while it is copied.
             crate::keys::StateLock::try_take(&config.state_dir)?.with_context(|| {
@@ -107,14 +107,14 @@ pub fn migrate_registry(
             })
             .transpose()?
             .map(|t| crate::secret::Secret::new(t.trim_end_matches(['\n', '\r'])));
-        Location::Postgres(
+        Location::Postgres(Box::new(
             crate::registry::postgres::PostgresTarget::new(
                 to,
                 password.as_ref(),
                 &config.registry.host_name,
             )
             .map_err(|e| anyhow::anyhow!("--to: {e}"))?,
-        )
+        ))
     } else {
         let dir = Path::new(to);
         if !dir.is_absolute() {

@@ -20,7 +20,7 @@ pub enum Location {
     /// `registry.db` in this folder.
     Sqlite(PathBuf),
     /// A PostgreSQL database.
-    Postgres(PostgresTarget),
+    Postgres(Box<PostgresTarget>),
 }
 
 impl Location {
