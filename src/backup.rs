@@ -68,8 +68,85 @@ impl Progress {
     }
 }
 
+/// Refuses a command that works on the SQLite file when the registry is in PostgreSQL.
+fn sqlite_only(config: &Config, what: &str, instead: &str) -> anyhow::Result<()> {
+    if config.registry.url.is_some() {
+        bail!(
+            "{what} works on the SQLite registry in state_dir, and this configuration's registry is in PostgreSQL (registry.url); {instead}"
+        );
+    }
+    Ok(())
+}
+
+/// `shiptoken registry migrate --to TARGET`: copies the configured registry into an empty
+/// PostgreSQL database or a new SQLite state folder.
+pub fn migrate_registry(
+    config: &Config,
+    to: &str,
+    password_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    use crate::registry::migrate::{Location, migrate};
+    let from = match config.registry.postgres().map_err(anyhow::Error::msg)? {
+        Some(target) => Location::Postgres(Box::new(target)),
+        None => {
+            // The daemon must not write the file while it is copied.
+            crate::keys::StateLock::try_take(&config.state_dir)?.with_context(|| {
+                format!(
+                    "a shiptoken daemon is using {}; stop it before migrating its registry",
+                    config.state_dir.display()
+                )
+            })?;
+            Location::Sqlite(config.state_dir.clone())
+        }
+    };
+    let to = if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+        let password = password_file
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the password file {}", p.display()))
+            })
+            .transpose()?
+            .map(|t| crate::secret::Secret::new(t.trim_end_matches(['\n', '\r'])));
+        Location::Postgres(Box::new(
+            crate::registry::postgres::PostgresTarget::new(
+                to,
+                password.as_ref(),
+                &config.registry.host_name,
+            )
+            .map_err(|e| anyhow::anyhow!("--to: {e}"))?,
+        ))
+    } else {
+        let dir = Path::new(to);
+        if !dir.is_absolute() {
+            bail!("--to {to}: give a postgres:// URL or the absolute path of a new state folder");
+        }
+        if dir.join("registry.db").exists() {
+            bail!("--to {to}: a registry.db is already there; migrate into a new folder");
+        }
+        Location::Sqlite(dir.to_path_buf())
+    };
+    let key = crate::keys::KeySource::resolve(config.key_file.as_deref(), &config.state_dir);
+    let copied = migrate(&from, &to, key.path())
+        .with_context(|| format!("cannot migrate {} to {}", from.shown(), to.shown()))?;
+    crate::cli::say(format_args!(
+        "copied {} account(s), {} history entries and {} audit entries from {} to {}; tokens stay sealed with the key {}. Point [registry] url at the target (or state_dir, for SQLite) and start the daemons.",
+        copied.accounts,
+        copied.events,
+        copied.audit,
+        from.shown(),
+        to.shown(),
+        key.path().display()
+    ));
+    Ok(())
+}
+
 /// `shiptoken backup FILE`: a consistent copy of the registry, taken while the daemon runs.
 pub fn backup(config: &Config, file: &Path) -> anyhow::Result<()> {
+    sqlite_only(
+        config,
+        "backup",
+        "back it up with pg_dump as docs/deployment.md says",
+    )?;
     let source = config.state_dir.join("registry.db");
     if !source.exists() {
         bail!("no registry at {}; is state_dir right?", source.display());
@@ -136,6 +213,11 @@ fn copy(source: &Path, file: &Path) -> anyhow::Result<i64> {
 
 /// `shiptoken key rotate`: re-seals the registry with a new key; the daemon must be stopped.
 pub fn rotate_key(config: &Config, new_key_out: Option<&Path>) -> anyhow::Result<()> {
+    sqlite_only(
+        config,
+        "key rotate",
+        "migrate it to SQLite (registry migrate --to DIR), rotate there, and migrate back, as docs/deployment.md says",
+    )?;
     let mut progress = Progress::new("re-sealing accounts");
     let done = crate::registry::rekey::rotate_key(
         &config.state_dir,

@@ -22,6 +22,7 @@ use crate::secret::Secret;
 
 mod limits;
 mod raw;
+mod registry;
 pub mod reload;
 mod validate;
 
@@ -30,6 +31,7 @@ pub use raw::{
     RawLog, RawMetrics, RawNotify, RawRotation, RawShipHero, RawShippo, RawSocket, RawVerify,
     RawWindow, Webhook,
 };
+pub use registry::{PASSWORD_CREDENTIAL, RawRegistry, RegistryConfig};
 use validate::Validator;
 pub mod sinks;
 pub use sinks::{RawSink, SinkConfig};
@@ -107,6 +109,8 @@ pub struct RawConfig {
     pub notify: RawNotify,
     /// `[limits]`
     pub limits: RawLimits,
+    /// `[registry]`
+    pub registry: RawRegistry,
     /// `[[sink]]`
     pub sink: Vec<RawSink>,
 }
@@ -171,6 +175,7 @@ impl Default for RawConfig {
             shippo: RawShippo::default(),
             notify: RawNotify::default(),
             limits: RawLimits::default(),
+            registry: RawRegistry::default(),
             sink: Vec::new(),
         }
     }
@@ -218,6 +223,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Files kept holding served tokens (`[[sink]]`).
     pub sinks: Vec<SinkConfig>,
+    /// Where the registry lives (`[registry]`).
+    pub registry: RegistryConfig,
     /// The values as written, for `config check` to print.
     pub raw: RawConfig,
     /// The file it was read from, if any.
@@ -409,6 +416,7 @@ impl Config {
             },
             limits: v.limits(&raw.limits)?,
             sinks: v.sinks(&raw.sink)?,
+            registry: v.registry(&raw.registry)?,
             raw: raw.clone(),
             file,
         };
@@ -456,7 +464,12 @@ impl Config {
             Ok(None) => "# shippo client secret: not configured\n".to_string(),
             Err(e) => format!("# shippo client secret: {e}\n"),
         });
-        out.push_str(&toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# {e}\n")));
+        // A password written into registry.url is never printed.
+        let mut raw = self.raw.clone();
+        if !raw.registry.url.is_empty() {
+            raw.registry.url = crate::registry::postgres::shown(&raw.registry.url);
+        }
+        out.push_str(&toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# {e}\n")));
         out
     }
 }

@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::oauth::OAuthFlow;
 use crate::providers::{self, shiphero::ShipHero, shippo::Shippo};
 use crate::registry::Registry;
+use crate::registry::postgres::PostgresTarget;
 use crate::rotation::Engine;
 use crate::scheduler::{self, LastSweep, Trigger};
 use crate::systemd::Systemd;
@@ -114,7 +115,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let clock = options.clock.unwrap_or_else(Clock::system);
     let state_lock = lock_state_dir(&config)?;
     let metrics = Metrics::new();
-    let registry = open_registry(&config, &metrics).await?;
+    let (registry, postgres) = open_registry(&config, &metrics).await?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let (engine, shippo) = engine(&config, &registry, &clock, &metrics, &config_rx);
     // Checked before anything listens: OAuth configured without its secret is a start-up error.
@@ -142,6 +143,25 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let listener = listen::socket(systemd.listener.take(), &config)?;
     let limits = fit_limits(&config)?;
     let audit = core.start_audit();
+    match postgres {
+        Some(target) => {
+            tracing::info!(registry = %target.shown, host_name = %target.host, "sharing the PostgreSQL registry");
+            if let Some(changes) = core.registry.remote_changes() {
+                core.tracker.spawn(
+                    core.engine
+                        .clone()
+                        .follow_fleet(changes, core.shutdown.clone()),
+                );
+            }
+            core.tracker.spawn(crate::registry::follow::follow(
+                core.registry.clone(),
+                target,
+                core.metrics.registry_connected(),
+                core.shutdown.clone(),
+            ));
+        }
+        None => core.metrics.registry_connected().set(1),
+    }
     let state = core.api_state(oauth.clone(), audit.clone(), movable_clock);
     core.tracker
         .spawn(crate::sinks::run(state.clone(), core.shutdown.clone()));
@@ -350,16 +370,35 @@ fn lock_state_dir(config: &Config) -> anyhow::Result<StateLock> {
     })
 }
 
-async fn open_registry(config: &Config, metrics: &Metrics) -> anyhow::Result<Registry> {
-    Registry::open_with(
+async fn open_registry(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<(Registry, Option<PostgresTarget>)> {
+    let postgres = config
+        .registry
+        .postgres()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let registry = Registry::open_with(
         &config.state_dir,
         crate::registry::OpenOptions {
             key_file: config.key_file.clone(),
             errors: Some(metrics.registry_errors()),
+            postgres: postgres.clone(),
         },
     )
-    .await
-    .with_context(|| format!("cannot open the registry in {}", config.state_dir.display()))
+    .await;
+    let registry = match &postgres {
+        Some(target) => registry.with_context(|| {
+            format!(
+                "cannot open the PostgreSQL registry {} (registry.url)",
+                target.shown
+            )
+        })?,
+        None => registry.with_context(|| {
+            format!("cannot open the registry in {}", config.state_dir.display())
+        })?,
+    };
+    Ok((registry, postgres))
 }
 
 /// The engine over one client (connection pool, TLS setup) per provider, each with its own

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use futures_util::StreamExt;
-use shiptoken::cli::{Cli, Command, ConfigCommand, KeyCommand};
+use shiptoken::cli::{Cli, Command, ConfigCommand, KeyCommand, RegistryCommand};
 use shiptoken::config::Config;
 use shiptoken::{daemon, logging};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -57,6 +57,11 @@ fn main() -> ExitCode {
             Command::Key(KeyCommand::Rotate { new_key_out }) => offline(&cli, |c| {
                 shiptoken::backup::rotate_key(c, new_key_out.as_deref())
             }),
+            Command::Registry(RegistryCommand::Migrate { to, password_file }) => {
+                offline(&cli, |c| {
+                    shiptoken::backup::migrate_registry(c, to, password_file.as_deref())
+                })
+            }
             _ => shiptoken::cli::run_client(&cli).await,
         }
     })

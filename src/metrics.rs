@@ -32,6 +32,10 @@ pub struct Metrics {
     incident: IntGaugeVec,
     /// Failed registry writes; the registry increments it itself.
     registry_errors: IntCounter,
+    /// 1 while the registry is reachable and (PostgreSQL) its change feed followed.
+    registry_connected: IntGauge,
+    /// Fleet-wide leases asked for, by answer (PostgreSQL registry).
+    leases: IntCounterVec,
     /// Connections a listener closed at once because a cap was reached.
     connections_refused: IntCounterVec,
     /// File sink writes and removals, by result (`[[sink]]`, src/sinks.rs).
@@ -221,6 +225,19 @@ impl Metrics {
                 r,
                 must(IntCounter::new(REGISTRY_ERRORS.0, REGISTRY_ERRORS.1)),
             ),
+            registry_connected: add(
+                r,
+                must(IntGauge::new(
+                    "shiptoken_registry_connected",
+                    "1 while the registry answers and, for a shared PostgreSQL registry, its change feed is followed; 0 while the daemon serves from memory",
+                )),
+            ),
+            leases: counters(
+                r,
+                "shiptoken_leases_total",
+                "Fleet-wide leases on accounts asked for before upstream work (PostgreSQL registry), by answer: granted, busy (another daemon works on it), moved (another daemon saved it first), lost (taken over before the result was stored)",
+                &["result"],
+            ),
             incident: int_gauges(
                 r,
                 "shiptoken_upstream_incident",
@@ -252,6 +269,9 @@ impl Metrics {
         for (listener, reason) in REFUSAL_SERIES {
             self.connections_refused
                 .with_label_values(&[listener, reason]);
+        }
+        for result in ["granted", "busy", "moved", "lost"] {
+            self.leases.with_label_values(&[result]);
         }
         for result in ["written", "removed", "failed"] {
             self.sink_writes.with_label_values(&[result]);
@@ -292,6 +312,16 @@ impl Metrics {
     /// The counter of failed registry writes, handed to the registry when it opens.
     pub fn registry_errors(&self) -> IntCounter {
         self.registry_errors.clone()
+    }
+
+    /// `shiptoken_registry_connected`, set by whoever watches the registry's connection.
+    pub fn registry_connected(&self) -> IntGauge {
+        self.registry_connected.clone()
+    }
+
+    /// Counts a lease answer: `granted`, `busy`, `moved` or `lost`.
+    pub fn lease(&self, result: &str) {
+        self.leases.with_label_values(&[result]).inc();
     }
 
     /// Counts a connection `listener` closed at once because its `reason` cap was reached

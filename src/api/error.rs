@@ -75,7 +75,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::TimeOutOfRange { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
             }
-            RegistryError::Stale(_) => {
+            RegistryError::Stale(_) | RegistryError::LeaseLost(_) => {
                 ApiError::new(StatusCode::CONFLICT, "account_changed", e.to_string())
             }
             _ => {
@@ -99,6 +99,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Upstream { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
+            }
+            EngineError::Elsewhere { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "in_progress_elsewhere", e.to_string())
             }
             EngineError::Nothing(m) => ApiError::new(StatusCode::CONFLICT, "account_pending", m),
         }

@@ -108,6 +108,12 @@ async fn health(State(state): Shared) -> Response {
         "incidents": state.engine.incidents().into_iter().map(|(provider, since)| {
             json!({"provider": provider, "since": since})
         }).collect::<Vec<_>>(),
+        // Where the registry lives, and what keeps it from being written or followed.
+        "registry": {
+            "shared": state.registry.is_shared(),
+            "host_name": state.registry.is_shared().then(|| state.config.borrow().registry.host_name.clone()),
+            "problem": state.registry.feed_problem().or_else(|| state.registry.write_problem()),
+        },
     }))
     .into_response()
 }

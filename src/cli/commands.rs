@@ -128,7 +128,8 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
             | Command::Completions { .. }
             | Command::Man
             | Command::Backup { .. }
-            | Command::Key(_) => {
+            | Command::Key(_)
+            | Command::Registry(_) => {
                 Err(fail("not a client command"))
             }
         }

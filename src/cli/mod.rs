@@ -126,6 +126,27 @@ pub enum Command {
     /// The key that seals tokens at rest.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Work on the registry itself.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+/// `registry` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Copy the configured registry (SQLite in state_dir, or [registry] url) into another
+    /// that holds no account yet: a PostgreSQL database to share it between daemons, or a
+    /// new SQLite state folder to go back. Tokens stay sealed with the same key. Run it
+    /// with the daemons stopped, then point [registry] url at the target.
+    Migrate {
+        /// postgres://USER@HOST:PORT/DATABASE, or the absolute path of a new state folder
+        /// for a SQLite registry.
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+        /// A file holding the target database's password (instead of one in the URL).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
 }
 
 /// `key` subcommands.

@@ -149,7 +149,7 @@ async fn healthz(
             .into_response();
     }
     // Tokens are still served from memory, but a restart now would lose the unsaved ones.
-    if let Some(problem) = registry.write_problem() {
+    if let Some(problem) = registry.write_problem().or_else(|| registry.feed_problem()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
     }
     // Monotonic: a step of the wall clock neither hides a stall nor fakes one.

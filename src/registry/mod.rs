@@ -6,9 +6,12 @@
 //! durably stored, and reading it touches neither SQLite nor the network.
 
 mod audit;
+pub mod follow;
+pub mod migrate;
 mod migrations;
 mod oauth_states;
 mod owner;
+pub mod postgres;
 mod record;
 pub mod rekey;
 pub mod seal;
@@ -19,19 +22,18 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
 pub use audit::{AuditEntry, AuditQuery};
 pub use migrations::SCHEMA_VERSION;
 pub use record::{AccountRecord, Doubt, Event, EventKind, NewAccount, Note, TokenRecord};
-pub use store::{Save, Store};
+pub use store::{Dump, LeaseAnswer, Save, Store};
 
 use sqlite::open_blocking;
 pub(crate) use sqlite::{account_id, insert_account, insert_event, load_one};
 
 use crate::clock::Timestamp;
-use crate::keys::KeyError;
+use crate::keys::{KeyError, KeySource};
 use crate::names::AccountKey;
 use crate::secret::Secret;
 
@@ -104,6 +106,20 @@ pub enum RegistryError {
         "the registry holds an account this build cannot read: {0}; run the shiptoken that wrote it, or remove the row"
     )]
     UnknownRow(String),
+    /// `registry migrate` writes only into a registry that holds no account yet.
+    #[error(
+        "the target registry is not empty ({0}); migrate into a new database, or remove what it holds first"
+    )]
+    NotEmpty(String),
+    /// Another daemon took over the account's lease while this one worked on it (it was
+    /// paused or slow past the lease): its result is not stored over newer work.
+    #[error(
+        "{0}: the lease on this account ran out and another daemon took it over; this daemon's result was not stored"
+    )]
+    LeaseLost(AccountKey),
+    /// PostgreSQL failed or is unreachable.
+    #[error("registry database error: {0}")]
+    Postgres(String),
     /// The owner thread is gone (the daemon is stopping).
     #[error("the registry is closed")]
     Closed,
@@ -144,6 +160,8 @@ pub struct OpenOptions {
     pub key_file: Option<PathBuf>,
     /// Counts failed writes (`shiptoken_registry_errors_total`).
     pub errors: Option<prometheus::IntCounter>,
+    /// The shared PostgreSQL registry (`registry.url`); `None` is SQLite in the state folder.
+    pub postgres: Option<postgres::PostgresTarget>,
 }
 
 /// Writes that failed, and what they left in memory only. A token the provider issued is
@@ -189,6 +207,21 @@ pub struct Registry {
     changes: watch::Sender<u64>,
     path: PathBuf,
     health: WriteHealth,
+    /// PostgreSQL, shared with other daemons: leases are taken before upstream work.
+    shared: bool,
+    /// Why other daemons' changes are not reaching this one, while they are not.
+    feed_problem: Arc<Mutex<Option<String>>>,
+    /// Where records stored by other daemons are reported (see [`Registry::remote_changes`]).
+    remote: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RemoteChange>>>,
+}
+
+/// A record another daemon stored, as this one loaded it, with what memory held before.
+#[derive(Debug)]
+pub struct RemoteChange {
+    /// What memory held; `None` for an account new to this daemon.
+    pub before: Option<Arc<AccountRecord>>,
+    /// The stored record.
+    pub after: Arc<AccountRecord>,
 }
 
 /// Reads the cache even if a writer panicked while holding the lock: the map itself is
@@ -218,15 +251,33 @@ impl Registry {
         options: OpenOptions,
     ) -> Result<Registry, RegistryError> {
         let state_dir = state_dir.to_path_buf();
-        let path = state_dir.join("registry.db");
-        let (conn, records) = {
-            let path = path.clone();
-            let key_file = options.key_file.clone();
-            tokio::task::spawn_blocking(move || {
-                open_blocking(&state_dir, &path, key_file.as_deref())
-            })
-            .await
-            .map_err(|_| RegistryError::Closed)??
+        let key_source = KeySource::resolve(options.key_file.as_deref(), &state_dir);
+        let shared = options.postgres.is_some();
+        let (path, store, records) = match options.postgres.clone() {
+            Some(target) => {
+                let path = PathBuf::from(&target.shown);
+                let (store, records) = tokio::task::spawn_blocking(move || {
+                    postgres::open_blocking(&target, &key_source)
+                })
+                .await
+                .map_err(|_| RegistryError::Closed)??;
+                let store: Box<dyn Store + Send> = Box::new(store);
+                (path, store, records)
+            }
+            None => {
+                let path = state_dir.join("registry.db");
+                let (conn, records) = {
+                    let path = path.clone();
+                    let key_file = options.key_file.clone();
+                    tokio::task::spawn_blocking(move || {
+                        open_blocking(&state_dir, &path, key_file.as_deref())
+                    })
+                    .await
+                    .map_err(|_| RegistryError::Closed)??
+                };
+                let store: Box<dyn Store + Send> = Box::new(conn);
+                (path, store, records)
+            }
         };
         let cache: Cache = Arc::new(RwLock::new(
             records
@@ -242,7 +293,7 @@ impl Registry {
         let (thread_cache, thread_health) = (cache.clone(), health.clone());
         std::thread::Builder::new()
             .name("registry".into())
-            .spawn(move || owner::run(conn, rx, thread_cache, thread_health))
+            .spawn(move || owner::run(store, rx, thread_cache, thread_health))
             .map_err(|source| RegistryError::Io {
                 what: "cannot start the registry thread for",
                 path: path.clone(),
@@ -255,6 +306,9 @@ impl Registry {
             changes,
             path,
             health,
+            shared,
+            feed_problem: Arc::default(),
+            remote: Arc::default(),
         })
     }
 
@@ -271,7 +325,32 @@ impl Registry {
         })
     }
 
-    /// The database file.
+    /// Records stored by other daemons, as they are loaded into memory (for the fleet-wide
+    /// incident count). Only the first caller gets them; later calls get `None`.
+    pub fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.remote.set(tx).ok().map(|()| rx)
+    }
+
+    /// Records why changes stored by other daemons do not reach this one (`None`: they do).
+    pub fn set_feed_problem(&self, problem: Option<String>) {
+        *self.feed_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// Why changes stored by other daemons do not reach this one right now, if they do not.
+    pub fn feed_problem(&self) -> Option<String> {
+        self.feed_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether other daemons share this registry (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The database file (for PostgreSQL, its URL without the password).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -279,7 +358,7 @@ impl Registry {
     /// Runs `f` on the owner thread and returns its result.
     async fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<R, RegistryError> + Send + 'static,
+        f: impl FnOnce(&mut dyn Store) -> Result<R, RegistryError> + Send + 'static,
     ) -> Result<R, RegistryError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
@@ -321,7 +400,11 @@ impl Registry {
         let result = answer.await.map_err(|_| RegistryError::Closed)?;
         match result {
             Ok(()) => {}
-            Err(e @ (RegistryError::Sqlite(_) | RegistryError::Unwritable(_))) => {
+            Err(
+                e @ (RegistryError::Sqlite(_)
+                | RegistryError::Postgres(_)
+                | RegistryError::Unwritable(_)),
+            ) => {
                 self.health.failed("saving an account", &e);
                 if !publish(&self.cache, &next) {
                     return Err(RegistryError::Stale(key));
@@ -405,13 +488,99 @@ impl Registry {
             .await
     }
 
+    /// Takes the fleet-wide lease on the account for upstream work planned from `record`.
+    /// When the stored record moved on (another daemon saved it and its notice has not
+    /// arrived yet), the newer one is loaded into memory and `Moved` returned.
+    pub async fn lease(
+        &self,
+        record: &Arc<AccountRecord>,
+        lease: std::time::Duration,
+    ) -> Result<LeaseAnswer, RegistryError> {
+        if !self.shared {
+            return Ok(LeaseAnswer::Granted);
+        }
+        let (record, cache, remote) = (record.clone(), self.cache.clone(), self.remote.clone());
+        let answer = self
+            .call(move |store| {
+                let answer = store.lease(&record, lease)?;
+                if answer == LeaseAnswer::Moved {
+                    merge_from_store(store, &cache, &record.key, &remote)?;
+                }
+                Ok(answer)
+            })
+            .await?;
+        if answer == LeaseAnswer::Moved {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(answer)
+    }
+
+    /// Gives the account's lease back (queued behind its saves; nothing to wait for).
+    pub fn release(&self, key: &AccountKey) {
+        if !self.shared {
+            return;
+        }
+        let key = key.clone();
+        let _ = self.jobs.send(owner::Job::Call(Box::new(move |store| {
+            if let Err(e) = store.release(&key) {
+                tracing::debug!(account = %key, error = %e, "cannot give the lease back; it runs out by itself");
+            }
+        })));
+    }
+
+    /// Loads one account from the store into memory (another daemon changed it). Returns
+    /// whether memory changed.
+    pub async fn reload(&self, key: &AccountKey) -> Result<bool, RegistryError> {
+        let (key, cache, remote) = (key.clone(), self.cache.clone(), self.remote.clone());
+        let changed = self
+            .call(move |store| merge_from_store(store, &cache, &key, &remote))
+            .await?;
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(changed)
+    }
+
+    /// Loads every account from the store into memory (after a lost change feed): newer
+    /// records replace older ones, accounts gone from the store leave memory. Returns how
+    /// many changed.
+    pub async fn resync(&self) -> Result<usize, RegistryError> {
+        let (cache, health, remote) =
+            (self.cache.clone(), self.health.clone(), self.remote.clone());
+        let changed = self
+            .call(move |store| {
+                let stored = store.load_all()?;
+                let unsaved = health.lock().accounts.clone();
+                let mut cache = write(&cache);
+                let mut changed = 0;
+                let live: HashSet<AccountKey> = stored.iter().map(|r| r.key.clone()).collect();
+                cache.retain(|k, _| {
+                    let keep = live.contains(k) || unsaved.contains(k);
+                    changed += usize::from(!keep);
+                    keep
+                });
+                for record in stored {
+                    changed += usize::from(merge(&mut cache, record, &remote));
+                }
+                Ok(changed)
+            })
+            .await?;
+        if changed > 0 {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(changed)
+    }
+
+    /// The (generation, revision) memory holds for the account, if any.
+    pub fn held_revision(&self, key: &AccountKey) -> Option<(i64, i64)> {
+        read(&self.cache)
+            .get(key)
+            .map(|r| (r.generation, r.revision))
+    }
+
     /// Checks the database file (`PRAGMA quick_check`); used by health checks.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        self.call(|conn| {
-            conn.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))?;
-            Ok(())
-        })
-        .await
+        self.call(|store| store.ping()).await
     }
 }
 
@@ -425,6 +594,47 @@ fn publish(cache: &Cache, record: &Arc<AccountRecord>) -> bool {
             true
         }
         _ => false,
+    }
+}
+
+/// Puts a record read from the store into memory if it is newer than what memory holds: a
+/// later registration, or a later revision of the same one. Returns whether it did.
+fn merge(
+    cache: &mut HashMap<AccountKey, Arc<AccountRecord>>,
+    record: AccountRecord,
+    remote: &Remote,
+) -> bool {
+    let newer = match cache.get(&record.key) {
+        Some(old) => {
+            record.generation > old.generation
+                || (record.generation == old.generation && record.revision > old.revision)
+        }
+        None => true,
+    };
+    if newer {
+        let after = Arc::new(record);
+        let before = cache.insert(after.key.clone(), after.clone());
+        if let Some(tx) = remote.get() {
+            let _ = tx.send(RemoteChange { before, after });
+        }
+    }
+    newer
+}
+
+type Remote = std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RemoteChange>>;
+
+/// Loads `key` from the store and merges it into memory; an account gone from the store
+/// leaves memory. Returns whether memory changed.
+fn merge_from_store(
+    store: &mut dyn Store,
+    cache: &Cache,
+    key: &AccountKey,
+    remote: &Remote,
+) -> Result<bool, RegistryError> {
+    match store.load(key) {
+        Ok(record) => Ok(merge(&mut write(cache), record, remote)),
+        Err(RegistryError::NotFound(_)) => Ok(write(cache).remove(key).is_some()),
+        Err(e) => Err(e),
     }
 }
 
@@ -685,7 +895,7 @@ pub(crate) mod tests {
     async fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(Registry::open(dir.path()).await.unwrap());
-        let conn = Connection::open(dir.path().join("registry.db")).unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("registry.db")).unwrap();
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         drop(conn);

@@ -18,7 +18,7 @@ use crate::names::{AccountKey, Provider, Status};
 use crate::secret::Secret;
 
 /// The stored form of a state: the hex SHA-256 of its value.
-fn state_hash(state: &Secret) -> String {
+pub(super) fn state_hash(state: &Secret) -> String {
     Sha256::digest(state.expose().as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -57,52 +57,8 @@ impl Registry {
         let key = key.clone();
         let hash = state_hash(state);
         let record = self
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                match account_id(&tx, &key) {
-                    Ok(id) => {
-                        let status: String = tx.query_row(
-                            "SELECT status FROM accounts WHERE id = ?1",
-                            [id],
-                            |r| r.get(0),
-                        )?;
-                        if key.provider != Provider::Shippo
-                            || Status::parse(&status) != Some(Status::Pending)
-                        {
-                            return Err(RegistryError::AccountExists(key));
-                        }
-                    }
-                    Err(RegistryError::NotFound(_)) => {
-                        let id = insert_account(&tx, &key, [None, None, None], now)?;
-                        tx.execute("INSERT INTO tokens (account_id) VALUES (?1)", [id])?;
-                        insert_event(
-                            &tx,
-                            now,
-                            &key,
-                            "added",
-                            Some("awaiting a Shippo OAuth connection"),
-                        )?;
-                    }
-                    Err(e) => return Err(e),
-                }
-                tx.execute(
-                    "DELETE FROM oauth_states
-                     WHERE (provider = ?1 AND account = ?2 AND used_at IS NULL) OR expires_at <= ?3",
-                    params![key.provider.as_str(), key.name, now.millis()],
-                )?;
-                tx.execute(
-                    "INSERT INTO oauth_states (state_hash, provider, account, created_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        hash,
-                        key.provider.as_str(),
-                        key.name,
-                        now.millis(),
-                        expires_at.millis()
-                    ],
-                )?;
-                tx.commit()?;
-                let record = Arc::new(load_one(conn, &key)?);
+            .call(move |store| {
+                let record = Arc::new(store.begin_oauth(&key, &hash, expires_at, now)?);
                 write(&cache).insert(key, record.clone());
                 Ok(record)
             })
@@ -122,38 +78,8 @@ impl Registry {
         now: Timestamp,
     ) -> Result<Option<AccountKey>, RegistryError> {
         let hash = state_hash(state);
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let taken: Option<(String, String)> = tx
-                .query_row(
-                    "UPDATE oauth_states SET used_at = ?2
-                     WHERE state_hash = ?1 AND used_at IS NULL AND expires_at > ?2
-                     RETURNING provider, account",
-                    params![hash, now.millis()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let key = taken.and_then(|(p, n)| {
-                Provider::parse(&p).map(|provider| AccountKey { provider, name: n })
-            });
-            let key = match key {
-                Some(key) => {
-                    let status: Option<String> = tx
-                        .query_row(
-                            "SELECT status FROM accounts WHERE provider = ?1 AND name = ?2",
-                            params![key.provider.as_str(), key.name],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    // Removed or connected some other way since the link was made: spent, unused.
-                    (status.as_deref() == Some(Status::Pending.as_str())).then_some(key)
-                }
-                None => None,
-            };
-            tx.commit()?;
-            Ok(key)
-        })
-        .await
+        self.call(move |store| store.take_oauth_state(&hash, now))
+            .await
     }
 
     /// Removes an account a connect flow created, if it is still `pending` and holds no token
@@ -169,30 +95,12 @@ impl Registry {
         let key = key.clone();
         let detail = detail.to_string();
         let removed = self
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                let unconnected: Option<i64> = tx
-                    .query_row(
-                        "SELECT id FROM accounts WHERE provider = ?1 AND name = ?2 AND status = 'pending'
-                           AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.account_id = accounts.id
-                                           AND (t.access_token IS NOT NULL OR t.candidate_token IS NOT NULL))",
-                        params![key.provider.as_str(), key.name],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let deleted = match unconnected {
-                    Some(id) => {
-                        // Written first, while the row still names the registration.
-                        insert_event(&tx, now, &key, "removed", Some(&detail))?;
-                        tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?
-                    }
-                    None => 0,
-                };
-                tx.commit()?;
-                if deleted > 0 {
+            .call(move |store| {
+                let removed = store.discard_unconnected(&key, &detail, now)?;
+                if removed {
                     write(&cache).remove(&key);
                 }
-                Ok(deleted > 0)
+                Ok(removed)
             })
             .await?;
         if removed {
@@ -220,6 +128,124 @@ impl Registry {
         };
         self.save(record, vec![note], now).await
     }
+}
+
+/// [`Store::begin_oauth`](super::Store::begin_oauth) on SQLite.
+pub(super) fn begin(
+    conn: &mut rusqlite::Connection,
+    key: &AccountKey,
+    hash: &str,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> Result<AccountRecord, RegistryError> {
+    let key = key.clone();
+    let tx = conn.transaction()?;
+    match account_id(&tx, &key) {
+        Ok(id) => {
+            let status: String =
+                tx.query_row("SELECT status FROM accounts WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            if key.provider != Provider::Shippo || Status::parse(&status) != Some(Status::Pending) {
+                return Err(RegistryError::AccountExists(key.clone()));
+            }
+        }
+        Err(RegistryError::NotFound(_)) => {
+            let id = insert_account(&tx, &key, [None, None, None], now)?;
+            tx.execute("INSERT INTO tokens (account_id) VALUES (?1)", [id])?;
+            insert_event(
+                &tx,
+                now,
+                &key,
+                "added",
+                Some("awaiting a Shippo OAuth connection"),
+            )?;
+        }
+        Err(e) => return Err(e),
+    }
+    tx.execute(
+        "DELETE FROM oauth_states
+             WHERE (provider = ?1 AND account = ?2 AND used_at IS NULL) OR expires_at <= ?3",
+        params![key.provider.as_str(), key.name, now.millis()],
+    )?;
+    tx.execute(
+        "INSERT INTO oauth_states (state_hash, provider, account, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            hash,
+            key.provider.as_str(),
+            key.name,
+            now.millis(),
+            expires_at.millis()
+        ],
+    )?;
+    tx.commit()?;
+    load_one(conn, &key)
+}
+
+/// [`Store::take_oauth_state`](super::Store::take_oauth_state) on SQLite.
+pub(super) fn take(
+    conn: &mut rusqlite::Connection,
+    hash: &str,
+    now: Timestamp,
+) -> Result<Option<AccountKey>, RegistryError> {
+    let tx = conn.transaction()?;
+    let taken: Option<(String, String)> = tx
+        .query_row(
+            "UPDATE oauth_states SET used_at = ?2
+             WHERE state_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+             RETURNING provider, account",
+            params![hash, now.millis()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let key = taken
+        .and_then(|(p, n)| Provider::parse(&p).map(|provider| AccountKey { provider, name: n }));
+    let key = match key {
+        Some(key) => {
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM accounts WHERE provider = ?1 AND name = ?2",
+                    params![key.provider.as_str(), key.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // Removed or connected some other way since the link was made: spent, unused.
+            (status.as_deref() == Some(Status::Pending.as_str())).then_some(key)
+        }
+        None => None,
+    };
+    tx.commit()?;
+    Ok(key)
+}
+
+/// [`Store::discard_unconnected`](super::Store::discard_unconnected) on SQLite.
+pub(super) fn discard(
+    conn: &mut rusqlite::Connection,
+    key: &AccountKey,
+    detail: &str,
+    now: Timestamp,
+) -> Result<bool, RegistryError> {
+    let tx = conn.transaction()?;
+    let unconnected: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM accounts WHERE provider = ?1 AND name = ?2 AND status = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.account_id = accounts.id
+                               AND (t.access_token IS NOT NULL OR t.candidate_token IS NOT NULL))",
+            params![key.provider.as_str(), key.name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let deleted = match unconnected {
+        Some(id) => {
+            // Written first, while the row still names the registration.
+            insert_event(&tx, now, key, "removed", Some(detail))?;
+            tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?
+        }
+        None => 0,
+    };
+    tx.commit()?;
+    Ok(deleted > 0)
 }
 
 #[cfg(test)]

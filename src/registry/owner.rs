@@ -1,4 +1,4 @@
-//! The registry's owner thread: the one place SQLite runs.
+//! The registry's owner thread: the one place the store (SQLite or PostgreSQL) is used.
 //!
 //! Saves are group-committed: the saves found queued together are written in one transaction
 //! with one fsync, and only after that commit is each record published to the in-memory copy
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::store::{Save, Store};
@@ -29,10 +28,13 @@ const RETRY_UNSAVED: Duration = Duration::from_secs(2);
 /// The most saves written in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// A job run on the store.
+pub(super) type StoreCall = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
 /// Work for the owner thread.
 pub(super) enum Job {
     /// Anything on the connection: reads, registrations, OAuth states, the audit.
-    Call(Box<dyn FnOnce(&mut Connection) + Send>),
+    Call(StoreCall),
     /// A record to store, group-committed with the saves queued beside it.
     Save(SaveJob),
 }
@@ -52,7 +54,13 @@ pub(super) struct SaveJob {
 }
 
 /// Runs jobs until every registry handle is gone.
-pub(super) fn run(mut conn: Connection, rx: Receiver<Job>, cache: Cache, health: WriteHealth) {
+pub(super) fn run(
+    mut store: Box<dyn Store + Send>,
+    rx: Receiver<Job>,
+    cache: Cache,
+    health: WriteHealth,
+) {
+    let conn = store.as_mut();
     let mut held: Option<Job> = None;
     loop {
         let job = match held.take() {
@@ -61,7 +69,7 @@ pub(super) fn run(mut conn: Connection, rx: Receiver<Job>, cache: Cache, health:
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
                     guarded("writing back records kept in memory", || {
-                        store_unsaved(&mut conn, &cache, &health)
+                        store_unsaved(conn, &cache, &health)
                     });
                     continue;
                 }
@@ -70,10 +78,10 @@ pub(super) fn run(mut conn: Connection, rx: Receiver<Job>, cache: Cache, health:
         };
         // Records kept in memory go first, so a later write never lands before them.
         guarded("writing back records kept in memory", || {
-            store_unsaved(&mut conn, &cache, &health)
+            store_unsaved(conn, &cache, &health)
         });
         match job {
-            Job::Call(f) => guarded("a registry job", || f(&mut conn)),
+            Job::Call(f) => guarded("a registry job", || f(&mut *conn)),
             Job::Save(first) => {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -87,7 +95,7 @@ pub(super) fn run(mut conn: Connection, rx: Receiver<Job>, cache: Cache, health:
                     }
                 }
                 guarded("storing account records", || {
-                    commit(&mut conn, &cache, &health, batch)
+                    commit(conn, &cache, &health, batch)
                 });
             }
         }
@@ -108,7 +116,7 @@ fn guarded(what: &str, f: impl FnOnce()) {
 
 /// Writes a batch of saves in one transaction; publishes and acknowledges each after the
 /// commit. Memory is never behind the disk, so it decides which saves are stale.
-fn commit(conn: &mut Connection, cache: &Cache, health: &WriteHealth, batch: Vec<SaveJob>) {
+fn commit(conn: &mut dyn Store, cache: &Cache, health: &WriteHealth, batch: Vec<SaveJob>) {
     let mut latest: HashMap<AccountKey, (i64, i64)> = HashMap::new();
     let mut current = Vec::with_capacity(batch.len());
     for job in batch {
@@ -149,6 +157,13 @@ fn commit(conn: &mut Connection, cache: &Cache, health: &WriteHealth, batch: Vec
             }
         }
         Err(e) => {
+            // Another daemon saved the account (its notice not here yet): memory learns the
+            // stored record, so the saver's next try is judged on it.
+            if let (RegistryError::Stale(key), [_]) = (&e, current.as_slice())
+                && let Err(load) = super::merge_from_store(conn, cache, key, &Default::default())
+            {
+                tracing::debug!(account = %key, error = %load, "cannot reload the account after a refused save");
+            }
             let why = e.to_string();
             let mut first = Some(e);
             for job in current {
@@ -184,7 +199,7 @@ fn acknowledge(cache: &Cache, health: &WriteHealth, stored: Vec<SaveJob>) {
 
 /// Writes the records kept in memory after failed writes (tokens, status, times), all in
 /// one transaction; on failure they stay in memory for the next attempt.
-fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
+fn store_unsaved(conn: &mut dyn Store, cache: &Cache, health: &WriteHealth) {
     let keys: Vec<AccountKey> = health.lock().accounts.iter().cloned().collect();
     if keys.is_empty() {
         return;

@@ -126,6 +126,16 @@ pub struct NewAccount {
 }
 
 impl NewAccount {
+    /// The detail of its `added` history entry.
+    pub fn added_detail(&self) -> String {
+        match (&self.email, &self.access_token) {
+            (Some(e), Some(_)) => format!("developer user {e}, with an access token"),
+            (Some(e), None) => format!("developer user {e}"),
+            (None, Some(_)) => "with an access token".to_string(),
+            (None, None) => "awaiting a token".to_string(),
+        }
+    }
+
     /// A Shippo account with an OAuth token obtained at `now` (Shippo tokens never expire).
     pub fn shippo(key: AccountKey, access_token: Secret, now: Timestamp) -> NewAccount {
         NewAccount {

@@ -196,6 +196,16 @@ pub fn restore_key_check(conn: &Connection, sealer: &Sealer) -> Result<bool, sup
     Ok(true)
 }
 
+/// The key check to store beside values sealed by `sealer`.
+pub fn key_check(sealer: &Sealer) -> Result<String, SealError> {
+    sealer.seal(KEY_CHECK_PLAIN, KEY_CHECK_AD)
+}
+
+/// Whether `sealer` opens a stored key check.
+pub fn opens_key_check(sealer: &Sealer, stored: &str) -> bool {
+    matches!(sealer.open(stored, KEY_CHECK_AD), Ok(p) if p == KEY_CHECK_PLAIN)
+}
+
 /// Whether `sealer` opens the registry.
 pub fn check_key(conn: &Connection, sealer: &Sealer) -> rusqlite::Result<KeyCheck> {
     let stored: Option<String> = conn
@@ -205,10 +215,8 @@ pub fn check_key(conn: &Connection, sealer: &Sealer) -> rusqlite::Result<KeyChec
         .optional()?;
     Ok(match stored {
         None => KeyCheck::Unsealed,
-        Some(v) => match sealer.open(&v, KEY_CHECK_AD) {
-            Ok(p) if p == KEY_CHECK_PLAIN => KeyCheck::Matches,
-            _ => KeyCheck::Differs,
-        },
+        Some(v) if opens_key_check(sealer, &v) => KeyCheck::Matches,
+        Some(_) => KeyCheck::Differs,
     })
 }
 

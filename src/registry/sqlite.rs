@@ -6,9 +6,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::store::{Save, Store};
+use super::store::{Dump, DumpedEvent, Save, Store};
 use super::{
-    AccountRecord, Doubt, Event, NewAccount, RegistryError, TokenRecord, check_token_times,
+    AccountRecord, AuditEntry, AuditQuery, Doubt, Event, NewAccount, RegistryError, TokenRecord,
+    check_token_times,
 };
 use super::{migrations, seal};
 use crate::clock::Timestamp;
@@ -76,12 +77,7 @@ impl Store for Connection {
                 new.key.name,
             ],
         )?;
-        let detail = match (&new.email, access) {
-            (Some(e), Some(_)) => format!("developer user {e}, with an access token"),
-            (Some(e), None) => format!("developer user {e}"),
-            (None, Some(_)) => "with an access token".to_string(),
-            (None, None) => "awaiting a token".to_string(),
-        };
+        let detail = new.added_detail();
         insert_event(&tx, now, &new.key, "added", Some(&detail))?;
         tx.commit()?;
         load_one(self, &new.key)
@@ -139,6 +135,170 @@ impl Store for Connection {
         let mut events = rows.collect::<Result<Vec<_>, _>>()?;
         events.reverse();
         Ok(events)
+    }
+
+    fn begin_oauth(
+        &mut self,
+        key: &AccountKey,
+        state_hash: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<AccountRecord, RegistryError> {
+        super::oauth_states::begin(self, key, state_hash, expires_at, now)
+    }
+
+    fn take_oauth_state(
+        &mut self,
+        state_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<AccountKey>, RegistryError> {
+        super::oauth_states::take(self, state_hash, now)
+    }
+
+    fn discard_unconnected(
+        &mut self,
+        key: &AccountKey,
+        detail: &str,
+        now: Timestamp,
+    ) -> Result<bool, RegistryError> {
+        super::oauth_states::discard(self, key, detail, now)
+    }
+
+    fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<(), RegistryError> {
+        super::audit::append(self, entries)
+    }
+
+    fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, RegistryError> {
+        super::audit::query(self, query)
+    }
+
+    fn prune_audit(&mut self, before: Timestamp) -> Result<usize, RegistryError> {
+        super::audit::prune(self, before)
+    }
+
+    fn ping(&mut self) -> Result<(), RegistryError> {
+        self.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))?;
+        Ok(())
+    }
+
+    fn export(&mut self) -> Result<Dump, RegistryError> {
+        let mut accounts = Vec::new();
+        for record in load_all(self)? {
+            let refresh = self.refresh_token(&record.key)?;
+            accounts.push((record, refresh));
+        }
+        let mut stmt = self.prepare(
+            "SELECT at, provider, account, generation, kind, detail FROM events ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (at, provider, name, generation, kind, detail) = row?;
+            let Some(provider) = Provider::parse(&provider) else {
+                return Err(RegistryError::UnknownRow(format!(
+                    "history of {provider}/{name}"
+                )));
+            };
+            let key = AccountKey { provider, name };
+            events.push(DumpedEvent {
+                event: Event {
+                    at: Timestamp::from_millis(at),
+                    account: key.to_string(),
+                    kind,
+                    detail,
+                },
+                key,
+                generation,
+            });
+        }
+        drop(stmt);
+        let audit = super::audit::query(
+            self,
+            &AuditQuery {
+                limit: usize::MAX,
+                ..AuditQuery::default()
+            },
+        )?;
+        Ok(Dump {
+            accounts,
+            events,
+            audit,
+        })
+    }
+
+    fn import(&mut self, dump: &Dump) -> Result<(), RegistryError> {
+        let tx = self.transaction()?;
+        let held: i64 = tx.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
+        if held > 0 {
+            return Err(RegistryError::NotEmpty(format!("{held} account(s)")));
+        }
+        for (r, refresh) in &dump.accounts {
+            let (p, n) = (r.key.provider.as_str(), r.key.name.as_str());
+            tx.execute(
+                "INSERT INTO accounts (provider, name, email, first_name, last_name, status,
+                                       status_since, created_at, generation)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    p,
+                    n,
+                    r.email,
+                    r.first_name,
+                    r.last_name,
+                    r.status.as_str(),
+                    r.status_since.millis(),
+                    r.created_at.millis(),
+                    r.generation
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO tokens (account_id, refresh_token, refresh_fingerprint)
+                 VALUES (?1, seal(?2, ?4, ?5, 'refresh_token'), ?3)",
+                params![
+                    id,
+                    refresh.as_ref().map(|s| s.expose().to_string()),
+                    refresh.as_ref().map(Secret::fingerprint),
+                    p,
+                    n
+                ],
+            )?;
+            write_record(&tx, r, None)?;
+        }
+        let newest = dump
+            .accounts
+            .iter()
+            .map(|(r, _)| r.generation)
+            .max()
+            .unwrap_or(0);
+        tx.execute(
+            "UPDATE sequences SET value = max(value, ?1) WHERE name = 'generation'",
+            [newest],
+        )?;
+        for e in &dump.events {
+            tx.execute(
+                "INSERT INTO events (at, provider, account, kind, detail, generation)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    e.event.at.millis(),
+                    e.key.provider.as_str(),
+                    e.key.name,
+                    e.event.kind,
+                    e.event.detail,
+                    e.generation
+                ],
+            )?;
+        }
+        tx.commit()?;
+        super::audit::append(self, &dump.audit)
     }
 }
 

@@ -2,15 +2,17 @@
 //! The state machine (`rotation::judge`) computes every record; the backend only keeps it,
 //! refusing a save computed from a record that is no longer the stored one.
 //!
-//! SQLite implements it ([`super::sqlite`]); a backend shared by several daemons
-//! (PostgreSQL) implements the same calls, plus leases and a change feed, which have
-//! single-host defaults here.
+//! SQLite implements it ([`super::sqlite`]); PostgreSQL ([`super::postgres`]), shared by
+//! several daemons, implements the same calls plus leases, which have single-host defaults
+//! here. Its change feed (LISTEN/NOTIFY) lives beside it in [`super::follow`].
 
 use crate::clock::Timestamp;
 use crate::names::AccountKey;
 use crate::secret::Secret;
 
-use super::{AccountRecord, Event, NewAccount, Note, RegistryError};
+use std::time::Duration;
+
+use super::{AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, Note, RegistryError};
 
 /// One record to store, with the history notes it adds.
 #[derive(Debug)]
@@ -58,14 +60,102 @@ pub trait Store {
         limit: usize,
     ) -> Result<Vec<Event>, RegistryError>;
 
-    /// Takes the right to do upstream work for the account until `until`, fleet-wide.
-    /// A single-host backend has no one to share with: always granted.
-    fn lease(&mut self, _key: &AccountKey, _until: Timestamp) -> Result<bool, RegistryError> {
-        Ok(true)
+    /// Starts a Shippo OAuth flow: creates `key` as `pending` unless it already waits for a
+    /// token (any other account under that name is `AccountExists`), drops its earlier unused
+    /// states and every expired one, and stores `state_hash` until `expires_at`.
+    fn begin_oauth(
+        &mut self,
+        key: &AccountKey,
+        state_hash: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<AccountRecord, RegistryError>;
+
+    /// Spends a state in one statement: the pending account it was issued for, or `None`.
+    fn take_oauth_state(
+        &mut self,
+        state_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<AccountKey>, RegistryError>;
+
+    /// Removes the account if it is `pending` with no token at all; whether it did.
+    fn discard_unconnected(
+        &mut self,
+        key: &AccountKey,
+        detail: &str,
+        now: Timestamp,
+    ) -> Result<bool, RegistryError>;
+
+    /// Appends audit entries in one transaction.
+    fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<(), RegistryError>;
+
+    /// Audit entries matching `query`, oldest first.
+    fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, RegistryError>;
+
+    /// Deletes audit entries last read before `before`; how many.
+    fn prune_audit(&mut self, before: Timestamp) -> Result<usize, RegistryError>;
+
+    /// Proves the backend answers (a health check).
+    fn ping(&mut self) -> Result<(), RegistryError>;
+
+    /// Everything a registry holds that outlives a daemon, for `registry migrate`.
+    fn export(&mut self) -> Result<Dump, RegistryError>;
+
+    /// Writes `dump` into this registry, which must hold no account yet.
+    fn import(&mut self, dump: &Dump) -> Result<(), RegistryError>;
+
+    /// Takes the right to do upstream work on the account for `lease`, fleet-wide, if its
+    /// stored registration and revision are still `record`'s. A single-host backend has no
+    /// one to share with: always granted.
+    fn lease(
+        &mut self,
+        _record: &AccountRecord,
+        _lease: Duration,
+    ) -> Result<LeaseAnswer, RegistryError> {
+        Ok(LeaseAnswer::Granted)
     }
 
-    /// Accounts other daemons changed since the last call. A single-host backend: none.
-    fn changed(&mut self) -> Result<Vec<AccountKey>, RegistryError> {
-        Ok(Vec::new())
+    /// Gives a lease back once its work is stored (or abandoned).
+    fn release(&mut self, _key: &AccountKey) -> Result<(), RegistryError> {
+        Ok(())
     }
+}
+
+/// Whether a daemon may work on an account now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// Yes, until the lease runs out; saves are refused once another daemon took it over.
+    Granted,
+    /// Another daemon holds it.
+    Busy {
+        /// The `registry.host_name` of the daemon working on it.
+        holder: String,
+    },
+    /// The stored record is newer than the one the work was planned from (another daemon
+    /// saved it): the caller reloads it and plans again.
+    Moved,
+}
+
+/// One history entry with the registration it belongs to, as `registry migrate` copies it.
+#[derive(Clone, Debug)]
+pub struct DumpedEvent {
+    /// The account.
+    pub key: AccountKey,
+    /// Its registration.
+    pub generation: Option<i64>,
+    /// The entry.
+    pub event: Event,
+}
+
+/// The accounts (with their refresh tokens), their history and the audit of a registry.
+/// OAuth states are not carried: they live ten minutes, and a flow in progress is started
+/// again.
+#[derive(Debug, Default)]
+pub struct Dump {
+    /// Every account, with its stored refresh token.
+    pub accounts: Vec<(AccountRecord, Option<Secret>)>,
+    /// Every history entry, oldest first.
+    pub events: Vec<DumpedEvent>,
+    /// Every audit entry, oldest first.
+    pub audit: Vec<AuditEntry>,
 }

@@ -75,6 +75,17 @@ pub enum EngineError {
         /// What went wrong.
         message: String,
     },
+    /// Another daemon sharing the registry holds the account's lease: it is refreshing or
+    /// checking it right now, and its result reaches this daemon within a second.
+    #[error(
+        "{key} is being refreshed or checked by {holder} right now (it shares this registry); its result is served here as soon as it is stored: try again in a few seconds"
+    )]
+    Elsewhere {
+        /// The account.
+        key: AccountKey,
+        /// `registry.host_name` of the daemon working on it.
+        holder: String,
+    },
     /// The account has nothing to act on (e.g. a Shippo account still waiting for OAuth), or
     /// the daemon is stopping.
     #[error("{0}")]

@@ -13,7 +13,9 @@ use crate::metrics::CheckResult;
 use crate::names::{AccountKey, Provider, Status};
 use crate::notify::StatusChange;
 use crate::providers::Verdict;
-use crate::registry::{AccountRecord, EventKind, Note, RegistryError, TokenRecord};
+use crate::registry::{
+    AccountRecord, EventKind, LeaseAnswer, Note, Registry, RegistryError, RemoteChange, TokenRecord,
+};
 use crate::rotation::incident::Change;
 
 impl Engine {
@@ -128,18 +130,31 @@ impl Engine {
         let requested = self.clock.now();
         let lock = self.account_lock(key);
         let _guard = lock.lock().await;
-        let account = self.account(key)?;
-        if account.status == Status::Active
-            && account.candidate.is_none()
-            && account.last_rotated_at.is_some_and(|t| t >= requested)
-        {
-            return Ok(account);
+        let generation = self.account(key)?.generation;
+        for tries_left in (0..3).rev() {
+            let account = self.account(key)?;
+            // Work asked of one registration never lands on the next one.
+            if account.generation != generation {
+                return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
+            }
+            if account.status == Status::Active
+                && account.candidate.is_none()
+                && account.last_rotated_at.is_some_and(|t| t >= requested)
+            {
+                return Ok(account);
+            }
+            let result = if self.upstreams.get(key.provider).renews() {
+                self.perform(key, Work::Refresh).await
+            } else {
+                self.perform(key, probe_work(&account)?).await
+            };
+            match result {
+                // Another daemon sharing the registry saved it first: judged again on that.
+                Err(EngineError::Registry(RegistryError::Stale(_))) if tries_left > 0 => {}
+                other => return other,
+            }
         }
-        if self.upstreams.get(key.provider).renews() {
-            self.perform(key, Work::Refresh).await
-        } else {
-            self.perform(key, probe_work(&account)?).await
-        }
+        Err(EngineError::Registry(RegistryError::Stale(key.clone())))
     }
 
     /// Probes the account's token now (the candidate first, if one waits).
@@ -147,20 +162,31 @@ impl Engine {
         let requested = self.clock.now();
         let lock = self.account_lock(key);
         let _guard = lock.lock().await;
-        let account = self.account(key)?;
-        // A sweep that held the lock may have just done this very work.
-        if account.status == Status::Active
-            && account.candidate.is_none()
-            && account.last_error.is_none()
-            && account.last_verified_at.is_some_and(|t| t >= requested)
-        {
-            return Ok(account);
+        let generation = self.account(key)?.generation;
+        for tries_left in (0..3).rev() {
+            let account = self.account(key)?;
+            // Work asked of one registration never lands on the next one.
+            if account.generation != generation {
+                return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
+            }
+            // A sweep that held the lock may have just done this very work.
+            if account.status == Status::Active
+                && account.candidate.is_none()
+                && account.last_error.is_none()
+                && account.last_verified_at.is_some_and(|t| t >= requested)
+            {
+                return Ok(account);
+            }
+            let work = match probe_work(&account) {
+                Err(_) if self.upstreams.get(key.provider).renews() => Work::Refresh,
+                other => other?,
+            };
+            match self.perform(key, work).await {
+                Err(EngineError::Registry(RegistryError::Stale(_))) if tries_left > 0 => {}
+                other => return other,
+            }
         }
-        let work = match probe_work(&account) {
-            Err(_) if self.upstreams.get(key.provider).renews() => Work::Refresh,
-            other => other?,
-        };
-        self.perform(key, work).await
+        Err(EngineError::Registry(RegistryError::Stale(key.clone())))
     }
 
     /// Stores a token issued outside the engine (a Shippo OAuth code exchange) as the
@@ -172,9 +198,39 @@ impl Engine {
     ) -> Result<Arc<AccountRecord>, EngineError> {
         let lock = self.account_lock(key);
         let _guard = lock.lock().await;
-        let generation = self.account(key)?.generation;
+        let account = self.account(key)?;
+        let generation = account.generation;
+        let _lease = self.lease(&account).await?;
         self.apply(key, generation, Outcome::Issued(token)).await?;
         self.verify(key, generation, Probed::Candidate, true).await
+    }
+
+    /// Takes the fleet-wide lease on the account for work planned from `account` (granted
+    /// at once with SQLite). Another daemon holding it is [`EngineError::Elsewhere`]; a record
+    /// another daemon saved since is loaded and the work refused as stale, to be planned again.
+    async fn lease(&self, account: &Arc<AccountRecord>) -> Result<Lease<'_>, EngineError> {
+        if !self.registry.is_shared() {
+            return Ok(Lease(None));
+        }
+        let key = &account.key;
+        let duration = self.config.borrow().registry.lease;
+        match self.registry.lease(account, duration).await? {
+            LeaseAnswer::Granted => {
+                self.metrics.lease("granted");
+                Ok(Lease(Some((&self.registry, key.clone()))))
+            }
+            LeaseAnswer::Busy { holder } => {
+                self.metrics.lease("busy");
+                Err(EngineError::Elsewhere {
+                    key: key.clone(),
+                    holder,
+                })
+            }
+            LeaseAnswer::Moved => {
+                self.metrics.lease("moved");
+                Err(EngineError::Registry(RegistryError::Stale(key.clone())))
+            }
+        }
     }
 
     fn account(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
@@ -189,7 +245,9 @@ impl Engine {
         key: &AccountKey,
         work: Work,
     ) -> Result<Arc<AccountRecord>, EngineError> {
-        let generation = self.account(key)?.generation;
+        let account = self.account(key)?;
+        let generation = account.generation;
+        let _lease = self.lease(&account).await?;
         match work {
             Work::Refresh => self.refresh(key, generation).await,
             Work::Verify(which) => self.verify(key, generation, which, true).await,
@@ -351,6 +409,60 @@ impl Engine {
             Verdict::Refused(_) | Verdict::Undocumented { .. } => true,
             _ => return,
         };
+        self.count_result(key, evidence);
+    }
+
+    /// Counts what other daemons sharing the registry saw of their accounts toward this
+    /// daemon's incident rule, so it counts the whole fleet's accounts, not only the share
+    /// this daemon probed. Returns when `stop` is cancelled or the registry is gone.
+    pub async fn follow_fleet(
+        self: Arc<Self>,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<RemoteChange>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.recv() => match change {
+                    Some(c) => self.count_remote(&c),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// A conclusive probe result read off a record another daemon stored: a new doubt or
+    /// flag is evidence, a newer proof without doubt is a pass.
+    fn count_remote(&self, change: &RemoteChange) {
+        let (before, after) = (change.before.as_deref(), &change.after);
+        if before.is_some_and(|b| b.generation != after.generation) {
+            return;
+        }
+        let key = &after.key;
+        let doubt_before = before.and_then(|b| b.token_doubt.as_ref()).map(|d| d.since);
+        let new_doubt = after
+            .token_doubt
+            .as_ref()
+            .filter(|d| doubt_before != Some(d.since));
+        if let Some(signature) = new_doubt.and_then(|d| d.signature.as_deref()) {
+            self.incidents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_odd(key, signature, self.clock.now());
+        }
+        let newly_flagged =
+            after.status.is_flagged() && before.is_none_or(|b| b.status != after.status);
+        let proven = after.token_doubt.is_none()
+            && after.last_verified_at > before.and_then(|b| b.last_verified_at);
+        if new_doubt.is_some() || newly_flagged {
+            self.count_result(key, true);
+        } else if proven {
+            self.count_result(key, false);
+        }
+    }
+
+    /// Counts one account's conclusive result toward the incident rule and reports a change.
+    fn count_result(&self, key: &AccountKey, evidence: bool) {
         let now = self.clock.now();
         let threshold = self.threshold();
         let change = self
@@ -450,6 +562,11 @@ impl Engine {
                     return Ok(saved);
                 }
                 Err(RegistryError::Stale(_)) => continue,
+                Err(e @ RegistryError::LeaseLost(_)) => {
+                    self.metrics.lease("lost");
+                    tracing::warn!(provider = %key.provider, account = %key.name, "the lease on this account ran out while this daemon worked on it and another daemon took it over; this result is not stored over newer work");
+                    return Err(e.into());
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -516,6 +633,17 @@ impl Engine {
                 at: self.clock.now(),
                 reason,
             });
+        }
+    }
+}
+
+/// The fleet-wide lease on an account while work on it runs, given back when dropped.
+struct Lease<'a>(Option<(&'a Registry, AccountKey)>);
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some((registry, key)) = &self.0 {
+            registry.release(key);
         }
     }
 }
