@@ -316,9 +316,14 @@ async fn a_token_stored_by_one_daemon_is_served_by_the_others_within_a_second() 
     // Each daemon rotates once; the others must serve its token within the window.
     let mut worst = Duration::ZERO;
     for i in 0..3 {
-        let out = f.d[i].cli(&["rotate", "shiphero/acme"]).await;
+        // The previous rotate's lease may still be given back (see
+        // `a_finished_rotate_has_given_its_lease_back`); that is not what this test is about.
+        let out = wait_for("a rotate not refused for a lease", || async {
+            let out = f.d[i].cli(&["rotate", "shiphero/acme"]).await;
+            (!out.stderr.contains("right now")).then_some(out)
+        })
+        .await;
         let stored = Instant::now();
-        // A refusal naming another daemon here means a finished rotate kept its lease.
         assert_eq!(out.code, 0, "rotate on daemon {i}: {out:?}");
         let newest = f.fake.latest_token(&email).unwrap();
         assert_eq!(served(&f.d[i], "shiphero/acme").await, Some(newest.clone()));
@@ -327,12 +332,26 @@ async fn a_token_stored_by_one_daemon_is_served_by_the_others_within_a_second() 
         }
         worst = worst.max(stored.elapsed());
     }
+    eprintln!("slowest propagation of a rotated token to the other two daemons: {worst:?}");
     // A correctness bound (#18: all daemons serve the newest token within 1 s), not a speed
     // target: a NOTIFY lost or ignored would show as a multi-second wait for a sweep.
     assert!(
         worst <= Duration::from_secs(1),
         "the others served the new token only after {worst:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_rotate_has_given_its_lease_back() {
+    let url = database_or_skip!();
+    let f = Fleet::start(&url, Setup::default()).await;
+    f.register(0, "acme").await;
+    // An operator rotating on one host, then on another: once `rotate` has returned, the
+    // work is done and no other daemon may be told it is still in progress.
+    for round in 0..20 {
+        let out = f.d[round % 2].cli(&["rotate", "shiphero/acme"]).await;
+        assert_eq!(out.code, 0, "round {round}: {out:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,7 +553,13 @@ async fn a_lost_registry_connection_keeps_tokens_served_and_recovers() {
         .collect();
 
     // The "restart": every connection dropped, new ones refused, for several sweeps.
+    wait_for("the readers to start", || async {
+        (reads.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    let reads_before = reads.load(Ordering::Relaxed);
     proxy.cut();
+    let cut = Instant::now();
     for i in 0..3 {
         wait_registry_connected(&f, i, false).await;
     }
@@ -542,17 +567,26 @@ async fn a_lost_registry_connection_keeps_tokens_served_and_recovers() {
         d.wait_for_sweep().await;
         d.wait_for_sweep().await;
     }
-    let reads_while_cut = reads.load(Ordering::Relaxed);
+    let reads_while_cut = reads.load(Ordering::Relaxed) - reads_before;
+    let outage = cut.elapsed();
     proxy.restore().await;
+    let restored = Instant::now();
     for i in 0..3 {
         wait_registry_connected(&f, i, true).await;
     }
+    eprintln!(
+        "registry cut for {outage:?}: {reads_while_cut} token reads served meanwhile; all three reconnected {:?} after the restore",
+        restored.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.await.unwrap();
     }
     assert_eq!(failures.load(Ordering::Relaxed), 0, "a read failed");
-    assert!(reads_while_cut > 0, "no read happened");
+    assert!(
+        reads_while_cut > 0,
+        "no read happened while the registry was away"
+    );
 
     // Reconnected and listening again: a new token reaches the others.
     let out = f.d[1].cli(&["rotate", "shiphero/acme"]).await;
@@ -686,6 +720,7 @@ async fn a_sqlite_registry_migrated_to_postgres_serves_the_same_tokens_and_histo
     let after = snapshot(&new, &keys).await;
     for ((key, (token, history)), (token2, history2)) in keys.iter().zip(&before).zip(&after) {
         assert_eq!(token, token2, "{key}: another token after the migration");
+        assert!(!history.is_empty(), "{key}: no history to compare");
         assert!(
             history2.starts_with(history),
             "{key}: history before {history:?}\nafter {history2:?}"
