@@ -667,7 +667,7 @@ async fn snapshot(d: &Daemon, keys: &[&str]) -> Vec<(String, Vec<(Value, Value, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_registry_migrated_to_postgres_serves_the_same_tokens_and_history() {
+async fn a_sqlite_registry_migrated_to_postgres_and_back_serves_the_same_tokens_and_history() {
     let url = database_or_skip!();
     let fake = FakeShipHero::start().await.unwrap();
     let shippo = FakeShippo::start().await.unwrap();
@@ -726,11 +726,35 @@ async fn a_sqlite_registry_migrated_to_postgres_serves_the_same_tokens_and_histo
             "{key}: history before {history:?}\nafter {history2:?}"
         );
     }
-    let served_tokens: Vec<String> = after.into_iter().map(|(t, _)| t).collect();
-    assert_eq!(
-        served_tokens[0],
-        fake.latest_token("ops@acme.test").unwrap()
-    );
+    assert_eq!(after[0].0, fake.latest_token("ops@acme.test").unwrap());
+
+    // And back: the PostgreSQL registry into a new SQLite state folder.
+    let mut new = new;
+    assert!(new.stop().await.success());
+    let back_home = dir.path().join("sqlite-again");
+    let back_config = config(&back_home, "");
+    let out = common::cli(
+        &[
+            "--config",
+            new.config.to_str().unwrap(),
+            "registry",
+            "migrate",
+            "--to",
+            back_home.join("state").to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let back = Daemon::start(&back_home, &back_config).await;
+    let again = snapshot(&back, &keys).await;
+    for ((key, (token, history)), (token2, history2)) in keys.iter().zip(&after).zip(&again) {
+        assert_eq!(token, token2, "{key}: another token after migrating back");
+        assert!(
+            history2.starts_with(history),
+            "{key}: history before {history:?}\nafter {history2:?}"
+        );
+    }
 }
 
 /// The harness itself: the proxy the restart test relies on really cuts and restores.

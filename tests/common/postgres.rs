@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +28,9 @@ const PREFIX: &str = "shiptoken_t_";
 
 /// Databases made by this process so far, for unique names.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process has dropped the databases of exited test processes yet.
+static SWEPT: AtomicBool = AtomicBool::new(false);
 
 /// The server URL the tests use.
 pub fn server_url() -> String {
@@ -76,7 +79,10 @@ pub async fn fresh_database() -> Option<String> {
             return None;
         }
     };
-    drop_abandoned(&admin).await;
+    // Once per test process is enough: the databases it finds were all left before it began.
+    if !SWEPT.swap(true, Ordering::Relaxed) {
+        drop_abandoned(&admin).await;
+    }
     let name = format!(
         "{PREFIX}{}_{}_{:08x}",
         std::process::id(),
