@@ -2,8 +2,9 @@
 //! proxy that can cut every connection to it, standing in for a server restart.
 //!
 //! The server is `SHIPTOKEN_TEST_POSTGRES` (default [`DEFAULT_SERVER`]). Without one, tests
-//! that need it print why they skip and pass; with `SHIPTOKEN_REQUIRE_POSTGRES=1` (CI sets it)
-//! they fail instead, so CI can never pass by skipping.
+//! that need it print why they skip and pass; with `SHIPTOKEN_REQUIRE_POSTGRES=1` they fail
+//! instead. Both variables stay in the test process: the binaries the harness starts never see
+//! them ([`super::HARNESS_VARS`]), since the daemon refuses unknown `SHIPTOKEN_*` variables.
 //!
 //! Databases are not dropped when their test ends: the daemons under test still hold
 //! connections then, and a test that failed is easier to read with its data in place.
