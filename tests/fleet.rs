@@ -38,9 +38,9 @@ struct Fleet {
     shippo: FakeShippo,
     /// A, B, C.
     d: Vec<Daemon>,
-    /// Each daemon's metrics listener.
+    /// Each daemon's metrics listener ([`Setup::listeners`]).
     metrics: Vec<u16>,
-    /// Each daemon's Shippo callback listener.
+    /// Each daemon's Shippo callback listener ([`Setup::listeners`]).
     callbacks: Vec<SocketAddr>,
     /// The one redirect URI all daemons give Shippo, as behind a load balancer; no one
     /// listens on it, a test delivers the callback to the daemon it chooses.
@@ -58,6 +58,10 @@ struct Setup<'a> {
     extra: &'a str,
     /// Daemon A's `registry.lease`, when not [`LEASE`].
     lease_a: Option<&'a str>,
+    /// Whether the daemons open their metrics and Shippo callback listeners. Only the tests
+    /// that use them do: a port `free_port` picked may be taken by someone else before the
+    /// daemon binds it, and fewer ports make that rarer.
+    listeners: bool,
 }
 
 /// A new key file in `dir`, mode 0600, as `keys.rs` expects one.
@@ -92,18 +96,31 @@ impl Fleet {
             };
             let home = dir.path().join(host);
             std::fs::create_dir(&home).unwrap();
-            let (metrics_port, callback) = (free_port(), free_port());
             let base = shippo.base_url();
+            // Shippo OAuth needs the callback listener; without listeners, only the API.
+            let (metrics_listen, shippo_section) = match setup.listeners {
+                true => {
+                    let (m, c) = (free_port(), free_port());
+                    metrics.push(m);
+                    callbacks.push(SocketAddr::from(([127, 0, 0, 1], c)));
+                    let oauth = format!(
+                        "api_base = \"{base}\"\noauth_base = \"{base}\"\nclient_id = \"{SHIPPO_CLIENT}\"\n\
+                         client_secret_file = \"{}\"\nredirect_uri = \"{redirect_uri}\"\n\
+                         callback_listen = \"127.0.0.1:{c}\"",
+                        secret.display()
+                    );
+                    (format!("127.0.0.1:{m}"), oauth)
+                }
+                false => (
+                    String::new(),
+                    format!("api_base = \"{base}\"\ncallback_listen = \"\""),
+                ),
+            };
             let config = ConfigText {
                 shiphero_base: &fake.base_url(),
-                metrics_listen: &format!("127.0.0.1:{metrics_port}"),
+                metrics_listen: &metrics_listen,
                 top: &format!("key_file = \"{}\"", key.display()),
-                shippo: &format!(
-                    "api_base = \"{base}\"\noauth_base = \"{base}\"\nclient_id = \"{SHIPPO_CLIENT}\"\n\
-                     client_secret_file = \"{}\"\nredirect_uri = \"{redirect_uri}\"\n\
-                     callback_listen = \"127.0.0.1:{callback}\"",
-                    secret.display()
-                ),
+                shippo: &shippo_section,
                 extra: &format!("{}{}", registry_section(url, host, lease), setup.extra),
                 ..ConfigText::default()
             }
@@ -111,8 +128,6 @@ impl Fleet {
             let path = home.join("shiptoken.toml");
             std::fs::write(&path, config).unwrap();
             configs.push((home, path));
-            metrics.push(metrics_port);
-            callbacks.push(SocketAddr::from(([127, 0, 0, 1], callback)));
         }
         // The first daemon creates the schema alone, so a failure to start on a fresh
         // database is told apart from a race between daemons migrating at once.
@@ -521,7 +536,11 @@ async fn rotate_on_an_account_leased_elsewhere_names_the_holder() {
 async fn a_lost_registry_connection_keeps_tokens_served_and_recovers() {
     let direct = database_or_skip!();
     let proxy = Proxy::start(&direct).await;
-    let f = Fleet::start(&proxy.url_for(&direct), Setup::default()).await;
+    let setup = Setup {
+        listeners: true,
+        ..Setup::default()
+    };
+    let f = Fleet::start(&proxy.url_for(&direct), setup).await;
     let email = f.register(0, "acme").await;
     let first = f.fake.latest_token(&email).unwrap();
     f.wait_all_serve("shiphero/acme", &first).await;
@@ -604,7 +623,14 @@ async fn a_lost_registry_connection_keeps_tokens_served_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shippo_account_connected_through_one_daemon_is_served_by_all() {
     let url = database_or_skip!();
-    let f = Fleet::start(&url, Setup::default()).await;
+    let f = Fleet::start(
+        &url,
+        Setup {
+            listeners: true,
+            ..Setup::default()
+        },
+    )
+    .await;
     let out = f.d[0].cli(&["shippo", "connect", "globex"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let authorize = out
