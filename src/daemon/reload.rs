@@ -146,6 +146,13 @@ fn warn_needs_restart(current: &Config, new: &Config) {
         ("shiphero", current.shiphero != new.shiphero),
         ("shippo", current.shippo != new.shippo),
         ("limits", current.limits != new.limits),
+        // The lease applies at once; where the registry is and who this daemon is do not.
+        (
+            "registry",
+            current.registry.url != new.registry.url
+                || current.registry.password_file != new.registry.password_file
+                || current.registry.host_name != new.registry.host_name,
+        ),
         (
             "rotation.concurrency",
             current.rotation.concurrency != new.rotation.concurrency,
