@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use common::postgres::{Proxy, fresh_database};
 use common::{ConfigText, DEADLINE, Daemon, FakeShipHero, FakeShippo, ShipHeroMode, wait_for};
 use harness::*;
+use serde_json::json;
 
 /// Skips the test (returning) when no PostgreSQL is available.
 macro_rules! database_or_skip {
@@ -112,6 +113,43 @@ async fn a_token_stored_by_one_daemon_is_served_by_the_others_within_a_second() 
         worst <= Duration::from_secs(1),
         "the others served the new token only after {worst:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_added_and_removed_through_any_daemon_once() {
+    let url = database_or_skip!();
+    let f = Fleet::start(&url, Setup::default()).await;
+
+    // The same account registered through A and B at once: one wins, the other is told.
+    let user = f.fake.add_user("ops@twice.test");
+    let body = json!({
+        "provider": "shiphero",
+        "account": "twice",
+        "email": "ops@twice.test",
+        "refresh_token": user.refresh_token,
+        "access_token": user.access_token,
+    });
+    let (a, b) = tokio::join!(
+        f.d[0].call("POST", "/v1/accounts", Some(&body)),
+        f.d[1].call("POST", "/v1/accounts", Some(&body)),
+    );
+    let mut codes = [a.0, b.0];
+    codes.sort();
+    assert_eq!(codes, [201, 409], "A: {a:?}\nB: {b:?}");
+    let loser = if a.0 == 409 { &a.1 } else { &b.1 };
+    assert_eq!(loser["error"], "account_exists", "{loser}");
+    f.wait_all_serve("shiphero/twice", &user.access_token).await;
+
+    // Removed through C: gone everywhere.
+    let out = f.d[2].cli(&["accounts", "remove", "shiphero/twice"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for d in &f.d {
+        wait_for("the removal to reach every daemon", || async {
+            let (status, _) = d.call("GET", "/v1/tokens/shiphero/twice", None).await;
+            (status == 404).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
