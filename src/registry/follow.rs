@@ -115,20 +115,23 @@ async fn listen(
 /// (this daemon's own saves come back as notices too).
 async fn apply(registry: &Registry, notices: &[String]) {
     let mut seen = HashSet::new();
+    let mut stale = Vec::new();
     for notice in notices {
         let Some((generation, revision, key)) = parse(notice) else {
             tracing::debug!(notice, "ignoring a change notice this build cannot read");
             continue;
         };
-        if registry
+        let held = registry
             .held_revision(&key)
-            .is_some_and(|held| held >= (generation, revision))
-            || !seen.insert(key.clone())
-        {
-            continue;
+            .is_some_and(|held| held >= (generation, revision));
+        if !held && seen.insert(key.clone()) {
+            stale.push(key);
         }
-        if let Err(e) = registry.reload(&key).await {
-            tracing::warn!(account = %key, error = %e, "cannot reload an account another daemon changed; it is reloaded with the next change or reconnection");
+    }
+    // The notices that arrived together are reloaded together: one round trip per chunk.
+    for chunk in stale.chunks(500) {
+        if let Err(e) = registry.reload(chunk.to_vec()).await {
+            tracing::warn!(accounts = chunk.len(), error = %e, "cannot reload accounts another daemon changed; they are reloaded with their next change or the next reconnection");
         }
     }
 }

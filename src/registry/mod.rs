@@ -528,14 +528,27 @@ impl Registry {
         })));
     }
 
-    /// Loads one account from the store into memory (another daemon changed it). Returns
-    /// whether memory changed.
-    pub async fn reload(&self, key: &AccountKey) -> Result<bool, RegistryError> {
-        let (key, cache, remote) = (key.clone(), self.cache.clone(), self.remote.clone());
+    /// Loads these accounts from the store into memory (other daemons changed them), in one
+    /// round trip; an account gone from the store leaves memory. Returns how many changed.
+    pub async fn reload(&self, keys: Vec<AccountKey>) -> Result<usize, RegistryError> {
+        let (cache, remote) = (self.cache.clone(), self.remote.clone());
         let changed = self
-            .call(move |store| merge_from_store(store, &cache, &key, &remote))
+            .call(move |store| {
+                let found = store.load_some(&keys)?;
+                let mut cache = write(&cache);
+                let present: HashSet<&AccountKey> = found.iter().map(|r| &r.key).collect();
+                let mut changed = keys
+                    .iter()
+                    .filter(|k| !present.contains(k))
+                    .filter(|k| cache.remove(*k).is_some())
+                    .count();
+                for record in found {
+                    changed += usize::from(merge(&mut cache, record, &remote));
+                }
+                Ok(changed)
+            })
             .await?;
-        if changed {
+        if changed > 0 {
             self.changes.send_modify(|n| *n += 1);
         }
         Ok(changed)

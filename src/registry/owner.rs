@@ -150,8 +150,9 @@ fn commit(conn: &mut dyn Store, cache: &Cache, health: &WriteHealth, batch: Vec<
     drop(saves);
     match result {
         Ok(()) => acknowledge(cache, health, current),
-        // One save the disk calls stale fails the whole transaction: write them one by one.
-        Err(RegistryError::Stale(_)) if current.len() > 1 => {
+        // One save the store calls stale (or whose lease another daemon took over) fails the
+        // whole transaction: write them one by one.
+        Err(RegistryError::Stale(_) | RegistryError::LeaseLost(_)) if current.len() > 1 => {
             for job in current {
                 commit(conn, cache, health, vec![job]);
             }

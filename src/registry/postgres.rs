@@ -750,6 +750,17 @@ impl Store for PgStore {
         self.with(|c, sealer, _, _| load_one(c, sealer, key))
     }
 
+    fn load_some(&mut self, keys: &[AccountKey]) -> Result<Vec<AccountRecord>, RegistryError> {
+        let names: Vec<String> = keys.iter().map(AccountKey::to_string).collect();
+        self.with(|c, sealer, _, _| {
+            let sql = format!("{SELECT_ACCOUNT} WHERE provider || '/' || name = ANY($1)");
+            c.query(&sql, &[&names])?
+                .iter()
+                .map(|row| row_to_record(row, sealer))
+                .collect()
+        })
+    }
+
     fn save_all(&mut self, saves: &[Save<'_>]) -> Result<(), RegistryError> {
         self.with(|c, sealer, host, leases| {
             let mut tx = c.transaction()?;

@@ -37,6 +37,19 @@ pub trait Store {
     /// One account.
     fn load(&mut self, key: &AccountKey) -> Result<AccountRecord, RegistryError>;
 
+    /// The accounts of `keys` that exist, in one round trip where the backend can.
+    fn load_some(&mut self, keys: &[AccountKey]) -> Result<Vec<AccountRecord>, RegistryError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.load(key) {
+                Ok(r) => found.push(r),
+                Err(RegistryError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
     /// Stores every record in one transaction (one commit, one fsync): all or nothing. A
     /// record whose registration is gone or whose stored revision moved on fails the batch
     /// with [`RegistryError::Stale`].

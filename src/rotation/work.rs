@@ -28,7 +28,7 @@ impl Engine {
             return 0;
         };
         let policy = self.policy();
-        let mut due: [Vec<(AccountKey, Work)>; 2] = Default::default();
+        let mut due: [Vec<Due>; 2] = Default::default();
         let accounts = self.registry.accounts();
         let anchors = self.steady_times(&accounts, now);
         for (a, steady) in accounts.iter().zip(anchors) {
@@ -41,10 +41,30 @@ impl Engine {
             };
             if let Some(w) = work {
                 let i = usize::from(a.key.provider == Provider::Shippo);
-                due[i].push((a.key.clone(), w));
+                due[i].push(Due {
+                    key: a.key.clone(),
+                    work: w,
+                    planned_from: a.revision,
+                });
             }
         }
         let count = due.iter().map(Vec::len).sum();
+        if self.registry.is_shared() {
+            // Daemons sharing the registry see the same due accounts in the same order; each
+            // starts at its own place in the list, so their leases seldom meet.
+            let start = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                self.config.borrow().registry.host_name.hash(&mut h);
+                h.finish()
+            };
+            for list in &mut due {
+                if !list.is_empty() {
+                    let len = u64::try_from(list.len()).unwrap_or(u64::MAX);
+                    list.rotate_left(usize::try_from(start % len).unwrap_or(0));
+                }
+            }
+        }
         // Each provider has its own queue, so a paused or slowly paced one does not hold up
         // the other.
         let [shiphero, shippo] = due;
@@ -79,10 +99,15 @@ impl Engine {
     /// hand: enough that permits never idle while others write to the registry, few enough
     /// that memory does not grow with the number of accounts due. A provider-wide pause (the
     /// provider throttled us) holds back accounts not yet started.
-    async fn work_through(self: &Arc<Self>, due: Vec<(AccountKey, Work)>) {
+    async fn work_through(self: &Arc<Self>, due: Vec<Due>) {
         let in_hand = self.config.borrow().rotation.concurrency.saturating_mul(2);
         let mut tasks = tokio::task::JoinSet::new();
-        for (key, work) in due {
+        for Due {
+            key,
+            work,
+            planned_from,
+        } in due
+        {
             if self.stopping() {
                 break;
             }
@@ -95,7 +120,7 @@ impl Engine {
                 let lock = engine.account_lock(&key);
                 // Busy means a manual rotate or verify is on it right now: skip, not queue.
                 let Ok(_guard) = lock.try_lock() else { return };
-                if let Err(e) = engine.perform(&key, work).await {
+                if let Err(e) = engine.perform(&key, work, Some(planned_from)).await {
                     tracing::debug!(account = %key, error = %e, "sweep work ended without a working token");
                 }
             });
@@ -144,9 +169,9 @@ impl Engine {
                 return Ok(account);
             }
             let result = if self.upstreams.get(key.provider).renews() {
-                self.perform(key, Work::Refresh).await
+                self.perform(key, Work::Refresh, None).await
             } else {
-                self.perform(key, probe_work(&account)?).await
+                self.perform(key, probe_work(&account)?, None).await
             };
             match result {
                 // Another daemon sharing the registry saved it first: judged again on that.
@@ -181,7 +206,7 @@ impl Engine {
                 Err(_) if self.upstreams.get(key.provider).renews() => Work::Refresh,
                 other => other?,
             };
-            match self.perform(key, work).await {
+            match self.perform(key, work, None).await {
                 Err(EngineError::Registry(RegistryError::Stale(_))) if tries_left > 0 => {}
                 other => return other,
             }
@@ -240,12 +265,19 @@ impl Engine {
             .ok_or_else(|| RegistryError::NotFound(key.clone()))?)
     }
 
+    /// Does `work` on the account. With `planned_from`, the work was planned from that
+    /// revision: if the account was saved since (a manual rotate here, another daemon's
+    /// work), the plan is void and nothing is done; the next sweep plans again.
     async fn perform(
         &self,
         key: &AccountKey,
         work: Work,
+        planned_from: Option<i64>,
     ) -> Result<Arc<AccountRecord>, EngineError> {
         let account = self.account(key)?;
+        if planned_from.is_some_and(|r| r != account.revision) {
+            return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
+        }
         let generation = account.generation;
         let _lease = self.lease(&account).await?;
         match work {
@@ -635,6 +667,13 @@ impl Engine {
             });
         }
     }
+}
+
+/// An account's work found by a sweep, and the revision it was planned from.
+struct Due {
+    key: AccountKey,
+    work: Work,
+    planned_from: i64,
 }
 
 /// The fleet-wide lease on an account while work on it runs, given back when dropped.
