@@ -8,8 +8,9 @@
 //!
 //! Databases are not dropped when their test ends: the daemons under test still hold
 //! connections then, and a test that failed is easier to read with its data in place.
-//! Instead each [`fresh_database`] call drops the databases left by test processes that no
-//! longer run (the pid is part of the name). This assumes the server is used by test
+//! Instead the first [`fresh_database`] call of a process drops, in the background, the
+//! databases left by test processes that no longer run (the pid is part of the name). This
+//! assumes the server is used by test
 //! processes of this machine only, which holds for the local and CI servers it is meant for.
 
 use std::net::SocketAddr;
@@ -81,8 +82,11 @@ pub async fn fresh_database() -> Option<String> {
         }
     };
     // Once per test process is enough: the databases it finds were all left before it began.
+    // Each DROP DATABASE waits for a checkpoint (about a second here), so a thread of its own
+    // does it while the tests run; one cut short when the process ends is finished by the next.
     if !SWEPT.swap(true, Ordering::Relaxed) {
-        drop_abandoned(&admin).await;
+        let server = server.clone();
+        std::thread::spawn(move || drop_abandoned(&server));
     }
     let name = format!(
         "{PREFIX}{}_{}_{:08x}",
@@ -104,14 +108,16 @@ fn with_database(url: &str, name: &str) -> String {
     u.to_string()
 }
 
-/// Drops the test databases whose process has exited (see the module comment).
-async fn drop_abandoned(admin: &tokio_postgres::Client) {
+/// Drops the test databases on `server` whose process has exited (see the module comment).
+fn drop_abandoned(server: &str) {
+    let Ok(mut admin) = postgres::Client::connect(server, postgres::NoTls) else {
+        return;
+    };
     let rows = admin
         .query(
             "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
             &[&PREFIX],
         )
-        .await
         .unwrap_or_default();
     for row in rows {
         let name: String = row.get(0);
@@ -124,9 +130,7 @@ async fn drop_abandoned(admin: &tokio_postgres::Client) {
             continue;
         }
         // Another test process may be dropping the same one: errors are expected and harmless.
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     }
 }
 
