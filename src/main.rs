@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use futures_util::StreamExt;
 use shiptoken::cli::{Cli, Command, ConfigCommand, KeyCommand, RegistryCommand};
 use shiptoken::config::Config;
@@ -13,7 +12,20 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = shiptoken::cli::parse();
+    // A command that asks the daemon and exits starts no runtime and no thread: starting
+    // them was more than half of a `get`'s system calls (docs/socket.md).
+    if cli.command.is_one_shot() {
+        return shiptoken::cli::run_one_shot(&cli);
+    }
+    with_runtime(&cli)
+}
+
+/// Runs every other command on the async runtime. Kept out of `main` so that `main`'s stack
+/// frame stays small: inlined, the daemon's futures made it 48 KiB, and the stack probes of
+/// its prologue touched each of those pages before a `get` could start.
+#[inline(never)]
+fn with_runtime(cli: &Cli) -> ExitCode {
     if matches!(cli.command, Command::Serve(_)) {
         limit_malloc_arenas();
     }
@@ -33,7 +45,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match &cli.command {
-            Command::Serve(args) => serve(&cli, args, systemd).await,
+            Command::Serve(args) => serve(cli, args, systemd).await,
             Command::Config(ConfigCommand::Check) => match Config::load(cli.config.as_deref()) {
                 Ok(c) => {
                     shiptoken::cli::say_raw(format_args!("{}", c.to_toml()));
@@ -53,16 +65,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            Command::Backup { file } => offline(&cli, |c| shiptoken::backup::backup(c, file)),
-            Command::Key(KeyCommand::Rotate { new_key_out }) => offline(&cli, |c| {
+            Command::Backup { file } => offline(cli, |c| shiptoken::backup::backup(c, file)),
+            Command::Key(KeyCommand::Rotate { new_key_out }) => offline(cli, |c| {
                 shiptoken::backup::rotate_key(c, new_key_out.as_deref())
             }),
             Command::Registry(RegistryCommand::Migrate { to, password_file }) => {
-                offline(&cli, |c| {
+                offline(cli, |c| {
                     shiptoken::backup::migrate_registry(c, to, password_file.as_deref())
                 })
             }
-            _ => shiptoken::cli::run_client(&cli).await,
+            _ => shiptoken::cli::run_client(cli).await,
         }
     })
 }

@@ -64,8 +64,10 @@ fn default_socket() -> PathBuf {
     PathBuf::from(crate::config::RawConfig::default().socket.path)
 }
 
-/// Runs a client command (everything but `serve` and `config check`).
-pub async fn run_client(cli: &Cli) -> ExitCode {
+/// Runs a command that asks the daemon once (or once per account, one after another) and
+/// exits, or prints something without asking it: no async runtime, no thread (see
+/// [`Command::is_one_shot`](super::Command::is_one_shot)).
+pub fn run_one_shot(cli: &Cli) -> ExitCode {
     match &cli.command {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -84,36 +86,54 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
         }
         _ => {}
     }
-    let result = async {
-        let socket = socket_path(cli)?;
+    let result = socket_path(cli).and_then(|socket| {
         match &cli.command {
-            Command::Get { account, json, watch: true } => {
-                super::follow::get_watch(&socket, account, *json).await
-            }
-            Command::Get { account, json, .. } => get(&socket, account, *json).await,
-            Command::Accounts(AccountsCommand::List { watch: true, .. }) => watch(&socket).await,
-            Command::Accounts(AccountsCommand::List { json, .. }) => list(&socket, *json).await,
-            Command::Accounts(AccountsCommand::Add(add)) => add_account(&socket, add).await,
+            Command::Get { account, json, .. } => get(&socket, account, *json),
+            Command::Accounts(AccountsCommand::List { json, .. }) => list(&socket, *json),
+            Command::Accounts(AccountsCommand::Add(add)) => add_account(&socket, add),
             Command::Accounts(AccountsCommand::Remove { account }) => {
-                let reply = client::call(&socket, "DELETE", &account_path(account)?, None).await?;
+                let reply = client::call_blocking(&socket, "DELETE", &account_path(account)?, None)?;
                 expect_ok(&reply)?;
                 say(format_args!("removed {account}"));
                 Ok(())
             }
-            Command::Rotate { accounts, all } => rotate_many(&socket, accounts, *all).await,
-            Command::Verify { account } => act(&socket, account, "verify").await,
+            Command::Rotate { accounts, all } => rotate_many(&socket, accounts, *all),
+            Command::Verify { account } => act(&socket, account, "verify"),
             Command::Audit { account, since, json } => {
-                audit(&socket, account.as_deref(), since.as_deref(), *json).await
+                audit(&socket, account.as_deref(), since.as_deref(), *json)
             }
             Command::Shippo(ShippoCommand::Connect { name }) => {
-                let reply = client::call(&socket, "POST", "/v1/shippo/connect", Some(&json!({ "account": name }))).await?;
+                let reply = client::call_blocking(&socket, "POST", "/v1/shippo/connect", Some(&json!({ "account": name })))?;
                 expect_ok(&reply)?;
                 let url = reply.body.get("authorize_url").and_then(Value::as_str).unwrap_or_default();
                 say(format_args!("Open this URL to connect the Shippo account {name}:\n\n  {url}\n"));
                 say(format_args!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works."));
                 Ok(())
             }
-            Command::Exec { tokens, restart_on_rotate, signal_on_rotate, command } => {
+            _ => Err(fail("not a one-shot client command")),
+        }
+        .map(|()| 0)
+    });
+    exit_with(result)
+}
+
+/// Runs a client command that keeps running: `get --watch`, `accounts list --watch`, `exec`.
+pub async fn run_client(cli: &Cli) -> ExitCode {
+    let result = async {
+        let socket = socket_path(cli)?;
+        match &cli.command {
+            Command::Get {
+                account,
+                json,
+                watch: true,
+            } => super::follow::get_watch(&socket, account, *json).await,
+            Command::Accounts(AccountsCommand::List { watch: true, .. }) => watch(&socket).await,
+            Command::Exec {
+                tokens,
+                restart_on_rotate,
+                signal_on_rotate,
+                command,
+            } => {
                 let args = super::exec::ExecArgs {
                     tokens,
                     restart: *restart_on_rotate,
@@ -123,19 +143,16 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
                 let code = super::exec::exec(&socket, args).await?;
                 return Ok(code);
             }
-            Command::Serve(_)
-            | Command::Config(_)
-            | Command::Completions { .. }
-            | Command::Man
-            | Command::Backup { .. }
-            | Command::Key(_)
-            | Command::Registry(_) => {
-                Err(fail("not a client command"))
-            }
+            _ => Err(fail("not a long-running client command")),
         }
         .map(|()| 0)
     }
     .await;
+    exit_with(result)
+}
+
+/// The exit code of a client command; a failure's message goes to stderr.
+fn exit_with(result: Result<u8, Failed>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
@@ -147,7 +164,7 @@ pub async fn run_client(cli: &Cli) -> ExitCode {
 
 /// `shiptoken audit`: the daemon parses `--since` with its own clock, so "1h" means an hour
 /// before the daemon's now.
-async fn audit(
+fn audit(
     socket: &Path,
     account: Option<&str>,
     since: Option<&str>,
@@ -167,7 +184,7 @@ async fn audit(
     } else {
         format!("/v1/audit?{query}")
     };
-    let reply = client::call(socket, "GET", &path, None).await?;
+    let reply = client::call_blocking(socket, "GET", &path, None)?;
     expect_ok(&reply)?;
     let entries = reply
         .body
@@ -212,18 +229,17 @@ pub(super) fn expect_ok(reply: &Reply) -> Result<(), Failed> {
     Err(Failed { code, message })
 }
 
-async fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
+fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
     let key = crate::names::AccountKey::parse(account).map_err(|e| Failed {
         code: 2,
         message: e.to_string(),
     })?;
-    let reply = client::call(
+    let reply = client::call_blocking(
         socket,
         "GET",
         &format!("/v1/tokens/{}/{}", key.provider, key.name),
         None,
-    )
-    .await?;
+    )?;
     expect_ok(&reply)?;
     if json {
         say(format_args!(
@@ -241,16 +257,16 @@ async fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
-    let line = act_quiet(socket, account, action).await?;
+fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
+    let line = act_quiet(socket, account, action)?;
     say(format_args!("{line}"));
     Ok(())
 }
 
 /// Performs `action` on one account and returns the line to print.
-async fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String, Failed> {
+fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String, Failed> {
     let path = format!("{}/{action}", account_path(account)?);
-    let reply = client::call(socket, "POST", &path, None).await?;
+    let reply = client::call_blocking(socket, "POST", &path, None)?;
     expect_ok(&reply)?;
     let b = &reply.body;
     let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
@@ -264,9 +280,9 @@ async fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String,
 
 /// Rotates several accounts one after another: a progress bar on a terminal, a line per
 /// account otherwise. Exits with the worst outcome (1 before 3 before 0).
-async fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
+fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
     let keys: Vec<String> = if all {
-        let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
+        let reply = client::call_blocking(socket, "GET", "/v1/accounts", None)?;
         expect_ok(&reply)?;
         let empty = Vec::new();
         let list = reply
@@ -287,7 +303,7 @@ async fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<()
         accounts.to_vec()
     };
     if let [only] = keys.as_slice() {
-        return act(socket, only, "rotate").await;
+        return act(socket, only, "rotate");
     }
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(keys.len() as u64);
@@ -303,7 +319,7 @@ async fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<()
         if let Some(b) = &bar {
             b.set_message(key.clone());
         }
-        let line = match act_quiet(socket, key, "rotate").await {
+        let line = match act_quiet(socket, key, "rotate") {
             Ok(line) => line,
             Err(f) if f.code == 4 => return Err(f),
             Err(f) => {
@@ -400,7 +416,7 @@ fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String,
     Ok(token)
 }
 
-async fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
+fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
     let mut stdin_used = false;
     let body = match add {
         AddCommand::Shiphero {
@@ -429,7 +445,7 @@ async fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
             json!({ "provider": "shippo", "account": name, "access_token": access })
         }
     };
-    let reply = client::call(socket, "POST", "/v1/accounts", Some(&body)).await?;
+    let reply = client::call_blocking(socket, "POST", "/v1/accounts", Some(&body))?;
     expect_ok(&reply)?;
     let b = &reply.body;
     let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
@@ -445,8 +461,8 @@ async fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
     Ok(())
 }
 
-async fn list(socket: &Path, json: bool) -> Result<(), Failed> {
-    let reply = client::call(socket, "GET", "/v1/accounts", None).await?;
+fn list(socket: &Path, json: bool) -> Result<(), Failed> {
+    let reply = client::call_blocking(socket, "GET", "/v1/accounts", None)?;
     expect_ok(&reply)?;
     if json {
         say(format_args!(

@@ -9,12 +9,51 @@ mod exec;
 mod follow;
 mod render;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use commands::run_client;
+pub use commands::{run_client, run_one_shot};
 pub use render::{lifetime_bar, relative, render_watch, say, say_raw};
+
+/// Reads the command line. `get` in the shape scripts use (`[--socket PATH] get
+/// PROVIDER/ACCOUNT [--json]`, in any order clap accepts) is read by hand; everything else,
+/// errors and help included, by clap. Building clap's whole command tree, every subcommand
+/// and its help, cost a `get` about 50 page faults and 5-8% of its CPU time
+/// (docs/socket.md); a test checks that clap reads every accepted line the same way.
+pub fn parse() -> Cli {
+    quick_get(std::env::args_os().skip(1)).unwrap_or_else(Cli::parse)
+}
+
+/// `get`'s common shape, or `None` for anything else (which clap then reads). Only lines
+/// clap would read the same are accepted: each option once, values not looking like options.
+fn quick_get(mut args: impl Iterator<Item = OsString>) -> Option<Cli> {
+    let mut socket = None;
+    let mut get = false;
+    let mut account = None;
+    let mut json = false;
+    let plain = |value: &OsString| !value.is_empty() && !value.as_encoded_bytes().starts_with(b"-");
+    while let Some(arg) = args.next() {
+        match arg.to_str()? {
+            "--socket" if socket.is_none() => socket = Some(args.next().filter(plain)?),
+            "get" if !get => get = true,
+            "--json" if get && !json => json = true,
+            a if get && account.is_none() && !a.starts_with('-') => account = Some(a.to_string()),
+            _ => return None,
+        }
+    }
+    get.then_some(())?;
+    Some(Cli {
+        socket: socket.map(PathBuf::from),
+        config: None,
+        command: Command::Get {
+            account: account?,
+            json,
+            watch: false,
+        },
+    })
+}
 
 /// Keeps ShipHero and Shippo API tokens alive and serves them over a Unix socket.
 #[derive(Debug, Parser)]
@@ -149,6 +188,31 @@ pub enum RegistryCommand {
     },
 }
 
+impl Command {
+    /// Whether the command asks the daemon once (or once per account, one after another) and
+    /// exits, or answers without it: [`run_one_shot`] runs it before any async runtime or
+    /// thread exists, and before the systemd environment is read (which only `serve`, and
+    /// `exec` for what its program inherits, care about). Starting the runtime was most of a
+    /// `get`'s time (docs/socket.md).
+    pub fn is_one_shot(&self) -> bool {
+        matches!(
+            self,
+            Command::Get { watch: false, .. }
+                | Command::Accounts(
+                    AccountsCommand::List { watch: false, .. }
+                        | AccountsCommand::Add(_)
+                        | AccountsCommand::Remove { .. }
+                )
+                | Command::Rotate { .. }
+                | Command::Verify { .. }
+                | Command::Audit { .. }
+                | Command::Shippo(_)
+                | Command::Completions { .. }
+                | Command::Man
+        )
+    }
+}
+
 /// `key` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -257,5 +321,50 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every line the hand-read path accepts, clap reads to the same command; the lines it
+    /// refuses are left to clap. Built from the words such lines are made of, in every order.
+    #[test]
+    fn get_read_by_hand_is_read_as_clap_reads_it() {
+        let words = [
+            "get",
+            "shiphero/acme",
+            "--json",
+            "--socket",
+            "/run/s.sock",
+            "-x",
+            "",
+        ];
+        let mut lines: Vec<Vec<&str>> = vec![vec![]];
+        for length in 1..=5 {
+            let shorter: Vec<Vec<&str>> = lines
+                .iter()
+                .filter(|l| l.len() == length - 1)
+                .cloned()
+                .collect();
+            for line in shorter {
+                for w in words {
+                    let mut l = line.clone();
+                    l.push(w);
+                    lines.push(l);
+                }
+            }
+        }
+        for odd in ["--socket=/x", "--watch", "--", "--config", "--help", "-"] {
+            lines.push(vec!["get", "shiphero/acme", odd]);
+            lines.push(vec![odd, "get", "shiphero/acme"]);
+        }
+        let mut accepted = 0;
+        for line in &lines {
+            if let Some(cli) = quick_get(line.iter().map(OsString::from)) {
+                accepted += 1;
+                let clap =
+                    Cli::try_parse_from(std::iter::once("shiptoken").chain(line.iter().copied()))
+                        .unwrap_or_else(|e| panic!("{line:?}: clap refuses it: {e}"));
+                assert_eq!(format!("{cli:?}"), format!("{clap:?}"), "{line:?}");
+            }
+        }
+        assert!(accepted > 20, "only {accepted} lines read by hand");
     }
 }

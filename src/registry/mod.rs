@@ -531,48 +531,51 @@ impl Registry {
     /// Loads these accounts from the store into memory (other daemons changed them), in one
     /// round trip; an account gone from the store leaves memory. Returns how many changed.
     pub async fn reload(&self, keys: Vec<AccountKey>) -> Result<usize, RegistryError> {
-        let (cache, remote) = (self.cache.clone(), self.remote.clone());
-        let changed = self
-            .call(move |store| {
-                let found = store.load_some(&keys)?;
-                let mut cache = write(&cache);
-                let present: HashSet<&AccountKey> = found.iter().map(|r| &r.key).collect();
-                let mut changed = keys
-                    .iter()
-                    .filter(|k| !present.contains(k))
-                    .filter(|k| cache.remove(*k).is_some())
-                    .count();
-                for record in found {
-                    changed += usize::from(merge(&mut cache, record, &remote));
-                }
-                Ok(changed)
-            })
-            .await?;
-        if changed > 0 {
-            self.changes.send_modify(|n| *n += 1);
-        }
-        Ok(changed)
+        self.load_into_memory(move |store| {
+            let found = store.load_some(&keys)?;
+            Ok((keys, found))
+        })
+        .await
     }
 
     /// Loads every account from the store into memory (after a lost change feed): newer
     /// records replace older ones, accounts gone from the store leave memory. Returns how
     /// many changed.
     pub async fn resync(&self) -> Result<usize, RegistryError> {
+        let cache = self.cache.clone();
+        self.load_into_memory(move |store| {
+            let held: Vec<AccountKey> = read(&cache).keys().cloned().collect();
+            Ok((held, store.load_all()?))
+        })
+        .await
+    }
+
+    /// Runs `load` on the owner thread: it names the accounts it speaks for and returns those
+    /// the store holds. Newer records replace what memory holds; accounts it speaks for that
+    /// the store no longer holds leave memory, unless memory holds a record the store has not
+    /// got yet (a write that failed). Returns how many changed.
+    async fn load_into_memory(
+        &self,
+        load: impl FnOnce(
+            &mut dyn Store,
+        ) -> Result<(Vec<AccountKey>, Vec<AccountRecord>), RegistryError>
+        + Send
+        + 'static,
+    ) -> Result<usize, RegistryError> {
         let (cache, health, remote) =
             (self.cache.clone(), self.health.clone(), self.remote.clone());
         let changed = self
             .call(move |store| {
-                let stored = store.load_all()?;
+                let (scope, found) = load(store)?;
                 let unsaved = health.lock().accounts.clone();
                 let mut cache = write(&cache);
-                let mut changed = 0;
-                let live: HashSet<AccountKey> = stored.iter().map(|r| r.key.clone()).collect();
-                cache.retain(|k, _| {
-                    let keep = live.contains(k) || unsaved.contains(k);
-                    changed += usize::from(!keep);
-                    keep
-                });
-                for record in stored {
+                let present: HashSet<&AccountKey> = found.iter().map(|r| &r.key).collect();
+                let mut changed = scope
+                    .iter()
+                    .filter(|k| !present.contains(k) && !unsaved.contains(*k))
+                    .filter(|k| cache.remove(*k).is_some())
+                    .count();
+                for record in found {
                     changed += usize::from(merge(&mut cache, record, &remote));
                 }
                 Ok(changed)

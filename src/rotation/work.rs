@@ -153,58 +153,60 @@ impl Engine {
     /// it already produced a fresh, proven token.
     pub async fn rotate_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
         let requested = self.clock.now();
-        let lock = self.account_lock(key);
-        let _guard = lock.lock().await;
-        let generation = self.account(key)?.generation;
-        for tries_left in (0..3).rev() {
-            let account = self.account(key)?;
-            // Work asked of one registration never lands on the next one.
-            if account.generation != generation {
-                return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
-            }
-            if account.status == Status::Active
+        self.act_now(key, |account| {
+            let done = account.status == Status::Active
                 && account.candidate.is_none()
-                && account.last_rotated_at.is_some_and(|t| t >= requested)
-            {
-                return Ok(account);
-            }
-            let result = if self.upstreams.get(key.provider).renews() {
-                self.perform(key, Work::Refresh, None).await
+                && account.last_rotated_at.is_some_and(|t| t >= requested);
+            if done {
+                Ok(None)
+            } else if self.upstreams.get(key.provider).renews() {
+                Ok(Some(Work::Refresh))
             } else {
-                self.perform(key, probe_work(&account)?, None).await
-            };
-            match result {
-                // Another daemon sharing the registry saved it first: judged again on that.
-                Err(EngineError::Registry(RegistryError::Stale(_))) if tries_left > 0 => {}
-                other => return other,
+                probe_work(account).map(Some)
             }
-        }
-        Err(EngineError::Registry(RegistryError::Stale(key.clone())))
+        })
+        .await
     }
 
     /// Probes the account's token now (the candidate first, if one waits).
     pub async fn verify_now(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
         let requested = self.clock.now();
+        self.act_now(key, |account| {
+            // A sweep that held the lock may have just done this very work.
+            let done = account.status == Status::Active
+                && account.candidate.is_none()
+                && account.last_error.is_none()
+                && account.last_verified_at.is_some_and(|t| t >= requested);
+            if done {
+                return Ok(None);
+            }
+            match probe_work(account) {
+                Err(_) if self.upstreams.get(key.provider).renews() => Ok(Some(Work::Refresh)),
+                other => other.map(Some),
+            }
+        })
+        .await
+    }
+
+    /// A manual operation: under the account's lock, `work` says what to do with the record
+    /// as it is now (`None`: already done, the record is the answer). Work that another
+    /// daemon sharing the registry made stale is judged again on the stored record, a few
+    /// times; work asked of one registration never lands on the next one.
+    async fn act_now(
+        &self,
+        key: &AccountKey,
+        work: impl Fn(&AccountRecord) -> Result<Option<Work>, EngineError>,
+    ) -> Result<Arc<AccountRecord>, EngineError> {
         let lock = self.account_lock(key);
         let _guard = lock.lock().await;
         let generation = self.account(key)?.generation;
         for tries_left in (0..3).rev() {
             let account = self.account(key)?;
-            // Work asked of one registration never lands on the next one.
             if account.generation != generation {
                 return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
             }
-            // A sweep that held the lock may have just done this very work.
-            if account.status == Status::Active
-                && account.candidate.is_none()
-                && account.last_error.is_none()
-                && account.last_verified_at.is_some_and(|t| t >= requested)
-            {
+            let Some(work) = work(&account)? else {
                 return Ok(account);
-            }
-            let work = match probe_work(&account) {
-                Err(_) if self.upstreams.get(key.provider).renews() => Work::Refresh,
-                other => other?,
             };
             match self.perform(key, work, None).await {
                 Err(EngineError::Registry(RegistryError::Stale(_))) if tries_left > 0 => {}
