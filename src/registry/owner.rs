@@ -1,9 +1,16 @@
 //! The registry's owner thread: the one place SQLite runs.
 //!
-//! Saves are group-committed: the saves found queued together are written in one transaction
-//! with one fsync, and only after that commit is each record published to the in-memory copy
-//! and acknowledged, so "stored before served" holds for every one of them. With many
-//! accounts in flight, their saves share fsyncs instead of paying one each.
+//! It works in rounds. A round takes everything queued at that moment: the calls (reads,
+//! registrations, OAuth states, the audit) run first, in order, each as before; then the
+//! saves are written in one transaction with one fsync, and only after that commit is each
+//! record published to the in-memory copy and acknowledged, so "stored before served" holds
+//! for every one of them. While a round waits for its fsync the next round's work queues up,
+//! so the busier the registry, the more saves share one fsync.
+//!
+//! Running a round's calls before its saves reorders only jobs that were in the queue
+//! together: none of their senders had an answer yet, so none can have depended on another,
+//! and each sender's own jobs keep their order (a sender waits for each answer). A read of
+//! the refresh token thus never waits for other accounts' fsync, nor splits their batch.
 //!
 //! A panic in a job is caught and logged with what was being done; the thread goes on (the
 //! open transaction rolls back as it unwinds), so one bad value cannot close the registry
@@ -12,7 +19,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -26,8 +33,8 @@ use crate::names::AccountKey;
 /// How often the owner thread retries writing records kept in memory.
 const RETRY_UNSAVED: Duration = Duration::from_secs(2);
 
-/// The most saves written in one transaction.
-const MAX_BATCH: usize = 512;
+/// The most jobs taken in one round, so one round's transaction stays small.
+const MAX_ROUND: usize = 512;
 
 /// Work for the owner thread.
 pub(super) enum Job {
@@ -51,45 +58,42 @@ pub(super) struct SaveJob {
     pub reply: oneshot::Sender<Result<(), RegistryError>>,
 }
 
-/// Runs jobs until every registry handle is gone.
+/// Runs rounds until every registry handle is gone.
 pub(super) fn run(mut conn: Connection, rx: Receiver<Job>, cache: Cache, health: WriteHealth) {
-    let mut held: Option<Job> = None;
     loop {
-        let job = match held.take() {
-            Some(job) => job,
-            None => match rx.recv_timeout(RETRY_UNSAVED) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    guarded("writing back records kept in memory", || {
-                        store_unsaved(&mut conn, &cache, &health)
-                    });
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
+        let first = match rx.recv_timeout(RETRY_UNSAVED) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                guarded("writing back records kept in memory", || {
+                    store_unsaved(&mut conn, &cache, &health)
+                });
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
         };
+        let mut calls = Vec::new();
+        let mut saves = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Call(f) => calls.push(f),
+                Job::Save(s) => saves.push(s),
+            }
+            if calls.len() + saves.len() < MAX_ROUND {
+                next = rx.try_recv().ok();
+            }
+        }
         // Records kept in memory go first, so a later write never lands before them.
         guarded("writing back records kept in memory", || {
             store_unsaved(&mut conn, &cache, &health)
         });
-        match job {
-            Job::Call(f) => guarded("a registry job", || f(&mut conn)),
-            Job::Save(first) => {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Job::Save(next)) => batch.push(next),
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                    }
-                }
-                guarded("storing account records", || {
-                    commit(&mut conn, &cache, &health, batch)
-                });
-            }
+        for f in calls {
+            guarded("a registry job", || f(&mut conn));
+        }
+        if !saves.is_empty() {
+            guarded("storing account records", || {
+                commit(&mut conn, &cache, &health, saves)
+            });
         }
     }
 }
@@ -141,7 +145,11 @@ fn commit(conn: &mut Connection, cache: &Cache, health: &WriteHealth, batch: Vec
     let result = conn.save_all(&saves);
     drop(saves);
     match result {
-        Ok(()) => acknowledge(cache, health, current),
+        Ok(()) => {
+            // How many saves shared the fsync: the figure that says whether group commit works.
+            tracing::debug!(saves = current.len(), "committed account records");
+            acknowledge(cache, health, current);
+        }
         // One save the disk calls stale fails the whole transaction: write them one by one.
         Err(RegistryError::Stale(_)) if current.len() > 1 => {
             for job in current {
