@@ -366,10 +366,11 @@ async fn main() -> anyhow::Result<()> {
     let busiest_minute = per_minute.values().max().copied().unwrap_or(0);
     let upstream = fake.total_requests() - requests_before;
 
-    // The daemon first: a wrapper's strace killed first would leave it running, detached.
+    // The daemon first, and with SIGKILL, which no tracer can hold back: a wrapper's strace
+    // killed first would leave it running, detached.
     if pid != spawned_pid {
         let _ = std::process::Command::new("kill")
-            .arg(pid.to_string())
+            .args(["-KILL", &pid.to_string()])
             .status();
     }
     child.start_kill()?;

@@ -237,3 +237,109 @@ fn store_unsaved(conn: &mut Connection, cache: &Cache, health: &WriteHealth) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+    use std::sync::mpsc::channel;
+
+    use super::*;
+    use crate::names::Status;
+    use crate::registry::sqlite::open_blocking;
+    use crate::registry::{NewAccount, Registry};
+    use crate::secret::Secret;
+
+    fn key(s: &str) -> AccountKey {
+        AccountKey::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A save of `record` that activates it, and the receiver of its answer.
+    fn save(
+        record: &AccountRecord,
+        at: Timestamp,
+    ) -> (Job, oneshot::Receiver<Result<(), RegistryError>>) {
+        let mut next = record.clone();
+        next.status = Status::Active;
+        next.revision = record.revision + 1;
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Save(SaveJob {
+            record: Arc::new(next),
+            expected: record.revision,
+            notes: Vec::new(),
+            at,
+            reply,
+        });
+        (job, answer)
+    }
+
+    #[tokio::test]
+    async fn a_read_queued_behind_saves_runs_before_their_commit_and_they_are_all_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_secs(1_800_000_000);
+        let names = ["a", "b", "c"];
+        {
+            let reg = Registry::open(dir.path()).await.unwrap();
+            for n in names {
+                let new = NewAccount {
+                    key: key(&format!("shiphero/{n}")),
+                    email: Some(format!("{n}@x.io")),
+                    first_name: None,
+                    last_name: None,
+                    refresh_token: Some(Secret::new(format!("refresh-{n}-aaaaaaaa"))),
+                    access_token: None,
+                };
+                reg.add(new, t0).await.unwrap();
+            }
+        }
+        let (conn, records) =
+            open_blocking(dir.path(), &dir.path().join("registry.db"), None).unwrap();
+        let by_name = |n: &str| records.iter().find(|r| r.key.name == n).cloned().unwrap();
+        let cache: Cache = Arc::new(RwLock::new(
+            records
+                .iter()
+                .map(|r| (r.key.clone(), Arc::new(r.clone())))
+                .collect(),
+        ));
+        // Queued before the owner thread starts: one round, in this order.
+        let (jobs, rx) = channel();
+        let (save_a, answer_a) = save(&by_name("a"), t0);
+        jobs.send(save_a).unwrap();
+        let (seen, saw) = oneshot::channel();
+        let (seen_cache, b) = (cache.clone(), key("shiphero/b"));
+        jobs.send(Job::Call(Box::new(move |conn: &mut Connection| {
+            let a_published = read(&seen_cache)[&key("shiphero/a")].status == Status::Active;
+            let _ = seen.send((a_published, conn.is_autocommit(), conn.refresh_token(&b)));
+        })))
+        .unwrap();
+        let (save_c, answer_c) = save(&by_name("c"), t0);
+        jobs.send(save_c).unwrap();
+        drop(jobs);
+        let thread_cache = cache.clone();
+        let owner = std::thread::spawn(move || {
+            run(conn, rx, thread_cache, WriteHealth::default());
+        });
+        let (a_published, no_open_transaction, refresh) = saw.await.unwrap();
+        // The read ran first: it did not wait for the commit of the saves queued before it.
+        assert!(!a_published);
+        assert!(no_open_transaction);
+        assert_eq!(
+            refresh.unwrap().map(|s| s.expose().to_string()),
+            Some("refresh-b-aaaaaaaa".into())
+        );
+        answer_a.await.unwrap().unwrap();
+        answer_c.await.unwrap().unwrap();
+        owner.join().unwrap();
+        for n in ["a", "c"] {
+            assert_eq!(
+                read(&cache)[&key(&format!("shiphero/{n}"))].status,
+                Status::Active
+            );
+        }
+        let (_, stored) = open_blocking(dir.path(), &dir.path().join("registry.db"), None).unwrap();
+        assert!(
+            stored
+                .iter()
+                .all(|r| (r.status == Status::Active) == (r.key.name != "b"))
+        );
+    }
+}
