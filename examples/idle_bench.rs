@@ -131,6 +131,41 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Starts the daemon on the state in `dir` with the defaults, except where files go, which
+/// ports, and which ShipHero (so that a probe, if one were due, would reach the simulator and
+/// not the real API).
+fn spawn_daemon(
+    args: &Args,
+    dir: &Path,
+    fake: &FakeShipHero,
+) -> anyhow::Result<tokio::process::Child> {
+    let config = dir.join("shiptoken.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{state}\"\n\n[socket]\npath = \"{socket}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n\
+             [shiphero]\napi_base = \"{shiphero}\"\n\n[shippo]\ncallback_listen = \"127.0.0.1:{callback}\"\n",
+            state = dir.join("state").display(),
+            socket = dir.join("shiptoken.sock").display(),
+            metrics = free_port()?,
+            shiphero = fake.base_url(),
+            callback = free_port()?,
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    Ok(tokio::process::Command::new(&args.bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .envs(args.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
@@ -147,34 +182,8 @@ async fn main() -> anyhow::Result<()> {
     let fake = FakeShipHero::start().await?;
     register(&dir.path().join("state"), &fake, args.accounts).await?;
 
-    let config = dir.path().join("shiptoken.toml");
     let socket = dir.path().join("shiptoken.sock");
-    // The defaults, except where files go, which ports, and which ShipHero (so that a probe,
-    // if one were due, would reach the simulator and not the real API).
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{state}\"\n\n[socket]\npath = \"{socket}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n\
-             [shiphero]\napi_base = \"{shiphero}\"\n\n[shippo]\ncallback_listen = \"127.0.0.1:{callback}\"\n",
-            state = dir.path().join("state").display(),
-            socket = socket.display(),
-            metrics = free_port()?,
-            shiphero = fake.base_url(),
-            callback = free_port()?,
-        ),
-    )?;
-    let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-    let mut child = tokio::process::Command::new(&args.bin)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .envs(args.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = spawn_daemon(&args, dir.path(), &fake)?;
     let pid = child.id().context("the daemon has no pid")?;
     // Ready, and its first sweep (which finds nothing due) is done.
     loop {
