@@ -14,6 +14,10 @@
 //! `accounts x 2 x latency / concurrency`, peak RSS (VmHWM), idle RSS (VmRSS) and CPU while
 //! idle. It also measures the simulated ShipHero alone, to tell whether it is the
 //! bottleneck. The figures go in docs/scale.md.
+//!
+//! Exits 1 when an account was not rotated and checked, or on a miss of issue 17's targets:
+//! more than 1.1x the ideal (`--max-ratio`), idle RSS over 31 MB (`--max-idle-mb`). With a
+//! wrapper as `--bin` (strace slowing fsync), memory and CPU are the daemon's, not strace's.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,6 +43,8 @@ struct Args {
     tmp: Option<PathBuf>,
     keep: bool,
     env: Vec<(String, String)>,
+    max_ratio: f64,
+    max_idle_mb: f64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -51,6 +57,9 @@ fn parse_args() -> anyhow::Result<Args> {
         tmp: None,
         keep: false,
         env: Vec::new(),
+        // Issue 17's targets for 10,000 accounts.
+        max_ratio: 1.1,
+        max_idle_mb: 31.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +73,8 @@ fn parse_args() -> anyhow::Result<Args> {
             // Where the state folder goes, e.g. /dev/shm to take the disk's fsync out.
             "--tmp" => args.tmp = Some(PathBuf::from(value()?)),
             "--keep" => args.keep = true,
+            "--max-ratio" => args.max_ratio = value()?.parse()?,
+            "--max-idle-mb" => args.max_idle_mb = value()?.parse()?,
             // An environment variable for the daemon, e.g. MALLOC_ARENA_MAX=2.
             "--daemon-env" => {
                 let kv = value()?;
@@ -72,7 +83,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "fleet_bench [--accounts N] [--latency 100ms] [--concurrency 64] [--bin PATH] [--idle 10s] [--tmp DIR] [--keep] [--daemon-env K=V]"
+                    "fleet_bench [--accounts N] [--latency 100ms] [--concurrency 64] [--bin PATH] [--idle 10s] [--tmp DIR] [--keep] [--daemon-env K=V] [--max-ratio 1.1] [--max-idle-mb 31]"
                 );
                 std::process::exit(0);
             }
@@ -92,6 +103,19 @@ fn status_kb(pid: u32, field: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The daemon's pid: `pid` itself, or its child when `--bin` is a wrapper (a script that
+/// execs strace, which runs the daemon as its child).
+fn daemon_pid(pid: u32) -> u32 {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "shiptoken" {
+        return pid;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
 }
 
 /// User plus system CPU time of the process, in clock ticks (1/100 s on Linux).
@@ -268,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         .stderr(log)
         .kill_on_drop(true)
         .spawn()?;
-    let pid = child.id().context("the daemon has no pid")?;
+    let spawned_pid = child.id().context("the daemon has no pid")?;
     let first_sweep_mark = loop {
         if let Ok(reply) = shiptoken::client::call(&socket, "GET", "/v1/health", None).await {
             break reply.body["last_sweep_at"]
@@ -282,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let startup = spawned.elapsed();
+    let pid = daemon_pid(spawned_pid);
 
     // The first sweep refreshes and probes every account; it finishes when the last is done.
     // A small fleet can finish before the first health answer: then the moment the simulated
@@ -341,6 +366,13 @@ async fn main() -> anyhow::Result<()> {
     let busiest_minute = per_minute.values().max().copied().unwrap_or(0);
     let upstream = fake.total_requests() - requests_before;
 
+    // The daemon first, and with SIGKILL, which no tracer can hold back: a wrapper's strace
+    // killed first would leave it running, detached.
+    if pid != spawned_pid {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
     child.start_kill()?;
     let _ = child.wait().await;
 
@@ -377,6 +409,20 @@ async fn main() -> anyhow::Result<()> {
         bail!(
             "only {done} of {} accounts were rotated and checked; see the daemon log",
             args.accounts
+        );
+    }
+    if rotated / ideal > args.max_ratio {
+        bail!(
+            "{:.2}x the ideal is over the target of {}x",
+            rotated / ideal,
+            args.max_ratio
+        );
+    }
+    let idle_mb = idle_kb as f64 / 1024.0;
+    if idle_mb > args.max_idle_mb {
+        bail!(
+            "idle RSS {idle_mb:.1} MB is over the target of {} MB",
+            args.max_idle_mb
         );
     }
     Ok(())

@@ -1,9 +1,16 @@
 //! The registry's owner thread: the one place the store (SQLite or PostgreSQL) is used.
 //!
-//! Saves are group-committed: the saves found queued together are written in one transaction
-//! with one fsync, and only after that commit is each record published to the in-memory copy
-//! and acknowledged, so "stored before served" holds for every one of them. With many
-//! accounts in flight, their saves share fsyncs instead of paying one each.
+//! It works in rounds. A round takes everything queued at that moment: the calls (reads,
+//! leases, registrations, OAuth states, the audit) run first, in order, each as before; then the
+//! saves are written in one transaction with one fsync, and only after that commit is each
+//! record published to the in-memory copy and acknowledged, so "stored before served" holds
+//! for every one of them. While a round waits for its fsync the next round's work queues up,
+//! so the busier the registry, the more saves share one fsync.
+//!
+//! Running a round's calls before its saves reorders only jobs that were in the queue
+//! together: none of their senders had an answer yet, so none can have depended on another,
+//! and each sender's own jobs keep their order (a sender waits for each answer). A read of
+//! the refresh token thus never waits for other accounts' fsync, nor splits their batch.
 //!
 //! A panic in a job is caught and logged with what was being done; the thread goes on (the
 //! open transaction rolls back as it unwinds), so one bad value cannot close the registry
@@ -12,7 +19,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -25,8 +32,8 @@ use crate::names::AccountKey;
 /// How often the owner thread retries writing records kept in memory.
 const RETRY_UNSAVED: Duration = Duration::from_secs(2);
 
-/// The most saves written in one transaction.
-const MAX_BATCH: usize = 512;
+/// The most jobs taken in one round, so one round's transaction stays small.
+const MAX_ROUND: usize = 512;
 
 /// A job run on the store.
 pub(super) type StoreCall = Box<dyn FnOnce(&mut dyn Store) + Send>;
@@ -53,7 +60,7 @@ pub(super) struct SaveJob {
     pub reply: oneshot::Sender<Result<(), RegistryError>>,
 }
 
-/// Runs jobs until every registry handle is gone.
+/// Runs rounds until every registry handle is gone.
 pub(super) fn run(
     mut store: Box<dyn Store + Send>,
     rx: Receiver<Job>,
@@ -61,43 +68,40 @@ pub(super) fn run(
     health: WriteHealth,
 ) {
     let conn = store.as_mut();
-    let mut held: Option<Job> = None;
     loop {
-        let job = match held.take() {
-            Some(job) => job,
-            None => match rx.recv_timeout(RETRY_UNSAVED) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    guarded("writing back records kept in memory", || {
-                        store_unsaved(conn, &cache, &health)
-                    });
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
+        let first = match rx.recv_timeout(RETRY_UNSAVED) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                guarded("writing back records kept in memory", || {
+                    store_unsaved(conn, &cache, &health)
+                });
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
         };
+        let mut calls = Vec::new();
+        let mut saves = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Call(f) => calls.push(f),
+                Job::Save(s) => saves.push(s),
+            }
+            if calls.len() + saves.len() < MAX_ROUND {
+                next = rx.try_recv().ok();
+            }
+        }
         // Records kept in memory go first, so a later write never lands before them.
         guarded("writing back records kept in memory", || {
             store_unsaved(conn, &cache, &health)
         });
-        match job {
-            Job::Call(f) => guarded("a registry job", || f(&mut *conn)),
-            Job::Save(first) => {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Job::Save(next)) => batch.push(next),
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                    }
-                }
-                guarded("storing account records", || {
-                    commit(conn, &cache, &health, batch)
-                });
-            }
+        for f in calls {
+            guarded("a registry job", || f(&mut *conn));
+        }
+        if !saves.is_empty() {
+            guarded("storing account records", || {
+                commit(conn, &cache, &health, saves)
+            });
         }
     }
 }
@@ -149,7 +153,11 @@ fn commit(conn: &mut dyn Store, cache: &Cache, health: &WriteHealth, batch: Vec<
     let result = conn.save_all(&saves);
     drop(saves);
     match result {
-        Ok(()) => acknowledge(cache, health, current),
+        Ok(()) => {
+            // How many saves shared the fsync: the figure that says whether group commit works.
+            tracing::debug!(saves = current.len(), "committed account records");
+            acknowledge(cache, health, current);
+        }
         // One save the store calls stale (or whose lease another daemon took over) fails the
         // whole transaction: write them one by one.
         Err(RegistryError::Stale(_) | RegistryError::LeaseLost(_)) if current.len() > 1 => {
@@ -243,5 +251,110 @@ fn store_unsaved(conn: &mut dyn Store, cache: &Cache, health: &WriteHealth) {
             }
             health.lock().error = Some(e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+    use std::sync::mpsc::channel;
+
+    use super::*;
+    use crate::names::Status;
+    use crate::registry::sqlite::open_blocking;
+    use crate::registry::{NewAccount, Registry};
+    use crate::secret::Secret;
+
+    fn key(s: &str) -> AccountKey {
+        AccountKey::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A save of `record` that activates it, and the receiver of its answer.
+    fn save(
+        record: &AccountRecord,
+        at: Timestamp,
+    ) -> (Job, oneshot::Receiver<Result<(), RegistryError>>) {
+        let mut next = record.clone();
+        next.status = Status::Active;
+        next.revision = record.revision + 1;
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Save(SaveJob {
+            record: Arc::new(next),
+            expected: record.revision,
+            notes: Vec::new(),
+            at,
+            reply,
+        });
+        (job, answer)
+    }
+
+    #[tokio::test]
+    async fn a_read_queued_behind_saves_runs_before_their_commit_and_they_are_all_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_secs(1_800_000_000);
+        let names = ["a", "b", "c"];
+        {
+            let reg = Registry::open(dir.path()).await.unwrap();
+            for n in names {
+                let new = NewAccount {
+                    key: key(&format!("shiphero/{n}")),
+                    email: Some(format!("{n}@x.io")),
+                    first_name: None,
+                    last_name: None,
+                    refresh_token: Some(Secret::new(format!("refresh-{n}-aaaaaaaa"))),
+                    access_token: None,
+                };
+                reg.add(new, t0).await.unwrap();
+            }
+        }
+        let (conn, records) =
+            open_blocking(dir.path(), &dir.path().join("registry.db"), None).unwrap();
+        let by_name = |n: &str| records.iter().find(|r| r.key.name == n).cloned().unwrap();
+        let cache: Cache = Arc::new(RwLock::new(
+            records
+                .iter()
+                .map(|r| (r.key.clone(), Arc::new(r.clone())))
+                .collect(),
+        ));
+        // Queued before the owner thread starts: one round, in this order.
+        let (jobs, rx) = channel();
+        let (save_a, answer_a) = save(&by_name("a"), t0);
+        jobs.send(save_a).unwrap();
+        let (seen, saw) = oneshot::channel();
+        let (seen_cache, b) = (cache.clone(), key("shiphero/b"));
+        jobs.send(Job::Call(Box::new(move |store: &mut dyn Store| {
+            let a_published = read(&seen_cache)[&key("shiphero/a")].status == Status::Active;
+            let _ = seen.send((a_published, store.refresh_token(&b)));
+        })))
+        .unwrap();
+        let (save_c, answer_c) = save(&by_name("c"), t0);
+        jobs.send(save_c).unwrap();
+        drop(jobs);
+        let thread_cache = cache.clone();
+        let owner = std::thread::spawn(move || {
+            run(Box::new(conn), rx, thread_cache, WriteHealth::default());
+        });
+        let (a_published, refresh) = saw.await.unwrap();
+        // The read ran first: it did not wait for the commit of the saves queued before it.
+        assert!(!a_published);
+        assert_eq!(
+            refresh.unwrap().map(|s| s.expose().to_string()),
+            Some("refresh-b-aaaaaaaa".into())
+        );
+        answer_a.await.unwrap().unwrap();
+        answer_c.await.unwrap().unwrap();
+        owner.join().unwrap();
+        for n in ["a", "c"] {
+            assert_eq!(
+                read(&cache)[&key(&format!("shiphero/{n}"))].status,
+                Status::Active
+            );
+        }
+        let (_, stored) = open_blocking(dir.path(), &dir.path().join("registry.db"), None).unwrap();
+        assert!(
+            stored
+                .iter()
+                .all(|r| (r.status == Status::Active) == (r.key.name != "b"))
+        );
     }
 }
