@@ -515,7 +515,26 @@ impl Registry {
         Ok(answer)
     }
 
-    /// Gives the account's lease back (queued behind its saves; nothing to wait for).
+    /// Gives the account's lease back and waits until it is, so another daemon asked right
+    /// after this one's work answered may take the account at once.
+    pub async fn release_now(&self, key: &AccountKey) {
+        if !self.shared {
+            return;
+        }
+        let key = key.clone();
+        let done = self
+            .call(move |store| {
+                store.release(&key)?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "cannot give a lease back; it runs out by itself");
+        }
+    }
+
+    /// Gives the account's lease back without waiting (work that ended without
+    /// [`Registry::release_now`], e.g. cancelled).
     pub fn release(&self, key: &AccountKey) {
         if !self.shared {
             return;

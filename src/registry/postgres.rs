@@ -1225,41 +1225,15 @@ impl Store for PgStore {
     ) -> Result<LeaseAnswer, RegistryError> {
         let millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         self.with(|c, _, host, leases| {
-            let key = &record.key;
-            let taken = c.query_opt(
-                "UPDATE accounts SET lease_owner = $1,
-                        lease_until = now() + $2::bigint * interval '1 millisecond',
-                        lease_fence = lease_fence + 1
-                 WHERE provider = $3 AND name = $4 AND generation = $5 AND revision = $6
-                   AND (lease_until IS NULL OR lease_until < now())
-                 RETURNING lease_fence",
-                &[
-                    &host,
-                    &millis,
-                    &key.provider.as_str(),
-                    &key.name,
-                    &record.generation,
-                    &record.revision,
-                ],
-            )?;
-            if let Some(row) = taken {
-                leases.insert(key.clone(), row.get(0));
-                return Ok(LeaseAnswer::Granted);
-            }
-            let row = c.query_opt(
-                "SELECT generation, revision, lease_owner, lease_until >= now() FROM accounts
-                 WHERE provider = $1 AND name = $2",
-                &[&key.provider.as_str(), &key.name],
-            )?;
-            let Some(row) = row else {
-                return Err(RegistryError::NotFound(key.clone()));
-            };
-            let (generation, revision): (i64, i64) = (row.get(0), row.get(1));
-            if (generation, revision) != (record.generation, record.revision) {
-                return Ok(LeaseAnswer::Moved);
+            // A lease given back between the UPDATE and the SELECT below is taken on the
+            // next try, never reported as held by nobody.
+            for _ in 0..3 {
+                if let Some(answer) = try_lease(c, host, leases, record, millis)? {
+                    return Ok(answer);
+                }
             }
             Ok(LeaseAnswer::Busy {
-                holder: row.get::<_, Option<String>>(2).unwrap_or_default(),
+                holder: "another daemon".into(),
             })
         })
     }
@@ -1277,6 +1251,55 @@ impl Store for PgStore {
             Ok(())
         })
     }
+}
+
+/// One attempt at a lease: `None` when the lease was given back while we looked.
+fn try_lease(
+    c: &mut Client,
+    host: &str,
+    leases: &mut HashMap<AccountKey, i64>,
+    record: &AccountRecord,
+    millis: i64,
+) -> Result<Option<LeaseAnswer>, RegistryError> {
+    let key = &record.key;
+    let taken = c.query_opt(
+        "UPDATE accounts SET lease_owner = $1,
+                lease_until = now() + $2::bigint * interval '1 millisecond',
+                lease_fence = lease_fence + 1
+         WHERE provider = $3 AND name = $4 AND generation = $5 AND revision = $6
+           AND (lease_until IS NULL OR lease_until < now())
+         RETURNING lease_fence",
+        &[
+            &host,
+            &millis,
+            &key.provider.as_str(),
+            &key.name,
+            &record.generation,
+            &record.revision,
+        ],
+    )?;
+    if let Some(row) = taken {
+        leases.insert(key.clone(), row.get(0));
+        return Ok(Some(LeaseAnswer::Granted));
+    }
+    let row = c.query_opt(
+        "SELECT generation, revision, lease_owner FROM accounts
+         WHERE provider = $1 AND name = $2 AND lease_until >= now()
+         UNION ALL
+         SELECT generation, revision, NULL FROM accounts
+         WHERE provider = $1 AND name = $2 AND (lease_until IS NULL OR lease_until < now())",
+        &[&key.provider.as_str(), &key.name],
+    )?;
+    let Some(row) = row else {
+        return Err(RegistryError::NotFound(key.clone()));
+    };
+    let (generation, revision): (i64, i64) = (row.get(0), row.get(1));
+    if (generation, revision) != (record.generation, record.revision) {
+        return Ok(Some(LeaseAnswer::Moved));
+    }
+    Ok(row
+        .get::<_, Option<String>>(2)
+        .map(|holder| LeaseAnswer::Busy { holder }))
 }
 
 /// The duplicate checks of a registration, with the errors the SQLite backend gives.
@@ -1317,16 +1340,16 @@ fn check_unique(c: &mut impl GenericClient, new: &NewAccount) -> Result<(), Regi
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    //! Against a real PostgreSQL: `SHIPTOKEN_TEST_POSTGRES` (default the machine's, at
+    //! Against a real PostgreSQL: `TEST_POSTGRES_URL` (default the machine's, at
     //! 127.0.0.1:5432, database `test`). Without one these tests say so and pass, unless
-    //! `SHIPTOKEN_REQUIRE_POSTGRES=1` (CI) makes that a failure.
+    //! `TEST_REQUIRE_POSTGRES=1` (CI) makes that a failure.
 
     use super::*;
     use crate::keys::MasterKey;
     use crate::registry::Note;
 
     fn server() -> String {
-        std::env::var("SHIPTOKEN_TEST_POSTGRES")
+        std::env::var("TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
     }
 
@@ -1336,12 +1359,12 @@ mod tests {
             Ok(c) => c,
             Err(e) => {
                 assert!(
-                    std::env::var("SHIPTOKEN_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                    "SHIPTOKEN_REQUIRE_POSTGRES=1 but no PostgreSQL at {}: {e}",
+                    std::env::var("TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "TEST_REQUIRE_POSTGRES=1 but no PostgreSQL at {}: {e}",
                     server()
                 );
                 eprintln!(
-                    "skipped {test}: no PostgreSQL at {} ({e}); set SHIPTOKEN_TEST_POSTGRES",
+                    "skipped {test}: no PostgreSQL at {} ({e}); set TEST_POSTGRES_URL",
                     server()
                 );
                 return None;

@@ -78,7 +78,7 @@ pub enum EngineError {
     /// Another daemon sharing the registry holds the account's lease: it is refreshing or
     /// checking it right now, and its result reaches this daemon within a second.
     #[error(
-        "{key} is being refreshed or checked by {holder} right now (it shares this registry); its result is served here as soon as it is stored: try again in a few seconds"
+        "{key}: in progress on {holder}, which shares this registry and is refreshing or checking it right now; its result is served here as soon as it is stored: try again in a few seconds"
     )]
     Elsewhere {
         /// The account.

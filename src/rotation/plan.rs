@@ -183,8 +183,10 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy, renews: boo
     {
         return Some(Work::Refresh);
     }
-    // A clock that runs before the issue time cannot be trusted to judge the age.
-    let due = now < current.issued_at
+    // A clock that runs before the issue time cannot be trusted to judge the age. A few
+    // minutes ahead is another daemon sharing the registry whose clock runs a little fast:
+    // judged by age as usual, or every daemon behind it would refresh what it stores.
+    let due = now.plus(CLOCK_SKEW) < current.issued_at
         || spread_point(&account.key, current, policy.rotate_at).is_none_or(|(_, deadline)| {
             refresh_point(&account.key, current, &policy).is_none_or(|p| now >= p)
                 && window_allows(policy.window, now, deadline)
@@ -197,6 +199,10 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy, renews: boo
         None
     }
 }
+
+/// How far ahead of this daemon's clock a token's issue time may be and still be judged by
+/// its age (clocks of daemons sharing a registry differ a little).
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// Exponential backoff with jitter: `initial * 2^(failures-1)`, capped at `max`, then a
 /// random point in its upper half so that accounts failing together do not retry together.
@@ -504,8 +510,14 @@ mod tests {
         );
         let a = shiphero_account(Some(token(t0(), 28 * DAY)));
         assert_eq!(
-            plan(&a, Timestamp::from_secs(t0().secs() - 60), policy(), true),
+            plan(&a, Timestamp::from_secs(t0().secs() - 3600), policy(), true),
             Some(Work::Refresh)
+        );
+        // A minute behind the daemon that stored it (clocks of a fleet differ a little):
+        // judged by its age, so the token is not refreshed again.
+        assert_eq!(
+            plan(&a, Timestamp::from_secs(t0().secs() - 60), policy(), true),
+            None
         );
     }
 

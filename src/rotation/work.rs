@@ -227,9 +227,13 @@ impl Engine {
         let _guard = lock.lock().await;
         let account = self.account(key)?;
         let generation = account.generation;
-        let _lease = self.lease(&account).await?;
-        self.apply(key, generation, Outcome::Issued(token)).await?;
-        self.verify(key, generation, Probed::Candidate, true).await
+        let lease = self.lease(&account).await?;
+        let result = match self.apply(key, generation, Outcome::Issued(token)).await {
+            Ok(_) => self.verify(key, generation, Probed::Candidate, true).await,
+            Err(e) => Err(e),
+        };
+        lease.give_back().await;
+        result
     }
 
     /// Takes the fleet-wide lease on the account for work planned from `account` (granted
@@ -281,15 +285,17 @@ impl Engine {
             return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
         }
         let generation = account.generation;
-        let _lease = self.lease(&account).await?;
-        match work {
+        let lease = self.lease(&account).await?;
+        let result = match work {
             Work::Refresh => self.refresh(key, generation).await,
             Work::Verify(which) => self.verify(key, generation, which, true).await,
             Work::Expire => {
                 let record = self.apply(key, generation, Outcome::Expired).await?;
                 Err(flagged(&record))
             }
-        }
+        };
+        lease.give_back().await;
+        result
     }
 
     /// Renews the token, stores what was issued, then probes it. After a refused renewal,
@@ -681,7 +687,18 @@ struct Due {
 /// The fleet-wide lease on an account while work on it runs, given back when dropped.
 struct Lease<'a>(Option<(&'a Registry, AccountKey)>);
 
+impl Lease<'_> {
+    /// Gives the lease back once the work is stored, and waits until it is: the caller's
+    /// answer must not reach someone who then finds the account still leased.
+    async fn give_back(mut self) {
+        if let Some((registry, key)) = self.0.take() {
+            registry.release_now(&key).await;
+        }
+    }
+}
+
 impl Drop for Lease<'_> {
+    /// Work that ended early (an error, a cancelled task) gives the lease back too.
     fn drop(&mut self) {
         if let Some((registry, key)) = &self.0 {
             registry.release(key);

@@ -137,18 +137,10 @@ timeout = "3s"
     }
 }
 
-/// The test harness's own `SHIPTOKEN_*` variables (`postgres`). The daemon reads every
-/// `SHIPTOKEN_*` variable as config and refuses one that names no key, so the binary never
-/// gets them.
-pub const HARNESS_VARS: [&str; 2] = ["SHIPTOKEN_TEST_POSTGRES", "SHIPTOKEN_REQUIRE_POSTGRES"];
-
 /// Prepares `cmd` to run a daemon under test: none of the systemd variables the test runner
-/// may have inherited (a test that wants one sets it afterwards) nor the [`HARNESS_VARS`],
-/// output piped for the captured logs, killed when dropped.
+/// may have inherited (a test that wants one sets it afterwards), output piped for the
+/// captured logs, killed when dropped.
 pub fn sanitize(cmd: &mut Command) -> &mut Command {
-    for var in HARNESS_VARS {
-        cmd.env_remove(var);
-    }
     for var in [
         "NOTIFY_SOCKET",
         "JOURNAL_STREAM",
@@ -477,8 +469,6 @@ pub async fn cli(args: &[&str], stdin: Option<&str>) -> Cli {
     use tokio::io::AsyncWriteExt;
     let mut child = Command::new(BIN)
         .args(args)
-        .env_remove(HARNESS_VARS[0])
-        .env_remove(HARNESS_VARS[1])
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

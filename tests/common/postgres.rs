@@ -1,10 +1,10 @@
 //! PostgreSQL for the tests: a database of its own per test on a shared server, and a TCP
 //! proxy that can cut every connection to it, standing in for a server restart.
 //!
-//! The server is `SHIPTOKEN_TEST_POSTGRES` (default [`DEFAULT_SERVER`]). Without one, tests
-//! that need it print why they skip and pass; with `SHIPTOKEN_REQUIRE_POSTGRES=1` they fail
-//! instead. Both variables stay in the test process: the binaries the harness starts never see
-//! them ([`super::HARNESS_VARS`]), since the daemon refuses unknown `SHIPTOKEN_*` variables.
+//! The server is `TEST_POSTGRES_URL` (default [`DEFAULT_SERVER`]). Without one, tests
+//! that need it print why they skip and pass; with `TEST_REQUIRE_POSTGRES=1` they fail
+//! instead. (Not `SHIPTOKEN_*` names: the daemon reads those as its configuration and refuses
+//! one that names no key.)
 //!
 //! Databases are not dropped when their test ends: the daemons under test still hold
 //! connections then, and a test that failed is easier to read with its data in place.
@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The server tests use when `SHIPTOKEN_TEST_POSTGRES` is not set.
+/// The server tests use when `TEST_POSTGRES_URL` is not set.
 pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Every test database's name starts with this, then `<pid>_<counter>_<random>`.
@@ -36,12 +36,12 @@ static SWEPT: AtomicBool = AtomicBool::new(false);
 
 /// The server URL the tests use.
 pub fn server_url() -> String {
-    std::env::var("SHIPTOKEN_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_SERVER.to_string())
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_string())
 }
 
 /// Whether a missing server fails the test instead of skipping it.
 fn required() -> bool {
-    std::env::var("SHIPTOKEN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+    std::env::var("TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
 }
 
 /// Connects to `url`, driving the connection in a spawned task.
@@ -65,18 +65,18 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
 }
 
 /// Creates an empty database of its own on the test server and returns its URL, or `None`
-/// (after saying so on stderr) when no server answers and `SHIPTOKEN_REQUIRE_POSTGRES` is
+/// (after saying so on stderr) when no server answers and `TEST_REQUIRE_POSTGRES` is
 /// not `1`.
 pub async fn fresh_database() -> Option<String> {
     let server = server_url();
     let admin = match connect(&server).await {
         Ok(c) => c,
         Err(e) if required() => {
-            panic!("no PostgreSQL at {server} ({e}), and SHIPTOKEN_REQUIRE_POSTGRES=1")
+            panic!("no PostgreSQL at {server} ({e}), and TEST_REQUIRE_POSTGRES=1")
         }
         Err(e) => {
             eprintln!(
-                "skipped: no PostgreSQL at {server} ({e}); set SHIPTOKEN_TEST_POSTGRES or start one"
+                "skipped: no PostgreSQL at {server} ({e}); set TEST_POSTGRES_URL or start one"
             );
             return None;
         }
