@@ -26,10 +26,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod common;
 use shiptoken::clock::{Clock, Timestamp};
-use shiptoken::names::AccountKey;
-use shiptoken::registry::{NewAccount, Registry, TokenRecord};
-use shiptoken::secret::Secret;
+use shiptoken::registry::Registry;
 use shiptoken::sim::FakeShipHero;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -158,51 +158,6 @@ async fn measure_fake(fake: &FakeShipHero, concurrency: usize, total: usize) -> 
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Registers `n` active accounts whose tokens are 20 days into 28 (due for a refresh).
-async fn register(state: &Path, fake: &FakeShipHero, n: usize) -> anyhow::Result<()> {
-    let registry = Registry::open(state).await?;
-    let now = Clock::system().now();
-    let issued = Timestamp::from_millis(now.millis() - i64::try_from((20 * DAY).as_millis())?);
-    let mut pending = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let email = format!("ops{i}@merchant{i}.test");
-        let user = fake.add_user(&email);
-        let key = AccountKey::parse(&format!("shiphero/merchant-{i}"))?;
-        let new = NewAccount {
-            key: key.clone(),
-            email: Some(email),
-            first_name: None,
-            last_name: None,
-            refresh_token: Some(Secret::new(user.refresh_token)),
-            access_token: Some(TokenRecord {
-                access_token: Secret::new(user.access_token),
-                issued_at: issued,
-                expires_at: Some(issued.plus(28 * DAY)),
-            }),
-        };
-        let registry = registry.clone();
-        // Many in flight so the registry thread never waits for us.
-        pending.spawn(async move {
-            // Registered as proven: what a passing first probe leaves.
-            let mut record = (*registry.add(new, now).await?).clone();
-            record.current = record.candidate.take();
-            record.status = shiptoken::names::Status::Active;
-            record.last_verified_at = Some(now);
-            registry.save(record, Vec::new(), now).await?;
-            anyhow::Ok(())
-        });
-        if pending.len() >= 256
-            && let Some(r) = pending.join_next().await
-        {
-            r??;
-        }
-    }
-    while let Some(r) = pending.join_next().await {
-        r??;
-    }
-    Ok(())
-}
-
 fn config_text(dir: &Path, shiphero: &str, concurrency: usize) -> String {
     format!(
         r#"state_dir = "{state}"
@@ -261,7 +216,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let setup = Instant::now();
-    register(&dir.path().join("state"), &fake, args.accounts).await?;
+    {
+        let registry = Registry::open(&dir.path().join("state")).await?;
+        let now = Clock::system().now();
+        let issued = Timestamp::from_millis(now.millis() - i64::try_from((20 * DAY).as_millis())?);
+        common::register_fleet(&registry, &fake, args.accounts, issued).await?;
+    }
     eprintln!(
         "registered {} accounts in {:.1} s",
         args.accounts,

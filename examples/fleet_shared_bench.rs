@@ -18,12 +18,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod common;
 use shiptoken::clock::{Clock, Timestamp};
 use shiptoken::keys::MasterKey;
-use shiptoken::names::{AccountKey, Status};
 use shiptoken::registry::postgres::PostgresTarget;
-use shiptoken::registry::{NewAccount, OpenOptions, Registry, TokenRecord};
-use shiptoken::secret::Secret;
+use shiptoken::registry::{OpenOptions, Registry};
 use shiptoken::sim::FakeShipHero;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -114,64 +114,6 @@ impl Database {
     }
 }
 
-/// Registers `n` active accounts whose tokens are 20 days into 28 (due for a refresh).
-async fn register(
-    dir: &Path,
-    target: PostgresTarget,
-    key: &Path,
-    fake: &FakeShipHero,
-    n: usize,
-) -> anyhow::Result<Vec<String>> {
-    let registry = Registry::open_with(
-        &dir.join("setup"),
-        OpenOptions {
-            key_file: Some(key.to_path_buf()),
-            postgres: Some(target),
-            ..OpenOptions::default()
-        },
-    )
-    .await?;
-    let now = Clock::system().now();
-    let issued = Timestamp::from_millis(now.millis() - i64::try_from((20 * DAY).as_millis())?);
-    let mut emails = Vec::with_capacity(n);
-    let mut pending = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let email = format!("ops{i}@merchant{i}.test");
-        let user = fake.add_user(&email);
-        emails.push(email.clone());
-        let new = NewAccount {
-            key: AccountKey::parse(&format!("shiphero/merchant-{i}"))?,
-            email: Some(email),
-            first_name: None,
-            last_name: None,
-            refresh_token: Some(Secret::new(user.refresh_token)),
-            access_token: Some(TokenRecord {
-                access_token: Secret::new(user.access_token),
-                issued_at: issued,
-                expires_at: Some(issued.plus(28 * DAY)),
-            }),
-        };
-        let registry = registry.clone();
-        pending.spawn(async move {
-            let mut record = (*registry.add(new, now).await?).clone();
-            record.current = record.candidate.take();
-            record.status = Status::Active;
-            record.last_verified_at = Some(now);
-            registry.save(record, Vec::new(), now).await?;
-            anyhow::Ok(())
-        });
-        if pending.len() >= 256
-            && let Some(r) = pending.join_next().await
-        {
-            r??;
-        }
-    }
-    while let Some(r) = pending.join_next().await {
-        r??;
-    }
-    Ok(emails)
-}
-
 fn config_text(dir: &Path, i: usize, db: &str, key: &Path, shiphero: &str, c: usize) -> String {
     format!(
         r#"state_dir = "{state}"
@@ -219,7 +161,20 @@ async fn run(args: &Args, daemons: usize, run: usize) -> anyhow::Result<(f64, us
     let fake = FakeShipHero::start().await?;
     fake.set_latency(args.latency);
     let target = PostgresTarget::new(&db.url, None, "bench-setup").map_err(anyhow::Error::msg)?;
-    let emails = register(dir.path(), target, &key, &fake, args.accounts).await?;
+    let emails = {
+        let registry = Registry::open_with(
+            &dir.path().join("setup"),
+            OpenOptions {
+                key_file: Some(key.clone()),
+                postgres: Some(target),
+                ..OpenOptions::default()
+            },
+        )
+        .await?;
+        let now = Clock::system().now();
+        let issued = Timestamp::from_millis(now.millis() - i64::try_from((20 * DAY).as_millis())?);
+        common::register_fleet(&registry, &fake, args.accounts, issued).await?
+    };
     let before = fake.total_requests();
 
     let started = Instant::now();

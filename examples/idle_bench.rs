@@ -21,13 +21,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use shiptoken::clock::Clock;
-use shiptoken::names::{AccountKey, Status};
-use shiptoken::registry::{NewAccount, Registry, TokenRecord};
-use shiptoken::secret::Secret;
-use shiptoken::sim::FakeShipHero;
 
-const DAY: Duration = Duration::from_secs(86_400);
+mod common;
+use shiptoken::clock::Clock;
+use shiptoken::registry::Registry;
+use shiptoken::sim::FakeShipHero;
 
 struct Args {
     accounts: usize,
@@ -81,47 +79,6 @@ fn proc_kb(pid: u32, file: &str, field: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// Registers `n` active accounts with a token issued now and just checked: nothing is due.
-async fn register(state: &Path, fake: &FakeShipHero, n: usize) -> anyhow::Result<()> {
-    let registry = Registry::open(state).await?;
-    let now = Clock::system().now();
-    let mut pending = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let email = format!("ops{i}@merchant{i}.test");
-        let user = fake.add_user(&email);
-        let new = NewAccount {
-            key: AccountKey::parse(&format!("shiphero/merchant-{i}"))?,
-            email: Some(email),
-            first_name: None,
-            last_name: None,
-            refresh_token: Some(Secret::new(user.refresh_token)),
-            access_token: Some(TokenRecord {
-                access_token: Secret::new(user.access_token),
-                issued_at: now,
-                expires_at: Some(now.plus(28 * DAY)),
-            }),
-        };
-        let registry = registry.clone();
-        pending.spawn(async move {
-            let mut record = (*registry.add(new, now).await?).clone();
-            record.current = record.candidate.take();
-            record.status = Status::Active;
-            record.last_verified_at = Some(now);
-            registry.save(record, Vec::new(), now).await?;
-            anyhow::Ok(())
-        });
-        if pending.len() >= 256
-            && let Some(r) = pending.join_next().await
-        {
-            r??;
-        }
-    }
-    while let Some(r) = pending.join_next().await {
-        r??;
-    }
-    Ok(())
 }
 
 /// A loopback port nothing listens on right now.
@@ -180,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(if args.accounts <= 1 { 10.0 } else { 31.0 });
     let dir = tempfile::tempdir()?;
     let fake = FakeShipHero::start().await?;
-    register(&dir.path().join("state"), &fake, args.accounts).await?;
+    {
+        let registry = Registry::open(&dir.path().join("state")).await?;
+        common::register_fleet(&registry, &fake, args.accounts, Clock::system().now()).await?;
+    }
 
     let socket = dir.path().join("shiptoken.sock");
     let mut child = spawn_daemon(&args, dir.path(), &fake)?;

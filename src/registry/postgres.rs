@@ -1133,14 +1133,8 @@ impl Store for PgStore {
         })
     }
 
-    fn export(&mut self) -> Result<Dump, RegistryError> {
-        let records = self.load_all()?;
-        let mut accounts = Vec::with_capacity(records.len());
-        for record in records {
-            let refresh = self.refresh_token(&record.key)?;
-            accounts.push((record, refresh));
-        }
-        let events = self.with(|c, _, _, _| {
+    fn all_events(&mut self) -> Result<Vec<DumpedEvent>, RegistryError> {
+        self.with(|c, _, _, _| {
             let rows = c.query(
                 "SELECT at, provider, account, generation, kind, detail FROM events ORDER BY id",
                 &[],
@@ -1159,16 +1153,7 @@ impl Store for PgStore {
                         key,
                     })
                 })
-                .collect::<Result<Vec<_>, RegistryError>>()
-        })?;
-        let audit = self.audit(&AuditQuery {
-            limit: usize::MAX,
-            ..AuditQuery::default()
-        })?;
-        Ok(Dump {
-            accounts,
-            events,
-            audit,
+                .collect()
         })
     }
 

@@ -181,12 +181,7 @@ impl Store for Connection {
         Ok(())
     }
 
-    fn export(&mut self) -> Result<Dump, RegistryError> {
-        let mut accounts = Vec::new();
-        for record in load_all(self)? {
-            let refresh = self.refresh_token(&record.key)?;
-            accounts.push((record, refresh));
-        }
+    fn all_events(&mut self) -> Result<Vec<DumpedEvent>, RegistryError> {
         let mut stmt = self.prepare(
             "SELECT at, provider, account, generation, kind, detail FROM events ORDER BY id",
         )?;
@@ -220,19 +215,7 @@ impl Store for Connection {
                 generation,
             });
         }
-        drop(stmt);
-        let audit = super::audit::query(
-            self,
-            &AuditQuery {
-                limit: usize::MAX,
-                ..AuditQuery::default()
-            },
-        )?;
-        Ok(Dump {
-            accounts,
-            events,
-            audit,
-        })
+        Ok(events)
     }
 
     fn import(&mut self, dump: &Dump) -> Result<(), RegistryError> {

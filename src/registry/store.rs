@@ -111,8 +111,27 @@ pub trait Store {
     /// Proves the backend answers (a health check).
     fn ping(&mut self) -> Result<(), RegistryError>;
 
+    /// Every history entry, oldest first, with the registration it belongs to.
+    fn all_events(&mut self) -> Result<Vec<DumpedEvent>, RegistryError>;
+
     /// Everything a registry holds that outlives a daemon, for `registry migrate`.
-    fn export(&mut self) -> Result<Dump, RegistryError>;
+    fn export(&mut self) -> Result<Dump, RegistryError> {
+        let mut accounts = Vec::new();
+        for record in self.load_all()? {
+            let refresh = self.refresh_token(&record.key)?;
+            accounts.push((record, refresh));
+        }
+        let events = self.all_events()?;
+        let audit = self.audit(&AuditQuery {
+            limit: usize::MAX,
+            ..AuditQuery::default()
+        })?;
+        Ok(Dump {
+            accounts,
+            events,
+            audit,
+        })
+    }
 
     /// Writes `dump` into this registry, which must hold no account yet.
     fn import(&mut self, dump: &Dump) -> Result<(), RegistryError>;
