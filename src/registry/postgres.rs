@@ -1338,8 +1338,25 @@ mod tests {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
     }
 
+    /// A database of one test's own, dropped when the test ends.
+    struct TestDatabase {
+        url: String,
+        name: String,
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = postgres::Client::connect(&server(), postgres::NoTls) {
+                let _ = admin.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        }
+    }
+
     /// A fresh database of this test's own, or `None` (skipped) without a server.
-    fn fresh_database(test: &str) -> Option<String> {
+    fn fresh_database(test: &str) -> Option<TestDatabase> {
         let mut admin = match postgres::Client::connect(&server(), postgres::NoTls) {
             Ok(c) => c,
             Err(e) => {
@@ -1364,7 +1381,10 @@ mod tests {
             .unwrap();
         let mut url = url::Url::parse(&server()).unwrap();
         url.set_path(&name);
-        Some(url.to_string())
+        Some(TestDatabase {
+            url: url.to_string(),
+            name,
+        })
     }
 
     fn store(url: &str, host: &str, key: &KeySource) -> PgStore {
@@ -1408,12 +1428,13 @@ mod tests {
 
     #[test]
     fn one_daemon_works_on_an_account_at_a_time_and_a_lease_lost_stores_nothing() {
-        let Some(url) = fresh_database("lease") else {
+        let Some(db) = fresh_database("lease") else {
             return;
         };
+        let url = &db.url;
         let dir = tempfile::tempdir().unwrap();
         let key = key_file(dir.path());
-        let (mut a, mut b) = (store(&url, "host-a", &key), store(&url, "host-b", &key));
+        let (mut a, mut b) = (store(url, "host-a", &key), store(url, "host-b", &key));
         let t0 = Timestamp::from_secs(1_800_000_000);
         let record = a.insert(&account("acme"), t0).unwrap();
         // b sees what a registered, sealed with the shared key.
@@ -1463,14 +1484,15 @@ mod tests {
 
     #[test]
     fn another_key_is_refused_and_a_missing_one_is_never_made() {
-        let Some(url) = fresh_database("keys") else {
+        let Some(db) = fresh_database("keys") else {
             return;
         };
+        let url = &db.url;
         let dir = tempfile::tempdir().unwrap();
         let key = key_file(dir.path());
-        drop(store(&url, "host-a", &key));
+        drop(store(url, "host-a", &key));
         let other = tempfile::tempdir().unwrap();
-        let target = PostgresTarget::new(&url, None, "host-b").unwrap();
+        let target = PostgresTarget::new(url, None, "host-b").unwrap();
         let wrong = open_blocking(&target, &key_file(other.path())).err();
         assert!(
             matches!(wrong, Some(RegistryError::WrongKey { .. })),
