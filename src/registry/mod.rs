@@ -499,12 +499,17 @@ impl Registry {
         if !self.shared {
             return Ok(LeaseAnswer::Granted);
         }
-        let (record, cache, remote) = (record.clone(), self.cache.clone(), self.remote.clone());
+        let (record, cache, health, remote) = (
+            record.clone(),
+            self.cache.clone(),
+            self.health.clone(),
+            self.remote.clone(),
+        );
         let answer = self
             .call(move |store| {
                 let answer = store.lease(&record, lease)?;
                 if answer == LeaseAnswer::Moved {
-                    merge_from_store(store, &cache, &record.key, &remote)?;
+                    merge_from_store(store, &cache, &health, &record.key, &remote)?;
                 }
                 Ok(answer)
             })
@@ -586,18 +591,7 @@ impl Registry {
         let changed = self
             .call(move |store| {
                 let (scope, found) = load(store)?;
-                let unsaved = health.lock().accounts.clone();
-                let mut cache = write(&cache);
-                let present: HashSet<&AccountKey> = found.iter().map(|r| &r.key).collect();
-                let mut changed = scope
-                    .iter()
-                    .filter(|k| !present.contains(k) && !unsaved.contains(*k))
-                    .filter(|k| cache.remove(*k).is_some())
-                    .count();
-                for record in found {
-                    changed += usize::from(merge(&mut cache, record, &remote));
-                }
-                Ok(changed)
+                Ok(absorb(&cache, &health, &remote, &scope, found))
             })
             .await?;
         if changed > 0 {
@@ -663,14 +657,36 @@ type Remote = std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RemoteChang
 fn merge_from_store(
     store: &mut dyn Store,
     cache: &Cache,
+    health: &WriteHealth,
     key: &AccountKey,
     remote: &Remote,
 ) -> Result<bool, RegistryError> {
-    match store.load(key) {
-        Ok(record) => Ok(merge(&mut write(cache), record, remote)),
-        Err(RegistryError::NotFound(_)) => Ok(write(cache).remove(key).is_some()),
-        Err(e) => Err(e),
+    let found = store.load_some(std::slice::from_ref(key))?;
+    Ok(absorb(cache, health, remote, std::slice::from_ref(key), found) > 0)
+}
+
+/// Puts records read from the store into memory: newer ones replace what memory holds, and
+/// accounts of `scope` the store no longer holds leave memory, unless memory holds a record
+/// the store has not got yet (a write that failed). Returns how many changed.
+fn absorb(
+    cache: &Cache,
+    health: &WriteHealth,
+    remote: &Remote,
+    scope: &[AccountKey],
+    found: Vec<AccountRecord>,
+) -> usize {
+    let unsaved = health.lock().accounts.clone();
+    let mut cache = write(cache);
+    let present: HashSet<&AccountKey> = found.iter().map(|r| &r.key).collect();
+    let mut changed = scope
+        .iter()
+        .filter(|k| !present.contains(k) && !unsaved.contains(*k))
+        .filter(|k| cache.remove(*k).is_some())
+        .count();
+    for record in found {
+        changed += usize::from(merge(&mut cache, record, remote));
     }
+    changed
 }
 
 /// Refuses a record whose times no calendar of ours can print (past year 9999): such a value

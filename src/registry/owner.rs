@@ -169,7 +169,8 @@ fn commit(conn: &mut dyn Store, cache: &Cache, health: &WriteHealth, batch: Vec<
             // Another daemon saved the account (its notice not here yet): memory learns the
             // stored record, so the saver's next try is judged on it.
             if let (RegistryError::Stale(key), [_]) = (&e, current.as_slice())
-                && let Err(load) = super::merge_from_store(conn, cache, key, &Default::default())
+                && let Err(load) =
+                    super::merge_from_store(conn, cache, health, key, &Default::default())
             {
                 tracing::debug!(account = %key, error = %load, "cannot reload the account after a refused save");
             }

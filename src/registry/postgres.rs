@@ -1268,11 +1268,8 @@ fn try_lease(
         return Ok(Some(LeaseAnswer::Granted));
     }
     let row = c.query_opt(
-        "SELECT generation, revision, lease_owner FROM accounts
-         WHERE provider = $1 AND name = $2 AND lease_until >= now()
-         UNION ALL
-         SELECT generation, revision, NULL FROM accounts
-         WHERE provider = $1 AND name = $2 AND (lease_until IS NULL OR lease_until < now())",
+        "SELECT generation, revision, CASE WHEN lease_until >= now() THEN lease_owner END
+         FROM accounts WHERE provider = $1 AND name = $2",
         &[&key.provider.as_str(), &key.name],
     )?;
     let Some(row) = row else {
