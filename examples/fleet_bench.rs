@@ -130,7 +130,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 /// The simulated ShipHero alone: `concurrency` clients sending probes with an unknown token
 /// (answered after the same latency) as fast as they can.
 async fn measure_fake(fake: &FakeShipHero, concurrency: usize, total: usize) -> f64 {
-    let client = reqwest::Client::new();
+    let client = shiptoken::providers::plain_client();
     let url = format!("{}/graphql", fake.base_url());
     let left = Arc::new(AtomicUsize::new(total));
     let started = Instant::now();

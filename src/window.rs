@@ -5,8 +5,11 @@
 //! (never crossing midnight). It is a plain value with no clock of its own: every question
 //! takes the instant it is about, so [`crate::rotation::plan`] stays pure.
 
-use chrono::{DateTime, Datelike, Days, NaiveDate, NaiveTime, TimeZone, Utc};
-use chrono_tz::Tz;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use jiff::civil::{Date, Time};
+use jiff::tz::TimeZone;
 
 use crate::clock::Timestamp;
 
@@ -36,13 +39,17 @@ pub enum WindowError {
         /// As written.
         end: String,
     },
-    /// Not an IANA time zone name.
-    #[error("unknown time zone \"{0}\": use an IANA name such as \"Europe/Berlin\" or \"UTC\"")]
+    /// Not an IANA time zone name, or not in the system's tz database.
+    #[error(
+        "unknown time zone \"{0}\": use an IANA name such as \"Europe/Berlin\" or \"UTC\" \
+         (zones are read from the system's tz database, /usr/share/zoneinfo or $TZDIR: the \
+         tzdata package)"
+    )]
     UnknownZone(String),
 }
 
 /// When routine refreshes may run: some weekdays, one daily span of local time, one zone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Window {
     /// Bit `i` set: open on the day `i` days after Monday.
     days: u8,
@@ -50,8 +57,35 @@ pub struct Window {
     start: u32,
     /// Closing, in minutes after local midnight; later than `start`, at most 24:00.
     end: u32,
-    /// The zone whose wall clock `start` and `end` are read on (DST included).
-    zone: Tz,
+    /// The zone whose wall clock `start` and `end` are read on (DST included); one shared
+    /// copy per zone name, so a window stays a plain `Copy` value (see [`zone_named`]).
+    zone: &'static TimeZone,
+}
+
+impl PartialEq for Window {
+    fn eq(&self, other: &Window) -> bool {
+        (self.days, self.start, self.end) == (other.days, other.start, other.end)
+            && self.zone == other.zone
+    }
+}
+
+impl Eq for Window {}
+
+/// The zone called `name`, read from the system's tz database once per name and kept for the
+/// life of the process: a configuration names a handful of zones, and reloads find the same
+/// ones again, so what is kept is bounded by the distinct names ever configured.
+fn zone_named(name: &str) -> Option<&'static TimeZone> {
+    static ZONES: Mutex<Option<HashMap<String, &'static TimeZone>>> = Mutex::new(None);
+    let mut zones = ZONES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let zones = zones.get_or_insert_with(HashMap::new);
+    if let Some(zone) = zones.get(name) {
+        return Some(zone);
+    }
+    let zone: &'static TimeZone = Box::leak(Box::new(TimeZone::get(name).ok()?));
+    zones.insert(name.to_string(), zone);
+    Some(zone)
 }
 
 impl Window {
@@ -77,10 +111,7 @@ impl Window {
                 end: end.into(),
             });
         }
-        let zone: Tz = zone
-            .trim()
-            .parse()
-            .map_err(|_| WindowError::UnknownZone(zone.into()))?;
+        let zone = zone_named(zone.trim()).ok_or_else(|| WindowError::UnknownZone(zone.into()))?;
         Ok(Window {
             days: mask,
             start: start_min,
@@ -97,32 +128,27 @@ impl Window {
     /// The opening and closing of the window occurrence that is open at `t`, else of the next
     /// one to open. `None` only for instants outside chrono's range.
     pub fn span_from(&self, t: Timestamp) -> Option<(Timestamp, Timestamp)> {
-        let local = DateTime::<Utc>::from_timestamp_millis(t.millis())?.with_timezone(&self.zone);
+        let now = jiff::Timestamp::from_millisecond(t.millis()).ok()?;
         // Yesterday too: at 00:30 after a DST change the local date can lag the span it is in.
-        let first = local.date_naive().checked_sub_days(Days::new(1))?;
-        (0..9u64)
-            .filter_map(|i| first.checked_add_days(Days::new(i)))
-            .filter(|d| self.days & (1 << d.weekday().num_days_from_monday()) != 0)
+        let first = self.zone.to_datetime(now).date().yesterday().ok()?;
+        std::iter::successors(Some(first), |d| d.tomorrow().ok())
+            .take(9)
+            .filter(|d| self.days & (1 << d.weekday().to_monday_zero_offset()) != 0)
             .filter_map(|d| Some((self.instant(d, self.start)?, self.instant(d, self.end)?)))
             .find(|(_, close)| *close > t)
     }
 
     /// The instant of local `minute` on `date`. A time skipped by a DST jump (02:30 on the
-    /// spring-forward day) is read as one hour later, the first wall-clock time that exists
-    /// after it; a time that happens twice (autumn) as its first occurrence.
-    fn instant(&self, date: NaiveDate, minute: u32) -> Option<Timestamp> {
-        let midnight = date.and_time(NaiveTime::MIN);
-        let naive = midnight.checked_add_signed(chrono::TimeDelta::minutes(i64::from(minute)))?;
-        let at = self
-            .zone
-            .from_local_datetime(&naive)
-            .earliest()
-            .or_else(|| {
-                self.zone
-                    .from_local_datetime(&(naive + chrono::TimeDelta::hours(1)))
-                    .earliest()
-            })?;
-        Some(Timestamp::from_millis(at.timestamp_millis()))
+    /// spring-forward day) is read as the same time after the jump (03:30), the first
+    /// wall-clock time that exists after it; a time that happens twice (autumn) as its first
+    /// occurrence. This is jiff's "compatible" disambiguation (RFC 5545's rule).
+    fn instant(&self, date: Date, minute: u32) -> Option<Timestamp> {
+        let local = date
+            .to_datetime(Time::midnight())
+            .checked_add(jiff::Span::new().minutes(i64::from(minute)))
+            .ok()?;
+        let at = self.zone.to_ambiguous_timestamp(local).compatible().ok()?;
+        Some(Timestamp::from_millis(at.as_millisecond()))
     }
 }
 

@@ -125,7 +125,7 @@ async fn sweeps_go_on_and_healthz_tells_the_truth_after_the_clock_steps_back_an_
 
     // /healthz measures the sweeps' silence on the monotonic clock: an hour of wall-clock
     // difference neither hides nor fakes a stall.
-    let healthz = reqwest::get(format!("http://{metrics}/healthz"))
+    let healthz = shiptoken::providers::http_get(format!("http://{metrics}/healthz"))
         .await
         .unwrap();
     assert_eq!(healthz.status(), 200);

@@ -439,7 +439,7 @@ async fn a_shippo_account_connected_through_one_daemon_is_served_by_all() {
     // The user grants; Shippo sends the browser to the shared redirect URI, which the load
     // balancer (played here) hands to B.
     f.shippo.set_next_grant_account("globex");
-    let http = reqwest::Client::builder()
+    let http = shiptoken::providers::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -315,7 +315,7 @@ async fn reader_and_daemon() -> (tempfile::TempDir, FakeShipHero, Daemon, String
 async fn scrape(metrics_listen: &str) -> String {
     let url = format!("http://{metrics_listen}/metrics");
     wait_for("a scrape", || async {
-        let r = reqwest::get(&url).await.ok()?;
+        let r = shiptoken::providers::http_get(&url).await.ok()?;
         r.text().await.ok()
     })
     .await

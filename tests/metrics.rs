@@ -60,7 +60,7 @@ impl DevDaemon {
     }
 
     async fn scrape(&self) -> String {
-        let resp = reqwest::get(&self.metrics).await.unwrap();
+        let resp = shiptoken::providers::http_get(&self.metrics).await.unwrap();
         assert_eq!(resp.status(), 200);
         let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
         assert!(
@@ -245,7 +245,7 @@ async fn healthz_answers_ok_while_the_scheduler_runs() {
     let url = d.metrics.replace("/metrics", "/healthz");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let resp = reqwest::get(&url).await.unwrap();
+        let resp = shiptoken::providers::http_get(&url).await.unwrap();
         if resp.status() == 200 {
             assert_eq!(resp.text().await.unwrap(), "ok\n");
             break;

@@ -86,7 +86,7 @@ impl Env {
             _dir: dir,
             callback,
             redirect_uri,
-            http: reqwest::Client::builder()
+            http: shiptoken::providers::client_builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),

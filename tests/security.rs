@@ -161,7 +161,7 @@ redirect_uri = "{redirect}""#,
         .find(|w| w.starts_with("http://"))
         .unwrap()
         .to_string();
-    let http = reqwest::Client::builder()
+    let http = shiptoken::providers::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -547,7 +547,7 @@ async fn a_full_disk_degrades_loudly_keeps_new_tokens_and_recovers() {
     served(&d, "shiphero/acme").await;
     let healthz = format!("http://127.0.0.1:{metrics_port}/healthz");
     let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let http = reqwest::Client::new();
+    let http = shiptoken::providers::plain_client();
 
     // Fill the disk.
     let fill = state.join("fill");

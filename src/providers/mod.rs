@@ -211,9 +211,34 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(Duration::from_secs)
 }
 
+/// A `reqwest` client builder with TLS on ring, rustls' provider that the PostgreSQL
+/// registry's TLS already uses. reqwest is built without its default provider (aws-lc), which
+/// was 1.4 MB of code and a start-up constructor in every process, `get` included
+/// (docs/socket.md); reqwest then takes the process-wide default, installed here first.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Err only when a default is already installed, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// A `reqwest` client with the defaults (see [`client_builder`]).
+pub fn plain_client() -> reqwest::Client {
+    client_builder()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"))
+}
+
+/// A GET with a [`plain_client`], as `reqwest::get` would do with reqwest's own default.
+pub async fn http_get<U: reqwest::IntoUrl>(url: U) -> reqwest::Result<reqwest::Response> {
+    plain_client().get(url).send().await
+}
+
 /// Builds the HTTP client used for one provider.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    client_builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("shiptoken/", env!("CARGO_PKG_VERSION")))
@@ -221,7 +246,7 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         // credential somewhere else.
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .unwrap_or_else(|_| plain_client())
 }
 
 #[cfg(test)]

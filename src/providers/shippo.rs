@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn authorize_url_has_every_parameter() {
         let s = Shippo::new(
-            reqwest::Client::new(),
+            crate::providers::plain_client(),
             "http://127.0.0.1:1",
             "http://127.0.0.1:2/",
             "2018-02-08",

@@ -231,7 +231,9 @@ mod tests {
             .await
             .unwrap();
         for path in ["/", "/no-such-route"] {
-            let answer = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+            let answer = crate::providers::http_get(format!("http://{addr}{path}"))
+                .await
+                .unwrap();
             assert_eq!(answer.headers()["server"], SERVER_HEADER, "{path}");
         }
         lifecycle.shutdown();

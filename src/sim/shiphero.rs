@@ -566,7 +566,7 @@ mod tests {
     const PROBE: &str = "query { account { request_id complexity data { id email status } } }";
 
     async fn refresh_call(fake: &FakeShipHero, refresh_token: &str) -> reqwest::Response {
-        reqwest::Client::new()
+        crate::providers::plain_client()
             .post(format!("{}/auth/refresh", fake.base_url()))
             .json(&json!({ "refresh_token": refresh_token }))
             .send()
@@ -575,7 +575,7 @@ mod tests {
     }
 
     async fn graphql_call(fake: &FakeShipHero, token: &str, query: &str) -> (u16, Value) {
-        let response = reqwest::Client::new()
+        let response = crate::providers::plain_client()
             .post(format!("{}/graphql", fake.base_url()))
             .bearer_auth(token)
             .json(&json!({ "query": query }))
@@ -620,7 +620,7 @@ mod tests {
     #[tokio::test]
     async fn refresh_rejects_bad_requests_and_unknown_tokens() {
         let fake = FakeShipHero::start().await.unwrap();
-        let response = reqwest::Client::new()
+        let response = crate::providers::plain_client()
             .post(format!("{}/auth/refresh", fake.base_url()))
             .header("content-type", "application/json")
             .body("{not json")
@@ -658,7 +658,7 @@ mod tests {
     #[tokio::test]
     async fn graphql_without_or_with_garbage_authorization_is_401() {
         let fake = FakeShipHero::start().await.unwrap();
-        let client = reqwest::Client::new();
+        let client = crate::providers::plain_client();
         let url = format!("{}/graphql", fake.base_url());
         let response = client
             .post(&url)
@@ -837,7 +837,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300));
 
         fake.set_mode(email, ShipHeroMode::Hang);
-        let client = reqwest::Client::builder()
+        let client = crate::providers::client_builder()
             .timeout(Duration::from_millis(300))
             .build()
             .unwrap();
@@ -864,7 +864,7 @@ mod tests {
     async fn password_login_is_minimal() {
         let fake = FakeShipHero::start().await.unwrap();
         let user = fake.add_user("p@example.com");
-        let client = reqwest::Client::new();
+        let client = crate::providers::plain_client();
         let url = format!("{}/auth/token", fake.base_url());
         let response = client
             .post(&url)
@@ -921,7 +921,7 @@ mod tests {
         let hanging = tokio::spawn({
             let url = format!("{}/auth/refresh", fake.base_url());
             async move {
-                reqwest::Client::new()
+                crate::providers::plain_client()
                     .post(url)
                     .json(&json!({"refresh_token": user.refresh_token}))
                     .send()
@@ -939,7 +939,7 @@ mod tests {
         assert_eq!(status.unwrap(), 503);
         // Give the server task a moment to drop its listener.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(reqwest::get(url).await.is_err());
+        assert!(crate::providers::http_get(url).await.is_err());
     }
 
     #[tokio::test]

@@ -531,7 +531,7 @@ mod tests {
     }
 
     fn no_redirects() -> reqwest::Client {
-        reqwest::Client::builder()
+        crate::providers::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap()
@@ -564,7 +564,7 @@ mod tests {
     }
 
     async fn exchange_form(fake: &FakeShippo, params: &[(&str, &str)]) -> reqwest::Response {
-        reqwest::Client::new()
+        crate::providers::plain_client()
             .post(format!("{}/oauth/access_token", fake.base_url()))
             .form(params)
             .send()
@@ -573,7 +573,7 @@ mod tests {
     }
 
     async fn api_get(fake: &FakeShippo, path: &str, token: Option<&str>) -> reqwest::Response {
-        let mut request = reqwest::Client::new()
+        let mut request = crate::providers::plain_client()
             .get(format!("{}{path}", fake.base_url()))
             .header("Shippo-API-Version", "2018-02-08");
         if let Some(token) = token {
@@ -704,7 +704,7 @@ mod tests {
         assert_eq!(body["error"], "invalid_grant");
 
         let code = grant_code(&fake).await;
-        let response = reqwest::Client::new()
+        let response = crate::providers::plain_client()
             .post(format!("{}/oauth/access_token", fake.base_url()))
             .json(
                 &json!({"client_id": "cid", "client_secret": "secret", "code": code,
@@ -791,7 +791,7 @@ mod tests {
         fake.set_exchange_mode(ExchangeMode::Down);
         assert_eq!(exchange_form(&fake, &params).await.status(), 503);
         fake.set_exchange_mode(ExchangeMode::Hang);
-        let result = reqwest::Client::builder()
+        let result = crate::providers::client_builder()
             .timeout(Duration::from_millis(300))
             .build()
             .unwrap()
@@ -827,7 +827,7 @@ mod tests {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["detail"], "Token does not exist");
 
-        let client = reqwest::Client::new();
+        let client = crate::providers::plain_client();
         let url = format!("{}/carrier_accounts", fake.base_url());
         let missing = client.get(&url).bearer_auth(&token).send().await.unwrap();
         assert_eq!(missing.status(), 400);

@@ -204,7 +204,7 @@ pub(crate) async fn wait_for_lease_warning(d: &Daemon) {
 
 /// The value of the first sample of `name` on the metrics listener at `port`.
 pub(crate) async fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let text = shiptoken::providers::http_get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .ok()?
         .text()
