@@ -105,6 +105,13 @@ if [ "$enables" != "$guards" ] || grep -Eq 'deb-systemd-invoke +(start|restart)'
 fi
 dpkg-deb -f "$deb" Depends | grep -q systemd-sysusers \
     || { echo "error: Depends lacks a provider of systemd-sysusers" >&2; fail=1; }
+# A binary with packed relative relocations (build.rs) needs glibc 2.36 through a version
+# reference that names no symbol, which dpkg-shlibdeps ($auto) does not see: it computes
+# libc6 (>= 2.34), and the package would install where the binary cannot start.
+if objdump -p "$x/usr/bin/shiptoken" | grep -q GLIBC_ABI_DT_RELR; then
+    dpkg-deb -f "$deb" Depends | grep -q 'libc6 (>= 2.36)' \
+        || { echo "error: the binary needs GLIBC_ABI_DT_RELR but Depends lacks libc6 (>= 2.36)" >&2; fail=1; }
+fi
 
 # `cargo deb` itself (the release package) builds without the dev feature too.
 awk '/^\[package\.metadata\.deb\]/ { s = 1; next } /^\[/ { s = 0 } s' Cargo.toml \
