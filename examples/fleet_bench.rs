@@ -241,6 +241,9 @@ async fn main() -> anyhow::Result<()> {
     let requests_before = fake.total_requests();
 
     let spawned = Instant::now();
+    // Every account's last rotation must come after this (with a minute to spare for clock
+    // granularity; the registered tokens were issued 20 days ago).
+    let since = Clock::system().now().millis() - 60_000;
     let mut child = tokio::process::Command::new(&args.bin)
         .args(["serve", "--config"])
         .arg(&config)
@@ -300,7 +303,6 @@ async fn main() -> anyhow::Result<()> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let since = Clock::system().now().millis() - i64::try_from(swept.as_millis())? - 60_000;
     let done = accounts
         .iter()
         .filter(|a| {
