@@ -282,7 +282,7 @@ impl Registry {
         // Every record first, then the map's keys: allocated in turn, each key sat between two
         // records, so when a sweep replaced the records their memory stayed pinned between
         // keys that live on, one hole per account that malloc could neither reuse nor return
-        // (5 MB of idle RSS with 10,000 accounts, docs/scale.md).
+        // (5 MB of free heap with 10,000 accounts; about 1 MB of idle RSS, docs/scale.md).
         let records: Vec<Arc<AccountRecord>> = records.into_iter().map(Arc::new).collect();
         let cache: Cache = Arc::new(RwLock::new(
             records.into_iter().map(|r| (r.key.clone(), r)).collect(),
