@@ -23,13 +23,33 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A free loopback port: bound, read, released; the daemon binds it a moment later.
+/// A loopback port nothing listens on, for a daemon listener the test configures; the
+/// daemon binds it a moment later. Taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port from `bind(0)` could be handed again, in that
+/// moment, to another `bind(0)` or as the local port of an outgoing connection (the tests
+/// make thousands), and the daemon then failed to start with "Address already in use".
+/// Below the range the kernel hands out nothing by itself, and a counter keeps the tests of
+/// one process apart (Cargo runs one test binary at a time).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(10_000).max(1024);
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    // Where this process starts in the span, so that two test binaries run by hand at the
+    // same time seldom meet.
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(low + (start + n) % span).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {ephemeral_low}");
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `DEADLINE`.

@@ -47,8 +47,7 @@ pub(crate) struct Setup<'a> {
     /// Daemon A's `registry.lease`, when not [`LEASE`].
     pub(crate) lease_a: Option<&'a str>,
     /// Whether the daemons open their metrics and Shippo callback listeners. Only the tests
-    /// that use them do: a port `free_port` picked may be taken by someone else before the
-    /// daemon binds it, and fewer ports make that rarer.
+    /// that use them do: fewer listeners, fewer ports to find.
     pub(crate) listeners: bool,
 }
 
