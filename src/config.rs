@@ -357,7 +357,33 @@ pub fn credential_path(name: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// What every provider's section sets alike: how the engine bounds, paces and times that
+/// provider's calls. Each provider's work is its own bulkhead, so these are per provider.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpstreamSettings {
+    /// How long one call may take.
+    pub timeout: Duration,
+    /// How fast calls may start.
+    pub pace: crate::pacing::Rate,
+    /// How many of this provider's calls may be in flight at once.
+    pub concurrency: usize,
+}
+
 impl Config {
+    /// The settings of `provider`'s calls.
+    pub fn upstream(&self, provider: crate::names::Provider) -> UpstreamSettings {
+        use crate::names::Provider;
+        let (timeout, pace) = match provider {
+            Provider::ShipHero => (self.shiphero.timeout, self.shiphero.pace),
+            Provider::Shippo => (self.shippo.timeout, self.shippo.pace),
+        };
+        UpstreamSettings {
+            timeout,
+            pace,
+            concurrency: self.rotation.concurrency,
+        }
+    }
+
     /// Loads the configuration. `file` is `--config`: a named file must exist; without it the
     /// default path is read when present.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {

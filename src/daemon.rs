@@ -32,7 +32,7 @@ use crate::listeners::{self, HttpLimits};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::oauth::OAuthFlow;
-use crate::providers::{self, shiphero::ShipHero, shippo::Shippo};
+use crate::providers::{Providers, shippo::Shippo};
 use crate::registry::Registry;
 use crate::registry::postgres::PostgresTarget;
 use crate::rotation::Engine;
@@ -410,22 +410,11 @@ fn engine(
     metrics: &Metrics,
     config_rx: &watch::Receiver<Arc<Config>>,
 ) -> (Arc<Engine>, Shippo) {
-    let shiphero = ShipHero::new(
-        providers::http_client(config.shiphero.timeout),
-        &config.shiphero.api_base,
-        metrics.clone(),
-    );
-    let shippo = Shippo::new(
-        providers::http_client(config.shippo.timeout),
-        &config.shippo.api_base,
-        &config.shippo.oauth_base,
-        &config.shippo.api_version,
-        metrics.clone(),
-    );
+    let providers = Providers::new(config, metrics);
+    let shippo = providers.shippo().clone();
     let engine = Engine::new(
         registry.clone(),
-        shiphero,
-        shippo.clone(),
+        providers,
         clock.clone(),
         metrics.clone(),
         config_rx.clone(),

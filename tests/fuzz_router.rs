@@ -107,8 +107,10 @@ async fn state(dir: &std::path::Path) -> Arc<ApiState> {
     // The sender may go: the receiver keeps the last value.
     let engine = Arc::new(Engine::new(
         registry.clone(),
-        ShipHero::new(http.clone(), NOWHERE, metrics.clone()),
-        Shippo::new(http, NOWHERE, NOWHERE, "2018-02-08", metrics.clone()),
+        providers::Providers::from_parts(
+            ShipHero::new(http.clone(), NOWHERE, metrics.clone()),
+            Shippo::new(http, NOWHERE, NOWHERE, "2018-02-08", metrics.clone()),
+        ),
         clock.clone(),
         metrics.clone(),
         config_rx.clone(),

@@ -103,6 +103,52 @@ pub trait Upstream: Send + Sync {
     fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict>;
 }
 
+/// Every provider, each behind the one trait the rest of the daemon knows, indexed by
+/// [`Provider`]: the registration point of providers, one line each in [`Providers::get`].
+pub struct Providers {
+    shiphero: shiphero::ShipHero,
+    shippo: shippo::Shippo,
+}
+
+impl Providers {
+    /// Builds each provider's client from its section of the configuration; each has its own
+    /// connection pool and timeout.
+    pub fn new(config: &crate::config::Config, metrics: &Metrics) -> Providers {
+        Providers {
+            shiphero: shiphero::ShipHero::new(
+                http_client(config.shiphero.timeout),
+                &config.shiphero.api_base,
+                metrics.clone(),
+            ),
+            shippo: shippo::Shippo::new(
+                http_client(config.shippo.timeout),
+                &config.shippo.api_base,
+                &config.shippo.oauth_base,
+                &config.shippo.api_version,
+                metrics.clone(),
+            ),
+        }
+    }
+
+    /// Builds the table from providers made elsewhere (tests that point them at nowhere).
+    pub fn from_parts(shiphero: shiphero::ShipHero, shippo: shippo::Shippo) -> Providers {
+        Providers { shiphero, shippo }
+    }
+
+    /// The provider's implementation.
+    pub fn get(&self, provider: Provider) -> &dyn Upstream {
+        match provider {
+            Provider::ShipHero => &self.shiphero,
+            Provider::Shippo => &self.shippo,
+        }
+    }
+
+    /// Shippo's client, which the OAuth flow also uses for its code exchange.
+    pub fn shippo(&self) -> &shippo::Shippo {
+        &self.shippo
+    }
+}
+
 /// An HTTP answer read in full, with the secrets we sent scrubbed from its body.
 pub(crate) struct Answer {
     pub status: reqwest::StatusCode,

@@ -28,9 +28,7 @@ use crate::metrics::Metrics;
 use crate::names::{AccountKey, Provider, Status};
 use crate::notify::Notifier;
 use crate::pacing::{Pacer, Rate};
-use crate::providers::Upstream;
-use crate::providers::shiphero::ShipHero;
-use crate::providers::shippo::Shippo;
+use crate::providers::Providers;
 use crate::registry::{Registry, RegistryError};
 use incident::{Incidents, Threshold};
 
@@ -92,27 +90,11 @@ pub enum EngineError {
     Nothing(String),
 }
 
-/// The providers, each behind the one trait the engine knows.
-struct Upstreams {
-    shiphero: ShipHero,
-    shippo: Shippo,
-}
-
-impl Upstreams {
-    /// The registration point of providers: one line each.
-    fn get(&self, provider: Provider) -> &dyn Upstream {
-        match provider {
-            Provider::ShipHero => &self.shiphero,
-            Provider::Shippo => &self.shippo,
-        }
-    }
-}
-
 /// Runs refreshes and probes; one operation per account at a time, and at most
 /// `rotation.concurrency` upstream calls in flight.
 pub struct Engine {
     registry: Registry,
-    upstreams: Upstreams,
+    upstreams: Providers,
     clock: Clock,
     metrics: Metrics,
     config: watch::Receiver<Arc<Config>>,
@@ -170,8 +152,7 @@ impl Engine {
     /// Builds the engine.
     pub fn new(
         registry: Registry,
-        shiphero: ShipHero,
-        shippo: Shippo,
+        upstreams: Providers,
         clock: Clock,
         metrics: Metrics,
         config: watch::Receiver<Arc<Config>>,
@@ -179,7 +160,7 @@ impl Engine {
         let permits = config.borrow().rotation.concurrency;
         Engine {
             registry,
-            upstreams: Upstreams { shiphero, shippo },
+            upstreams,
             clock,
             metrics,
             config,
@@ -212,7 +193,12 @@ impl Engine {
     /// token issued at the last moment is still stored, plus time to store it.
     pub fn stop_grace(&self) -> Duration {
         let c = self.config.borrow();
-        c.shiphero.timeout.max(c.shippo.timeout) + Duration::from_secs(5)
+        let longest = Provider::ALL
+            .into_iter()
+            .map(|p| c.upstream(p).timeout)
+            .max()
+            .unwrap_or_default();
+        longest + Duration::from_secs(5)
     }
 
     fn stopping(&self) -> bool {
@@ -250,13 +236,7 @@ impl Engine {
 
     /// Waits for the provider's pacing (read from the live config, so a reload applies).
     async fn pace(&self, provider: Provider) {
-        let rate: Rate = {
-            let c = self.config.borrow();
-            match provider {
-                Provider::ShipHero => c.shiphero.pace,
-                Provider::Shippo => c.shippo.pace,
-            }
-        };
+        let rate: Rate = self.config.borrow().upstream(provider).pace;
         self.pacer(provider).wait(rate).await;
     }
 
