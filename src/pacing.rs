@@ -1,21 +1,32 @@
-//! Per-provider pacing: a token bucket in front of every upstream call, and a provider-wide
-//! pause when the provider says it is throttling us.
+//! Per-provider pacing: a token bucket in front of every upstream call, a provider-wide
+//! pause when the provider says it is throttling us, and an order among the calls waiting.
 //!
-//! The pause holds back routine work (the sweep asks [`Pacer::until_unpaused`] before it
-//! starts an account) but not a call an operator asked for: `shiptoken verify` should get the
-//! provider's answer now, not hang silently for as long as another account was told to wait.
+//! The pause holds back routine work (a provider's lane asks [`Pacer::until_unpaused`]
+//! before it starts an account) but not a call an operator asked for: `shiptoken verify`
+//! should get the provider's answer now, not hang silently for as long as another account was
+//! told to wait.
 //!
-//! `rotation.concurrency` bounds how many calls are in flight; it does not bound how many
+//! A provider's concurrency bounds how many calls are in flight; it does not bound how many
 //! start per second, and with a fast upstream 64 permits can mean hundreds of calls a second.
 //! The bucket is what keeps thousands of accounts below ShipHero's and Shippo's documented
 //! limits. Callers wait for their turn: pacing never fails work.
 //!
+//! Waiting calls are served one at a time, [`Class::Urgent`] ones (an operator's request, a
+//! confirmation, the rest of an operation already begun) before [`Class::Routine`] ones, each
+//! class in arrival order. Only the head waiter sleeps until the next slot; the others wait
+//! to be woken as it leaves, so a slot wakes one task, not every waiting one. A routine call
+//! therefore never books a slot ahead of an urgent call that comes after it: with Shippo
+//! paced to two calls a minute and a queue of new accounts, a confirmation still takes the
+//! next slot.
+//!
 //! This measures elapsed time with tokio's monotonic clock; it decides nothing about token
 //! expiry, so it does not go through [`crate::clock::Clock`].
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How fast calls may start: a sustained rate and how many may start at once after a lull.
@@ -27,8 +38,18 @@ pub struct Rate {
     pub burst: u32,
 }
 
+/// Which waiting calls go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// An operator waits for it, it confirms evidence, or it continues an operation that
+    /// already made a call: served before any routine call.
+    Urgent,
+    /// A sweep's scheduled refresh or check.
+    Routine,
+}
+
 /// One provider's bucket (GCRA form: one "theoretical arrival time" instead of a token
-/// count, so a reservation is a single comparison under the lock).
+/// count, so booking a slot is a single comparison under the lock).
 #[derive(Debug, Default)]
 pub struct Pacer {
     state: Mutex<PacerState>,
@@ -38,47 +59,145 @@ pub struct Pacer {
 struct PacerState {
     /// When the bucket would be empty again if no more calls came; `None` before the first.
     tat: Option<Instant>,
-    /// No call starts before this (the provider throttled us).
+    /// No routine work starts before this (the provider throttled us).
     paused_until: Option<Instant>,
+    /// Calls waiting for a slot: urgent ones, then routine ones, each in arrival order.
+    urgent: VecDeque<Waiter>,
+    routine: VecDeque<Waiter>,
+    /// The next waiter's number.
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    wake: Arc<Notify>,
+}
+
+impl PacerState {
+    fn head(&self) -> Option<&Waiter> {
+        self.urgent.front().or_else(|| self.routine.front())
+    }
+
+    /// Removes waiter `id` and wakes whoever is at the head now.
+    fn leave(&mut self, id: u64) {
+        self.urgent.retain(|w| w.id != id);
+        self.routine.retain(|w| w.id != id);
+        if let Some(head) = self.head() {
+            head.wake.notify_one();
+        }
+    }
+
+    /// The earliest a call may start at `rate`, from `now`.
+    fn earliest(&self, rate: Rate, now: Instant) -> (Instant, Instant) {
+        let interval = Duration::from_secs_f64(1.0 / rate.per_second.max(1e-6));
+        let tolerance = interval.saturating_mul(rate.burst.max(1) - 1);
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        let start = tat.checked_sub(tolerance).map_or(now, |s| s.max(now));
+        (start, tat + interval)
+    }
+}
+
+/// Takes a cancelled waiter out of the line, so it never blocks the ones behind it.
+struct InLine<'a> {
+    pacer: &'a Pacer,
+    id: Option<u64>,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.pacer.lock().leave(id);
+        }
+    }
 }
 
 impl Pacer {
-    /// Waits until a call may start at `rate`, then counts it.
-    pub async fn wait(&self, rate: Rate) {
-        let at = self.reserve(rate, Instant::now());
-        tokio::time::sleep_until(at).await;
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until a call of `class` may start at `rate`, then counts it.
+    pub async fn wait(&self, rate: Rate, class: Class) {
+        let wake = Arc::new(Notify::new());
+        let id = {
+            let mut st = self.lock();
+            let id = st.next_id;
+            st.next_id += 1;
+            let waiter = Waiter {
+                id,
+                wake: wake.clone(),
+            };
+            match class {
+                Class::Urgent => st.urgent.push_back(waiter),
+                Class::Routine => st.routine.push_back(waiter),
+            }
+            id
+        };
+        let mut in_line = InLine {
+            pacer: self,
+            id: Some(id),
+        };
+        loop {
+            let sleep_until = {
+                let mut st = self.lock();
+                if st.head().map(|w| w.id) == Some(id) {
+                    let now = Instant::now();
+                    let (start, next_tat) = st.earliest(rate, now);
+                    if start <= now {
+                        st.tat = Some(next_tat);
+                        in_line.id = None;
+                        st.leave(id);
+                        return;
+                    }
+                    Some(start)
+                } else {
+                    None
+                }
+            };
+            match sleep_until {
+                // Woken early when an urgent call takes the head: it sleeps for the slot.
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = wake.notified() => {}
+                },
+                None => wake.notified().await,
+            }
+        }
+    }
+
+    /// Whether a call of any class could start now without waiting for one.
+    pub fn free_now(&self, rate: Rate) -> bool {
+        let st = self.lock();
+        let now = Instant::now();
+        st.head().is_none()
+            && st.earliest(rate, now).0 <= now
+            && st.paused_until.is_none_or(|u| u <= now)
+    }
+
+    /// When the provider-wide pause ends, if one is under way.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.lock().paused_until.filter(|u| *u > Instant::now())
+    }
+
+    /// How many calls wait for a slot.
+    pub fn waiting(&self) -> usize {
+        let st = self.lock();
+        st.urgent.len() + st.routine.len()
     }
 
     /// Waits while the provider-wide pause lasts (without counting a call).
     pub async fn until_unpaused(&self) {
-        while let Some(until) = self.paused_until().filter(|u| *u > Instant::now()) {
+        while let Some(until) = self.paused_until() {
             tokio::time::sleep_until(until).await;
         }
     }
 
-    /// Stops calls from starting for `d` (extends, never shortens, a pause under way).
+    /// Stops routine calls from starting for `d` (extends, never shortens, a pause under way).
     pub fn pause(&self, d: Duration) {
         let until = Instant::now() + d;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
-    }
-
-    fn paused_until(&self) -> Option<Instant> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .paused_until
-    }
-
-    /// Books the next start time at or after `now` and returns it.
-    fn reserve(&self, rate: Rate, now: Instant) -> Instant {
-        let interval = Duration::from_secs_f64(1.0 / rate.per_second.max(1e-6));
-        let tolerance = interval.saturating_mul(rate.burst.max(1) - 1);
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = st.tat.map_or(now, |t| t.max(now));
-        let start = tat.checked_sub(tolerance).map_or(now, |s| s.max(now));
-        st.tat = Some(tat + interval);
-        start
     }
 }
 
@@ -86,35 +205,95 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_burst_goes_at_once_then_calls_are_spaced_by_the_rate() {
-        let pacer = Pacer::default();
+    /// Starts `n` waiters of `class` (in order), returning when each got its slot, from t0.
+    async fn starts(pacer: Arc<Pacer>, rate: Rate, classes: &[Class]) -> Vec<(usize, u128)> {
+        let t0 = Instant::now();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (i, class) in classes.iter().copied().enumerate() {
+            let (pacer, tx) = (pacer.clone(), tx.clone());
+            tokio::spawn(async move {
+                pacer.wait(rate, class).await;
+                let _ = tx.send((i, (Instant::now() - t0).as_millis()));
+            });
+            // Arrival order is the order of the list.
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        while let Some(x) = rx.recv().await {
+            out.push(x);
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_goes_at_once_then_calls_are_spaced_by_the_rate() {
         let rate = Rate {
             per_second: 10.0,
             burst: 3,
         };
-        let t0 = Instant::now();
-        let starts: Vec<Duration> = (0..6).map(|_| pacer.reserve(rate, t0) - t0).collect();
-        let ms: Vec<u128> = starts.iter().map(Duration::as_millis).collect();
+        let got = starts(Arc::default(), rate, &[Class::Routine; 6]).await;
+        let ms: Vec<u128> = got.iter().map(|(_, ms)| *ms).collect();
         assert_eq!(ms, [0, 0, 0, 100, 200, 300]);
+        let order: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4, 5], "routine calls go in arrival order");
     }
 
-    #[test]
-    fn a_quiet_spell_refills_the_bucket_but_no_more_than_burst() {
-        let pacer = Pacer::default();
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_spell_refills_the_bucket_but_no_more_than_burst() {
+        let pacer = Arc::new(Pacer::default());
         let rate = Rate {
             per_second: 10.0,
             burst: 2,
         };
-        let t0 = Instant::now();
-        for _ in 0..4 {
-            pacer.reserve(rate, t0);
-        }
-        let later = t0 + Duration::from_secs(10);
-        let ms: Vec<u128> = (0..3)
-            .map(|_| (pacer.reserve(rate, later) - later).as_millis())
+        starts(pacer.clone(), rate, &[Class::Routine; 4]).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let ms: Vec<u128> = starts(pacer, rate, &[Class::Routine; 3])
+            .await
+            .iter()
+            .map(|(_, ms)| *ms)
             .collect();
         assert_eq!(ms, [0, 0, 100]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_urgent_call_takes_the_next_slot_ahead_of_routine_ones_waiting() {
+        // Two calls a minute, four routine calls queued, then a confirmation.
+        let rate = Rate {
+            per_second: 2.0 / 60.0,
+            burst: 1,
+        };
+        let classes = [
+            Class::Routine,
+            Class::Routine,
+            Class::Routine,
+            Class::Routine,
+            Class::Urgent,
+        ];
+        let got = starts(Arc::default(), rate, &classes).await;
+        let order: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, [0, 4, 1, 2, 3]);
+        assert_eq!(got[1].1, 30_000, "the urgent call waited one slot, not four");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_does_not_hold_up_the_line() {
+        let pacer = Arc::new(Pacer::default());
+        let rate = Rate {
+            per_second: 1.0,
+            burst: 1,
+        };
+        pacer.wait(rate, Class::Routine).await;
+        let head = tokio::spawn({
+            let pacer = pacer.clone();
+            async move { pacer.wait(rate, Class::Routine).await }
+        });
+        tokio::task::yield_now().await;
+        head.abort();
+        let t0 = Instant::now();
+        pacer.wait(rate, Class::Routine).await;
+        assert!(Instant::now() - t0 <= Duration::from_secs(1));
+        assert_eq!(pacer.waiting(), 0);
     }
 
     #[test]

@@ -142,10 +142,26 @@ pub fn allowed_silence(schedule: &str, now: Timestamp) -> Option<Duration> {
     Some((next - now).to_std().ok()? + TICK_GRACE)
 }
 
-/// Runs a sweep each time `notify` fires (and once at start), until `shutdown`; when no tick
-/// comes within what `rotation.schedule` allows (measured on the monotonic clock), it sweeps
-/// anyway. `last_sweep` records each finished sweep, for the watchdog and `/healthz`.
+/// Plans a sweep each time `notify` fires (and once at start), until `shutdown`, while each
+/// provider's lane works what the sweeps found ([`Engine::run_lanes`]); when no tick comes
+/// within what `rotation.schedule` allows (measured on the monotonic clock), it sweeps anyway.
+/// `last_sweep` records each sweep planned, for the watchdog and `/healthz`: planning never
+/// waits for a provider, so a slow provider cannot make the scheduler look stuck.
 pub async fn run_sweeper(
+    engine: Arc<Engine>,
+    clock: Clock,
+    notify: Arc<Notify>,
+    config: watch::Receiver<Arc<Config>>,
+    shutdown: CancellationToken,
+    last_sweep: Arc<LastSweep>,
+) {
+    let lanes = engine.clone().run_lanes(shutdown.clone());
+    let ticks = plan_sweeps(engine, clock, notify, config, shutdown, last_sweep);
+    tokio::join!(lanes, ticks);
+}
+
+/// The sweeper's loop of ticks: plans a sweep, then waits for the next tick.
+async fn plan_sweeps(
     engine: Arc<Engine>,
     clock: Clock,
     notify: Arc<Notify>,
@@ -155,23 +171,12 @@ pub async fn run_sweeper(
 ) {
     let mut trigger_silent = false;
     loop {
-        let sweep = engine.sweep(clock.now());
-        tokio::pin!(sweep);
-        tokio::select! {
-            n = &mut sweep => {
-                if n > 0 {
-                    tracing::debug!(accounts = n, "sweep done");
-                }
-            }
-            () = shutdown.cancelled() => {
-                // Let the work in hand finish (a token ShipHero just issued gets stored);
-                // what is still waiting after that is abandoned. Every step is its own
-                // committed transaction, so stopping between two loses nothing.
-                if tokio::time::timeout(engine.stop_grace(), sweep).await.is_err() {
-                    tracing::warn!("abandoned a sweep still running at shutdown");
-                }
-                return;
-            }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let n = engine.sweep(clock.now());
+        if n > 0 {
+            tracing::debug!(accounts = n, "sweep planned");
         }
         let now = clock.now();
         last_sweep.record(now);

@@ -103,7 +103,12 @@ async fn health(State(state): Shared) -> Response {
         "accounts": accounts.len(),
         "by_status": by_status,
         "now": state.clock.now(),
-        "last_sweep_at": state.last_sweep.at(),
+        // Every account due at this time has had its work done, in every provider's lane.
+        "last_sweep_at": state.engine.swept_through(),
+        // Each provider's lane: its queue, work under way, pacing and throttle.
+        "lanes": state.engine.lanes().into_iter().map(|(provider, lane)| {
+            (provider.as_str().to_string(), json!(lane))
+        }).collect::<serde_json::Map<_, _>>(),
         // Providers where many accounts answer with evidence at once: flags are held there.
         "incidents": state.engine.incidents().into_iter().map(|(provider, since)| {
             json!({"provider": provider, "since": since})
@@ -208,8 +213,23 @@ async fn read_body(request: Request) -> Result<axum::body::Bytes, ApiError> {
         })
 }
 
-/// `POST /v1/accounts` (admin): registers an account and checks its credentials at once.
-async fn add_account(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+/// `?wait=true` on `POST /v1/accounts`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AddParams {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// `POST /v1/accounts` (admin): registers an account and checks its credentials at once, or,
+/// when its provider's pacing or a throttle would hold the check (and `?wait=true` is not
+/// given), answers at once with the account `pending` and `check_in_seconds`.
+async fn add_account(
+    State(state): Shared,
+    query: Result<Query<AddParams>, QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(query_error)?;
     let peer = peer_of(request.extensions())?;
     state.require_admin(&peer, "add accounts", None)?;
     let body = read_body(request).await?;
@@ -220,14 +240,25 @@ async fn add_account(State(state): Shared, request: Request) -> Result<Response,
     tracing::info!(provider = %key.provider, account = %key.name, event = "added", uid = peer.uid, "account registered");
     // Prove the credentials at once, so the answer already says whether they work. An
     // upstream failure here is not a failed registration: the sweep retries.
-    if let Err(e) = state.engine.verify_now(&key).await {
-        tracing::info!(provider = %key.provider, account = %key.name, error = %e, "first check after registration did not pass");
+    let queued = match state.engine.check_added(&key, params.wait).await {
+        Ok(queued) => queued,
+        Err(e) => {
+            tracing::info!(provider = %key.provider, account = %key.name, error = %e, "first check after registration did not pass");
+            None
+        }
+    };
+    if let Some(after) = queued {
+        tracing::info!(provider = %key.provider, account = %key.name, check_in_seconds = after.as_secs(), "first check queued behind the provider's pacing");
     }
     let record = state
         .registry
         .account(&key)
         .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
-    Ok((StatusCode::CREATED, axum::Json(state.account_json(&record))).into_response())
+    let mut body = state.account_json(&record);
+    if let (Some(after), Some(map)) = (queued, body.as_object_mut()) {
+        map.insert("check_in_seconds".into(), after.as_secs().into());
+    }
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 async fn remove_account(

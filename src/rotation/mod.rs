@@ -5,21 +5,24 @@
 //! Data flows one way: scheduler -> engine -> provider call -> transition -> registry. Work is
 //! bound to one registration of an account (its generation) and every save is conditional
 //! on the revision it was computed from, so a result never lands on an account that was
-//! removed and added again. A sweep keeps at most twice `rotation.concurrency` accounts in
-//! hand, and every upstream call waits for its provider's [`Pacer`] and a concurrency permit.
+//! removed and added again. Each provider's work runs in a lane of its own (its queue, pacer
+//! and permits), and every upstream call waits for its provider's pacing, then for one of its
+//! provider's permits: one provider's pacing or trouble never holds another's work.
 
 pub mod incident;
 pub mod judge;
+mod lanes;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{SemaphorePermit, watch};
 
 pub use judge::{Outcome, Probed, Rules};
+pub use lanes::LaneState;
 pub use plan::{Policy, Work, backoff, next_check, plan, refresh_point, usable};
 
 use crate::clock::{Clock, Timestamp};
@@ -27,7 +30,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::{AccountKey, Provider, Status};
 use crate::notify::Notifier;
-use crate::pacing::{Pacer, Rate};
+use crate::pacing::{Class, Pacer, Rate};
 use crate::providers::Providers;
 use crate::registry::{Registry, RegistryError};
 use incident::{Incidents, Threshold};
@@ -98,11 +101,13 @@ pub struct Engine {
     clock: Clock,
     metrics: Metrics,
     config: watch::Receiver<Arc<Config>>,
-    upstream_permits: Arc<Semaphore>,
-    /// One bucket per provider ([`Provider::ALL`] order), shared by sweeps and manual work.
-    pacers: [Pacer; 2],
+    /// One lane per provider ([`Provider::ALL`] order): its queue, pacer and permits.
+    lanes: Vec<lanes::Lane>,
+    /// The number of the last sweep planned.
+    sweeps: AtomicU64,
+    /// The newest sweep every lane had finished, as last counted in the metrics.
+    swept: Mutex<Timestamp>,
     account_locks: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>,
-    sweep_lock: tokio::sync::Mutex<()>,
     /// Accounts whose freshly issued candidate token is being probed right now; readers wait
     /// for the outcome rather than get a token that may be superseded a moment later.
     probing: Mutex<HashSet<AccountKey>>,
@@ -157,17 +162,21 @@ impl Engine {
         metrics: Metrics,
         config: watch::Receiver<Arc<Config>>,
     ) -> Engine {
-        let permits = config.borrow().rotation.concurrency;
+        let start = clock.now();
+        let lanes = Provider::ALL
+            .into_iter()
+            .map(|p| lanes::Lane::new(p, config.borrow().upstream(p).concurrency, start))
+            .collect();
         Engine {
             registry,
             upstreams,
             clock,
             metrics,
             config,
-            upstream_permits: Arc::new(Semaphore::new(permits)),
-            pacers: Default::default(),
+            lanes,
+            sweeps: AtomicU64::new(0),
+            swept: Mutex::new(start),
             account_locks: Mutex::new(HashMap::new()),
-            sweep_lock: tokio::sync::Mutex::new(()),
             probing: Mutex::new(HashSet::new()),
             probe_ended: watch::channel(0).0,
             notifier: Notifier::disabled(),
@@ -228,16 +237,17 @@ impl Engine {
     }
 
     fn pacer(&self, provider: Provider) -> &Pacer {
-        match provider {
-            Provider::ShipHero => &self.pacers[0],
-            Provider::Shippo => &self.pacers[1],
-        }
+        &self.lane(provider).pacer
     }
 
-    /// Waits for the provider's pacing (read from the live config, so a reload applies).
-    async fn pace(&self, provider: Provider) {
+    /// Waits for the provider's pacing (read from the live config, so a reload applies),
+    /// then for one of the provider's permits, held until the call ends. Pacing comes first:
+    /// a call waiting for its slot holds nothing another call could use.
+    async fn pace(&self, provider: Provider, class: Class) -> Option<SemaphorePermit<'_>> {
         let rate: Rate = self.config.borrow().upstream(provider).pace;
-        self.pacer(provider).wait(rate).await;
+        self.pacer(provider).wait(rate, class).await;
+        // Err only if the semaphore were closed, which the engine never does.
+        self.lane(provider).permits.acquire().await.ok()
     }
 
     fn account_lock(&self, key: &AccountKey) -> Arc<tokio::sync::Mutex<()>> {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::judge::{Outcome, Probed, Rules, transition};
-use super::plan::{Work, backoff, plan};
-use super::{Engine, EngineError, MAX_PAUSE, ProbingGuard, release_freed_memory};
+use super::plan::{Work, backoff};
+use super::{Engine, EngineError, MAX_PAUSE, ProbingGuard};
+use crate::pacing::Class;
 use crate::clock::Timestamp;
 use crate::metrics::CheckResult;
 use crate::names::{AccountKey, Provider, Status};
@@ -19,76 +20,10 @@ use crate::registry::{
 use crate::rotation::incident::Change;
 
 impl Engine {
-    /// Does the due work of every account at `now`. A sweep that finds the previous one still
-    /// running returns at once (the cron trigger must never stack sweeps). Returns how many
-    /// accounts had work.
-    pub async fn sweep(self: &Arc<Self>, now: Timestamp) -> usize {
-        let Ok(_running) = self.sweep_lock.try_lock() else {
-            tracing::debug!("previous sweep still running; skipping this tick");
-            return 0;
-        };
-        let policy = self.policy();
-        let mut due: [Vec<Due>; 2] = Default::default();
-        let accounts = self.registry.accounts();
-        let anchors = self.steady_times(&accounts, now);
-        for (a, steady) in accounts.iter().zip(anchors) {
-            let renews = self.upstreams.get(a.key.provider).renews();
-            // Schedules (backoff, checks, refresh points) on the steady time; expiry on the
-            // wall clock alone.
-            let work = match plan(a, steady, policy, renews) {
-                Some(Work::Expire) if steady > now => plan(a, now, policy, renews),
-                other => other,
-            };
-            if let Some(w) = work {
-                let i = usize::from(a.key.provider == Provider::Shippo);
-                due[i].push(Due {
-                    key: a.key.clone(),
-                    work: w,
-                    planned_from: a.revision,
-                });
-            }
-        }
-        // The snapshot holds every account's record as it was before the sweep; kept to the
-        // end, it kept each replaced record (tokens and all) alive until after the memory was
-        // handed back below, and so 10 MB of a 10,000-account sweep stayed resident.
-        drop(accounts);
-        let count = due.iter().map(Vec::len).sum();
-        if self.registry.is_shared() {
-            // Daemons sharing the registry see the same due accounts in the same order; each
-            // starts at its own place in the list, so their leases seldom meet.
-            let start = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::hash::DefaultHasher::new();
-                self.config.borrow().registry.host_name.hash(&mut h);
-                h.finish()
-            };
-            for list in &mut due {
-                if !list.is_empty() {
-                    let len = u64::try_from(list.len()).unwrap_or(u64::MAX);
-                    list.rotate_left(usize::try_from(start % len).unwrap_or(0));
-                }
-            }
-        }
-        // Each provider has its own queue, so a paused or slowly paced one does not hold up
-        // the other.
-        let [shiphero, shippo] = due;
-        tokio::join!(self.work_through(shiphero), self.work_through(shippo));
-        // Per-account locks no one holds are dropped, so the map does not grow with the fleet.
-        self.account_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, l| Arc::strong_count(l) > 1);
-        if count > 0 {
-            release_freed_memory();
-        }
-        self.metrics.sweep_done(self.clock.now());
-        count
-    }
-
     /// For each account, the time its schedule is judged at: `now`, or later when the wall
     /// clock stepped back since the account was last saved (its save time plus the monotonic
     /// time elapsed since). Forgets anchors of accounts that are gone.
-    fn steady_times(&self, accounts: &[Arc<AccountRecord>], now: Timestamp) -> Vec<Timestamp> {
+    pub(super) fn steady_times(&self, accounts: &[Arc<AccountRecord>], now: Timestamp) -> Vec<Timestamp> {
         let live: HashMap<&AccountKey, i64> =
             accounts.iter().map(|r| (&r.key, r.generation)).collect();
         let mut anchors = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,39 +32,6 @@ impl Engine {
             .iter()
             .map(|r| steady_time(anchors.get(&r.key), r, now))
             .collect()
-    }
-
-    /// Does one provider's due work, keeping at most twice `rotation.concurrency` accounts in
-    /// hand: enough that permits never idle while others write to the registry, few enough
-    /// that memory does not grow with the number of accounts due. A provider-wide pause (the
-    /// provider throttled us) holds back accounts not yet started.
-    async fn work_through(self: &Arc<Self>, due: Vec<Due>) {
-        let in_hand = self.config.borrow().rotation.concurrency.saturating_mul(2);
-        let mut tasks = tokio::task::JoinSet::new();
-        for Due {
-            key,
-            work,
-            planned_from,
-        } in due
-        {
-            if self.stopping() {
-                break;
-            }
-            while tasks.len() >= in_hand {
-                tasks.join_next().await;
-            }
-            self.pacer(key.provider).until_unpaused().await;
-            let engine = self.clone();
-            tasks.spawn(async move {
-                let lock = engine.account_lock(&key);
-                // Busy means a manual rotate or verify is on it right now: skip, not queue.
-                let Ok(_guard) = lock.try_lock() else { return };
-                if let Err(e) = engine.perform(&key, work, Some(planned_from)).await {
-                    tracing::debug!(account = %key, error = %e, "sweep work ended without a working token");
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
     }
 
     /// Waits (at most `max`) while a freshly issued token of the account is being probed, so
@@ -192,6 +94,32 @@ impl Engine {
         .await
     }
 
+    /// The first check of an account just registered. It runs now when a call to its
+    /// provider can start at once, or when `wait` says the caller will wait for its slot;
+    /// otherwise (the provider's pacing or a throttle would hold it) it is queued first in
+    /// its provider's lane and this returns at once with about how long until it runs.
+    pub async fn check_added(
+        &self,
+        key: &AccountKey,
+        wait: bool,
+    ) -> Result<Option<Duration>, EngineError> {
+        let queue_for = if wait {
+            None
+        } else {
+            self.slot_wait(key.provider)
+        };
+        let Some(after) = queue_for else {
+            return self.verify_now(key).await.map(|_| None);
+        };
+        let account = self.account(key)?;
+        let work = match probe_work(&account) {
+            Err(_) if self.upstreams.get(key.provider).renews() => Work::Refresh,
+            other => other?,
+        };
+        self.lane(key.provider).offer_urgent(key.clone(), work);
+        Ok(Some(after))
+    }
+
     /// A manual operation: under the account's lock, `work` says what to do with the record
     /// as it is now (`None`: already done, the record is the answer). Work that another
     /// daemon sharing the registry made stale is judged again on the stored record, a few
@@ -212,7 +140,7 @@ impl Engine {
             let Some(work) = work(&account)? else {
                 return Ok(account);
             };
-            match self.perform(key, work, None).await {
+            match self.perform(key, work, None, Class::Urgent).await {
                 Err(EngineError::Registry(RegistryError::Stale(_))) if tries_left > 0 => {}
                 other => return other,
             }
@@ -233,7 +161,10 @@ impl Engine {
         let generation = account.generation;
         let lease = self.lease(&account).await?;
         let result = match self.apply(key, generation, Outcome::Issued(token)).await {
-            Ok(_) => self.verify(key, generation, Probed::Candidate, true).await,
+            Ok(_) => {
+                self.verify(key, generation, Probed::Candidate, true, Class::Urgent)
+                    .await
+            }
             Err(e) => Err(e),
         };
         lease.give_back().await;
@@ -278,11 +209,12 @@ impl Engine {
     /// Does `work` on the account. With `planned_from`, the work was planned from that
     /// revision: if the account was saved since (a manual rotate here, another daemon's
     /// work), the plan is void and nothing is done; the next sweep plans again.
-    async fn perform(
+    pub(super) async fn perform(
         &self,
         key: &AccountKey,
         work: Work,
         planned_from: Option<i64>,
+        class: Class,
     ) -> Result<Arc<AccountRecord>, EngineError> {
         let account = self.account(key)?;
         if planned_from.is_some_and(|r| r != account.revision) {
@@ -291,8 +223,8 @@ impl Engine {
         let generation = account.generation;
         let lease = self.lease(&account).await?;
         let result = match work {
-            Work::Refresh => self.refresh(key, generation).await,
-            Work::Verify(which) => self.verify(key, generation, which, true).await,
+            Work::Refresh => self.refresh(key, generation, class).await,
+            Work::Verify(which) => self.verify(key, generation, which, true, class).await,
             Work::Expire => {
                 let record = self.apply(key, generation, Outcome::Expired).await?;
                 Err(flagged(&record))
@@ -308,6 +240,7 @@ impl Engine {
         &self,
         key: &AccountKey,
         generation: i64,
+        class: Class,
     ) -> Result<Arc<AccountRecord>, EngineError> {
         if self.stopping() {
             return Err(stopping());
@@ -317,8 +250,7 @@ impl Engine {
         };
         let upstream = self.upstreams.get(key.provider);
         let result = {
-            let _permit = self.upstream_permits.acquire().await;
-            self.pace(key.provider).await;
+            let _permit = self.pace(key.provider, class).await;
             upstream.renew(&refresh_token).await
         };
         let now = self.clock.now();
@@ -339,7 +271,9 @@ impl Engine {
                 if self.stopping() {
                     return Ok(stored);
                 }
-                return self.verify(key, generation, Probed::Candidate, false).await;
+                return self
+                    .verify(key, generation, Probed::Candidate, false, Class::Urgent)
+                    .await;
             }
             Err(verdict) => verdict,
         };
@@ -355,7 +289,7 @@ impl Engine {
             .is_some_and(|t| usable(t, self.clock.now()));
         if refused && served && !record.status.is_flagged() && !self.stopping() {
             return self
-                .verify(key, generation, Probed::Served, false)
+                .verify(key, generation, Probed::Served, false, Class::Urgent)
                 .await
                 .and_then(|r| {
                     // The served token works, but the refresh is refused: an alert, not a token
@@ -390,6 +324,7 @@ impl Engine {
         generation: i64,
         which: Probed,
         follow_up: bool,
+        class: Class,
     ) -> Result<Arc<AccountRecord>, EngineError> {
         let account = self.account(key)?;
         let token = match which {
@@ -405,8 +340,7 @@ impl Engine {
         let _probing = (which == Probed::Candidate).then(|| self.probing_guard(key));
         let upstream = self.upstreams.get(key.provider);
         let verdict = {
-            let _permit = self.upstream_permits.acquire().await;
-            self.pace(key.provider).await;
+            let _permit = self.pace(key.provider, class).await;
             upstream.probe(&token.access_token).await
         };
         self.metrics
@@ -423,7 +357,7 @@ impl Engine {
         }
         if evidence && follow_up && which == Probed::Served && upstream.renews() {
             tracing::info!(provider = %key.provider, account = %key.name, "served token refused; refreshing to tell suspension from revocation");
-            return Box::pin(self.refresh(key, generation)).await;
+            return Box::pin(self.refresh(key, generation, Class::Urgent)).await;
         }
         if passed {
             Ok(record)
@@ -679,13 +613,6 @@ impl Engine {
             });
         }
     }
-}
-
-/// An account's work found by a sweep, and the revision it was planned from.
-struct Due {
-    key: AccountKey,
-    work: Work,
-    planned_from: i64,
 }
 
 /// The fleet-wide lease on an account while work on it runs, given back when dropped.
