@@ -236,7 +236,11 @@ mod tests {
         let ms: Vec<u128> = got.iter().map(|(_, ms)| *ms).collect();
         assert_eq!(ms, [0, 0, 0, 100, 200, 300]);
         let order: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
-        assert_eq!(order, [0, 1, 2, 3, 4, 5], "routine calls go in arrival order");
+        assert_eq!(
+            order,
+            [0, 1, 2, 3, 4, 5],
+            "routine calls go in arrival order"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -273,7 +277,10 @@ mod tests {
         let got = starts(Arc::default(), rate, &classes).await;
         let order: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
         assert_eq!(order, [0, 4, 1, 2, 3]);
-        assert_eq!(got[1].1, 30_000, "the urgent call waited one slot, not four");
+        assert_eq!(
+            got[1].1, 30_000,
+            "the urgent call waited one slot, not four"
+        );
     }
 
     #[tokio::test(start_paused = true)]

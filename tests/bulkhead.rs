@@ -95,10 +95,7 @@ async fn shippo_paced_to_two_calls_a_minute_never_starves_shiphero() {
         d.add_shippo(name, &token).await;
         tokens.push(token);
     }
-    let unchecked: Vec<&String> = tokens
-        .iter()
-        .filter(|t| shippo.api_count(t) == 0)
-        .collect();
+    let unchecked: Vec<&String> = tokens.iter().filter(|t| shippo.api_count(t) == 0).collect();
     assert_eq!(
         unchecked.len(),
         3,
@@ -137,13 +134,7 @@ async fn shippo_paced_to_two_calls_a_minute_never_starves_shiphero() {
 async fn a_hung_shippo_never_delays_shiphero_rotations_or_confirmations() {
     let shiphero = FakeShipHero::start().await.unwrap();
     let shippo = FakeShippo::start().await.unwrap();
-    let (_dir, d) = daemon(
-        &shiphero,
-        &shippo,
-        "timeout = \"3s\"",
-        "",
-    )
-    .await;
+    let (_dir, d) = daemon(&shiphero, &shippo, "timeout = \"3s\"", "").await;
     for name in ["s1", "s2", "s3"] {
         let token = shippo.add_token(name);
         d.add_shippo(name, &token).await;

@@ -128,7 +128,11 @@ impl Lane {
         let mut q = self.lock();
         let mut added = 0;
         for d in due {
-            let rank = if d.urgent { Rank::Urgent } else { Rank::Routine };
+            let rank = if d.urgent {
+                Rank::Urgent
+            } else {
+                Rank::Routine
+            };
             if q.running.contains(&d.key) {
                 continue;
             }

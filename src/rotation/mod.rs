@@ -256,4 +256,5 @@ impl Engine {
     }
 }
 
+mod observe;
 mod work;
