@@ -13,7 +13,9 @@
 //!
 //! Waiting calls are served one at a time, [`Class::Urgent`] ones (an operator's request, a
 //! confirmation, the rest of an operation already begun) before [`Class::Routine`] ones, each
-//! class in arrival order. Only the head waiter sleeps until the next slot; the others wait
+//! class in arrival order; but never more than [`URGENT_STREAK`] urgent calls in a row while a
+//! routine one waits, so when urgent work alone exceeds the rate (an incident re-checking
+//! every account) routine work still moves. Only the head waiter sleeps until the next slot; the others wait
 //! to be woken as it leaves, so a slot wakes one task, not every waiting one. A routine call
 //! therefore never books a slot ahead of an urgent call that comes after it: with Shippo
 //! paced to two calls a minute and a queue of new accounts, a confirmation still takes the
@@ -48,6 +50,9 @@ pub enum Class {
     Routine,
 }
 
+/// How many urgent calls may go in a row while a routine call waits for its slot.
+pub const URGENT_STREAK: u32 = 4;
+
 /// One provider's bucket (GCRA form: one "theoretical arrival time" instead of a token
 /// count, so booking a slot is a single comparison under the lock).
 #[derive(Debug, Default)]
@@ -66,6 +71,8 @@ struct PacerState {
     routine: VecDeque<Waiter>,
     /// The next waiter's number.
     next_id: u64,
+    /// Urgent calls let through in a row while routine ones waited.
+    streak: u32,
 }
 
 #[derive(Debug)]
@@ -76,7 +83,22 @@ struct Waiter {
 
 impl PacerState {
     fn head(&self) -> Option<&Waiter> {
-        self.urgent.front().or_else(|| self.routine.front())
+        match (self.urgent.front(), self.routine.front()) {
+            (Some(_), Some(r)) if self.streak >= URGENT_STREAK => Some(r),
+            (Some(u), _) => Some(u),
+            (None, r) => r,
+        }
+    }
+
+    /// Counts the grant to waiter `id` toward the urgent streak.
+    fn count_grant(&mut self, id: u64) {
+        if self.urgent.front().is_some_and(|w| w.id == id) {
+            if !self.routine.is_empty() {
+                self.streak += 1;
+            }
+        } else {
+            self.streak = 0;
+        }
     }
 
     /// Removes waiter `id` and wakes whoever is at the head now.
@@ -146,6 +168,7 @@ impl Pacer {
                     let (start, next_tat) = st.earliest(rate, now);
                     if start <= now {
                         st.tat = Some(next_tat);
+                        st.count_grant(id);
                         in_line.id = None;
                         st.leave(id);
                         return;
@@ -281,6 +304,20 @@ mod tests {
             got[1].1, 30_000,
             "the urgent call waited one slot, not four"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routine_calls_still_move_when_urgent_ones_exceed_the_rate() {
+        let rate = Rate {
+            per_second: 1.0,
+            burst: 1,
+        };
+        let mut classes = vec![Class::Routine; 2];
+        classes.extend([Class::Urgent; 10]);
+        let got = starts(Arc::default(), rate, &classes).await;
+        let order: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
+        // The first routine call had the bucket to itself; then four urgent, one routine.
+        assert_eq!(order[..7], [0, 2, 3, 4, 5, 1, 6]);
     }
 
     #[tokio::test(start_paused = true)]

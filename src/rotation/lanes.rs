@@ -21,7 +21,7 @@ use super::plan::{Work, plan};
 use super::{Engine, release_freed_memory};
 use crate::clock::Timestamp;
 use crate::names::{AccountKey, Provider};
-use crate::pacing::{Class, Pacer};
+use crate::pacing::{Class, Pacer, URGENT_STREAK};
 use crate::registry::AccountRecord;
 
 /// One provider's share of the engine.
@@ -41,18 +41,21 @@ pub(super) struct Lane {
 struct Queue {
     /// Due work not started, by account.
     waiting: HashMap<AccountKey, Queued>,
-    /// The waiting accounts in the order they start: urgent first, then by arrival.
-    order: BTreeSet<(Rank, u64, AccountKey)>,
+    /// The waiting accounts of each rank, by arrival: urgent ones start first.
+    urgent: BTreeSet<(u64, AccountKey)>,
+    routine: BTreeSet<(u64, AccountKey)>,
     /// Accounts whose work has started and not ended.
     running: HashSet<AccountKey>,
     /// Sweeps with work not finished: sweep number -> how many accounts left.
     open: BTreeMap<u64, usize>,
     /// The time of each sweep offered since the oldest open one (and the newest before it).
     times: BTreeMap<u64, Timestamp>,
-    /// The time of the newest sweep whose work in this lane is all finished.
-    swept: Timestamp,
+    /// The newest sweep whose work in this lane is all finished, and when it finished.
+    swept: (u64, Timestamp),
     /// The next arrival number.
     arrivals: u64,
+    /// Urgent work started in a row while routine work waited (see [`URGENT_STREAK`]).
+    streak: u32,
 }
 
 /// Which queued work starts first: urgent work, then routine work.
@@ -93,7 +96,7 @@ pub struct LaneState {
     pub waiting_for_pace: usize,
     /// Seconds the provider-wide pause (a throttled answer) still lasts; 0 when none.
     pub paused_for_seconds: u64,
-    /// The newest sweep whose due work in this lane has all been done.
+    /// When the newest sweep whose due work in this lane has all been done finished.
     pub swept_through: Timestamp,
 }
 
@@ -106,12 +109,14 @@ impl Lane {
             permits: Semaphore::new(concurrency.max(1)),
             queue: Mutex::new(Queue {
                 waiting: HashMap::new(),
-                order: BTreeSet::new(),
+                urgent: BTreeSet::new(),
+                routine: BTreeSet::new(),
                 running: HashSet::new(),
                 open: BTreeMap::new(),
                 times: BTreeMap::new(),
-                swept: start,
+                swept: (0, start),
                 arrivals: 0,
+                streak: 0,
             }),
             offered: Notify::new(),
         }
@@ -147,7 +152,7 @@ impl Lane {
             q.open.insert(sweep, added);
         }
         q.times.insert(sweep, at);
-        q.settle();
+        q.settle(at);
         drop(q);
         self.offered.notify_one();
     }
@@ -168,17 +173,33 @@ impl Lane {
         self.offered.notify_one();
     }
 
-    /// Takes the most urgent waiting work and marks it running.
+    /// Takes the most urgent waiting work and marks it running; routine work goes after at
+    /// most [`URGENT_STREAK`] urgent ones, as in the pacer.
     fn take(&self) -> Option<(AccountKey, Queued)> {
         let mut q = self.lock();
-        let (_, _, key) = q.order.pop_first()?;
+        let take_urgent = match (q.urgent.is_empty(), q.routine.is_empty()) {
+            (true, true) => return None,
+            (false, true) => true,
+            (true, false) => false,
+            (false, false) => q.streak < URGENT_STREAK,
+        };
+        let (_, key) = if take_urgent {
+            if !q.routine.is_empty() {
+                q.streak += 1;
+            }
+            q.urgent.pop_first()?
+        } else {
+            q.streak = 0;
+            q.routine.pop_first()?
+        };
         let queued = q.waiting.remove(&key)?;
         q.running.insert(key.clone());
         Some((key, queued))
     }
 
-    /// Marks the account's work ended; returns whether that finished every sweep's work.
-    fn finish(&self, key: &AccountKey, sweep: Option<u64>) -> bool {
+    /// Marks the account's work ended at `now`; returns whether that finished every sweep's
+    /// work.
+    fn finish(&self, key: &AccountKey, sweep: Option<u64>, now: Timestamp) -> bool {
         let mut q = self.lock();
         q.running.remove(key);
         if let Some(s) = sweep
@@ -187,10 +208,16 @@ impl Lane {
             *left -= 1;
             if *left == 0 {
                 q.open.remove(&s);
-                q.settle();
+                q.settle(now);
             }
         }
-        q.open.is_empty() && q.waiting.is_empty() && q.running.is_empty()
+        let idle = q.open.is_empty() && q.waiting.is_empty() && q.running.is_empty();
+        if idle {
+            // A sweep of thousands leaves tables sized for thousands; hand that memory back.
+            q.waiting.shrink_to_fit();
+            q.running.shrink_to_fit();
+        }
+        idle
     }
 
     /// What `/v1/health` shows of the lane.
@@ -205,13 +232,13 @@ impl Lane {
             running: q.running.len(),
             waiting_for_pace: self.pacer.waiting(),
             paused_for_seconds: paused,
-            swept_through: q.swept,
+            swept_through: q.swept.1,
         }
     }
 
-    /// The time of the newest sweep whose work in this lane is all done.
+    /// When the newest sweep whose work in this lane is all done finished.
     pub(super) fn swept_through(&self) -> Timestamp {
-        self.lock().swept
+        self.lock().swept.1
     }
 }
 
@@ -226,7 +253,7 @@ impl Queue {
     ) {
         let arrival = self.arrivals;
         self.arrivals += 1;
-        self.order.insert((rank, arrival, key.clone()));
+        self.ranked(rank).insert((arrival, key.clone()));
         let queued = Queued {
             work,
             planned_from,
@@ -235,6 +262,13 @@ impl Queue {
             sweep,
         };
         self.waiting.insert(key, queued);
+    }
+
+    fn ranked(&mut self, rank: Rank) -> &mut BTreeSet<(u64, AccountKey)> {
+        match rank {
+            Rank::Urgent => &mut self.urgent,
+            Rank::Routine => &mut self.routine,
+        }
     }
 
     /// Newer plan for waiting work: the same place, unless it became urgent.
@@ -248,23 +282,26 @@ impl Queue {
             q.planned_from = planned_from;
         }
         if rank < q.rank {
-            self.order.remove(&(q.rank, q.arrival, key.clone()));
+            let (old, arrival) = (q.rank, q.arrival);
             q.rank = rank;
-            self.order.insert((rank, q.arrival, key.clone()));
+            self.ranked(old).remove(&(arrival, key.clone()));
+            self.ranked(rank).insert((arrival, key.clone()));
         }
     }
 
-    /// The newest sweep with no sweep at or before it still open becomes `swept`; the times
-    /// of sweeps before it are forgotten.
-    fn settle(&mut self) {
+    /// The newest sweep with no sweep at or before it still open becomes `swept`, finished
+    /// at `now`; the times of sweeps before it are forgotten.
+    fn settle(&mut self, now: Timestamp) {
         let oldest_open = self.open.keys().next().copied();
         let done = match oldest_open {
             None => self.times.last_key_value(),
             Some(o) => self.times.range(..o).next_back(),
         }
         .map(|(s, t)| (*s, *t));
-        if let Some((s, t)) = done {
-            self.swept = self.swept.max(t);
+        if let Some((s, _)) = done {
+            if s > self.swept.0 {
+                self.swept = (s, now.max(self.swept.1));
+            }
             self.times = self.times.split_off(&s);
         }
     }
@@ -331,8 +368,10 @@ impl Engine {
         count
     }
 
-    /// The time of the newest sweep whose due work every lane has done: every account due
-    /// then has been refreshed or checked (or found busy with an operator's work).
+    /// When the last sweep finished in every lane: the oldest of the lanes' times at which
+    /// the newest sweep whose due work they had all done finished. Every account due when
+    /// that sweep was planned has been refreshed or checked (or was busy with an operator's
+    /// work).
     pub fn swept_through(&self) -> Timestamp {
         self.lanes
             .iter()
@@ -400,7 +439,7 @@ impl Engine {
             tasks.spawn(async move {
                 engine.work_one(&key, &queued).await;
                 let lane = &engine.lanes[index];
-                if lane.finish(&key, queued.sweep) {
+                if lane.finish(&key, queued.sweep, engine.clock.now()) {
                     // The lane is idle: hand back what the work used (see release_freed_memory).
                     release_freed_memory();
                 }
@@ -469,4 +508,62 @@ fn urgent(account: &AccountRecord, work: Work) -> bool {
         || account.token_doubt.is_some()
         || account.renew_doubt.is_some()
         || account.status.is_flagged()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due(name: &str) -> Due {
+        Due {
+            key: AccountKey::parse(&format!("shiphero/{name}")).unwrap(),
+            work: Work::Refresh,
+            planned_from: 1,
+            urgent: false,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_secs(1_800_000_000 + s)
+    }
+
+    #[test]
+    fn a_sweep_counts_as_done_once_its_work_and_all_older_work_is() {
+        let lane = Lane::new(Provider::ShipHero, 1, at(0));
+        lane.offer(1, at(1), vec![due("a"), due("b")]);
+        assert_eq!(lane.swept_through(), at(0));
+        let (a, qa) = lane.take().unwrap();
+        // Sweep 2 finds a running and b waiting: neither is its work.
+        lane.offer(2, at(2), vec![due("a"), due("b")]);
+        assert_eq!(lane.swept_through(), at(0));
+        lane.finish(&a, qa.sweep, at(5));
+        assert_eq!(lane.swept_through(), at(0), "b of sweep 1 still waits");
+        let (b, qb) = lane.take().unwrap();
+        lane.offer(3, at(3), vec![due("a")]);
+        lane.finish(&b, qb.sweep, at(6));
+        assert_eq!(
+            lane.swept_through(),
+            at(6),
+            "sweep 2 finished at 6; 3's a is not done"
+        );
+        let (a, qa) = lane.take().unwrap();
+        lane.finish(&a, qa.sweep, at(7));
+        assert_eq!(lane.swept_through(), at(7));
+        lane.offer(4, at(8), vec![]);
+        assert_eq!(lane.swept_through(), at(8));
+        assert!(lane.take().is_none());
+    }
+
+    #[test]
+    fn urgent_work_goes_first_but_routine_work_still_moves() {
+        let lane = Lane::new(Provider::ShipHero, 1, at(0));
+        let mut list: Vec<Due> = (0..2).map(|i| due(&format!("r{i}"))).collect();
+        list.extend((0..6).map(|i| Due {
+            urgent: true,
+            ..due(&format!("u{i}"))
+        }));
+        lane.offer(1, at(1), list);
+        let order: Vec<String> = std::iter::from_fn(|| lane.take().map(|(k, _)| k.name)).collect();
+        assert_eq!(order, ["u0", "u1", "u2", "u3", "r0", "u4", "u5", "r1"]);
+    }
 }
