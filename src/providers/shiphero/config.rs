@@ -85,3 +85,27 @@ impl ShipHeroConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::load;
+    use crate::names::Provider;
+
+    #[test]
+    fn each_provider_has_its_own_concurrency_defaulting_to_rotation_concurrency() {
+        let c = load("[rotation]\nconcurrency = 5\n[shiphero]\nconcurrency = 3\n").unwrap();
+        assert_eq!(c.upstream(Provider::ShipHero).concurrency, 3);
+        assert_eq!(c.upstream(Provider::Shippo).concurrency, 5);
+        let c = load("[shippo]\nconcurrency = 2\n").unwrap();
+        assert_eq!(c.upstream(Provider::ShipHero).concurrency, 8);
+        assert_eq!(c.upstream(Provider::Shippo).concurrency, 2);
+        let err = load("[shippo]\nconcurrency = 0\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("shippo.concurrency") && err.contains("between 1 and 1024"),
+            "{err}"
+        );
+    }
+}
