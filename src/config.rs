@@ -500,6 +500,8 @@ pub(crate) mod tests {
             jail.set_env("SHIPTOKEN_ROTATION__WINDOW__DAYS", "[mon]");
             jail.set_env("SHIPTOKEN_ROTATION__WINDOW", "{start=\"01:00\"}");
             jail.set_env("SHIPTOKEN_VERIFY__INTERVAL", "1h");
+            jail.set_env("SHIPTOKEN_SHIPPO__CONCURRENCY", "4");
+            jail.set_env("SHIPTOKEN_SHIPHERO__CONCURRENCY", "4");
             jail.set_env("SHIPTOKEN_VERIFY__INTERVALL", "1h");
             jail.set_env("SHIPTOKEN_ROTATION__WINDOW__DAYZ", "[mon]");
             let unknown = Config::unknown_env_vars();

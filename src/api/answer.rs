@@ -238,4 +238,26 @@ mod tests {
         answers.forget(&other);
         assert!(answers.by_account.read().unwrap().is_empty());
     }
+
+    #[test]
+    fn each_provider_serves_its_own_headers_after_authorization() {
+        let answers = Answers::default();
+        let config = defaults();
+        let headers = |key: &str| {
+            let key = AccountKey::parse(key).unwrap();
+            let answer = answers.get(&key, &served(&key, "t1"), &config).unwrap();
+            let json = String::from_utf8(answer.json.to_vec()).unwrap();
+            let at = json.find("\"headers\":").unwrap();
+            let end = at + json[at..].find('}').unwrap() + 1;
+            json[at..end].to_string()
+        };
+        assert_eq!(
+            headers("shiphero/acme"),
+            r#""headers":{"Authorization":"Bearer t1"}"#
+        );
+        assert_eq!(
+            headers("shippo/shop"),
+            r#""headers":{"Authorization":"Bearer t1","Shippo-API-Version":"2018-02-08"}"#
+        );
+    }
 }

@@ -25,12 +25,6 @@ pub struct Call {
     pub rows: &'static [Row],
 }
 
-impl PartialEq for Call {
-    fn eq(&self, other: &Call) -> bool {
-        self.name == other.name
-    }
-}
-
 /// Which provider fields [`shape`] reads a call's answers for: a field that means something
 /// in one provider's answers (ShipHero's `message`, Shippo's `detail`) is just foreign JSON
 /// in another's.
