@@ -18,7 +18,6 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::names::AccountKey;
-use crate::secret::Secret;
 
 mod limits;
 mod raw;
@@ -28,11 +27,13 @@ mod validate;
 
 pub use limits::{LimitsConfig, RawLimits};
 pub use raw::{
-    RawLog, RawMetrics, RawNotify, RawRotation, RawShipHero, RawShippo, RawSocket, RawVerify,
-    RawWindow, Webhook,
+    RawLog, RawMetrics, RawNotify, RawRotation, RawSocket, RawVerify, RawWindow, Webhook,
 };
 pub use registry::{PASSWORD_CREDENTIAL, RawRegistry, RegistryConfig};
-use validate::Validator;
+pub(crate) use validate::Validator;
+// Each provider's section lives in its folder; the configuration embeds them.
+pub use crate::providers::shiphero::config::{RawShipHero, ShipHeroConfig};
+pub use crate::providers::shippo::config::{RawShippo, ShippoConfig};
 pub mod sinks;
 pub use sinks::{RawSink, SinkConfig};
 
@@ -283,73 +284,6 @@ pub struct VerifyConfig {
     pub incident_window: Duration,
 }
 
-/// The validated `[shiphero]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShipHeroConfig {
-    /// Base URL without a trailing slash.
-    pub api_base: String,
-    /// Timeout of one request.
-    pub timeout: Duration,
-    /// How fast calls may start, all accounts together.
-    pub pace: crate::pacing::Rate,
-}
-
-/// The validated `[shippo]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShippoConfig {
-    /// API base URL without a trailing slash.
-    pub api_base: String,
-    /// OAuth base URL without a trailing slash.
-    pub oauth_base: String,
-    /// `Shippo-API-Version` header value.
-    pub api_version: String,
-    /// Per-request timeout for Shippo calls.
-    pub timeout: Duration,
-    /// OAuth client id; empty when OAuth is not configured.
-    pub client_id: String,
-    /// File with the client secret, if configured.
-    pub client_secret_file: Option<PathBuf>,
-    /// Registered callback URL, if configured.
-    pub redirect_uri: Option<String>,
-    /// Where the callback listener binds; `None` turns it off.
-    pub callback_listen: Option<SocketAddr>,
-    /// How fast API calls may start, all accounts together.
-    pub pace: crate::pacing::Rate,
-}
-
-impl ShippoConfig {
-    /// Whether the OAuth flow is configured (a client id is set).
-    pub fn oauth_enabled(&self) -> bool {
-        !self.client_id.is_empty()
-    }
-
-    /// Reads the client secret from `client_secret_file`, else the systemd credential
-    /// `shippo.client_secret`. `Ok(None)` when neither is present.
-    pub fn client_secret(&self) -> Result<Option<Secret>, String> {
-        let path = match &self.client_secret_file {
-            Some(p) => p.clone(),
-            None => match credential_path("shippo.client_secret") {
-                Some(p) => p,
-                None => return Ok(None),
-            },
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            format!(
-                "cannot read the Shippo client secret from {}: {e}",
-                path.display()
-            )
-        })?;
-        let secret = Secret::new(text.trim());
-        if secret.is_empty() {
-            return Err(format!(
-                "the Shippo client secret file {} is empty",
-                path.display()
-            ));
-        }
-        Ok(Some(secret))
-    }
-}
-
 /// The path of a systemd credential, when `$CREDENTIALS_DIRECTORY` holds one by that name.
 pub fn credential_path(name: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
@@ -365,7 +299,8 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     /// How fast calls may start.
     pub pace: crate::pacing::Rate,
-    /// How many of this provider's calls may be in flight at once.
+    /// How many of this provider's calls may be in flight at once (`[<provider>] concurrency`,
+    /// by default `rotation.concurrency`).
     pub concurrency: usize,
 }
 
@@ -373,14 +308,9 @@ impl Config {
     /// The settings of `provider`'s calls.
     pub fn upstream(&self, provider: crate::names::Provider) -> UpstreamSettings {
         use crate::names::Provider;
-        let (timeout, pace) = match provider {
-            Provider::ShipHero => (self.shiphero.timeout, self.shiphero.pace),
-            Provider::Shippo => (self.shippo.timeout, self.shippo.pace),
-        };
-        UpstreamSettings {
-            timeout,
-            pace,
-            concurrency: self.rotation.concurrency,
+        match provider {
+            Provider::ShipHero => self.shiphero.upstream(),
+            Provider::Shippo => self.shippo.upstream(),
         }
     }
 
@@ -410,6 +340,8 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         let v = Validator { figment };
+        let rotation_concurrency =
+            v.concurrency("rotation.concurrency", raw.rotation.concurrency)?;
         let config = Config {
             state_dir: v.absolute_path("state_dir", &raw.state_dir)?,
             key_file: v.optional_path("key_file", &raw.key_file)?,
@@ -429,12 +361,12 @@ impl Config {
                 rotate_at: v.fraction("rotation.rotate_at", raw.rotation.rotate_at)?,
                 retry_initial: v.duration("rotation.retry_initial", &raw.rotation.retry_initial)?,
                 retry_max: v.duration("rotation.retry_max", &raw.rotation.retry_max)?,
-                concurrency: v.concurrency("rotation.concurrency", raw.rotation.concurrency)?,
+                concurrency: rotation_concurrency,
                 window: v.window("rotation.window", raw.rotation.window.as_ref())?,
             },
             verify: verify_section(&v, &raw.verify)?,
-            shiphero: shiphero_section(&v, &raw.shiphero)?,
-            shippo: shippo_section(&v, &raw.shippo)?,
+            shiphero: ShipHeroConfig::validate(&v, &raw.shiphero, rotation_concurrency)?,
+            shippo: ShippoConfig::validate(&v, &raw.shippo, rotation_concurrency)?,
             notify: NotifyConfig {
                 webhooks: v.webhooks("notify.webhooks", &raw.notify.webhooks)?,
                 command: v.command("notify.command", &raw.notify.command)?,
@@ -454,13 +386,6 @@ impl Config {
                     "must not be shorter than rotation.retry_initial ({})",
                     raw.rotation.retry_initial
                 ),
-            ));
-        }
-        if config.shippo.client_secret_file.is_some() && !config.shippo.oauth_enabled() {
-            return Err(v.invalid(
-                "shippo.client_id",
-                "\"\"",
-                "is empty although shippo.client_secret_file is set; set both or neither".into(),
             ));
         }
         Ok(config)
@@ -513,43 +438,6 @@ fn verify_section(v: &Validator, raw: &RawVerify) -> Result<VerifyConfig, Config
     })
 }
 
-/// `[shiphero]`, typed.
-fn shiphero_section(v: &Validator, raw: &RawShipHero) -> Result<ShipHeroConfig, ConfigError> {
-    Ok(ShipHeroConfig {
-        api_base: v.base_url("shiphero.api_base", &raw.api_base)?,
-        timeout: v.duration("shiphero.timeout", &raw.timeout)?,
-        pace: crate::pacing::Rate {
-            per_second: f64::from(v.count(
-                "shiphero.max_requests_per_second",
-                raw.max_requests_per_second,
-            )?),
-            burst: v.count("shiphero.burst", raw.burst)?,
-        },
-    })
-}
-
-/// `[shippo]`, typed.
-fn shippo_section(v: &Validator, raw: &RawShippo) -> Result<ShippoConfig, ConfigError> {
-    Ok(ShippoConfig {
-        api_base: v.base_url("shippo.api_base", &raw.api_base)?,
-        oauth_base: v.base_url("shippo.oauth_base", &raw.oauth_base)?,
-        api_version: v.api_version("shippo.api_version", &raw.api_version)?,
-        timeout: v.duration("shippo.timeout", &raw.timeout)?,
-        client_id: raw.client_id.trim().to_string(),
-        client_secret_file: v
-            .optional_path("shippo.client_secret_file", &raw.client_secret_file)?,
-        redirect_uri: v.redirect_uri("shippo.redirect_uri", &raw.redirect_uri)?,
-        callback_listen: v.listen("shippo.callback_listen", &raw.callback_listen)?,
-        pace: crate::pacing::Rate {
-            per_second: f64::from(v.count(
-                "shippo.max_requests_per_minute",
-                raw.max_requests_per_minute,
-            )?) / 60.0,
-            burst: v.count("shippo.burst", raw.burst)?,
-        },
-    })
-}
-
 /// The flattened, lower-case keys that `SHIPTOKEN_<SECTION>__<KEY>[__<FIELD>]` may name, at
 /// every depth. Optional tables absent from the defaults (`rotation.window`) are filled in
 /// first, or their variables would be reported as typos although they work.
@@ -574,6 +462,8 @@ fn known_env_keys() -> BTreeSet<String> {
         end: String::new(),
         timezone: raw::utc(),
     });
+    every.shiphero.concurrency = Some(0);
+    every.shippo.concurrency = Some(0);
     let mut keys = BTreeSet::new();
     if let Ok(value) = serde_json::to_value(every) {
         walk("", &value, &mut keys);
@@ -610,6 +500,8 @@ pub(crate) mod tests {
             jail.set_env("SHIPTOKEN_ROTATION__WINDOW__DAYS", "[mon]");
             jail.set_env("SHIPTOKEN_ROTATION__WINDOW", "{start=\"01:00\"}");
             jail.set_env("SHIPTOKEN_VERIFY__INTERVAL", "1h");
+            jail.set_env("SHIPTOKEN_SHIPPO__CONCURRENCY", "4");
+            jail.set_env("SHIPTOKEN_SHIPHERO__CONCURRENCY", "4");
             jail.set_env("SHIPTOKEN_VERIFY__INTERVALL", "1h");
             jail.set_env("SHIPTOKEN_ROTATION__WINDOW__DAYZ", "[mon]");
             let unknown = Config::unknown_env_vars();

@@ -31,7 +31,7 @@ use crate::keys::StateLock;
 use crate::listeners::{self, HttpLimits};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
-use crate::oauth::OAuthFlow;
+use crate::providers::shippo::oauth::OAuthFlow;
 use crate::providers::{Providers, shippo::Shippo};
 use crate::registry::Registry;
 use crate::registry::postgres::PostgresTarget;

@@ -20,7 +20,6 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod notify;
-pub mod oauth;
 pub mod pacing;
 pub mod providers;
 pub mod registry;

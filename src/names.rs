@@ -26,12 +26,18 @@ impl Provider {
         }
     }
 
-    /// Parses `shiphero` or `shippo`.
+    /// Parses a provider's name ([`Provider::as_str`]).
     pub fn parse(s: &str) -> Option<Provider> {
-        match s {
-            "shiphero" => Some(Provider::ShipHero),
-            "shippo" => Some(Provider::Shippo),
-            _ => None,
+        Provider::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Every provider's name for a message: `shiphero or shippo`.
+    pub fn names() -> String {
+        let names: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
+        match names.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
         }
     }
 }
@@ -45,8 +51,8 @@ impl fmt::Display for Provider {
 /// Why a provider or account name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    /// Not `shiphero` or `shippo`.
-    #[error("unknown provider \"{0}\": expected shiphero or shippo")]
+    /// Not the name of a provider.
+    #[error("unknown provider \"{0}\": expected {names}", names = Provider::names())]
     UnknownProvider(String),
     /// Outside the allowed alphabet or length.
     #[error("invalid account name \"{0}\": use 1-64 characters of a-z 0-9 . _ -")]
@@ -184,6 +190,18 @@ mod tests {
         for bad in ["", "Acme", "a/b", "..", ".", "a b", "ü", &"a".repeat(65)] {
             assert!(validate_account_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn providers_are_named_as_they_parse() {
+        assert_eq!(Provider::names(), "shiphero or shippo");
+        for p in Provider::ALL {
+            assert_eq!(Provider::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(
+            NameError::UnknownProvider("ups".into()).to_string(),
+            "unknown provider \"ups\": expected shiphero or shippo"
+        );
     }
 
     #[test]

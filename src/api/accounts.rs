@@ -1,4 +1,5 @@
-//! What `POST /v1/accounts` accepts: the body, and each provider's rules for a registration.
+//! What `POST /v1/accounts` accepts: the body and the checks every field gets; each
+//! provider's rules for a registration are in its folder (`providers::<name>::account`).
 //!
 //! Every refusal is a 400 that names the field; no message echoes a secret.
 
@@ -7,7 +8,8 @@ use serde::Deserialize;
 use super::ApiError;
 use crate::clock::Timestamp;
 use crate::names::{AccountKey, Provider, validate_account_name};
-use crate::registry::{NewAccount, TokenRecord};
+use crate::providers::account::{AddFields, non_empty};
+use crate::registry::NewAccount;
 use crate::secret::Secret;
 
 /// The body of `POST /v1/accounts`.
@@ -28,115 +30,30 @@ pub(super) struct AddAccount {
     access_token: Option<Secret>,
 }
 
-/// The fields every provider shares, checked in the order a client sees the errors.
-struct Checked {
-    key: AccountKey,
-    email: Option<String>,
-    refresh_token: Option<Secret>,
-    access_token: Option<Secret>,
-}
-
-/// The account `req` registers, or a 400 naming what is wrong with it.
+/// The account `req` registers, or a 400 naming what is wrong with it: the fields every
+/// provider shares are checked here, in the order a client sees the errors, then the
+/// provider's own rules (`providers::<name>::account`) read them.
 pub(super) fn new_account(req: AddAccount, now: Timestamp) -> Result<NewAccount, ApiError> {
     let provider = Provider::parse(&req.provider).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "provider must be shiphero or shippo, not \"{}\"",
+            "provider must be {}, not \"{}\"",
+            Provider::names(),
             req.provider.chars().take(40).collect::<String>()
         ))
     })?;
     validate_account_name(&req.account)?;
-    let checked = Checked {
+    let fields = AddFields {
         key: AccountKey {
             provider,
             name: req.account,
         },
-        email: non_empty("email", req.email)?,
+        email: non_empty("email", req.email).map_err(ApiError::bad_request)?,
+        first_name: req.first_name,
+        last_name: req.last_name,
         refresh_token: secret_field("refresh_token", req.refresh_token)?,
         access_token: secret_field("access_token", req.access_token)?,
     };
-    match provider {
-        Provider::ShipHero => shiphero(checked, req.first_name, req.last_name, now),
-        Provider::Shippo => shippo(checked, now),
-    }
-}
-
-/// A ShipHero developer user: an email and a refresh token, perhaps an access token.
-fn shiphero(
-    checked: Checked,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    now: Timestamp,
-) -> Result<NewAccount, ApiError> {
-    let email = checked
-        .email
-        .ok_or_else(|| ApiError::bad_request("email is required for a ShipHero developer user"))?;
-    if !email.contains('@') || email.starts_with('@') || email.ends_with('@') {
-        return Err(ApiError::bad_request(format!(
-            "email \"{email}\" is not an email address"
-        )));
-    }
-    let refresh_token = checked.refresh_token.ok_or_else(|| {
-        ApiError::bad_request("refresh_token is required for a ShipHero developer user")
-    })?;
-    let access_token = match checked.access_token {
-        Some(t) => Some(shiphero_access_token(t, now)?),
-        None => None,
-    };
-    Ok(NewAccount {
-        key: checked.key,
-        email: Some(email),
-        first_name: non_empty("first_name", first_name)?,
-        last_name: non_empty("last_name", last_name)?,
-        refresh_token: Some(refresh_token),
-        access_token,
-    })
-}
-
-/// A ShipHero access token registered with its account: a JWT whose claims give its life.
-fn shiphero_access_token(token: Secret, now: Timestamp) -> Result<TokenRecord, ApiError> {
-    let Some((iat, exp)) = crate::jwt::times(token.expose()) else {
-        return Err(ApiError::bad_request(
-            "access_token is not a ShipHero JWT with an exp claim",
-        ));
-    };
-    let expires_at = Timestamp::from_secs(i64::try_from(exp).unwrap_or(i64::MAX));
-    if !expires_at.in_calendar() {
-        return Err(ApiError::bad_request(format!(
-            "access_token's exp claim {exp} lies past the year 9999; register the token ShipHero issued, or leave access_token out and let the daemon refresh"
-        )));
-    }
-    let issued_at = iat
-        .map(|s| Timestamp::from_secs(i64::try_from(s).unwrap_or(i64::MAX)))
-        .filter(|t| t.in_calendar() && *t <= expires_at)
-        .unwrap_or(now);
-    Ok(TokenRecord {
-        access_token: token,
-        issued_at,
-        expires_at: Some(expires_at),
-    })
-}
-
-/// A Shippo account registered with an OAuth token obtained elsewhere: that token alone.
-fn shippo(checked: Checked, now: Timestamp) -> Result<NewAccount, ApiError> {
-    if checked.refresh_token.is_some() || checked.email.is_some() {
-        return Err(ApiError::bad_request(
-            "a Shippo account takes only provider, account and access_token",
-        ));
-    }
-    let access_token = checked
-        .access_token
-        .ok_or_else(|| ApiError::bad_request("access_token is required for a Shippo account"))?;
-    Ok(NewAccount::shippo(checked.key, access_token, now))
-}
-
-fn non_empty(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
-    match value.map(|v| v.trim().to_string()) {
-        Some(v) if v.is_empty() => Err(ApiError::bad_request(format!("{field} is empty"))),
-        Some(v) if v.len() > 256 || v.chars().any(char::is_control) => Err(ApiError::bad_request(
-            format!("{field} must be at most 256 printable characters"),
-        )),
-        other => Ok(other),
-    }
+    crate::providers::read_add(fields, now).map_err(ApiError::bad_request)
 }
 
 fn secret_field(field: &str, value: Option<Secret>) -> Result<Option<Secret>, ApiError> {

@@ -4,8 +4,8 @@
 //! Serializing the answer (a ShipHero JWT appears twice in it, JSON-escaped each time) was
 //! the largest single cost of `GET /v1/tokens/...`: about an eighth of the daemon's CPU under
 //! the socket benchmark. The answer depends only on the account's record, on whether the
-//! candidate token is the one served, and on the configuration (refresh point, Shippo API
-//! version), so it is built on the first read of each such combination and reused until one of
+//! candidate token is the one served, and on the configuration (refresh point, a provider's
+//! served headers such as Shippo's API version), so it is built on the first read of each such combination and reused until one of
 //! them changes.
 //!
 //! Coherence comes from identity, not from invalidation messages: the registry replaces an
@@ -41,13 +41,23 @@ struct TokenAnswer<'a> {
     fingerprint: &'a str,
 }
 
-/// Exactly the headers to send upstream.
-#[derive(serde::Serialize)]
+/// Exactly the headers to send upstream: `Authorization`, then the provider's own
+/// (`providers::Rules::served_headers`, e.g. Shippo's `Shippo-API-Version`).
 struct UpstreamHeaders<'a> {
-    #[serde(rename = "Authorization")]
     authorization: &'a str,
-    #[serde(rename = "Shippo-API-Version", skip_serializing_if = "Option::is_none")]
-    shippo_api_version: Option<&'a str>,
+    extra: Vec<(&'static str, &'a str)>,
+}
+
+impl serde::Serialize for UpstreamHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1 + self.extra.len()))?;
+        map.serialize_entry("Authorization", self.authorization)?;
+        for (name, value) in &self.extra {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// One account's token answer, ready to send.
@@ -90,8 +100,7 @@ impl Answer {
             status: "active",
             headers: UpstreamHeaders {
                 authorization: &authorization,
-                shippo_api_version: (key.provider == Provider::Shippo)
-                    .then_some(config.shippo.api_version.as_str()),
+                extra: (crate::providers::rules(key.provider).served_headers)(config),
             },
             fingerprint: &fingerprint,
         })
@@ -228,5 +237,27 @@ mod tests {
         assert_eq!(left, vec![other.clone()]);
         answers.forget(&other);
         assert!(answers.by_account.read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_provider_serves_its_own_headers_after_authorization() {
+        let answers = Answers::default();
+        let config = defaults();
+        let headers = |key: &str| {
+            let key = AccountKey::parse(key).unwrap();
+            let answer = answers.get(&key, &served(&key, "t1"), &config).unwrap();
+            let json = String::from_utf8(answer.json.to_vec()).unwrap();
+            let at = json.find("\"headers\":").unwrap();
+            let end = at + json[at..].find('}').unwrap() + 1;
+            json[at..end].to_string()
+        };
+        assert_eq!(
+            headers("shiphero/acme"),
+            r#""headers":{"Authorization":"Bearer t1"}"#
+        );
+        assert_eq!(
+            headers("shippo/shop"),
+            r#""headers":{"Authorization":"Bearer t1","Shippo-API-Version":"2018-02-08"}"#
+        );
     }
 }

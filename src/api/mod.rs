@@ -63,7 +63,7 @@ pub struct ApiState {
     /// When the last sweep finished, shown by `/v1/health`.
     pub last_sweep: Arc<crate::scheduler::LastSweep>,
     /// The Shippo OAuth flow; `None` when OAuth is not configured, which disables connect.
-    pub oauth: Option<Arc<crate::oauth::OAuthFlow>>,
+    pub oauth: Option<Arc<crate::providers::shippo::oauth::OAuthFlow>>,
     /// Where every token handed out is queued for the audit (written in batches).
     pub audit: AuditLog,
     /// Token answers serialized once per stored token (`Answers::default()` to start).

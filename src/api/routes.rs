@@ -320,13 +320,11 @@ async fn shippo_connect(State(state): Shared, request: Request) -> Result<Respon
             tracing::info!(account = %req.account, uid = peer.uid, "Shippo connect link issued");
             Ok(axum::Json(json!({ "authorize_url": url, "account": req.account })).into_response())
         }
-        Err(crate::oauth::OAuthError::InvalidName(e)) => Err(e.into()),
-        Err(e @ crate::oauth::OAuthError::AccountExists(_)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "account_exists",
-            e.to_string(),
-        )),
-        Err(crate::oauth::OAuthError::Registry(e)) => Err(e.into()),
+        Err(crate::providers::shippo::oauth::OAuthError::InvalidName(e)) => Err(e.into()),
+        Err(e @ crate::providers::shippo::oauth::OAuthError::AccountExists(_)) => Err(
+            ApiError::new(StatusCode::CONFLICT, "account_exists", e.to_string()),
+        ),
+        Err(crate::providers::shippo::oauth::OAuthError::Registry(e)) => Err(e.into()),
     }
 }
 

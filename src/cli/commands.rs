@@ -418,32 +418,10 @@ fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String,
 
 fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
     let mut stdin_used = false;
+    let mut read = |file: &Path, what: &str| read_secret(file, what, &mut stdin_used);
     let body = match add {
-        AddCommand::Shiphero {
-            name,
-            email,
-            first_name,
-            last_name,
-            refresh_token_file,
-            access_token_file,
-        } => {
-            let refresh = read_secret(refresh_token_file, "refresh token", &mut stdin_used)?;
-            let access = match access_token_file {
-                Some(f) => Some(read_secret(f, "access token", &mut stdin_used)?),
-                None => None,
-            };
-            json!({
-                "provider": "shiphero", "account": name, "email": email, "first_name": first_name,
-                "last_name": last_name, "refresh_token": refresh, "access_token": access,
-            })
-        }
-        AddCommand::Shippo {
-            name,
-            access_token_file,
-        } => {
-            let access = read_secret(access_token_file, "access token", &mut stdin_used)?;
-            json!({ "provider": "shippo", "account": name, "access_token": access })
-        }
+        AddCommand::Shiphero(args) => args.body(&mut read)?,
+        AddCommand::Shippo(args) => args.body(&mut read)?,
     };
     let reply = client::call_blocking(socket, "POST", "/v1/accounts", Some(&body))?;
     expect_ok(&reply)?;

@@ -270,37 +270,14 @@ pub enum AccountsCommand {
     },
 }
 
-/// `accounts add` subcommands.
+/// `accounts add` subcommands: one per provider, each with the arguments its folder defines
+/// (`providers::<name>::account::AddArgs`).
 #[derive(Debug, Subcommand)]
 pub enum AddCommand {
     /// Register a ShipHero developer user (secrets are read from files, never arguments).
-    Shiphero {
-        /// Account name: 1-64 characters of a-z 0-9 . _ -
-        name: String,
-        /// The developer user's email (unique across ShipHero).
-        #[arg(long)]
-        email: String,
-        /// The developer user's first name.
-        #[arg(long)]
-        first_name: Option<String>,
-        /// The developer user's last name.
-        #[arg(long)]
-        last_name: Option<String>,
-        /// File holding the refresh token ("-" for stdin).
-        #[arg(long, value_name = "FILE")]
-        refresh_token_file: PathBuf,
-        /// File holding the access token ShipHero showed ("-" for stdin).
-        #[arg(long, value_name = "FILE")]
-        access_token_file: Option<PathBuf>,
-    },
+    Shiphero(crate::providers::shiphero::account::AddArgs),
     /// Register a Shippo OAuth token obtained elsewhere.
-    Shippo {
-        /// Account name: 1-64 characters of a-z 0-9 . _ -
-        name: String,
-        /// File holding the OAuth access token ("-" for stdin).
-        #[arg(long, value_name = "FILE")]
-        access_token_file: PathBuf,
-    },
+    Shippo(crate::providers::shippo::account::AddArgs),
 }
 
 /// `shippo` subcommands.

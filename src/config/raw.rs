@@ -132,46 +132,6 @@ pub struct RawVerify {
     pub incident_window: String,
 }
 
-/// `[shiphero]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawShipHero {
-    /// Base URL of the public API.
-    pub api_base: String,
-    /// Timeout of one upstream request.
-    pub timeout: String,
-    /// Sustained upstream calls per second, all accounts together.
-    pub max_requests_per_second: i64,
-    /// Calls that may start back to back after a quiet spell.
-    pub burst: i64,
-}
-
-/// `[shippo]` as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawShippo {
-    /// Base URL of the REST API.
-    pub api_base: String,
-    /// Base URL of the OAuth pages and token endpoint.
-    pub oauth_base: String,
-    /// Value of the `Shippo-API-Version` header.
-    pub api_version: String,
-    /// Per-request timeout for the API and the OAuth token endpoint.
-    pub timeout: String,
-    /// The platform's OAuth client id.
-    pub client_id: String,
-    /// File holding the OAuth client secret.
-    pub client_secret_file: String,
-    /// The registered callback URL.
-    pub redirect_uri: String,
-    /// Where the OAuth callback listener binds.
-    pub callback_listen: String,
-    /// Sustained API calls per minute, all accounts together.
-    pub max_requests_per_minute: i64,
-    /// Calls that may start back to back after a quiet spell.
-    pub burst: i64,
-}
-
 /// The first folder systemd gave in `var` (e.g. `STATE_DIRECTORY`) plus `suffix`, else `fallback`.
 pub(super) fn env_or(var: &str, suffix: &str, fallback: &str) -> String {
     match std::env::var_os(var) {
@@ -244,36 +204,6 @@ impl Default for RawVerify {
             incident_share: 0.2,
             incident_min_accounts: 5,
             incident_window: "10m".into(),
-        }
-    }
-}
-
-impl Default for RawShipHero {
-    fn default() -> Self {
-        RawShipHero {
-            api_base: "https://public-api.shiphero.com".into(),
-            timeout: "30s".into(),
-            // ShipHero allows 7,000 requests per 5 minutes (23/s): stay well below.
-            max_requests_per_second: 10,
-            burst: 20,
-        }
-    }
-}
-
-impl Default for RawShippo {
-    fn default() -> Self {
-        RawShippo {
-            api_base: "https://api.goshippo.com".into(),
-            oauth_base: "https://goshippo.com".into(),
-            api_version: "2018-02-08".into(),
-            timeout: "30s".into(),
-            client_id: String::new(),
-            client_secret_file: String::new(),
-            redirect_uri: String::new(),
-            callback_listen: "127.0.0.1:8847".into(),
-            // Shippo allows 50 list calls a minute on live tokens; the probe is one.
-            max_requests_per_minute: 40,
-            burst: 5,
         }
     }
 }

@@ -11,13 +11,14 @@ use figment::Figment;
 use super::{ClientRule, ConfigError, ENV_PREFIX, Invalid, LogFormat, RawWindow, Webhook};
 use crate::names::{AccountKey, Provider};
 
-/// Turns raw strings into typed values, naming key and origin on failure.
-pub(super) struct Validator<'a> {
+/// Turns raw strings into typed values, naming key and origin on failure; each provider's
+/// section (`crate::providers::<name>::config`) validates its keys with it.
+pub(crate) struct Validator<'a> {
     pub(super) figment: &'a Figment,
 }
 
 impl Validator<'_> {
-    pub(super) fn origin(&self, key: &str) -> String {
+    pub(crate) fn origin(&self, key: &str) -> String {
         let Some(md) = self.figment.find_metadata(key) else {
             return "built-in default".into();
         };
@@ -33,7 +34,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn invalid(&self, key: &str, value: &str, reason: String) -> ConfigError {
+    pub(crate) fn invalid(&self, key: &str, value: &str, reason: String) -> ConfigError {
         ConfigError::Invalid(Box::new(Invalid {
             key: key.into(),
             value: value.into(),
@@ -42,7 +43,7 @@ impl Validator<'_> {
         }))
     }
 
-    pub(super) fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+    pub(crate) fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
         let d = humantime::parse_duration(value.trim()).map_err(|e| {
             self.invalid(
                 key,
@@ -56,7 +57,7 @@ impl Validator<'_> {
         Ok(d)
     }
 
-    pub(super) fn absolute_path(&self, key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    pub(crate) fn absolute_path(&self, key: &str, value: &str) -> Result<PathBuf, ConfigError> {
         let p = PathBuf::from(value);
         if value.is_empty() || !p.is_absolute() {
             return Err(self.invalid(key, value, "must be an absolute path".into()));
@@ -64,7 +65,7 @@ impl Validator<'_> {
         Ok(p)
     }
 
-    pub(super) fn optional_path(
+    pub(crate) fn optional_path(
         &self,
         key: &str,
         value: &str,
@@ -75,13 +76,13 @@ impl Validator<'_> {
         self.absolute_path(key, value).map(Some)
     }
 
-    pub(super) fn log_level(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+    pub(crate) fn log_level(&self, key: &str, value: &str) -> Result<String, ConfigError> {
         tracing_subscriber::EnvFilter::try_new(value)
             .map_err(|e| self.invalid(key, value, format!("not a tracing filter: {e}")))?;
         Ok(value.to_string())
     }
 
-    pub(super) fn log_format(&self, key: &str, value: &str) -> Result<LogFormat, ConfigError> {
+    pub(crate) fn log_format(&self, key: &str, value: &str) -> Result<LogFormat, ConfigError> {
         match value {
             "auto" => Ok(LogFormat::Auto),
             "journald" => Ok(LogFormat::Journald),
@@ -95,7 +96,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn file_mode(&self, key: &str, value: &str) -> Result<u32, ConfigError> {
+    pub(crate) fn file_mode(&self, key: &str, value: &str) -> Result<u32, ConfigError> {
         let mode = u32::from_str_radix(value.trim_start_matches("0o"), 8).map_err(|_| {
             self.invalid(
                 key,
@@ -116,7 +117,7 @@ impl Validator<'_> {
         Ok(mode)
     }
 
-    pub(super) fn listen(&self, key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    pub(crate) fn listen(&self, key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
         if value.is_empty() {
             return Ok(None);
         }
@@ -130,7 +131,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn cron(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+    pub(crate) fn cron(&self, key: &str, value: &str) -> Result<String, ConfigError> {
         super::parse_schedule(value).map_err(|e| {
             self.invalid(
                 key,
@@ -141,7 +142,7 @@ impl Validator<'_> {
         Ok(value.to_string())
     }
 
-    pub(super) fn fraction(&self, key: &str, value: f64) -> Result<f64, ConfigError> {
+    pub(crate) fn fraction(&self, key: &str, value: f64) -> Result<f64, ConfigError> {
         if value > 0.0 && value < 1.0 {
             Ok(value)
         } else {
@@ -153,14 +154,14 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn concurrency(&self, key: &str, value: i64) -> Result<usize, ConfigError> {
+    pub(crate) fn concurrency(&self, key: &str, value: i64) -> Result<usize, ConfigError> {
         match usize::try_from(value) {
             Ok(n) if (1..=1024).contains(&n) => Ok(n),
             _ => Err(self.invalid(key, &value.to_string(), "must be between 1 and 1024".into())),
         }
     }
 
-    pub(super) fn count(&self, key: &str, value: i64) -> Result<u32, ConfigError> {
+    pub(crate) fn count(&self, key: &str, value: i64) -> Result<u32, ConfigError> {
         match u32::try_from(value) {
             Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
             _ => Err(self.invalid(
@@ -171,7 +172,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn window(
+    pub(crate) fn window(
         &self,
         key: &str,
         raw: Option<&RawWindow>,
@@ -188,7 +189,7 @@ impl Validator<'_> {
             })
     }
 
-    pub(super) fn base_url(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+    pub(crate) fn base_url(&self, key: &str, value: &str) -> Result<String, ConfigError> {
         let url = reqwest::Url::parse(value)
             .map_err(|e| self.invalid(key, value, format!("not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -201,49 +202,7 @@ impl Validator<'_> {
         Ok(value.trim_end_matches('/').to_string())
     }
 
-    pub(super) fn api_version(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        let well_formed = value.len() == 10
-            && value.chars().enumerate().all(|(i, c)| {
-                if i == 4 || i == 7 {
-                    c == '-'
-                } else {
-                    c.is_ascii_digit()
-                }
-            });
-        if !well_formed || value < "2018-02-08" {
-            return Err(self.invalid(
-                key,
-                value,
-                "must be a date YYYY-MM-DD, 2018-02-08 or later".into(),
-            ));
-        }
-        Ok(value.to_string())
-    }
-
-    pub(super) fn redirect_uri(
-        &self,
-        key: &str,
-        value: &str,
-    ) -> Result<Option<String>, ConfigError> {
-        if value.is_empty() {
-            return Ok(None);
-        }
-        let url = reqwest::Url::parse(value)
-            .map_err(|e| self.invalid(key, value, format!("must be an absolute URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(self.invalid(key, value, "must be an http:// or https:// URL".into()));
-        }
-        if !value.ends_with('/') {
-            return Err(self.invalid(
-                key,
-                value,
-                "must end in \"/\" (Shippo requires the closing slash)".into(),
-            ));
-        }
-        Ok(Some(value.to_string()))
-    }
-
-    pub(super) fn webhooks(
+    pub(crate) fn webhooks(
         &self,
         key: &str,
         hooks: &[Webhook],
@@ -265,14 +224,14 @@ impl Validator<'_> {
         Ok(hooks.to_vec())
     }
 
-    pub(super) fn command(&self, key: &str, argv: &[String]) -> Result<Vec<String>, ConfigError> {
+    pub(crate) fn command(&self, key: &str, argv: &[String]) -> Result<Vec<String>, ConfigError> {
         if let Some(program) = argv.first().filter(|p| !Path::new(p).is_absolute()) {
             return Err(self.invalid(key, program, "the program must be an absolute path".into()));
         }
         Ok(argv.to_vec())
     }
 
-    pub(super) fn client_rules(
+    pub(crate) fn client_rules(
         &self,
         key: &str,
         rules: &[ClientRule],
@@ -306,7 +265,10 @@ impl Validator<'_> {
                     return Err(self.invalid(
                         &format!("{at}.accounts"),
                         pattern,
-                        "must be \"provider/account\" or \"provider/*\" with provider shiphero or shippo".into(),
+                        format!(
+                            "must be \"provider/account\" or \"provider/*\" with provider {}",
+                            Provider::names()
+                        ),
                     ));
                 }
             }

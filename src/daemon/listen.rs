@@ -17,7 +17,7 @@ use tokio::net::UnixListener;
 use super::Core;
 use crate::config::{Config, LimitsConfig};
 use crate::listeners::{self, HttpLimits};
-use crate::oauth::OAuthFlow;
+use crate::providers::shippo::oauth::OAuthFlow;
 use crate::registry::Registry;
 use crate::scheduler::{self, LastSweep};
 

@@ -501,13 +501,10 @@ fn probe_work(account: &AccountRecord) -> Result<Work, EngineError> {
     match (&account.candidate, &account.current) {
         (Some(_), _) => Ok(Work::Verify(Probed::Candidate)),
         (None, Some(_)) => Ok(Work::Verify(Probed::Served)),
-        (None, None) => Err(EngineError::Nothing(match account.key.provider {
-            Provider::Shippo => format!(
-                "{} has no token yet: connect it with `shiptoken shippo connect {}`",
-                account.key, account.key.name
-            ),
-            Provider::ShipHero => format!("{} has no token yet", account.key),
-        })),
+        (None, None) => Err(EngineError::Nothing((crate::providers::rules(
+            account.key.provider,
+        )
+        .no_token_hint)(&account.key))),
     }
 }
 

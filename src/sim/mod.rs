@@ -1,18 +1,22 @@
-//! Simulated ShipHero and Shippo servers, for integration tests and `serve --dev`.
+//! The plumbing every simulated provider shares (a loopback server with a lifecycle, canned
+//! answers, a clock of its own, form encoding), for integration tests and `serve --dev`.
 //!
 //! Each fake is a small axum server on a loopback port that behaves like the real service as
-//! described in `UPSTREAM.md`, including every UNCONFIRMED variant, chosen per account by switches.
+//! described in `UPSTREAM.md`, including every UNCONFIRMED variant, chosen per account by
+//! switches. The fakes themselves live with their providers (`providers/<name>/sim/`); they are
+//! re-exported here so tests name them in one place.
 
 pub mod canned;
 pub mod jwt;
-pub mod shiphero;
-pub mod shippo;
 
-pub use canned::{Canned, Route};
-pub use shiphero::{
-    AuthFailureShape, DeveloperUser, FakeShipHero, RefreshRejectShape, ShipHeroMode,
+pub use crate::providers::shiphero::sim::{
+    self as shiphero, AuthFailureShape, DeveloperUser, FakeShipHero, RefreshRejectShape,
+    ShipHeroMode,
 };
-pub use shippo::{ExchangeMode, FakeShippo, ShippoMode, SuspendedShape, UserDecision};
+pub use crate::providers::shippo::sim::{
+    self as shippo, ExchangeMode, FakeShippo, ShippoMode, SuspendedShape, UserDecision,
+};
+pub use canned::{Canned, Route};
 
 use std::collections::HashMap;
 use std::io;

@@ -1,17 +1,27 @@
-//! ShipHero's token refresh and the GraphQL probe that proves a token works.
+//! ShipHero, a provider as one unit: its token refresh and the GraphQL probe that proves a
+//! token works (here), what its answers prove ([`evidence`]), its `[shiphero]` section
+//! ([`config`]), how a developer user is registered ([`account`]), and its simulator
+//! (`sim`, with the `dev` feature).
 //!
 //! A 200 from `/auth/refresh` proves nothing for a suspended account (UPSTREAM.md): only
-//! the `account` query does. What each answer proves is looked up in [`super::evidence`].
+//! the `account` query does.
+
+pub mod account;
+pub mod config;
+pub mod evidence;
+#[cfg(feature = "dev")]
+pub mod sim;
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::evidence::{self, Body, Call, Judged};
-use super::{Answer, Issued, Upstream, Verdict, excerpt, retry_after, send};
+use super::evidence::{Body, Judged, judge, shape};
+use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send};
 use crate::jwt;
 use crate::metrics::Metrics;
+use crate::names::AccountKey;
 use crate::names::Provider;
 use crate::secret::Secret;
 
@@ -25,6 +35,15 @@ const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(30);
 /// The longest token lifetime believed: ShipHero's are 28 days, and a larger number would
 /// put the next refresh past any useful horizon (or past what a timestamp can hold).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+/// What ShipHero states once: its calls, its add rules, no extra served header, and no hint
+/// for an account without a token (one always comes from the refresh token).
+pub static RULES: Rules = Rules {
+    calls: evidence::CALLS,
+    read_add: account::new_account,
+    served_headers: |_| Vec::new(),
+    no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
+};
 
 /// A client for one ShipHero API base.
 #[derive(Clone)]
@@ -42,6 +61,15 @@ impl ShipHero {
             base: base.trim_end_matches('/').to_string(),
             metrics,
         }
+    }
+
+    /// A client for `[shiphero]`, with its own connection pool and timeout.
+    pub fn from_config(config: &config::ShipHeroConfig, metrics: &Metrics) -> ShipHero {
+        ShipHero::new(
+            super::http_client(config.timeout),
+            &config.api_base,
+            metrics.clone(),
+        )
     }
 
     /// `POST /auth/refresh`: a new access token from the static refresh token. The answer has
@@ -100,6 +128,10 @@ impl Upstream for ShipHero {
     fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
         Box::pin(ShipHero::probe(self, token))
     }
+
+    fn rules(&self) -> &'static Rules {
+        &RULES
+    }
 }
 
 fn error_text(body: &str) -> String {
@@ -121,8 +153,8 @@ fn error_text(body: &str) -> String {
 
 fn judge_refresh(a: &Answer) -> Result<Issued, Verdict> {
     let status = a.status.as_u16();
-    let body = evidence::shape(Call::ShipHeroRefresh, &a.body);
-    match evidence::judge(Call::ShipHeroRefresh, status, &body) {
+    let body = shape(&evidence::REFRESH, &a.body);
+    match judge(&evidence::REFRESH, status, &body) {
         Judged::Pass => issued(&a.body),
         Judged::Throttled => Err(Verdict::Throttled {
             wait: retry_after(&a.headers).unwrap_or(DEFAULT_THROTTLE_WAIT),
@@ -192,7 +224,7 @@ fn issued(body: &str) -> Result<Issued, Verdict> {
 
 fn judge_probe(a: &Answer) -> Verdict {
     let status = a.status.as_u16();
-    let body = evidence::shape(Call::ShipHeroProbe, &a.body);
+    let body = shape(&evidence::PROBE, &a.body);
     let request_id = serde_json::from_str::<Value>(&a.body).ok().and_then(|v| {
         v.pointer("/data/account/request_id")
             .or_else(|| v.pointer("/errors/0/request_id"))
@@ -210,7 +242,7 @@ fn judge_probe(a: &Answer) -> Verdict {
         },
         _ => error_text(&a.body),
     };
-    match evidence::judge(Call::ShipHeroProbe, status, &body) {
+    match judge(&evidence::PROBE, status, &body) {
         Judged::Pass => Verdict::Pass {
             identity: match body {
                 Body::AccountData { id } => id,

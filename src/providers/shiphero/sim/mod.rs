@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, json};
 use tokio::sync::{Notify, watch};
 
-use super::{Lifecycle, jwt, lock, random_hex, spawn_server, unix_now, wait_until};
+use crate::sim::{Lifecycle, jwt, lock, random_hex, spawn_server, unix_now, wait_until};
 
 mod routes;
 
@@ -186,7 +186,7 @@ struct ShipHeroState {
     /// Every request received, attributable or not.
     total_requests: usize,
     /// Answers sent instead of the real ones (proxies, WAFs, non-evidence errors).
-    canned: super::canned::Switchboard,
+    canned: crate::sim::canned::Switchboard,
 }
 
 impl ShipHeroState {
@@ -414,8 +414,8 @@ impl FakeShipHero {
     pub fn set_canned(
         &self,
         email: Option<&str>,
-        route: super::Route,
-        answer: Option<super::Canned>,
+        route: crate::sim::Route,
+        answer: Option<crate::sim::Canned>,
     ) {
         lock(&self.shared.state).canned.set(email, route, answer);
     }

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
-use super::{Lifecycle, form_encode, lock, random_hex, spawn_server, unix_now, wait_until};
+use crate::sim::{Lifecycle, form_encode, lock, random_hex, spawn_server, unix_now, wait_until};
 
 mod routes;
 
@@ -178,7 +178,7 @@ struct ShippoState {
     /// Every request received.
     total_requests: usize,
     /// Answers sent instead of the real ones (proxies, WAFs, throttling, odd statuses).
-    canned: super::canned::Switchboard,
+    canned: crate::sim::canned::Switchboard,
 }
 
 impl ShippoState {
@@ -397,8 +397,8 @@ impl FakeShippo {
     pub fn set_canned(
         &self,
         account: Option<&str>,
-        route: super::Route,
-        answer: Option<super::Canned>,
+        route: crate::sim::Route,
+        answer: Option<crate::sim::Canned>,
     ) {
         lock(&self.shared.state).canned.set(account, route, answer);
     }

@@ -1,20 +1,44 @@
-//! Shippo: the OAuth authorize URL and code exchange, and the probe that proves an OAuth
-//! token still works. Shippo tokens never expire, so there is no refresh. What each answer
-//! proves is looked up in [`super::evidence`].
+//! Shippo, a provider as one unit: the OAuth authorize URL and code exchange, and the probe
+//! that proves an OAuth token still works (here), what its answers prove ([`evidence`]), its
+//! `[shippo]` section ([`config`]), the OAuth flow ([`oauth`]), how an account is registered
+//! with a token obtained elsewhere ([`account`]), and its simulator (`sim`, with the `dev`
+//! feature). Shippo tokens never expire, so there is no refresh.
+
+pub mod account;
+pub mod config;
+pub mod evidence;
+pub mod oauth;
+#[cfg(feature = "dev")]
+pub mod sim;
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::evidence::{self, Body, Call, Judged};
-use super::{Answer, Issued, Upstream, Verdict, excerpt, retry_after, send};
+use super::evidence::{Body, Judged, judge, shape};
+use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send};
 use crate::metrics::Metrics;
+use crate::names::AccountKey;
 use crate::names::Provider;
 use crate::secret::Secret;
 
 /// The default wait when Shippo throttles without telling when the window resets.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(60);
+
+/// What Shippo states once: its calls, its add rules, the API version a client must send
+/// with a served token, and how an account without a token gets one.
+pub static RULES: Rules = Rules {
+    calls: evidence::CALLS,
+    read_add: account::new_account,
+    served_headers: |config| vec![("Shippo-API-Version", config.shippo.api_version.as_str())],
+    no_token_hint: |key: &AccountKey| {
+        format!(
+            "{key} has no token yet: connect it with `shiptoken shippo connect {}`",
+            key.name
+        )
+    },
+};
 
 /// A client for Shippo's API and OAuth hosts.
 #[derive(Clone)]
@@ -53,6 +77,17 @@ impl Shippo {
             api_version: api_version.to_string(),
             metrics,
         }
+    }
+
+    /// A client for `[shippo]`, with its own connection pool and timeout.
+    pub fn from_config(config: &config::ShippoConfig, metrics: &Metrics) -> Shippo {
+        Shippo::new(
+            super::http_client(config.timeout),
+            &config.api_base,
+            &config.oauth_base,
+            &config.api_version,
+            metrics.clone(),
+        )
     }
 
     /// The `Shippo-API-Version` this client sends.
@@ -154,6 +189,10 @@ impl Upstream for Shippo {
     fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
         Box::pin(Shippo::probe(self, token))
     }
+
+    fn rules(&self) -> &'static Rules {
+        &RULES
+    }
 }
 
 /// The server's idea of now (its `Date` header), so `X-RateLimit-Reset` (a Unix time) turns
@@ -189,8 +228,8 @@ fn not_shippo(body: &Body) -> &'static str {
 
 fn judge_probe(a: &Answer, server_now: Option<u64>) -> Verdict {
     let status = a.status.as_u16();
-    let body = evidence::shape(Call::ShippoProbe, &a.body);
-    match evidence::judge(Call::ShippoProbe, status, &body) {
+    let body = shape(&evidence::PROBE, &a.body);
+    match judge(&evidence::PROBE, status, &body) {
         Judged::Pass => Verdict::Pass {
             identity: None,
             note: None,
@@ -232,7 +271,7 @@ fn throttle_wait(a: &Answer, server_now: Option<u64>) -> Duration {
 
 fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
     let status = a.status.as_u16();
-    let body = evidence::shape(Call::ShippoExchange, &a.body);
+    let body = shape(&evidence::EXCHANGE, &a.body);
     let fields: Vec<(String, String)> = match serde_json::from_str::<Value>(&a.body) {
         Ok(Value::Object(map)) => map
             .into_iter()
@@ -243,7 +282,7 @@ fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
             .collect(),
     };
     let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
-    match evidence::judge(Call::ShippoExchange, status, &body) {
+    match judge(&evidence::EXCHANGE, status, &body) {
         Judged::Pass => get("access_token")
             .filter(|t| !t.is_empty())
             .map(Secret::new)

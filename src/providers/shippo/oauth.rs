@@ -16,11 +16,11 @@ use axum::routing::get;
 use base64::Engine as _;
 use rand::RngCore;
 
+use super::config::ShippoConfig;
+use super::{OAuthClient, Shippo};
 use crate::clock::Clock;
-use crate::config::ShippoConfig;
 use crate::names::{AccountKey, NameError};
 use crate::providers::Verdict;
-use crate::providers::shippo::{OAuthClient, Shippo};
 use crate::registry::{Registry, RegistryError, TokenRecord};
 use crate::rotation::{Engine, EngineError};
 use crate::secret::Secret;
