@@ -31,7 +31,9 @@ pub use raw::{
     RawLog, RawMetrics, RawNotify, RawRotation, RawShipHero, RawShippo, RawSocket, RawVerify,
     RawWindow, Webhook,
 };
-pub use registry::{PASSWORD_CREDENTIAL, RawRegistry, RegistryConfig};
+pub use registry::{
+    PASSWORD_CREDENTIAL, PostgresUrl, RawRegistry, RegistryConfig, SslMode, shown as shown_url,
+};
 use validate::Validator;
 pub mod sinks;
 pub use sinks::{RawSink, SinkConfig};
@@ -493,7 +495,7 @@ impl Config {
         // A password written into registry.url is never printed.
         let mut raw = self.raw.clone();
         if !raw.registry.url.is_empty() {
-            raw.registry.url = crate::registry::postgres::shown(&raw.registry.url);
+            raw.registry.url = registry::shown(&raw.registry.url);
         }
         out.push_str(&toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# {e}\n")));
         out

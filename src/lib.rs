@@ -5,7 +5,7 @@
 //! stores what they return in the [`registry`], from which [`api`] serves tokens.
 
 pub mod api;
-pub mod backup;
+pub use registry::backup;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use super::Registry;
-use super::postgres::{CHANNEL, PostgresTarget};
+use super::{CHANNEL, PostgresTarget};
+use crate::registry::Registry;
 use crate::names::AccountKey;
 
 /// The longest wait between two connection attempts.
