@@ -147,6 +147,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::names::Status;
     use crate::registry::{NewAccount, TokenRecord};
 
     fn key(s: &str) -> AccountKey {

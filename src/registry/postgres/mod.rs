@@ -26,7 +26,7 @@ mod schema;
 mod store;
 mod target;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use target::{PostgresTarget, TargetError, shown};
 

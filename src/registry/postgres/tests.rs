@@ -5,16 +5,16 @@
 
 use super::*;
 use crate::keys::MasterKey;
-use crate::registry::Note;
 
-fn server() -> String {
+pub(crate) fn server() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A database of one test's own, dropped when the test ends.
-struct TestDatabase {
-    url: String,
+pub(crate) struct TestDatabase {
+    /// Its URL.
+    pub(crate) url: String,
     name: String,
 }
 
@@ -30,7 +30,7 @@ impl Drop for TestDatabase {
 }
 
 /// A fresh database of this test's own, or `None` (skipped) without a server.
-fn fresh_database(test: &str) -> Option<TestDatabase> {
+pub(crate) fn fresh_database(test: &str) -> Option<TestDatabase> {
     let mut admin = match postgres::Client::connect(&server(), postgres::NoTls) {
         Ok(c) => c,
         Err(e) => {
@@ -66,95 +66,13 @@ fn store(url: &str, host: &str, key: &KeySource) -> PgStore {
     open_blocking(&target, key).unwrap().0
 }
 
-fn key_file(dir: &std::path::Path) -> KeySource {
+pub(crate) fn key_file(dir: &std::path::Path) -> KeySource {
     let path = dir.join("key");
     crate::keys::write_key(&path, &MasterKey::generate()).unwrap();
     KeySource::ConfigFile(path)
 }
 
-fn account(name: &str) -> NewAccount {
-    NewAccount {
-        key: AccountKey::parse(&format!("shiphero/{name}")).unwrap(),
-        email: Some(format!("{name}@x.test")),
-        first_name: None,
-        last_name: None,
-        refresh_token: Some(Secret::new(format!("refresh-{name}-aaaaaaaa"))),
-        access_token: None,
-    }
-}
-
-fn save(store: &mut PgStore, record: &AccountRecord) -> Result<AccountRecord, RegistryError> {
-    let mut next = record.clone();
-    next.revision += 1;
-    next.last_error = Some(format!("saved by revision {}", next.revision));
-    let notes = [Note {
-        kind: crate::registry::EventKind::Failed,
-        detail: None,
-    }];
-    store.save_all(&[Save {
-        record: &next,
-        expected: Some(record.revision),
-        notes: &notes,
-        at: Timestamp::from_secs(1_800_000_000),
-    }])?;
-    Ok(next)
-}
-
-#[test]
-fn one_daemon_works_on_an_account_at_a_time_and_a_lease_lost_stores_nothing() {
-    let Some(db) = fresh_database("lease") else {
-        return;
-    };
-    let url = &db.url;
-    let dir = tempfile::tempdir().unwrap();
-    let key = key_file(dir.path());
-    let (mut a, mut b) = (store(url, "host-a", &key), store(url, "host-b", &key));
-    let t0 = Timestamp::from_secs(1_800_000_000);
-    let record = a.insert(&account("acme"), t0).unwrap();
-    // b sees what a registered, sealed with the shared key.
-    assert_eq!(b.load(&record.key).unwrap().revision, record.revision);
-    assert_eq!(
-        b.refresh_token(&record.key).unwrap(),
-        Some(Secret::new("refresh-acme-aaaaaaaa"))
-    );
-
-    let short = Duration::from_millis(300);
-    assert_eq!(a.lease(&record, short).unwrap(), LeaseAnswer::Granted);
-    assert_eq!(
-        b.lease(&record, short).unwrap(),
-        LeaseAnswer::Busy {
-            holder: "host-a".into()
-        }
-    );
-    // a pauses past its lease; b takes the account over and stores newer work.
-    let taken = loop {
-        match b.lease(&record, Duration::from_secs(30)).unwrap() {
-            LeaseAnswer::Granted => break true,
-            LeaseAnswer::Busy { .. } => std::thread::sleep(Duration::from_millis(20)),
-            LeaseAnswer::Moved => break false,
-        }
-    };
-    assert!(taken, "b must get the lease once a's ran out");
-    let newer = save(&mut b, &record).unwrap();
-    // a resumes: whatever it computed from the old record is refused, not stored over b's.
-    assert!(matches!(
-        save(&mut a, &record),
-        Err(RegistryError::LeaseLost(_))
-    ));
-    assert_eq!(
-        a.load(&record.key).unwrap().last_error,
-        newer.last_error,
-        "b's work stays"
-    );
-    // Planned from the old record, a lease is refused as moved on.
-    b.release(&record.key).unwrap();
-    assert_eq!(a.lease(&record, short).unwrap(), LeaseAnswer::Moved);
-    let events = a.events(&record.key, None, 10).unwrap();
-    assert_eq!(
-        events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
-        ["added", "failed"]
-    );
-}
+// The lease test moved into the conformance suite (registry/conformance/shared.rs).
 
 #[test]
 fn another_key_is_refused_and_a_missing_one_is_never_made() {
