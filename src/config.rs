@@ -22,7 +22,7 @@ use crate::secret::Secret;
 
 mod limits;
 mod raw;
-mod registry;
+pub mod registry;
 pub mod reload;
 mod validate;
 
@@ -31,9 +31,7 @@ pub use raw::{
     RawLog, RawMetrics, RawNotify, RawRotation, RawShipHero, RawShippo, RawSocket, RawVerify,
     RawWindow, Webhook,
 };
-pub use registry::{
-    PASSWORD_CREDENTIAL, PostgresUrl, RawRegistry, RegistryConfig, SslMode, shown as shown_url,
-};
+pub use registry::{PASSWORD_CREDENTIAL, RawRegistry, RegistryConfig};
 use validate::Validator;
 pub mod sinks;
 pub use sinks::{RawSink, SinkConfig};

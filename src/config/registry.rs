@@ -257,8 +257,11 @@ impl Validator<'_> {
 /// What the registry will make of `url` when it opens, checked now: its `sslmode` and, with
 /// the client built in, the rest as the client reads it.
 fn check_postgres_url(url: &str) -> Result<(), String> {
-    let bad =
-        |e: String| format!("registry.url is not a PostgreSQL connection URL ({e}); expected postgres://USER@HOST:PORT/DATABASE");
+    let bad = |e: String| {
+        format!(
+            "registry.url is not a PostgreSQL connection URL ({e}); expected postgres://USER@HOST:PORT/DATABASE"
+        )
+    };
     let parsed = PostgresUrl::parse(url).map_err(bad)?;
     #[cfg(feature = "postgres")]
     parsed

@@ -158,9 +158,8 @@ pub fn backup(config: &Config, file: &Path) -> anyhow::Result<()> {
         .open(file)
         .with_context(|| format!("cannot create the backup file {}", file.display()))?;
     let mut progress = Progress::new("backup");
-    let result = super::sqlite::backup::copy(&source, file, |done, total| {
-        progress.update(done, total)
-    });
+    let result =
+        super::sqlite::backup::copy(&source, file, |done, total| progress.update(done, total));
     progress.finish();
     if result.is_err() {
         let _ = std::fs::remove_file(file);

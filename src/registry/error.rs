@@ -124,4 +124,3 @@ pub enum RegistryError {
         key: PathBuf,
     },
 }
-

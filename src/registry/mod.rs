@@ -41,8 +41,8 @@ use tokio::sync::{oneshot, watch};
 pub use audit::{AuditEntry, AuditQuery};
 pub use error::RegistryError;
 pub use postgres::follow;
-pub use sqlite::SCHEMA_VERSION;
 pub use record::{AccountRecord, Doubt, Event, EventKind, NewAccount, Note, TokenRecord};
+pub use sqlite::SCHEMA_VERSION;
 pub use store::{Dump, LeaseAnswer, OAuthBegin, Save, Store};
 
 use crate::clock::Timestamp;

@@ -35,7 +35,8 @@ impl PostgresTarget {
 }
 
 /// Why a PostgreSQL URL is refused by this build.
-pub const UNSUPPORTED: &str = "this shiptoken was built without PostgreSQL support (the `postgres` cargo feature)";
+pub const UNSUPPORTED: &str =
+    "this shiptoken was built without PostgreSQL support (the `postgres` cargo feature)";
 
 impl RegistryConfig {
     /// The PostgreSQL registry to open: none in this build, and `registry.url` refused.

@@ -29,7 +29,10 @@ pub(super) fn accounts_are_added_read_listed_and_removed(backend: Factory<'_>) {
         expires_at: None,
     };
     let shop = store
-        .insert(&NewAccount::shippo(key("shippo/shop"), tok.access_token.clone(), T0), T0)
+        .insert(
+            &NewAccount::shippo(key("shippo/shop"), tok.access_token.clone(), T0),
+            T0,
+        )
         .unwrap();
     assert_eq!(shop.candidate, Some(tok));
     assert!(!shop.has_refresh_token);
@@ -42,14 +45,23 @@ pub(super) fn accounts_are_added_read_listed_and_removed(backend: Factory<'_>) {
     let gone = key("shiphero/gone");
     assert!(matches!(store.load(&gone), Err(RegistryError::NotFound(_))));
     let some = store.load_some(&[gone.clone(), shop.key.clone()]).unwrap();
-    assert_eq!(some, [shop.clone()]);
+    assert_eq!(some, std::slice::from_ref(&shop));
     // Another daemon (or this one restarted) reads the same.
     assert_eq!(b.open("host-b").load(&acme.key).unwrap(), acme);
 
     store.delete(&acme.key, T0).unwrap();
-    assert!(matches!(store.load(&acme.key), Err(RegistryError::NotFound(_))));
-    assert!(matches!(store.refresh_token(&acme.key), Err(RegistryError::NotFound(_))));
-    assert!(matches!(store.delete(&acme.key, T0), Err(RegistryError::NotFound(_))));
+    assert!(matches!(
+        store.load(&acme.key),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.refresh_token(&acme.key),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete(&acme.key, T0),
+        Err(RegistryError::NotFound(_))
+    ));
     assert_eq!(store.load_all().unwrap(), [shop]);
     let history = store.events(&acme.key, None, 10).unwrap();
     assert_eq!(kinds(&history), ["added", "removed"]);
@@ -167,7 +179,11 @@ pub(super) fn a_batch_of_saves_is_all_or_nothing(backend: Factory<'_>) {
         store.save_all(&batch(two.revision + 5)),
         Err(RegistryError::Stale(k)) if k == two.key
     ));
-    assert_eq!(store.load(&one.key).unwrap(), one, "the whole batch rolled back");
+    assert_eq!(
+        store.load(&one.key).unwrap(),
+        one,
+        "the whole batch rolled back"
+    );
     store.save_all(&batch(two.revision)).unwrap();
     assert_eq!(store.load(&one.key).unwrap(), one_next);
     assert_eq!(store.load(&two.key).unwrap(), two_stale);
@@ -235,21 +251,41 @@ pub(super) fn history_belongs_to_one_registration(backend: Factory<'_>) {
     }
     let events = store.events(&first.key, Some(first.generation), 3).unwrap();
     let details: Vec<_> = events.iter().map(|e| e.detail.as_deref()).collect();
-    assert_eq!(details, [Some("check 1"), Some("check 2"), Some("check 3")], "newest 3, oldest first");
-    assert!(events.iter().all(|e| e.account == "shiphero/acme" && e.at == T0));
+    assert_eq!(
+        details,
+        [Some("check 1"), Some("check 2"), Some("check 3")],
+        "newest 3, oldest first"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.account == "shiphero/acme" && e.at == T0)
+    );
     store.delete(&first.key, T0).unwrap();
     let second = store.insert(&shiphero("acme"), T0).unwrap();
-    let mine = store.events(&first.key, Some(second.generation), 10).unwrap();
-    assert_eq!(kinds(&mine), ["added"], "a new registration's history starts empty");
+    let mine = store
+        .events(&first.key, Some(second.generation), 10)
+        .unwrap();
+    assert_eq!(
+        kinds(&mine),
+        ["added"],
+        "a new registration's history starts empty"
+    );
     let all = store.events(&first.key, None, 100).unwrap();
     assert_eq!(all.len(), 1 + 4 + 1 + 1);
     let dumped = store.all_events().unwrap();
     assert_eq!(dumped.len(), all.len());
     assert_eq!(
-        dumped.iter().filter(|e| e.generation == Some(first.generation)).count(),
+        dumped
+            .iter()
+            .filter(|e| e.generation == Some(first.generation))
+            .count(),
         6
     );
-    assert_eq!(dumped.last().map(|e| e.generation), Some(Some(second.generation)));
+    assert_eq!(
+        dumped.last().map(|e| e.generation),
+        Some(Some(second.generation))
+    );
 }
 
 pub(super) fn unknown_rows_are_refused_never_read_as_another_provider(backend: Factory<'_>) {
@@ -257,7 +293,11 @@ pub(super) fn unknown_rows_are_refused_never_read_as_another_provider(backend: F
     let mut store = b.open("host-a");
     store.insert(&shiphero("acme"), T0).unwrap();
     store
-        .append_audit(&[super::shared::audit_entry("shiphero/acme", 5, "aaaaaaaaaaaa")])
+        .append_audit(&[super::shared::audit_entry(
+            "shiphero/acme",
+            5,
+            "aaaaaaaaaaaa",
+        )])
         .unwrap();
     b.plant_unknown_rows();
     let unknown = |r: Result<_, RegistryError>| matches!(r, Err(RegistryError::UnknownRow(_)));
@@ -281,5 +321,8 @@ pub(super) fn unknown_rows_are_refused_never_read_as_another_provider(backend: F
     let accounts: Vec<_> = audit.unwrap().into_iter().map(|e| e.account).collect();
     assert_eq!(accounts, [key("shiphero/acme")]);
     // What the store can read, it still reads.
-    assert_eq!(store.load(&key("shiphero/acme")).unwrap().key, key("shiphero/acme"));
+    assert_eq!(
+        store.load(&key("shiphero/acme")).unwrap().key,
+        key("shiphero/acme")
+    );
 }

@@ -125,11 +125,7 @@ impl Backend for Sqlite {
             .unwrap();
         let rows = stmt
             .query_map([], |r| {
-                Ok([
-                    r.get::<_, Option<String>>(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                ])
+                Ok([r.get::<_, Option<String>>(0)?, r.get(1)?, r.get(2)?])
             })
             .unwrap();
         rows.flat_map(|r| r.unwrap()).flatten().collect()
@@ -172,18 +168,14 @@ impl Postgres {
         // Database names are cut at 63 bytes: a short one of its own, not the test's name.
         static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let db = super::postgres::tests::fresh_database(&format!("conformance_{n}"))
-            .or_else(|| {
+        let db =
+            super::postgres::tests::fresh_database(&format!("conformance_{n}")).or_else(|| {
                 eprintln!("skipped {test}");
                 None
             })?;
         let dir = tempfile::tempdir().unwrap();
         let key = crate::keys::KeySource::ConfigFile(key_file(dir.path()));
-        Some(Postgres {
-            db,
-            key,
-            _dir: dir,
-        })
+        Some(Postgres { db, key, _dir: dir })
     }
 
     fn raw(&self) -> ::postgres::Client {
@@ -195,7 +187,11 @@ impl Postgres {
 impl Backend for Postgres {
     fn open(&self, host: &str) -> Box<dyn Store + Send> {
         let target = super::postgres::PostgresTarget::new(&self.db.url, None, host).unwrap();
-        Box::new(super::postgres::open_blocking(&target, &self.key).unwrap().0)
+        Box::new(
+            super::postgres::open_blocking(&target, &self.key)
+                .unwrap()
+                .0,
+        )
     }
 
     fn shared(&self) -> bool {

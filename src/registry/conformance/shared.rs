@@ -27,7 +27,11 @@ pub(super) fn audit_entry(account: &str, at: i64, fingerprint: &str) -> AuditEnt
     }
 }
 
-fn begin<'a>(account: &'a crate::names::AccountKey, hash: &'a str, now: Timestamp) -> OAuthBegin<'a> {
+fn begin<'a>(
+    account: &'a crate::names::AccountKey,
+    hash: &'a str,
+    now: Timestamp,
+) -> OAuthBegin<'a> {
     OAuthBegin {
         key: account,
         state_hash: hash,
@@ -46,32 +50,57 @@ pub(super) fn oauth_states_are_spent_once_superseded_and_expire(backend: Factory
     assert!(record.current.is_none() && record.candidate.is_none());
     let history = store.events(&shop, None, 10).unwrap();
     assert_eq!(
-        history.iter().map(|e| e.detail.as_deref()).collect::<Vec<_>>(),
+        history
+            .iter()
+            .map(|e| e.detail.as_deref())
+            .collect::<Vec<_>>(),
         [Some("awaiting a Shippo OAuth connection")]
     );
     // Spent once, by any store of the registry; never twice, never forged.
     assert_eq!(store.take_oauth_state("forged", T0).unwrap(), None);
     let mut other = b.open("host-b");
-    assert_eq!(other.take_oauth_state("hash-one", T0).unwrap(), Some(shop.clone()));
-    assert_eq!(store.take_oauth_state("hash-one", T0).unwrap(), None, "replayed");
+    assert_eq!(
+        other.take_oauth_state("hash-one", T0).unwrap(),
+        Some(shop.clone())
+    );
+    assert_eq!(
+        store.take_oauth_state("hash-one", T0).unwrap(),
+        None,
+        "replayed"
+    );
     // A new link supersedes the unused old one; the account is not created twice.
     let again = store.begin_oauth(&begin(&shop, "hash-two", T0)).unwrap();
     assert_eq!(again.generation, record.generation);
     store.begin_oauth(&begin(&shop, "hash-three", T0)).unwrap();
-    assert_eq!(store.take_oauth_state("hash-two", T0).unwrap(), None, "superseded");
+    assert_eq!(
+        store.take_oauth_state("hash-two", T0).unwrap(),
+        None,
+        "superseded"
+    );
     // Expired at its time.
     let late = T0.plus(Duration::from_secs(600));
-    assert_eq!(store.take_oauth_state("hash-three", late).unwrap(), None, "expired");
+    assert_eq!(
+        store.take_oauth_state("hash-three", late).unwrap(),
+        None,
+        "expired"
+    );
     // An account that is no longer pending is never connected over.
     let live = store
-        .insert(&NewAccount::shippo(key("shippo/live"), Secret::new("oauth.live"), T0), T0)
+        .insert(
+            &NewAccount::shippo(key("shippo/live"), Secret::new("oauth.live"), T0),
+            T0,
+        )
         .unwrap();
     let live = save(store.as_mut(), &live, |r| r.status = Status::Active, &[]).unwrap();
     assert!(matches!(
         store.begin_oauth(&begin(&live.key, "hash-live", T0)),
         Err(RegistryError::AccountExists(_))
     ));
-    assert!(!store.discard_unconnected(&live.key, "declined", T0).unwrap());
+    assert!(
+        !store
+            .discard_unconnected(&live.key, "declined", T0)
+            .unwrap()
+    );
     // A declined flow leaves nothing, and its state dies with the account.
     store.begin_oauth(&begin(&shop, "hash-four", T0)).unwrap();
     assert!(store.discard_unconnected(&shop, "declined", T0).unwrap());
@@ -95,38 +124,52 @@ pub(super) fn the_audit_is_written_filtered_and_pruned(backend: Factory<'_>) {
         audit_entry("shiphero/acme", 30, "cccccccccccc"),
     ];
     store.append_audit(&entries).unwrap();
-    let all = |store: &mut dyn crate::registry::Store, query: AuditQuery| {
-        store.audit(&query).unwrap()
-    };
-    let every = all(store.as_mut(), AuditQuery {
-        limit: 10,
-        ..Default::default()
-    });
+    let all =
+        |store: &mut dyn crate::registry::Store, query: AuditQuery| store.audit(&query).unwrap();
+    let every = all(
+        store.as_mut(),
+        AuditQuery {
+            limit: 10,
+            ..Default::default()
+        },
+    );
     assert_eq!(every, entries, "every field kept, oldest first");
-    let acme = all(store.as_mut(), AuditQuery {
-        account: Some(key("shiphero/acme")),
-        limit: 10,
-        ..Default::default()
-    });
+    let acme = all(
+        store.as_mut(),
+        AuditQuery {
+            account: Some(key("shiphero/acme")),
+            limit: 10,
+            ..Default::default()
+        },
+    );
     assert_eq!(acme, [entries[0].clone(), entries[2].clone()]);
-    let newest = all(store.as_mut(), AuditQuery {
-        limit: 2,
-        ..Default::default()
-    });
+    let newest = all(
+        store.as_mut(),
+        AuditQuery {
+            limit: 2,
+            ..Default::default()
+        },
+    );
     assert_eq!(newest, entries[1..]);
-    let since = all(store.as_mut(), AuditQuery {
-        since: Some(Timestamp::from_secs(20)),
-        limit: 10,
-        ..Default::default()
-    });
+    let since = all(
+        store.as_mut(),
+        AuditQuery {
+            since: Some(Timestamp::from_secs(20)),
+            limit: 10,
+            ..Default::default()
+        },
+    );
     assert_eq!(since, entries[1..]);
     // Pruned by when an entry was last read.
     assert_eq!(store.prune_audit(Timestamp::from_secs(21)).unwrap(), 1);
     assert_eq!(store.prune_audit(Timestamp::from_secs(21)).unwrap(), 0);
-    let left = all(b.open("host-b").as_mut(), AuditQuery {
-        limit: 10,
-        ..Default::default()
-    });
+    let left = all(
+        b.open("host-b").as_mut(),
+        AuditQuery {
+            limit: 10,
+            ..Default::default()
+        },
+    );
     assert_eq!(left, entries[1..]);
 }
 
@@ -138,9 +181,14 @@ pub(super) fn export_and_import_carry_everything(backend: Factory<'_>) {
     let old = store.insert(&shiphero("old"), T0).unwrap();
     store.delete(&old.key, T0).unwrap();
     let shop = store
-        .insert(&NewAccount::shippo(key("shippo/shop"), Secret::new("oauth.shop"), T0), T0)
+        .insert(
+            &NewAccount::shippo(key("shippo/shop"), Secret::new("oauth.shop"), T0),
+            T0,
+        )
         .unwrap();
-    store.append_audit(&[audit_entry("shiphero/acme", 10, "aaaaaaaaaaaa")]).unwrap();
+    store
+        .append_audit(&[audit_entry("shiphero/acme", 10, "aaaaaaaaaaaa")])
+        .unwrap();
     let dump = store.export().unwrap();
     assert_eq!(dump.accounts.len(), 2);
     assert_eq!(dump.events.len(), 4);
@@ -151,20 +199,35 @@ pub(super) fn export_and_import_carry_everything(backend: Factory<'_>) {
     target.import(&dump).unwrap();
     let mut records = target.load_all().unwrap();
     records.sort_by(|x, y| x.key.cmp(&y.key));
-    assert_eq!(records, [acme.clone(), shop.clone()], "registrations and revisions kept");
+    assert_eq!(
+        records,
+        [acme.clone(), shop.clone()],
+        "registrations and revisions kept"
+    );
     assert_eq!(
         target.refresh_token(&acme.key).unwrap(),
         Some(Secret::new("refresh-acme-aaaaaaaa"))
     );
     assert_eq!(target.events(&old.key, None, 10).unwrap().len(), 2);
     assert_eq!(target.all_events().unwrap().len(), 4);
-    assert_eq!(target.audit(&AuditQuery { limit: 10, ..Default::default() }).unwrap(), dump.audit);
+    assert_eq!(
+        target
+            .audit(&AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap(),
+        dump.audit
+    );
     // Every value sealed again at rest; a later registration never reuses a generation.
     assert!(to.stored_secrets().iter().all(|v| v.starts_with("v1:")));
     let next = target.insert(&shiphero("next"), T0).unwrap();
     assert!(next.generation > shop.generation.max(old.generation));
     // Twice refuses instead of mixing two registries.
-    assert!(matches!(target.import(&dump), Err(RegistryError::NotEmpty(_))));
+    assert!(matches!(
+        target.import(&dump),
+        Err(RegistryError::NotEmpty(_))
+    ));
 }
 
 pub(super) fn a_lease_lost_stores_nothing(backend: Factory<'_>) {
@@ -174,7 +237,10 @@ pub(super) fn a_lease_lost_stores_nothing(backend: Factory<'_>) {
     if !b.shared() {
         // One daemon: always granted, given back without a word; stale work is still
         // refused by its revision (above).
-        assert_eq!(a.lease(&record, Duration::from_secs(30)).unwrap(), LeaseAnswer::Granted);
+        assert_eq!(
+            a.lease(&record, Duration::from_secs(30)).unwrap(),
+            LeaseAnswer::Granted
+        );
         a.release(&record.key).unwrap();
         return;
     }
@@ -190,7 +256,10 @@ pub(super) fn a_lease_lost_stores_nothing(backend: Factory<'_>) {
     // lease runs out on the database's clock, which the test can only wait for.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while other.lease(&record, Duration::from_secs(30)).unwrap() != LeaseAnswer::Granted {
-        assert!(std::time::Instant::now() < deadline, "the lease never ran out");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let newer = save(other.as_mut(), &record, |r| r.failures = 2, &[]).unwrap();
@@ -199,7 +268,11 @@ pub(super) fn a_lease_lost_stores_nothing(backend: Factory<'_>) {
         save(a.as_mut(), &record, |r| r.failures = 1, &[]),
         Err(RegistryError::LeaseLost(_))
     ));
-    assert_eq!(a.load(&record.key).unwrap(), newer, "the other's work stays");
+    assert_eq!(
+        a.load(&record.key).unwrap(),
+        newer,
+        "the other's work stays"
+    );
     // Planned from the old record, a lease is refused as moved on.
     other.release(&record.key).unwrap();
     assert_eq!(a.lease(&record, short).unwrap(), LeaseAnswer::Moved);
@@ -221,7 +294,12 @@ pub(super) fn two_writers_racing_a_save_one_wins_the_other_is_stale(backend: Fac
                     let (record, start) = (&record, &start);
                     s.spawn(move || {
                         start.wait();
-                        save(store.as_mut(), record, |r| r.last_error = Some(format!("{round}/{i}")), &[])
+                        save(
+                            store.as_mut(),
+                            record,
+                            |r| r.last_error = Some(format!("{round}/{i}")),
+                            &[],
+                        )
                     })
                 })
                 .collect();
@@ -229,9 +307,17 @@ pub(super) fn two_writers_racing_a_save_one_wins_the_other_is_stale(backend: Fac
         });
         let (won, lost): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
         assert_eq!((won.len(), lost.len()), (1, 1), "round {round}");
-        assert!(matches!(lost[0], Err(RegistryError::Stale(_))), "{:?}", lost[0]);
+        assert!(
+            matches!(lost[0], Err(RegistryError::Stale(_))),
+            "{:?}",
+            lost[0]
+        );
         let winner = won.into_iter().next().unwrap().unwrap();
-        assert_eq!(setup.load(&record.key).unwrap(), winner, "the winner's work is stored");
+        assert_eq!(
+            setup.load(&record.key).unwrap(),
+            winner,
+            "the winner's work is stored"
+        );
         record = winner;
     }
 }

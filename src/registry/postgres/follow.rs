@@ -13,8 +13,8 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::{CHANNEL, PostgresTarget};
-use crate::registry::Registry;
 use crate::names::AccountKey;
+use crate::registry::Registry;
 
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

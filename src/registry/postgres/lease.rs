@@ -98,4 +98,3 @@ fn try_lease(
         .get::<_, Option<String>>(2)
         .map(|holder| LeaseAnswer::Busy { holder }))
 }
-

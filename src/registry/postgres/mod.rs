@@ -45,7 +45,6 @@ use schema::{check_key, migrate};
 /// The channel every write notifies, with `generation revision provider/name`.
 pub const CHANNEL: &str = "shiptoken_accounts";
 
-
 impl From<postgres::Error> for RegistryError {
     fn from(e: postgres::Error) -> Self {
         RegistryError::from_pg(&e)
@@ -134,7 +133,6 @@ fn source_text(e: &postgres::Error) -> String {
     use std::error::Error as _;
     e.source().map(|s| format!(": {s}")).unwrap_or_default()
 }
-
 
 impl PgStore {
     /// Runs `f` on a live connection, opening one if the last was lost; a call that fails

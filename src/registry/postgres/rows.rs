@@ -208,7 +208,10 @@ pub(super) fn load_one(
 }
 
 /// The duplicate checks of a registration, with the errors the SQLite backend gives.
-pub(super) fn check_unique(c: &mut impl GenericClient, new: &NewAccount) -> Result<(), RegistryError> {
+pub(super) fn check_unique(
+    c: &mut impl GenericClient,
+    new: &NewAccount,
+) -> Result<(), RegistryError> {
     let exists = c.query_opt(
         "SELECT 1 FROM accounts WHERE provider = $1 AND name = $2",
         &[&new.key.provider.as_str(), &new.key.name],
@@ -241,4 +244,3 @@ pub(super) fn check_unique(c: &mut impl GenericClient, new: &NewAccount) -> Resu
     }
     Ok(())
 }
-

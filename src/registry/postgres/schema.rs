@@ -91,7 +91,6 @@ CREATE INDEX audit_account ON audit (provider, account, id);
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
 "#];
 
-
 /// Applies the migrations this database lacks, one daemon at a time.
 pub(super) fn migrate(client: &mut Client) -> Result<(), RegistryError> {
     let mut tx = client.transaction()?;
@@ -146,4 +145,3 @@ pub(super) fn check_key(
         })
     }
 }
-

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::config::shown_url as shown;
-use crate::config::{PostgresUrl, RegistryConfig, SslMode};
+use crate::config::RegistryConfig;
+pub use crate::config::registry::shown;
+use crate::config::registry::{PostgresUrl, SslMode};
 use crate::secret::Secret;
 
 /// How to reach the database and how this daemon names itself there.

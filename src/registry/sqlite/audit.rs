@@ -83,4 +83,3 @@ pub(super) fn query(
 pub(super) fn prune(conn: &mut Connection, before: Timestamp) -> Result<usize, RegistryError> {
     Ok(conn.execute("DELETE FROM audit WHERE last_at < ?1", [before.millis()])?)
 }
-

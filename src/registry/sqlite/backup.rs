@@ -10,11 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 
 /// Copies the database at `source` into `file` (created empty by the caller) page by page;
 /// `progress` is told (pages done, pages in all). Returns how many accounts the copy holds.
-pub fn copy(
-    source: &Path,
-    file: &Path,
-    mut progress: impl FnMut(u64, u64),
-) -> anyhow::Result<i64> {
+pub fn copy(source: &Path, file: &Path, mut progress: impl FnMut(u64, u64)) -> anyhow::Result<i64> {
     let src = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -48,4 +44,3 @@ pub fn copy(
     }
     Ok(dst.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?)
 }
-

@@ -135,4 +135,3 @@ pub(super) fn discard(
     tx.commit()?;
     Ok(deleted > 0)
 }
-

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use crate::registry::RegistryError;
 use super::seal::{self, KeyCheck};
-use crate::registry::seal::Sealer;
 use crate::keys::{self, KeyError, KeySource, MasterKey, StateLock};
+use crate::registry::RegistryError;
+use crate::registry::seal::Sealer;
 
 /// What `key rotate` did.
 #[derive(Debug)]

@@ -245,4 +245,3 @@ pub(crate) fn insert_account(
     )?;
     Ok(tx.last_insert_rowid())
 }
-

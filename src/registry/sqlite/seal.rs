@@ -6,7 +6,9 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::registry::RegistryError;
-use crate::registry::seal::{SECRET_COLUMNS, Sealer, ad, key_check, opens_key_check, seal_plaintext};
+use crate::registry::seal::{
+    SECRET_COLUMNS, Sealer, ad, key_check, opens_key_check, seal_plaintext,
+};
 
 /// Registers `seal(value, provider, account, column)` and `unseal(...)` on `conn`; both map
 /// NULL to NULL. Not deterministic (fresh nonces) and direct-only, so the schema (a trigger
@@ -83,7 +85,6 @@ pub fn restore_key_check(conn: &Connection, sealer: &Sealer) -> Result<bool, Reg
     )?;
     Ok(true)
 }
-
 
 /// Whether `sealer` opens the registry.
 pub fn check_key(conn: &Connection, sealer: &Sealer) -> rusqlite::Result<KeyCheck> {

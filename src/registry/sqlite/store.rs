@@ -3,7 +3,9 @@
 
 use rusqlite::{Connection, params};
 
-use super::rows::{account_id, check_unique, insert_account, insert_event, load_all, load_one, write_record};
+use super::rows::{
+    account_id, check_unique, insert_account, insert_event, load_all, load_one, write_record,
+};
 use crate::clock::Timestamp;
 use crate::names::AccountKey;
 use crate::registry::store::{Dump, DumpedEvent, OAuthBegin, Save, Store};
