@@ -345,6 +345,9 @@ impl Registry {
         new: NewAccount,
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
+        if let Some(t) = &new.access_token {
+            check_token_times(t)?;
+        }
         let cache = self.cache.clone();
         let record = self
             .call(move |conn| {

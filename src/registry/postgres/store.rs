@@ -13,8 +13,7 @@ use crate::names::{AccountKey, Status};
 use crate::registry::seal;
 use crate::registry::store::{Dump, DumpedEvent, LeaseAnswer, OAuthBegin, Save, Store};
 use crate::registry::{
-    AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, RegistryError, check_token_times,
-    stored,
+    AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, RegistryError, stored,
 };
 use crate::secret::Secret;
 
@@ -69,9 +68,6 @@ impl Store for PgStore {
     }
 
     fn insert(&mut self, new: &NewAccount, now: Timestamp) -> Result<AccountRecord, RegistryError> {
-        if let Some(t) = &new.access_token {
-            check_token_times(t)?;
-        }
         self.with(|c, sealer, host, _| {
             let mut tx = c.transaction()?;
             check_unique(&mut tx, new)?;

@@ -10,8 +10,7 @@ use crate::clock::Timestamp;
 use crate::names::AccountKey;
 use crate::registry::store::{Dump, DumpedEvent, OAuthBegin, Save, Store};
 use crate::registry::{
-    AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, RegistryError, check_token_times,
-    stored,
+    AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, RegistryError, stored,
 };
 use crate::secret::Secret;
 
@@ -43,9 +42,6 @@ impl Store for Connection {
     }
 
     fn insert(&mut self, new: &NewAccount, now: Timestamp) -> Result<AccountRecord, RegistryError> {
-        if let Some(t) = &new.access_token {
-            check_token_times(t)?;
-        }
         let tx = self.transaction()?;
         check_unique(&tx, new)?;
         let id = insert_account(
