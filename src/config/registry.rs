@@ -272,3 +272,33 @@ fn check_postgres_url(url: &str) -> Result<(), String> {
     let _ = parsed;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_taken_out_of_the_url_as_libpq_reads_them() {
+        let url = PostgresUrl::parse(
+            "postgres://ship:s3cret@db:5432/x?sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(url.ssl_mode, SslMode::VerifyFull);
+        assert!(url.ssl_mode.verifies());
+        assert_eq!(url.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            url.rest,
+            "postgres://ship:s3cret@db:5432/x?connect_timeout=3"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let plain = PostgresUrl::parse("postgres://db/x").unwrap();
+        assert_eq!(
+            (plain.ssl_mode, plain.rest.as_str()),
+            (SslMode::Prefer, "postgres://db/x")
+        );
+        assert!(!SslMode::Require.verifies());
+        let err = PostgresUrl::parse("postgres://db/x?sslmode=bogus").unwrap_err();
+        assert!(err.contains("sslmode=bogus"), "{err}");
+    }
+}

@@ -7,13 +7,12 @@
 //!   conditional on that fence: a daemon paused past its lease, whose account another daemon
 //!   took over, stores nothing ([`RegistryError::LeaseLost`]).
 //! - **A change feed.** Every write notifies `shiptoken_accounts` with the account it changed,
-//!   delivered at commit; each daemon reloads that account ([`super::follow`]).
+//!   delivered at commit; each daemon reloads that account ([`follow`]).
 //!
 //! The client is the blocking `postgres` crate on the registry's owner thread, as SQLite is:
 //! one writer per daemon, group commit, no async worker ever waits on the database. A lost
 //! connection is opened again on the next call; meanwhile writes fail, and the registry keeps
 //! new tokens in memory and writes them back (see `owner`).
-
 //!
 //! One job a file: [`target`] (the URL and TLS), [`schema`] (migrations and the key check),
 //! [`rows`] (records to rows and back), [`store`] (the store's operations), [`lease`]
