@@ -37,7 +37,7 @@ pub trait Store {
     /// silently skipped.
     fn load_all(&mut self) -> Result<Vec<AccountRecord>, RegistryError>;
 
-    /// One account.
+    /// One account; `UnknownRow` when its row holds a status this build does not know.
     fn load(&mut self, key: &AccountKey) -> Result<AccountRecord, RegistryError>;
 
     /// The accounts of `keys` that exist, in one round trip where the backend can.
