@@ -21,7 +21,7 @@ use crate::names::AccountKey;
 
 mod limits;
 mod raw;
-mod registry;
+pub mod registry;
 pub mod reload;
 mod validate;
 
@@ -418,7 +418,7 @@ impl Config {
         // A password written into registry.url is never printed.
         let mut raw = self.raw.clone();
         if !raw.registry.url.is_empty() {
-            raw.registry.url = crate::registry::postgres::shown(&raw.registry.url);
+            raw.registry.url = registry::shown(&raw.registry.url);
         }
         out.push_str(&toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# {e}\n")));
         out

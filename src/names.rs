@@ -26,6 +26,15 @@ impl Provider {
         }
     }
 
+    /// Whether its accounts are connected by an OAuth flow (`shippo connect`) rather than
+    /// registered with a token; the registry issues OAuth states only for these.
+    pub fn connects_by_oauth(self) -> bool {
+        match self {
+            Provider::ShipHero => false,
+            Provider::Shippo => true,
+        }
+    }
+
     /// Parses a provider's name ([`Provider::as_str`]).
     pub fn parse(s: &str) -> Option<Provider> {
         Provider::ALL.into_iter().find(|p| p.as_str() == s)

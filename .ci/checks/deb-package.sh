@@ -3,10 +3,12 @@
 # units, sysusers.d and tmpfiles.d files, the example config as a conffile, the docs; its
 # postinst creates the user and enables and starts nothing.
 #
-# The package carries no simulator, dev mode or movable clock: `cargo deb` builds
-# `--release --no-default-features` (Cargo.toml: default-features = false), and the check
-# greps the packaged binary for a string only the simulators have (src/sim/mod.rs
-# SERVER_HEADER), after making sure a default build does contain it.
+# The package carries no simulator, dev mode or movable clock, and does carry the shared
+# PostgreSQL registry: `cargo deb` builds `--release --no-default-features --features postgres`
+# (Cargo.toml: default-features = false, features = ["postgres"]), and the check greps the
+# packaged binary for a string only the simulators have (src/sim/mod.rs SERVER_HEADER), after
+# making sure a default build does contain it, and for the PostgreSQL change feed's channel
+# (src/registry/postgres/mod.rs CHANNEL).
 #
 # Packs a debug build without default features (stripped, fast compression), so the check
 # costs a minute, not a release build; `cargo deb` makes the real release package. That
@@ -34,7 +36,7 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"; cargo build --locked --quiet --bin shiptoken' EXIT
-cargo build --locked --quiet --no-default-features --bin shiptoken
+cargo build --locked --quiet --no-default-features --features postgres --bin shiptoken
 scripts/dist-assets.sh target/debug/shiptoken >/dev/null
 cargo deb --no-build --profile dev --fast --output "$out/" --quiet >/dev/null
 deb=$(ls "$out"/shiptoken_*.deb)
@@ -84,6 +86,13 @@ if [ "$dev_code" != 2 ] || ! grep -q 'cargo run --features dev' <<<"$dev_err"; t
     echo "error: the packaged serve --dev exited $dev_code: $dev_err" >&2
     fail=1
 fi
+# PostgreSQL support in the package (the `postgres` feature).
+channel=$(sed -n 's/^pub const CHANNEL: &str = "\([^"]*\)";$/\1/p' src/registry/postgres/mod.rs)
+[ -n "$channel" ] || { echo "error: no CHANNEL in src/registry/postgres/mod.rs" >&2; exit 1; }
+if [ "$(grep -cF -- "$channel" "$x/usr/bin/shiptoken" || true)" = 0 ]; then
+    echo "error: the packaged binary lacks PostgreSQL support (\"$channel\" not found)" >&2
+    fail=1
+fi
 zcat "$x/usr/share/man/man1/shiptoken.1.gz" | grep -q '^.TH shiptoken 1'
 grep -q 'complete -F _shiptoken' "$x/usr/share/bash-completion/completions/shiptoken"
 
@@ -117,6 +126,9 @@ fi
 awk '/^\[package\.metadata\.deb\]/ { s = 1; next } /^\[/ { s = 0 } s' Cargo.toml \
     | grep -qx 'default-features = false' \
     || { echo "error: [package.metadata.deb] lacks default-features = false" >&2; fail=1; }
+awk '/^\[package\.metadata\.deb\]/ { s = 1; next } /^\[/ { s = 0 } s' Cargo.toml \
+    | grep -qx 'features = \["postgres"\]' \
+    || { echo "error: [package.metadata.deb] lacks features = [\"postgres\"]" >&2; fail=1; }
 
 [ "$fail" = 0 ] || exit 1
-echo "deb package: ok (no simulator in the binary)"
+echo "deb package: ok (no simulator in the binary, PostgreSQL support in it)"

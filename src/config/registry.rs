@@ -1,5 +1,9 @@
 //! `[registry]`: where the registry lives. SQLite in the state folder by default; a
 //! PostgreSQL URL makes it a registry several daemons share (docs/deployment.md).
+//!
+//! The URL is read here as plain data ([`PostgresUrl`]: what libpq's `sslmode` and
+//! `sslrootcert` ask for, and the URL shown without its password); the registry turns it into
+//! a connection when it opens (`registry::postgres`), so configuration depends on no backend.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +11,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Validator};
-use crate::registry::postgres::{PostgresTarget, shown};
 use crate::secret::Secret;
 
 /// The systemd credential that may hold the PostgreSQL password.
@@ -67,32 +70,134 @@ impl std::fmt::Debug for RegistryConfig {
 }
 
 impl RegistryConfig {
-    /// The PostgreSQL registry to open, with its password read now; `None` for SQLite.
-    pub fn postgres(&self) -> Result<Option<PostgresTarget>, String> {
-        let Some(url) = &self.url else {
-            return Ok(None);
-        };
+    /// The database password: from `password_file`, else from the systemd credential
+    /// `shiptoken.registry-password` when it is there, else none (one in `url`, or none).
+    pub fn password(&self) -> Result<Option<Secret>, String> {
         let file = self
             .password_file
             .clone()
             .or_else(|| super::credential_path(PASSWORD_CREDENTIAL));
-        let password = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    format!(
-                        "cannot read the registry password file {}: {e}",
-                        path.display()
-                    )
-                })?;
-                Some(Secret::new(text.trim_end_matches(['\n', '\r'])))
-            }
-            None => None,
+        let Some(path) = file else {
+            return Ok(None);
         };
-        PostgresTarget::new(url, password.as_ref(), &self.host_name)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "cannot read the registry password file {}: {e}",
+                path.display()
+            )
+        })?;
+        Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))))
     }
 }
+
+/// TLS as libpq's `sslmode` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// `disable`: no TLS.
+    Disable,
+    /// `allow` or `prefer` (the default): TLS when the server offers it, its certificate
+    /// not checked.
+    Prefer,
+    /// `require`: TLS, its certificate not checked (as libpq does).
+    Require,
+    /// `verify-ca`: TLS, the certificate checked (here the host name too).
+    VerifyCa,
+    /// `verify-full`: TLS, the certificate and the host name checked.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Whether the server's certificate is checked.
+    pub fn verifies(self) -> bool {
+        match self {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => false,
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+        }
+    }
+}
+
+/// A PostgreSQL URL as plain data: `sslmode` and `sslrootcert` taken out of its query (the
+/// client knows only three modes and no root certificate), the rest kept for the client.
+#[derive(Clone, PartialEq)]
+pub struct PostgresUrl {
+    /// The URL without `sslmode` and `sslrootcert`; it may hold a password, so it is never
+    /// printed (see [`shown`]).
+    pub rest: String,
+    /// `sslmode`, `prefer` when absent.
+    pub ssl_mode: SslMode,
+    /// `sslrootcert`: the PEM file the server's certificate is checked against.
+    pub root_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresUrl")
+            .field("url", &shown(&self.rest))
+            .field("ssl_mode", &self.ssl_mode)
+            .field("root_cert", &self.root_cert)
+            .finish()
+    }
+}
+
+impl PostgresUrl {
+    /// Reads `url`; the error says what is wrong without the password.
+    pub fn parse(url: &str) -> Result<PostgresUrl, String> {
+        let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        let (mut ssl_mode, mut root_cert) = (SslMode::Prefer, None);
+        let mut kept = Vec::new();
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "sslmode" => {
+                    ssl_mode = match v.as_ref() {
+                        "disable" => SslMode::Disable,
+                        "allow" | "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        other => {
+                            return Err(format!(
+                                "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                            ));
+                        }
+                    }
+                }
+                "sslrootcert" => root_cert = Some(PathBuf::from(v.as_ref())),
+                _ => kept.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        Ok(PostgresUrl {
+            rest: parsed.to_string(),
+            ssl_mode,
+            root_cert,
+        })
+    }
+}
+
+/// `url` without a password, for logs and errors.
+pub fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            // Options in the query may carry a password too.
+            if u.query().is_some_and(|q| q.contains("password")) {
+                u.set_query(Some("***"));
+            }
+            u.to_string()
+        }
+        // Key-value form ("host=... password=..."): say only that it is one.
+        Err(_) => "the PostgreSQL registry (registry.url)".to_string(),
+    }
+}
+
+/// Whether this build can open a PostgreSQL registry (the `postgres` cargo feature).
+pub const POSTGRES_BUILT: bool = cfg!(feature = "postgres");
 
 /// The machine's host name, the default `registry.host_name`.
 fn machine_name() -> String {
@@ -109,8 +214,15 @@ impl Validator<'_> {
         let url = match raw.url.trim() {
             "" => None,
             u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                if let Err(e) = PostgresTarget::new(u, None, "check") {
-                    return Err(self.invalid("registry.url", &shown(u), e.to_string()));
+                if !POSTGRES_BUILT {
+                    return Err(self.invalid(
+                        "registry.url",
+                        &shown(u),
+                        "this shiptoken was built without PostgreSQL support (the `postgres` cargo feature); leave registry.url empty for SQLite in state_dir, or install a build with it".into(),
+                    ));
+                }
+                if let Err(e) = check_postgres_url(u) {
+                    return Err(self.invalid("registry.url", &shown(u), e));
                 }
                 Some(u.to_string())
             }
@@ -139,5 +251,54 @@ impl Validator<'_> {
             host_name,
             lease: self.duration("registry.lease", &raw.lease)?,
         })
+    }
+}
+
+/// What the registry will make of `url` when it opens, checked now: its `sslmode` and, with
+/// the client built in, the rest as the client reads it.
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    let bad = |e: String| {
+        format!(
+            "registry.url is not a PostgreSQL connection URL ({e}); expected postgres://USER@HOST:PORT/DATABASE"
+        )
+    };
+    let parsed = PostgresUrl::parse(url).map_err(bad)?;
+    #[cfg(feature = "postgres")]
+    parsed
+        .rest
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| bad(e.to_string()))?;
+    #[cfg(not(feature = "postgres"))]
+    let _ = parsed;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_taken_out_of_the_url_as_libpq_reads_them() {
+        let url = PostgresUrl::parse(
+            "postgres://ship:s3cret@db:5432/x?sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(url.ssl_mode, SslMode::VerifyFull);
+        assert!(url.ssl_mode.verifies());
+        assert_eq!(url.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            url.rest,
+            "postgres://ship:s3cret@db:5432/x?connect_timeout=3"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let plain = PostgresUrl::parse("postgres://db/x").unwrap();
+        assert_eq!(
+            (plain.ssl_mode, plain.rest.as_str()),
+            (SslMode::Prefer, "postgres://db/x")
+        );
+        assert!(!SslMode::Require.verifies());
+        let err = PostgresUrl::parse("postgres://db/x?sslmode=bogus").unwrap_err();
+        assert!(err.contains("sslmode=bogus"), "{err}");
     }
 }

@@ -4,11 +4,9 @@
 //! one transaction, so recording a read never puts SQLite on the hot path. Only a short
 //! fingerprint of each token is kept, never the token.
 
-use rusqlite::{Connection, params};
-
 use super::{Registry, RegistryError};
 use crate::clock::Timestamp;
-use crate::names::{AccountKey, Provider};
+use crate::names::AccountKey;
 
 /// A token handed out over the socket, `count` times from `at` to `last_at` to the same peer.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -69,93 +67,6 @@ impl Registry {
     pub async fn prune_audit(&self, before: Timestamp) -> Result<usize, RegistryError> {
         self.call(move |store| store.prune_audit(before)).await
     }
-}
-
-/// [`Store::append_audit`](super::Store::append_audit) on SQLite.
-pub(super) fn append(conn: &mut Connection, entries: &[AuditEntry]) -> Result<(), RegistryError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-                    "INSERT INTO audit (at, last_at, count, provider, account, client, uid, gid, pid, exe, fingerprint)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )?;
-        for e in entries {
-            stmt.execute(params![
-                e.at.millis(),
-                e.last_at.millis(),
-                i64::try_from(e.count).unwrap_or(i64::MAX),
-                e.account.provider.as_str(),
-                e.account.name,
-                e.client,
-                e.uid,
-                e.gid,
-                e.pid,
-                e.exe,
-                e.fingerprint,
-            ])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// [`Store::audit`](super::Store::audit) on SQLite.
-pub(super) fn query(
-    conn: &mut Connection,
-    query: &AuditQuery,
-) -> Result<Vec<AuditEntry>, RegistryError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT at, provider, account, client, uid, gid, pid, exe, fingerprint, last_at, count
-                 FROM audit
-                 WHERE (?1 IS NULL OR (provider = ?1 AND account = ?2)) AND at >= ?3
-                 ORDER BY id DESC LIMIT ?4",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            query.account.as_ref().map(|k| k.provider.as_str()),
-            query.account.as_ref().map(|k| k.name.clone()),
-            query.since.map_or(i64::MIN, Timestamp::millis),
-            i64::try_from(query.limit).unwrap_or(i64::MAX),
-        ],
-        |r| {
-            let provider: String = r.get(1)?;
-            Ok((
-                provider,
-                AuditEntry {
-                    at: Timestamp::from_millis(r.get(0)?),
-                    account: AccountKey {
-                        provider: Provider::ShipHero,
-                        name: r.get(2)?,
-                    },
-                    client: r.get(3)?,
-                    uid: r.get(4)?,
-                    gid: r.get(5)?,
-                    pid: r.get(6)?,
-                    exe: r.get(7)?,
-                    fingerprint: r.get(8)?,
-                    last_at: Timestamp::from_millis(r.get(9)?),
-                    count: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
-                },
-            ))
-        },
-    )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (provider, mut entry) = row?;
-        // Providers are written by this code only; an unknown one is skipped, not guessed.
-        let Some(p) = Provider::parse(&provider) else {
-            continue;
-        };
-        entry.account.provider = p;
-        out.push(entry);
-    }
-    out.reverse();
-    Ok(out)
-}
-
-/// [`Store::prune_audit`](super::Store::prune_audit) on SQLite.
-pub(super) fn prune(conn: &mut Connection, before: Timestamp) -> Result<usize, RegistryError> {
-    Ok(conn.execute("DELETE FROM audit WHERE last_at < ?1", [before.millis()])?)
 }
 
 #[cfg(test)]

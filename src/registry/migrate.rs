@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::postgres::{self, PostgresTarget};
+use super::postgres::PostgresTarget;
 use super::store::{Dump, Store};
 use super::{RegistryError, sqlite};
 use crate::keys::KeySource;
@@ -64,7 +64,10 @@ fn open(
             let (conn, _) = sqlite::open_blocking(dir, &db, Some(key.path()))?;
             Ok(Box::new(conn))
         }
-        Location::Postgres(target) => Ok(Box::new(postgres::open_blocking(target, key)?.0)),
+        #[cfg(feature = "postgres")]
+        Location::Postgres(target) => Ok(Box::new(super::postgres::open_blocking(target, key)?.0)),
+        #[cfg(not(feature = "postgres"))]
+        Location::Postgres(target) => target.absurd(),
     }
 }
 

@@ -1,22 +1,36 @@
 //! The registry: the single source of truth for accounts, their tokens and their history.
 //!
-//! SQLite lives on one owner thread fed by a channel, so no SQLite call ever blocks an async
-//! worker. Every write commits first and only then updates an in-memory copy of the accounts,
-//! which is what the socket serves from: a token is visible to readers only once it is
-//! durably stored, and reading it touches neither SQLite nor the network.
+//! The store lives on one owner thread fed by a channel, so no database call ever blocks an
+//! async worker. Every write commits first and only then updates an in-memory copy of the
+//! accounts, which is what the socket serves from: a token is visible to readers only once it
+//! is durably stored, and reading it touches neither the database nor the network.
+//!
+//! Each backend is a folder behind one trait ([`Store`]): `sqlite/` (a single host's file)
+//! and `postgres/` (shared by several daemons; the `postgres` cargo feature). What is not
+//! about storing lives here, above the trait, once: the in-memory copy, OAuth's rules, the
+//! times a record may hold, and what a row this build cannot read means ([`stored`]).
 
 mod audit;
-pub mod follow;
+pub mod backup;
+mod error;
 pub mod migrate;
-mod migrations;
 mod oauth_states;
 mod owner;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(not(feature = "postgres"))]
+#[path = "no_postgres.rs"]
 pub mod postgres;
 mod record;
-pub mod rekey;
 pub mod seal;
 mod sqlite;
 pub mod store;
+mod stored;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,132 +39,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
 
 pub use audit::{AuditEntry, AuditQuery};
-pub use migrations::SCHEMA_VERSION;
+pub use error::RegistryError;
+pub use postgres::follow;
 pub use record::{AccountRecord, Doubt, Event, EventKind, NewAccount, Note, TokenRecord};
-pub use store::{Dump, LeaseAnswer, Save, Store};
-
-use sqlite::open_blocking;
-pub(crate) use sqlite::{account_id, insert_account, insert_event, load_one};
+pub use sqlite::SCHEMA_VERSION;
+pub use store::{Dump, LeaseAnswer, OAuthBegin, Save, Store};
 
 use crate::clock::Timestamp;
-use crate::keys::{KeyError, KeySource};
+#[cfg(feature = "postgres")]
+use crate::keys::KeySource;
 use crate::names::AccountKey;
 use crate::secret::Secret;
-
-/// What can go wrong in the registry.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// SQLite failed.
-    #[error("registry database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A file or folder could not be created or read.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file or folder.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The database was written by a newer shiptoken.
-    #[error(
-        "registry schema version {found} is newer than this build knows ({known}); refusing to downgrade: run the newer shiptoken or restore a backup"
-    )]
-    NewerSchema {
-        /// Version in the file.
-        found: i64,
-        /// Version this build writes.
-        known: i64,
-    },
-    /// No such account.
-    #[error("no account {0}")]
-    NotFound(AccountKey),
-    /// The name is taken.
-    #[error("account {0} already exists")]
-    AccountExists(AccountKey),
-    /// The email is registered under another name.
-    #[error(
-        "the email {email} is already registered as {existing}; ShipHero advises one developer user per integration"
-    )]
-    EmailTaken {
-        /// The email.
-        email: String,
-        /// Who has it.
-        existing: AccountKey,
-    },
-    /// The refresh token is registered under another name.
-    #[error("this refresh token is already registered as {existing}")]
-    RefreshTokenTaken {
-        /// Who has it.
-        existing: AccountKey,
-    },
-    /// The account was removed, registered again, or changed by other work since the
-    /// record being saved was read; nothing was written.
-    #[error("{0} changed while this work was in flight; its result was not stored")]
-    Stale(AccountKey),
-    /// A time that no calendar of this daemon can hold (past year 9999).
-    #[error("{what} {value} is out of range: times must fall between 1970 and 9999")]
-    TimeOutOfRange {
-        /// What the time is.
-        what: &'static str,
-        /// The value as given.
-        value: String,
-    },
-    /// A batch of saves could not be written (the first saver gets the database's error).
-    #[error("registry database error: {0}")]
-    Unwritable(String),
-    /// A row names a provider or status this build does not know (written by a newer build
-    /// or by hand).
-    #[error(
-        "the registry holds an account this build cannot read: {0}; run the shiptoken that wrote it, or remove the row"
-    )]
-    UnknownRow(String),
-    /// `registry migrate` writes only into a registry that holds no account yet.
-    #[error(
-        "the target registry is not empty ({0}); migrate into a new database, or remove what it holds first"
-    )]
-    NotEmpty(String),
-    /// Another daemon took over the account's lease while this one worked on it (it was
-    /// paused or slow past the lease): its result is not stored over newer work.
-    #[error(
-        "{0}: the lease on this account ran out and another daemon took it over; this daemon's result was not stored"
-    )]
-    LeaseLost(AccountKey),
-    /// PostgreSQL failed or is unreachable.
-    #[error("registry database error: {0}")]
-    Postgres(String),
-    /// The owner thread is gone (the daemon is stopping).
-    #[error("the registry is closed")]
-    Closed,
-    /// The key, or the permissions of the key or the state folder.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// A sealed value did not open or a value could not be sealed.
-    #[error(transparent)]
-    Seal(#[from] seal::SealError),
-    /// The registry was sealed with another key than the one configured.
-    #[error(
-        "{db} was sealed with a different key than {key}; restore the right key (key_file, the systemd credential shiptoken.key or <state_dir>/secret.key), or a backup taken with this key"
-    )]
-    WrongKey {
-        /// The database.
-        db: PathBuf,
-        /// The key file tried.
-        key: PathBuf,
-    },
-    /// The registry holds sealed tokens but its key check is gone, and the key at hand is
-    /// missing or does not open them: a new key would seal them a second time.
-    #[error(
-        "{db} holds sealed tokens but its key check is missing, and the key {key} is missing or does not open them; shiptoken will not make a new key over them. Restore the key that sealed them (key_file, the systemd credential shiptoken.key or <state_dir>/secret.key) and start again, or restore a backup of the registry together with its key"
-    )]
-    KeyCheckMissing {
-        /// The database.
-        db: PathBuf,
-        /// The key file tried.
-        key: PathBuf,
-    },
-}
 
 /// How the registry is opened.
 #[derive(Clone, Debug, Default)]
@@ -251,11 +150,12 @@ impl Registry {
         options: OpenOptions,
     ) -> Result<Registry, RegistryError> {
         let state_dir = state_dir.to_path_buf();
-        let key_source = KeySource::resolve(options.key_file.as_deref(), &state_dir);
         let shared = options.postgres.is_some();
         let (path, store, records) = match options.postgres.clone() {
+            #[cfg(feature = "postgres")]
             Some(target) => {
                 let path = PathBuf::from(&target.shown);
+                let key_source = KeySource::resolve(options.key_file.as_deref(), &state_dir);
                 let (store, records) = tokio::task::spawn_blocking(move || {
                     postgres::open_blocking(&target, &key_source)
                 })
@@ -264,13 +164,15 @@ impl Registry {
                 let store: Box<dyn Store + Send> = Box::new(store);
                 (path, store, records)
             }
+            #[cfg(not(feature = "postgres"))]
+            Some(target) => target.absurd(),
             None => {
                 let path = state_dir.join("registry.db");
                 let (conn, records) = {
                     let path = path.clone();
                     let key_file = options.key_file.clone();
                     tokio::task::spawn_blocking(move || {
-                        open_blocking(&state_dir, &path, key_file.as_deref())
+                        sqlite::open_blocking(&state_dir, &path, key_file.as_deref())
                     })
                     .await
                     .map_err(|_| RegistryError::Closed)??
@@ -443,6 +345,9 @@ impl Registry {
         new: NewAccount,
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
+        if let Some(t) = &new.access_token {
+            check_token_times(t)?;
+        }
         let cache = self.cache.clone();
         let record = self
             .call(move |conn| {
@@ -715,248 +620,4 @@ fn check_token_times(t: &TokenRecord) -> Result<(), RegistryError> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-    use crate::names::Status;
-
-    fn key(s: &str) -> AccountKey {
-        AccountKey::parse(s).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn shiphero(name: &str, email: &str, refresh: &str) -> NewAccount {
-        NewAccount {
-            key: key(&format!("shiphero/{name}")),
-            email: Some(email.into()),
-            first_name: None,
-            last_name: None,
-            refresh_token: Some(Secret::new(refresh)),
-            access_token: None,
-        }
-    }
-
-    /// What a passing probe of the candidate does, for tests of the store alone.
-    pub(crate) async fn activate(
-        reg: &Registry,
-        key: &AccountKey,
-        now: Timestamp,
-    ) -> Arc<AccountRecord> {
-        let mut r = (*reg.account(key).unwrap()).clone();
-        r.current = r.candidate.take();
-        r.status = Status::Active;
-        r.last_verified_at = Some(now);
-        let note = Note {
-            kind: EventKind::Checked,
-            detail: None,
-        };
-        reg.save(r, vec![note], now).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_saved_token_survives_reopening_and_stale_work_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let t0 = Timestamp::from_secs(1_800_000_000);
-        let acme = key("shiphero/acme");
-        {
-            let reg = Registry::open(dir.path()).await.unwrap();
-            reg.add(shiphero("acme", "a@x.io", "refresh-aaaaaaaa"), t0)
-                .await
-                .unwrap();
-            let tok = TokenRecord {
-                access_token: Secret::new("tok-1"),
-                issued_at: t0,
-                expires_at: Some(t0.plus(std::time::Duration::from_secs(60))),
-            };
-            let mut r = (*reg.account(&acme).unwrap()).clone();
-            r.candidate = Some(tok.clone());
-            let stale = r.clone();
-            reg.save(r, vec![], t0).await.unwrap();
-            // Computed from a revision that is no longer stored: refused, nothing written.
-            assert!(matches!(
-                reg.save(stale, vec![], t0).await,
-                Err(RegistryError::Stale(_))
-            ));
-            let r = activate(&reg, &acme, t0).await;
-            assert_eq!(r.current.as_ref(), Some(&tok));
-            assert_eq!(r.status, Status::Active);
-        }
-        let reg = Registry::open(dir.path()).await.unwrap();
-        let r = reg.account(&acme).unwrap();
-        assert_eq!(
-            r.current.as_ref().map(|t| t.access_token.expose()),
-            Some("tok-1")
-        );
-        assert_eq!(
-            reg.refresh_token(&acme).await.unwrap(),
-            Some(Secret::new("refresh-aaaaaaaa"))
-        );
-        let kinds: Vec<_> = reg
-            .events(&acme, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["added", "checked"]);
-        let mode = std::fs::metadata(dir.path().join("registry.db"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        // Removed and added again: old work cannot land on the new registration, and the
-        // new one's history starts empty.
-        let old = (*r).clone();
-        reg.remove(&acme, t0).await.unwrap();
-        reg.add(shiphero("acme", "b@x.io", "refresh-bbbbbbbb"), t0)
-            .await
-            .unwrap();
-        let new = reg.account(&acme).unwrap();
-        assert_ne!(new.generation, old.generation);
-        assert!(matches!(
-            reg.save(old, vec![], t0).await,
-            Err(RegistryError::Stale(_))
-        ));
-        let kinds: Vec<_> = reg
-            .events(&acme, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["added"]);
-    }
-
-    #[tokio::test]
-    async fn a_far_future_time_is_refused_and_never_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path()).await.unwrap();
-        let t0 = Timestamp::from_secs(1_800_000_000);
-        let mut new = shiphero("acme", "a@x.io", "refresh-aaaaaaaa");
-        new.access_token = Some(TokenRecord {
-            access_token: Secret::new("t"),
-            issued_at: t0,
-            expires_at: Some(Timestamp::from_secs(300_000_000_000)),
-        });
-        assert!(matches!(
-            reg.add(new, t0).await,
-            Err(RegistryError::TimeOutOfRange { .. })
-        ));
-        assert_eq!(
-            Timestamp::from_millis(i64::MAX).to_rfc3339(),
-            "9999-12-31T23:59:59Z"
-        );
-        // The registry thread is still alive.
-        reg.add(shiphero("beta", "b@x.io", "refresh-bbbbbbbb"), t0)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn saves_queued_together_are_all_stored_and_a_panic_does_not_close_the_registry() {
-        let dir = tempfile::tempdir().unwrap();
-        let t0 = Timestamp::from_secs(1_800_000_000);
-        let keys: Vec<AccountKey> = (0..200).map(|i| key(&format!("shiphero/m{i}"))).collect();
-        {
-            let reg = Registry::open(dir.path()).await.unwrap();
-            for (i, k) in keys.iter().enumerate() {
-                reg.add(
-                    shiphero(&k.name, &format!("{i}@x.io"), &format!("refresh-{i:08}")),
-                    t0,
-                )
-                .await
-                .unwrap();
-            }
-            // Two saves per account in flight at once, as a sweep makes them: the second
-            // computed from the first, so they chain inside one batch.
-            let mut tasks = tokio::task::JoinSet::new();
-            for k in &keys {
-                let (reg, k) = (reg.clone(), k.clone());
-                tasks.spawn(async move {
-                    let mut r = (*reg.account(&k).unwrap()).clone();
-                    r.candidate = Some(TokenRecord {
-                        access_token: Secret::new(format!("tok-{}", k.name)),
-                        issued_at: t0,
-                        expires_at: None,
-                    });
-                    let first = reg.save(r, vec![], t0).await.unwrap();
-                    let mut r = (*first).clone();
-                    r.current = r.candidate.take();
-                    r.status = Status::Active;
-                    reg.save(r, vec![], t0).await.unwrap();
-                });
-            }
-            while let Some(done) = tasks.join_next().await {
-                done.unwrap();
-            }
-            // A job that panics is logged; the next one runs.
-            assert!(matches!(
-                reg.call(|_| -> Result<(), RegistryError> { panic!("a bad value") })
-                    .await,
-                Err(RegistryError::Closed)
-            ));
-            reg.ping().await.unwrap();
-        }
-        let reg = Registry::open(dir.path()).await.unwrap();
-        for k in &keys {
-            let r = reg.account(k).unwrap();
-            assert_eq!(r.status, Status::Active);
-            assert_eq!(
-                r.current
-                    .as_ref()
-                    .map(|t| t.access_token.expose().to_string()),
-                Some(format!("tok-{}", k.name))
-            );
-            assert_eq!(r.revision, 2);
-        }
-    }
-
-    #[tokio::test]
-    async fn duplicates_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path()).await.unwrap();
-        let t0 = Timestamp::from_secs(1);
-        reg.add(shiphero("acme", "a@x.io", "refresh-aaaaaaaa"), t0)
-            .await
-            .unwrap();
-        assert!(matches!(
-            reg.add(shiphero("acme", "b@x.io", "refresh-bbbbbbbb"), t0)
-                .await,
-            Err(RegistryError::AccountExists(_))
-        ));
-        assert!(matches!(
-            reg.add(shiphero("other", "A@X.io", "refresh-cccccccc"), t0)
-                .await,
-            Err(RegistryError::EmailTaken { .. })
-        ));
-        assert!(matches!(
-            reg.add(shiphero("other", "c@x.io", "refresh-aaaaaaaa"), t0)
-                .await,
-            Err(RegistryError::RefreshTokenTaken { .. })
-        ));
-        reg.remove(&key("shiphero/acme"), t0).await.unwrap();
-        assert!(reg.account(&key("shiphero/acme")).is_none());
-        reg.add(shiphero("other", "a@x.io", "refresh-aaaaaaaa"), t0)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Registry::open(dir.path()).await.unwrap());
-        let conn = rusqlite::Connection::open(dir.path().join("registry.db")).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        drop(conn);
-        let err = Registry::open(dir.path())
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("refusing to downgrade"), "{err}");
-    }
 }

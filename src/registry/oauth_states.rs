@@ -1,4 +1,7 @@
-//! Shippo OAuth states: issued by `shippo connect`, spent by the callback.
+//! OAuth states (Shippo's today: a provider that [connects by
+//! OAuth](crate::names::Provider::connects_by_oauth)): issued by `shippo connect`, spent by the
+//! callback. The rules live here, above the store; each backend keeps the table
+//! (`sqlite/oauth.rs`, `postgres/store.rs`).
 //!
 //! A state is a bearer secret for one flow, so only its SHA-256 is stored, and it is spent by a
 //! single `UPDATE` in one transaction before anything else happens: two callbacks racing with
@@ -6,15 +9,11 @@
 
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::{
-    AccountRecord, EventKind, Note, Registry, RegistryError, account_id, insert_account,
-    insert_event, load_one, write,
-};
+use super::{AccountRecord, EventKind, Note, OAuthBegin, Registry, RegistryError, write};
 use crate::clock::Timestamp;
-use crate::names::{AccountKey, Provider, Status};
+use crate::names::AccountKey;
 use crate::secret::Secret;
 
 /// The stored form of a state: the hex SHA-256 of its value.
@@ -25,21 +24,23 @@ pub(super) fn state_hash(state: &Secret) -> String {
         .collect()
 }
 
-/// Deletes every state issued for `key`, in the caller's transaction. Called when the account
-/// is removed: a link made for the old account must not complete for a new one registered
-/// under the same name, replacing the operator's token.
-pub(super) fn forget_account(
-    tx: &rusqlite::Transaction<'_>,
-    key: &AccountKey,
-) -> rusqlite::Result<usize> {
-    tx.execute(
-        "DELETE FROM oauth_states WHERE provider = ?1 AND account = ?2",
-        params![key.provider.as_str(), key.name],
-    )
+/// The history detail of an account an OAuth flow creates: "awaiting a Shippo OAuth
+/// connection", the provider's name capitalized.
+fn awaiting(key: &AccountKey) -> String {
+    let name = key.provider.as_str();
+    let mut chars = name.chars();
+    let capitalized: String = chars
+        .next()
+        .map(|c| c.to_ascii_uppercase())
+        .into_iter()
+        .chain(chars)
+        .collect();
+    format!("awaiting a {capitalized} OAuth connection")
 }
 
 impl Registry {
-    /// Starts an OAuth flow for a Shippo account: creates the account as `pending` (no token)
+    /// Starts an OAuth flow for an account of a provider that connects by OAuth (others are
+    /// refused with `NoOAuth`): creates the account as `pending` (no token)
     /// unless it already waits for one, and stores `state` until `expires_at`.
     ///
     /// An account that exists in any other status is refused with `AccountExists`: connecting
@@ -53,12 +54,23 @@ impl Registry {
         expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<Arc<AccountRecord>, RegistryError> {
+        if !key.provider.connects_by_oauth() {
+            return Err(RegistryError::NoOAuth(key.provider));
+        }
         let cache = self.cache.clone();
         let key = key.clone();
         let hash = state_hash(state);
         let record = self
             .call(move |store| {
-                let record = Arc::new(store.begin_oauth(&key, &hash, expires_at, now)?);
+                let detail = awaiting(&key);
+                let begin = OAuthBegin {
+                    key: &key,
+                    state_hash: &hash,
+                    expires_at,
+                    added_detail: &detail,
+                    now,
+                };
+                let record = Arc::new(store.begin_oauth(&begin)?);
                 write(&cache).insert(key, record.clone());
                 Ok(record)
             })
@@ -130,129 +142,12 @@ impl Registry {
     }
 }
 
-/// [`Store::begin_oauth`](super::Store::begin_oauth) on SQLite.
-pub(super) fn begin(
-    conn: &mut rusqlite::Connection,
-    key: &AccountKey,
-    hash: &str,
-    expires_at: Timestamp,
-    now: Timestamp,
-) -> Result<AccountRecord, RegistryError> {
-    let key = key.clone();
-    let tx = conn.transaction()?;
-    match account_id(&tx, &key) {
-        Ok(id) => {
-            let status: String =
-                tx.query_row("SELECT status FROM accounts WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })?;
-            if key.provider != Provider::Shippo || Status::parse(&status) != Some(Status::Pending) {
-                return Err(RegistryError::AccountExists(key.clone()));
-            }
-        }
-        Err(RegistryError::NotFound(_)) => {
-            let id = insert_account(&tx, &key, [None, None, None], now)?;
-            tx.execute("INSERT INTO tokens (account_id) VALUES (?1)", [id])?;
-            insert_event(
-                &tx,
-                now,
-                &key,
-                "added",
-                Some("awaiting a Shippo OAuth connection"),
-            )?;
-        }
-        Err(e) => return Err(e),
-    }
-    tx.execute(
-        "DELETE FROM oauth_states
-             WHERE (provider = ?1 AND account = ?2 AND used_at IS NULL) OR expires_at <= ?3",
-        params![key.provider.as_str(), key.name, now.millis()],
-    )?;
-    tx.execute(
-        "INSERT INTO oauth_states (state_hash, provider, account, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            hash,
-            key.provider.as_str(),
-            key.name,
-            now.millis(),
-            expires_at.millis()
-        ],
-    )?;
-    tx.commit()?;
-    load_one(conn, &key)
-}
-
-/// [`Store::take_oauth_state`](super::Store::take_oauth_state) on SQLite.
-pub(super) fn take(
-    conn: &mut rusqlite::Connection,
-    hash: &str,
-    now: Timestamp,
-) -> Result<Option<AccountKey>, RegistryError> {
-    let tx = conn.transaction()?;
-    let taken: Option<(String, String)> = tx
-        .query_row(
-            "UPDATE oauth_states SET used_at = ?2
-             WHERE state_hash = ?1 AND used_at IS NULL AND expires_at > ?2
-             RETURNING provider, account",
-            params![hash, now.millis()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let key = taken
-        .and_then(|(p, n)| Provider::parse(&p).map(|provider| AccountKey { provider, name: n }));
-    let key = match key {
-        Some(key) => {
-            let status: Option<String> = tx
-                .query_row(
-                    "SELECT status FROM accounts WHERE provider = ?1 AND name = ?2",
-                    params![key.provider.as_str(), key.name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            // Removed or connected some other way since the link was made: spent, unused.
-            (status.as_deref() == Some(Status::Pending.as_str())).then_some(key)
-        }
-        None => None,
-    };
-    tx.commit()?;
-    Ok(key)
-}
-
-/// [`Store::discard_unconnected`](super::Store::discard_unconnected) on SQLite.
-pub(super) fn discard(
-    conn: &mut rusqlite::Connection,
-    key: &AccountKey,
-    detail: &str,
-    now: Timestamp,
-) -> Result<bool, RegistryError> {
-    let tx = conn.transaction()?;
-    let unconnected: Option<i64> = tx
-        .query_row(
-            "SELECT id FROM accounts WHERE provider = ?1 AND name = ?2 AND status = 'pending'
-               AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.account_id = accounts.id
-                               AND (t.access_token IS NOT NULL OR t.candidate_token IS NOT NULL))",
-            params![key.provider.as_str(), key.name],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let deleted = match unconnected {
-        Some(id) => {
-            // Written first, while the row still names the registration.
-            insert_event(&tx, now, key, "removed", Some(detail))?;
-            tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?
-        }
-        None => 0,
-    };
-    tx.commit()?;
-    Ok(deleted > 0)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::names::Status;
     use crate::registry::{NewAccount, TokenRecord};
 
     fn key(s: &str) -> AccountKey {

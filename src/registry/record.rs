@@ -16,8 +16,9 @@ pub struct TokenRecord {
 }
 
 /// Everything known about one account, as served from memory. Holds the access tokens but
-/// never the refresh token, which is read from SQLite only when it is about to be used.
+/// never the refresh token, which is read from the store only when it is about to be used.
 #[derive(Clone, Debug)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct AccountRecord {
     /// Provider and name.
     pub key: AccountKey,

@@ -2,9 +2,12 @@
 //! The state machine (`rotation::judge`) computes every record; the backend only keeps it,
 //! refusing a save computed from a record that is no longer the stored one.
 //!
-//! SQLite implements it ([`super::sqlite`]); PostgreSQL ([`super::postgres`]), shared by
-//! several daemons, implements the same calls plus leases, which have single-host defaults
-//! here. Its change feed (LISTEN/NOTIFY) lives beside it in [`super::follow`].
+//! SQLite implements it (`sqlite/`); PostgreSQL (`postgres/`, the `postgres` feature),
+//! shared by several daemons, implements the same calls plus leases, which have single-host
+//! defaults here. Both must answer alike: the conformance suite (`conformance/`) runs the same
+//! tests against each. Rules that are not about storing (which providers connect by OAuth,
+//! which times a record may hold, what an unreadable row means: [`super::stored`]) live above
+//! this trait, once.
 
 use crate::clock::Timestamp;
 use crate::names::AccountKey;
@@ -34,7 +37,7 @@ pub trait Store {
     /// silently skipped.
     fn load_all(&mut self) -> Result<Vec<AccountRecord>, RegistryError>;
 
-    /// One account.
+    /// One account; `UnknownRow` when its row holds a status this build does not know.
     fn load(&mut self, key: &AccountKey) -> Result<AccountRecord, RegistryError>;
 
     /// The accounts of `keys` that exist, in one round trip where the backend can.
@@ -73,16 +76,12 @@ pub trait Store {
         limit: usize,
     ) -> Result<Vec<Event>, RegistryError>;
 
-    /// Starts a Shippo OAuth flow: creates `key` as `pending` unless it already waits for a
+    /// Starts an OAuth flow: creates the account as `pending` unless it already waits for a
     /// token (any other account under that name is `AccountExists`), drops its earlier unused
-    /// states and every expired one, and stores `state_hash` until `expires_at`.
-    fn begin_oauth(
-        &mut self,
-        key: &AccountKey,
-        state_hash: &str,
-        expires_at: Timestamp,
-        now: Timestamp,
-    ) -> Result<AccountRecord, RegistryError>;
+    /// states and every expired one, and stores the state's hash until it expires. Whether the
+    /// provider connects by OAuth at all is decided above the store
+    /// ([`super::Registry::begin_oauth`]).
+    fn begin_oauth(&mut self, begin: &OAuthBegin<'_>) -> Result<AccountRecord, RegistryError>;
 
     /// Spends a state in one statement: the pending account it was issued for, or `None`.
     fn take_oauth_state(
@@ -151,6 +150,21 @@ pub trait Store {
     fn release(&mut self, _key: &AccountKey) -> Result<(), RegistryError> {
         Ok(())
     }
+}
+
+/// An OAuth flow to start ([`Store::begin_oauth`]).
+#[derive(Debug)]
+pub struct OAuthBegin<'a> {
+    /// The account it connects.
+    pub key: &'a AccountKey,
+    /// The hex SHA-256 of the state (the state itself is a bearer secret, never stored).
+    pub state_hash: &'a str,
+    /// When the state stops being accepted.
+    pub expires_at: Timestamp,
+    /// The history detail of the account, when the flow creates it.
+    pub added_detail: &'a str,
+    /// When.
+    pub now: Timestamp,
 }
 
 /// Whether a daemon may work on an account now.

@@ -1,3 +1,4 @@
+#![cfg(feature = "postgres")]
 //! PostgreSQL for the tests: a database of its own per test on a shared server, and a TCP
 //! proxy that can cut every connection to it, standing in for a server restart.
 //!

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::RegistryError;
-use super::seal::{self, KeyCheck, Sealer};
+use super::seal::{self, KeyCheck};
 use crate::keys::{self, KeyError, KeySource, MasterKey, StateLock};
+use crate::registry::RegistryError;
+use crate::registry::seal::Sealer;
 
 /// What `key rotate` did.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ pub fn rotate_key(
         .map_err(RegistryError::from)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(RegistryError::from)?;
-    super::migrations::migrate(&mut conn)?;
+    super::schema::migrate(&mut conn)?;
     let old = Sealer::new(&source.load(false)?);
     let from = match seal::check_key(&conn, &old).map_err(RegistryError::from)? {
         KeyCheck::Matches => Some(&old),

@@ -1,4 +1,4 @@
-//! The registry's schema, as an ordered list of migrations.
+//! The SQLite registry's schema, as an ordered list of migrations.
 //!
 //! Migration `i` (0-based) moves the schema from version `i` to `i + 1`; `PRAGMA user_version`
 //! records the version. Each runs in its own transaction, so a crash mid-upgrade leaves the

@@ -12,9 +12,9 @@ use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use super::Registry;
-use super::postgres::{CHANNEL, PostgresTarget};
+use super::{CHANNEL, PostgresTarget};
 use crate::names::AccountKey;
+use crate::registry::Registry;
 
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

@@ -1,5 +1,6 @@
-//! `shiptoken backup` and `shiptoken key rotate`: the commands that work on the state folder
-//! directly rather than through the daemon's socket.
+//! `shiptoken backup`, `shiptoken key rotate` and `shiptoken registry migrate`: the commands
+//! that work on the registry directly rather than through the daemon's socket (the copy
+//! itself is [`super::sqlite::backup`]).
 //!
 //! A backup opens `registry.db` read-only next to the running daemon (WAL lets a reader take
 //! a consistent snapshot while the daemon writes) and copies it with SQLite's online backup
@@ -10,11 +11,9 @@
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use rusqlite::{Connection, OpenFlags};
 
 use crate::config::Config;
 
@@ -158,7 +157,10 @@ pub fn backup(config: &Config, file: &Path) -> anyhow::Result<()> {
         .mode(0o600)
         .open(file)
         .with_context(|| format!("cannot create the backup file {}", file.display()))?;
-    let result = copy(&source, file);
+    let mut progress = Progress::new("backup");
+    let result =
+        super::sqlite::backup::copy(&source, file, |done, total| progress.update(done, total));
+    progress.finish();
     if result.is_err() {
         let _ = std::fs::remove_file(file);
     }
@@ -174,43 +176,6 @@ pub fn backup(config: &Config, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn copy(source: &Path, file: &Path) -> anyhow::Result<i64> {
-    let src = Connection::open_with_flags(
-        source,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open {} read-only", source.display()))?;
-    src.busy_timeout(Duration::from_secs(5))?;
-    let mut dst = Connection::open(file)
-        .with_context(|| format!("cannot open the backup file {}", file.display()))?;
-    let mut progress = Progress::new("backup");
-    {
-        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        loop {
-            // A step copies a slice of pages; if the daemon writes between steps SQLite
-            // restarts the copy, so what lands in the file is one consistent snapshot.
-            let step = backup.step(64)?;
-            let p = backup.progress();
-            let total = u64::try_from(p.pagecount).unwrap_or(0);
-            let done = total.saturating_sub(u64::try_from(p.remaining).unwrap_or(0));
-            progress.update(done, total);
-            match step {
-                rusqlite::backup::StepResult::Done => break,
-                rusqlite::backup::StepResult::More => {}
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-    progress.finish();
-    // One self-contained file: no WAL beside it to forget when copying it around.
-    let _: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-    let check: String = dst.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-    if check != "ok" {
-        bail!("the backup failed its integrity check: {check}");
-    }
-    Ok(dst.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?)
-}
-
 /// `shiptoken key rotate`: re-seals the registry with a new key; the daemon must be stopped.
 pub fn rotate_key(config: &Config, new_key_out: Option<&Path>) -> anyhow::Result<()> {
     sqlite_only(
@@ -219,7 +184,7 @@ pub fn rotate_key(config: &Config, new_key_out: Option<&Path>) -> anyhow::Result
         "migrate it to SQLite (registry migrate --to DIR), rotate there, and migrate back, as docs/deployment.md says",
     )?;
     let mut progress = Progress::new("re-sealing accounts");
-    let done = crate::registry::rekey::rotate_key(
+    let done = super::sqlite::rekey::rotate_key(
         &config.state_dir,
         config.key_file.as_deref(),
         new_key_out,
