@@ -112,6 +112,34 @@ impl Sealer {
             .map_err(|_| SealError::WrongKey)?;
         String::from_utf8(plain).map_err(|_| SealError::NotText)
     }
+
+    /// Seals the value of a token column (one of [`SECRET_COLUMNS`]) for its place, the
+    /// account's `provider/account/column`; no value stays none. Both backends seal through
+    /// this, so what a token is bound to is decided once.
+    pub fn seal_column(
+        &self,
+        provider: &str,
+        account: &str,
+        column: &str,
+        value: Option<&str>,
+    ) -> Result<Option<String>, SealError> {
+        value
+            .map(|v| self.seal(v, &ad(provider, account, column)))
+            .transpose()
+    }
+
+    /// Opens a token column's stored value from its place (see [`Sealer::seal_column`]).
+    pub fn open_column(
+        &self,
+        provider: &str,
+        account: &str,
+        column: &str,
+        stored: Option<&str>,
+    ) -> Result<Option<String>, SealError> {
+        stored
+            .map(|v| self.open(v, &ad(provider, account, column)))
+            .transpose()
+    }
 }
 
 /// The associated data of a token column.

@@ -6,7 +6,7 @@ use postgres::{GenericClient, Row};
 use super::CHANNEL;
 use crate::clock::Timestamp;
 use crate::names::AccountKey;
-use crate::registry::seal::{self, Sealer};
+use crate::registry::seal::Sealer;
 use crate::registry::{AccountRecord, Doubt, NewAccount, RegistryError, TokenRecord, stored};
 use crate::secret::Secret;
 
@@ -24,10 +24,10 @@ pub(super) fn row_to_record(row: &Row, sealer: &Sealer) -> Result<AccountRecord,
     let name: String = row.get(1);
     let (key, status) = stored::account(&provider, name.clone(), row.get(5))?;
     let token = |col: usize, column: &str| -> Result<Option<TokenRecord>, RegistryError> {
-        let Some(sealed) = row.get::<_, Option<String>>(col) else {
+        let stored = row.get::<_, Option<&str>>(col);
+        let Some(plain) = sealer.open_column(&provider, &name, column, stored)? else {
             return Ok(None);
         };
-        let plain = sealer.open(&sealed, &seal::ad(&provider, &name, column))?;
         Ok(Some(TokenRecord {
             access_token: Secret::new(plain),
             issued_at: Timestamp::from_millis(row.get::<_, Option<i64>>(col + 1).unwrap_or(0)),
@@ -75,15 +75,8 @@ pub(super) fn sealed(
     column: &str,
     value: Option<&Secret>,
 ) -> Result<Option<String>, RegistryError> {
-    value
-        .map(|v| {
-            sealer.seal(
-                v.expose(),
-                &seal::ad(key.provider.as_str(), &key.name, column),
-            )
-        })
-        .transpose()
-        .map_err(RegistryError::from)
+    let value = value.map(Secret::expose);
+    Ok(sealer.seal_column(key.provider.as_str(), &key.name, column, value)?)
 }
 
 /// Tells every daemon (this one too) that `record` changed, at commit.

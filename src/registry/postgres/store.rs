@@ -10,7 +10,6 @@ use super::rows::{
 use super::{PgStore, duplicate};
 use crate::clock::Timestamp;
 use crate::names::{AccountKey, Status};
-use crate::registry::seal;
 use crate::registry::store::{Dump, DumpedEvent, LeaseAnswer, OAuthBegin, Save, Store};
 use crate::registry::{
     AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, RegistryError, stored,
@@ -155,11 +154,10 @@ impl Store for PgStore {
                     &[&key.provider.as_str(), &key.name],
                 )?
                 .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
-            let Some(stored) = row.get::<_, Option<String>>(0) else {
-                return Ok(None);
-            };
-            let ad = seal::ad(key.provider.as_str(), &key.name, "refresh_token");
-            Ok(Some(Secret::new(sealer.open(&stored, &ad)?)))
+            let stored = row.get::<_, Option<&str>>(0);
+            let plain =
+                sealer.open_column(key.provider.as_str(), &key.name, "refresh_token", stored)?;
+            Ok(plain.map(Secret::new))
         })
     }
 

@@ -18,21 +18,15 @@ pub fn register(conn: &Connection, sealer: &Sealer) -> rusqlite::Result<()> {
     for (name, sealing) in [("seal", true), ("unseal", false)] {
         let sealer = sealer.clone();
         conn.create_scalar_function(name, 4, flags, move |ctx| {
-            let Some(value) = ctx.get::<Option<String>>(0)? else {
-                return Ok(None);
-            };
-            let ad = ad(
-                &ctx.get::<String>(1)?,
-                &ctx.get::<String>(2)?,
-                &ctx.get::<String>(3)?,
-            );
+            let value = ctx.get::<Option<String>>(0)?;
+            let (provider, account, column): (String, String, String) =
+                (ctx.get(1)?, ctx.get(2)?, ctx.get(3)?);
             let out = if sealing {
-                sealer.seal(&value, &ad)
+                sealer.seal_column(&provider, &account, &column, value.as_deref())
             } else {
-                sealer.open(&value, &ad)
+                sealer.open_column(&provider, &account, &column, value.as_deref())
             };
-            out.map(Some)
-                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+            out.map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
         })?;
     }
     Ok(())
