@@ -22,7 +22,9 @@ pub use run::{Process, run};
 /// definitions as [`Cli`]'s but without the other subcommands; any line it does not accept
 /// (another command, an error, `--help`) is read again by the whole [`Cli`]. Building clap's
 /// whole command tree, every subcommand and its help, cost a `get` about 50 page faults and
-/// 5-8% of its CPU time (docs/socket.md).
+/// 5-8% of its CPU time; this parser costs it about 10-14 page faults and 2% of its time
+/// more than the hand-written reader it replaced, which was a second definition of the line
+/// (docs/socket.md).
 pub fn parse() -> Cli {
     get_line(std::env::args_os()).unwrap_or_else(Cli::parse)
 }
@@ -40,9 +42,14 @@ fn get_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<Cli> {
 
 /// The command line of `get` alone: [`Cli`]'s global options and [`Command::Get`]'s
 /// arguments, the same definitions, so the two cannot read a `get` line differently (a test
-/// checks that they do not).
+/// checks that they do not). It has no help flag or subcommand: building them cost a `get`
+/// about 5 page faults, and a line asking for help is left to the whole [`Cli`] anyway.
 #[derive(Debug, Parser)]
-#[command(name = "shiptoken")]
+#[command(
+    name = "shiptoken",
+    disable_help_flag = true,
+    disable_help_subcommand = true
+)]
 struct GetLine {
     #[command(flatten)]
     globals: GlobalArgs,
@@ -53,6 +60,7 @@ struct GetLine {
 /// The one subcommand [`GetLine`] knows.
 #[derive(Debug, Subcommand)]
 enum GetOnly {
+    #[command(disable_help_flag = true)]
     Get(GetArgs),
 }
 
