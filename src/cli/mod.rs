@@ -22,7 +22,7 @@ pub use run::{Process, run};
 /// definitions as [`Cli`]'s but without the other subcommands; any line it does not accept
 /// (another command, an error, `--help`) is read again by the whole [`Cli`]. Building clap's
 /// whole command tree, every subcommand and its help, cost a `get` about 50 page faults and
-/// 5-8% of its CPU time; this parser costs it about 10-14 page faults and 2% of its time
+/// 5-8% of its CPU time; this parser costs it about 15 page faults and 2-3% of its time
 /// more than the hand-written reader it replaced, which was a second definition of the line
 /// (docs/socket.md).
 pub fn parse() -> Cli {
