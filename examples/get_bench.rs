@@ -8,13 +8,18 @@
 //! target/release/examples/get_bench [--pizauth PATH [--pizauth-account NAME]]
 //! ```
 //!
-//! Options: `--runs N` (per program, default 1000; the two alternate run by run so background
+//! Options: `--runs N` (per program, default 1000; the programs alternate run by run so background
 //! load hits both alike), `--daemon PATH` (default: `shiptoken` beside this example's
 //! directory, i.e. `target/release/shiptoken`), `--pizauth PATH` (or `PIZAUTH=PATH`): a pizauth
 //! binary whose server is already running and holds a token for `--pizauth-account` (or
 //! `PIZAUTH_ACCOUNT`, default `bench`); README "Performance" says how one was set up. Exits 1
 //! when `get`'s median is above 0.8x `pizauth show`'s, or when either command fails; without
 //! pizauth the comparison is reported as skipped, never as passed.
+//!
+//! `--baseline PATH`: another `shiptoken` build (e.g. one of the commit before a change, copied
+//! out of `target/release`) whose `get` runs against the same daemon, alternating run by run
+//! with this one's, and is reported beside it: how a change to the client's start-up moves its
+//! time and page faults under the same load. It only reports; the exit code stays pizauth's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -61,6 +66,7 @@ fn run() -> i32 {
         PathBuf::from,
     );
     let pizauth = value("--pizauth").or_else(|| std::env::var("PIZAUTH").ok());
+    let baseline = value("--baseline");
     let pizauth_account = value("--pizauth-account")
         .or_else(|| std::env::var("PIZAUTH_ACCOUNT").ok())
         .unwrap_or_else(|| "bench".into());
@@ -92,6 +98,16 @@ fn run() -> i32 {
         times: Vec::new(),
         faults: Vec::new(),
     }];
+    if let Some(path) = &baseline {
+        let mut command = targets[0].command.clone();
+        command[0] = path.clone();
+        targets.push(Target {
+            name: "baseline get",
+            command,
+            times: Vec::new(),
+            faults: Vec::new(),
+        });
+    }
     if let Some(path) = &pizauth {
         targets.push(Target {
             name: "pizauth show",
@@ -156,7 +172,16 @@ fn run() -> i32 {
     for t in &targets {
         println!("  {}: {}", t.name, t.command.join(" "));
     }
-    let [get, show] = medians[..] else {
+    if baseline.is_some() {
+        println!(
+            "\n`get` median {:.2}x the baseline's; page faults {} against {}",
+            medians[0].as_secs_f64() / medians[1].as_secs_f64(),
+            targets[0].faults[targets[0].faults.len() / 2],
+            targets[1].faults[targets[1].faults.len() / 2]
+        );
+    }
+    // pizauth, when given, is the last program timed.
+    let (get, Some(show)) = (medians[0], pizauth.as_ref().and(medians.last().copied())) else {
         println!(
             "\n`get` vs `pizauth show` (target <= {TARGET}x): skipped, no pizauth given \
              (--pizauth PATH or PIZAUTH=PATH)"

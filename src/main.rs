@@ -1,11 +1,12 @@
-//! The `shiptoken` binary: parses the command line and hands off to the library. It owns the
-//! process-wide parts: the async runtime, the log subscriber and the signals.
+//! The `shiptoken` binary: parses the command line and hands it to the library's one dispatch
+//! (`cli::run`). It owns the process-wide parts that dispatch asks for: the async runtime,
+//! the log subscriber, the signals and systemd's environment.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use shiptoken::cli::{Cli, Command, ConfigCommand, KeyCommand, RegistryCommand};
+use shiptoken::cli::{Cli, Process, ServeArgs};
 use shiptoken::config::Config;
 use shiptoken::{daemon, logging};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -25,99 +26,64 @@ pub extern "C" fn pow(base: f64, exponent: f64) -> f64 {
 
 fn main() -> ExitCode {
     let cli = shiptoken::cli::parse();
-    // A command that asks the daemon and exits starts no runtime and no thread: starting
-    // them was more than half of a `get`'s system calls (docs/socket.md).
-    if cli.command.is_one_shot() {
-        return shiptoken::cli::run_one_shot(&cli);
-    }
-    with_runtime(&cli)
+    shiptoken::cli::run(&cli, &Binary)
 }
 
-/// Runs every other command on the async runtime. Kept out of `main` so that `main`'s stack
-/// frame stays small: inlined, the daemon's futures made it 48 KiB, and the stack probes of
-/// its prologue touched each of those pages before a `get` could start.
-#[inline(never)]
-fn with_runtime(cli: &Cli) -> ExitCode {
-    if matches!(cli.command, Command::Serve(_)) {
+/// The process-wide parts the commands ask for: the async runtime, the log subscriber, the
+/// signals and systemd's environment.
+struct Binary;
+
+impl Process for Binary {
+    // Neither is inlined into `cli::run`, so that its stack frame (which a `get` pays for)
+    // stays small: inlined, the daemon's futures made `main`'s 48 KiB, and the stack probes
+    // of its prologue touched each of those pages before a `get` could start.
+    #[inline(never)]
+    fn serve(&self, cli: &Cli, args: &ServeArgs) -> ExitCode {
         limit_malloc_arenas();
+        let systemd = systemd_from_env();
+        with_runtime(|| serve(cli, args, systemd))
     }
-    // SAFETY: no other thread exists yet; the async runtime starts below. No crate can make
-    // this safe: since Rust 2024 changing the environment is unsafe because other threads
-    // may read it, and only the caller knows there are none.
-    let systemd = unsafe { shiptoken::systemd::Systemd::from_env() };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+
+    #[inline(never)]
+    fn on_runtime<W, F>(&self, work: W) -> ExitCode
+    where
+        W: FnOnce() -> F,
+        F: Future<Output = ExitCode>,
+    {
+        // Read (and cleared) before any thread exists even when only `exec`'s program would
+        // have inherited it.
+        let _ = systemd_from_env();
+        with_runtime(work)
+    }
+}
+
+/// Takes what systemd passed in the environment, clearing it.
+fn systemd_from_env() -> shiptoken::systemd::Systemd {
+    // SAFETY: no other thread exists yet; the async runtime starts after this. No crate can
+    // make this safe: since Rust 2024 changing the environment is unsafe because other
+    // threads may read it, and only the caller knows there are none.
+    unsafe { shiptoken::systemd::Systemd::from_env() }
+}
+
+/// Starts the multi-thread async runtime and runs the future `work` makes on it.
+fn with_runtime<F: Future<Output = ExitCode>>(work: impl FnOnce() -> F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(work()),
         Err(e) => {
             eprintln!("shiptoken: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        match &cli.command {
-            Command::Serve(args) => serve(cli, args, systemd).await,
-            Command::Config(ConfigCommand::Check) => match Config::load(cli.config.as_deref()) {
-                Ok(c) => {
-                    shiptoken::cli::say_raw(format_args!("{}", c.to_toml()));
-                    for var in Config::unknown_env_vars() {
-                        eprintln!("warning: environment variable {var} names no configuration key");
-                    }
-                    // serve refuses to start without a readable secret; check says so first.
-                    if let Err(e) = c.shippo.client_secret() {
-                        eprintln!("shiptoken: invalid configuration: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                    eprintln!("configuration is valid");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("shiptoken: invalid configuration: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-            Command::Backup { file } => offline(cli, |c| shiptoken::backup::backup(c, file)),
-            Command::Key(KeyCommand::Rotate { new_key_out }) => offline(cli, |c| {
-                shiptoken::backup::rotate_key(c, new_key_out.as_deref())
-            }),
-            Command::Registry(RegistryCommand::Migrate { to, password_file }) => {
-                offline(cli, |c| {
-                    shiptoken::backup::migrate_registry(c, to, password_file.as_deref())
-                })
-            }
-            _ => shiptoken::cli::run_client(cli).await,
-        }
-    })
-}
-
-/// Runs a command that works on the state folder itself (backup, key rotation).
-fn offline(cli: &Cli, run: impl FnOnce(&Config) -> anyhow::Result<()>) -> ExitCode {
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("shiptoken: invalid configuration: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(&config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shiptoken: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(
-    cli: &Cli,
-    args: &shiptoken::cli::ServeArgs,
-    systemd: shiptoken::systemd::Systemd,
-) -> ExitCode {
+async fn serve(cli: &Cli, args: &ServeArgs, systemd: shiptoken::systemd::Systemd) -> ExitCode {
     if args.dev {
         return serve_dev(args, systemd).await;
     }
-    let config = match Config::load(cli.config.as_deref()) {
+    let config = match Config::load(cli.globals.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shiptoken: invalid configuration: {e}");
@@ -167,10 +133,7 @@ async fn until_stopped(mut signals: Signals, reloader: daemon::Reloader) {
 
 /// `serve --dev`: the daemon against the simulators, on a temporary state folder.
 #[cfg(feature = "dev")]
-async fn serve_dev(
-    args: &shiptoken::cli::ServeArgs,
-    systemd: shiptoken::systemd::Systemd,
-) -> ExitCode {
+async fn serve_dev(args: &ServeArgs, systemd: shiptoken::systemd::Systemd) -> ExitCode {
     use std::io::Write;
     let log = logging::init("info", shiptoken::config::LogFormat::Text);
     let env = match shiptoken::dev::prepare(args.keep).await {
@@ -199,10 +162,7 @@ async fn serve_dev(
 /// `serve --dev` in a build without the simulators (the .deb): a usage error that says
 /// where dev mode is.
 #[cfg(not(feature = "dev"))]
-async fn serve_dev(
-    _args: &shiptoken::cli::ServeArgs,
-    _systemd: shiptoken::systemd::Systemd,
-) -> ExitCode {
+async fn serve_dev(_args: &ServeArgs, _systemd: shiptoken::systemd::Systemd) -> ExitCode {
     eprintln!(
         "shiptoken: this build has no dev mode: it was built without the `dev` feature, as \
          the .deb is. From a source checkout, `cargo run -- serve --dev` has it (a default \

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use super::render::{self, render_watch, say, say_raw, terminal_width};
-use super::{AccountsCommand, AddCommand, Cli, Command, ShippoCommand};
+use super::{AddCommand, Cli};
 use crate::client::{self, ClientError, Reply};
 use crate::clock::{Clock, Timestamp};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
@@ -44,11 +44,11 @@ pub(super) fn fail(message: impl Into<String>) -> Failed {
 
 /// The socket a client command talks to: `--socket`, else the config's `socket.path`, else
 /// the default.
-fn socket_path(cli: &Cli) -> Result<PathBuf, Failed> {
-    if let Some(s) = &cli.socket {
+pub(super) fn socket_path(cli: &Cli) -> Result<PathBuf, Failed> {
+    if let Some(s) = &cli.globals.socket {
         return Ok(s.clone());
     }
-    match &cli.config {
+    match &cli.globals.config {
         Some(file) => Config::load(Some(file))
             .map(|c| c.socket.path)
             .map_err(|e| fail(format!("{e}"))),
@@ -64,95 +64,58 @@ fn default_socket() -> PathBuf {
     PathBuf::from(crate::config::RawConfig::default().socket.path)
 }
 
-/// Runs a command that asks the daemon once (or once per account, one after another) and
-/// exits, or prints something without asking it: no async runtime, no thread (see
-/// [`Command::is_one_shot`](super::Command::is_one_shot)).
-pub fn run_one_shot(cli: &Cli) -> ExitCode {
-    match &cli.command {
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "shiptoken", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
-        }
-        Command::Man => {
-            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            return match page.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("shiptoken: cannot write the man page: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        _ => {}
-    }
-    let result = socket_path(cli).and_then(|socket| {
-        match &cli.command {
-            Command::Get { account, json, .. } => get(&socket, account, *json),
-            Command::Accounts(AccountsCommand::List { json, .. }) => list(&socket, *json),
-            Command::Accounts(AccountsCommand::Add(add)) => add_account(&socket, add),
-            Command::Accounts(AccountsCommand::Remove { account }) => {
-                let reply = client::call_blocking(&socket, "DELETE", &account_path(account)?, None)?;
-                expect_ok(&reply)?;
-                say(format_args!("removed {account}"));
-                Ok(())
-            }
-            Command::Rotate { accounts, all } => rotate_many(&socket, accounts, *all),
-            Command::Verify { account } => act(&socket, account, "verify"),
-            Command::Audit { account, since, json } => {
-                audit(&socket, account.as_deref(), since.as_deref(), *json)
-            }
-            Command::Shippo(ShippoCommand::Connect { name }) => {
-                let reply = client::call_blocking(&socket, "POST", "/v1/shippo/connect", Some(&json!({ "account": name })))?;
-                expect_ok(&reply)?;
-                let url = reply.body.get("authorize_url").and_then(Value::as_str).unwrap_or_default();
-                say(format_args!("Open this URL to connect the Shippo account {name}:\n\n  {url}\n"));
-                say(format_args!("The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works."));
-                Ok(())
-            }
-            _ => Err(fail("not a one-shot client command")),
-        }
-        .map(|()| 0)
-    });
-    exit_with(result)
+/// `completions SHELL`: the script, from the whole command tree.
+pub(super) fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "shiptoken", &mut std::io::stdout());
+    ExitCode::SUCCESS
 }
 
-/// Runs a client command that keeps running: `get --watch`, `accounts list --watch`, `exec`.
-pub async fn run_client(cli: &Cli) -> ExitCode {
-    let result = async {
-        let socket = socket_path(cli)?;
-        match &cli.command {
-            Command::Get {
-                account,
-                json,
-                watch: true,
-            } => super::follow::get_watch(&socket, account, *json).await,
-            Command::Accounts(AccountsCommand::List { watch: true, .. }) => watch(&socket).await,
-            Command::Exec {
-                tokens,
-                restart_on_rotate,
-                signal_on_rotate,
-                command,
-            } => {
-                let args = super::exec::ExecArgs {
-                    tokens,
-                    restart: *restart_on_rotate,
-                    signal: signal_on_rotate.as_deref(),
-                    command,
-                };
-                let code = super::exec::exec(&socket, args).await?;
-                return Ok(code);
-            }
-            _ => Err(fail("not a long-running client command")),
+/// `man`: the man page, from the whole command tree.
+pub(super) fn man() -> ExitCode {
+    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+    match page.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shiptoken: cannot write the man page: {e}");
+            ExitCode::FAILURE
         }
-        .map(|()| 0)
     }
-    .await;
-    exit_with(result)
+}
+
+/// `accounts remove`: the account and its tokens.
+pub(super) fn remove(socket: &Path, account: &str) -> Result<(), Failed> {
+    let reply = client::call_blocking(socket, "DELETE", &account_path(account)?, None)?;
+    expect_ok(&reply)?;
+    say(format_args!("removed {account}"));
+    Ok(())
+}
+
+/// `shippo connect`: starts the flow and prints the URL to open.
+pub(super) fn shippo_connect(socket: &Path, name: &str) -> Result<(), Failed> {
+    let reply = client::call_blocking(
+        socket,
+        "POST",
+        "/v1/shippo/connect",
+        Some(&json!({ "account": name })),
+    )?;
+    expect_ok(&reply)?;
+    let url = reply
+        .body
+        .get("authorize_url")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    say(format_args!(
+        "Open this URL to connect the Shippo account {name}:\n\n  {url}\n"
+    ));
+    say(format_args!(
+        "The daemon finishes the flow at its callback; then `shiptoken get shippo/{name}` works."
+    ));
+    Ok(())
 }
 
 /// The exit code of a client command; a failure's message goes to stderr.
-fn exit_with(result: Result<u8, Failed>) -> ExitCode {
+pub(super) fn exit_with(result: Result<u8, Failed>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
@@ -164,7 +127,7 @@ fn exit_with(result: Result<u8, Failed>) -> ExitCode {
 
 /// `shiptoken audit`: the daemon parses `--since` with its own clock, so "1h" means an hour
 /// before the daemon's now.
-fn audit(
+pub(super) fn audit(
     socket: &Path,
     account: Option<&str>,
     since: Option<&str>,
@@ -229,7 +192,7 @@ pub(super) fn expect_ok(reply: &Reply) -> Result<(), Failed> {
     Err(Failed { code, message })
 }
 
-fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
+pub(super) fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
     let key = crate::names::AccountKey::parse(account).map_err(|e| Failed {
         code: 2,
         message: e.to_string(),
@@ -257,7 +220,7 @@ fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed> {
     Ok(())
 }
 
-fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
+pub(super) fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
     let line = act_quiet(socket, account, action)?;
     say(format_args!("{line}"));
     Ok(())
@@ -280,7 +243,7 @@ fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String, Faile
 
 /// Rotates several accounts one after another: a progress bar on a terminal, a line per
 /// account otherwise. Exits with the worst outcome (1 before 3 before 0).
-fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
+pub(super) fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
     let keys: Vec<String> = if all {
         let reply = client::call_blocking(socket, "GET", "/v1/accounts", None)?;
         expect_ok(&reply)?;
@@ -356,7 +319,7 @@ fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Fail
 /// `accounts list --watch`: redraws the table every second until interrupted. On a terminal
 /// it clears the screen and colours the status; without one (or with NO_COLOR) it prints
 /// plain snapshots.
-async fn watch(socket: &Path) -> Result<(), Failed> {
+pub(super) async fn watch(socket: &Path) -> Result<(), Failed> {
     use std::io::Write;
     let tty = std::io::stdout().is_terminal();
     let color = tty && std::env::var_os("NO_COLOR").is_none();
@@ -416,7 +379,7 @@ fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String,
     Ok(token)
 }
 
-fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
+pub(super) fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
     let mut stdin_used = false;
     let mut read = |file: &Path, what: &str| read_secret(file, what, &mut stdin_used);
     let body = match add {
@@ -439,7 +402,7 @@ fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
     Ok(())
 }
 
-fn list(socket: &Path, json: bool) -> Result<(), Failed> {
+pub(super) fn list(socket: &Path, json: bool) -> Result<(), Failed> {
     let reply = client::call_blocking(socket, "GET", "/v1/accounts", None)?;
     expect_ok(&reply)?;
     if json {
