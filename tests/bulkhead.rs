@@ -90,11 +90,33 @@ async fn shippo_paced_to_two_calls_a_minute_never_starves_shiphero() {
     // Four Shippo accounts: the first is checked at once (Shippo's one free slot), the others
     // wait for their slots in Shippo's lane, and their adds answer at once, pending.
     let mut tokens = Vec::new();
-    for name in ["s1", "s2", "s3", "s4"] {
+    for name in ["s1", "s2", "s3"] {
         let token = shippo.add_token(name);
         d.add_shippo(name, &token).await;
         tokens.push(token);
     }
+    let token = shippo.add_token("s4");
+    let file = d.dir.join("s4.token");
+    std::fs::write(&file, &token).unwrap();
+    let out = d
+        .cli(&[
+            "accounts",
+            "add",
+            "shippo",
+            "s4",
+            "--access-token-file",
+            file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("added shippo/s4: pending")
+            && out
+                .stdout
+                .contains("first check queued behind shippo's pacing"),
+        "{out:?}"
+    );
+    tokens.push(token);
     let unchecked: Vec<&String> = tokens.iter().filter(|t| shippo.api_count(t) == 0).collect();
     assert_eq!(
         unchecked.len(),

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use super::render::{self, render_watch, say, say_raw, terminal_width};
-use super::{AddCommand, Cli};
+use super::{AddArgs, AddCommand, Cli};
 use crate::client::{self, ClientError, Reply};
 use crate::clock::{Clock, Timestamp};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
@@ -379,14 +379,19 @@ fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String,
     Ok(token)
 }
 
-pub(super) fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed> {
+pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
     let mut stdin_used = false;
     let mut read = |file: &Path, what: &str| read_secret(file, what, &mut stdin_used);
-    let body = match add {
+    let body = match &add.provider {
         AddCommand::Shiphero(args) => args.body(&mut read)?,
         AddCommand::Shippo(args) => args.body(&mut read)?,
     };
-    let reply = client::call_blocking(socket, "POST", "/v1/accounts", Some(&body))?;
+    let path = if add.wait {
+        "/v1/accounts?wait=true"
+    } else {
+        "/v1/accounts"
+    };
+    let reply = client::call_blocking(socket, "POST", path, Some(&body))?;
     expect_ok(&reply)?;
     let b = &reply.body;
     let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
@@ -398,6 +403,12 @@ pub(super) fn add_account(socket: &Path, add: &AddCommand) -> Result<(), Failed>
     ));
     if let Some(e) = b.get("last_error").and_then(Value::as_str) {
         say(format_args!("last error: {e}"));
+    }
+    if let Some(secs) = b.get("check_in_seconds").and_then(Value::as_u64) {
+        say(format_args!(
+            "first check queued behind {}'s pacing, in about {secs}s (`shiptoken accounts list` shows its status; --wait waits for it)",
+            s("provider")
+        ));
     }
     Ok(())
 }

@@ -259,13 +259,25 @@ pub enum AccountsCommand {
         watch: bool,
     },
     /// Register an account.
-    #[command(subcommand)]
-    Add(AddCommand),
+    Add(AddArgs),
     /// Remove an account and its tokens.
     Remove {
         /// PROVIDER/ACCOUNT.
         account: String,
     },
+}
+
+/// `accounts add`: whether to wait for the first check, and the provider's arguments.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Wait for the first check even when the provider's pacing or a throttle holds it. By
+    /// default such an account is answered `pending` at once, and checked first in its
+    /// provider's queue.
+    #[arg(long, global = true)]
+    pub wait: bool,
+    /// The provider and its arguments.
+    #[command(subcommand)]
+    pub provider: AddCommand,
 }
 
 /// `accounts add` subcommands: one per provider, each with the arguments its folder defines
