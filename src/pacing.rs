@@ -1,10 +1,9 @@
-//! Per-provider pacing: a token bucket in front of every upstream call, a provider-wide
-//! pause when the provider says it is throttling us, and an order among the calls waiting.
+//! Per-provider pacing: a token bucket in front of every upstream call, and an order among
+//! the calls waiting.
 //!
-//! The pause holds back routine work (a provider's lane asks [`Pacer::until_unpaused`]
-//! before it starts an account) but not a call an operator asked for: `shiptoken verify`
-//! should get the provider's answer now, not hang silently for as long as another account was
-//! told to wait.
+//! A throttled answer pauses nothing here: the providers' limits are per account
+//! (UPSTREAM.md), so the throttled account alone waits what it was told (its next try is
+//! scheduled then), and the bucket keeps the provider's other accounts below the rate.
 //!
 //! A provider's concurrency bounds how many calls are in flight; it does not bound how many
 //! start per second, and with a fast upstream 64 permits can mean hundreds of calls a second.
@@ -64,8 +63,6 @@ pub struct Pacer {
 struct PacerState {
     /// When the bucket would be empty again if no more calls came; `None` before the first.
     tat: Option<Instant>,
-    /// No routine work starts before this (the provider throttled us).
-    paused_until: Option<Instant>,
     /// Calls waiting for a slot: urgent ones, then routine ones, each in arrival order.
     urgent: VecDeque<Waiter>,
     routine: VecDeque<Waiter>,
@@ -193,34 +190,13 @@ impl Pacer {
     pub fn free_now(&self, rate: Rate) -> bool {
         let st = self.lock();
         let now = Instant::now();
-        st.head().is_none()
-            && st.earliest(rate, now).0 <= now
-            && st.paused_until.is_none_or(|u| u <= now)
-    }
-
-    /// When the provider-wide pause ends, if one is under way.
-    pub fn paused_until(&self) -> Option<Instant> {
-        self.lock().paused_until.filter(|u| *u > Instant::now())
+        st.head().is_none() && st.earliest(rate, now).0 <= now
     }
 
     /// How many calls wait for a slot.
     pub fn waiting(&self) -> usize {
         let st = self.lock();
         st.urgent.len() + st.routine.len()
-    }
-
-    /// Waits while the provider-wide pause lasts (without counting a call).
-    pub async fn until_unpaused(&self) {
-        while let Some(until) = self.paused_until() {
-            tokio::time::sleep_until(until).await;
-        }
-    }
-
-    /// Stops routine calls from starting for `d` (extends, never shortens, a pause under way).
-    pub fn pause(&self, d: Duration) {
-        let until = Instant::now() + d;
-        let mut st = self.lock();
-        st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
     }
 }
 
@@ -338,14 +314,5 @@ mod tests {
         pacer.wait(rate, Class::Routine).await;
         assert!(Instant::now() - t0 <= Duration::from_secs(1));
         assert_eq!(pacer.waiting(), 0);
-    }
-
-    #[test]
-    fn a_pause_extends_but_never_shortens() {
-        let pacer = Pacer::default();
-        pacer.pause(Duration::from_secs(5));
-        pacer.pause(Duration::from_secs(1));
-        let until = pacer.paused_until().unwrap();
-        assert!(until >= Instant::now() + Duration::from_secs(4));
     }
 }

@@ -105,16 +105,32 @@ pub(crate) fn excerpt(body: &str) -> String {
     }
 }
 
-/// Reads a `Retry-After` header given in seconds.
+/// Reads a `Retry-After` header in either of its forms (RFC 9110 10.2.3): seconds, or an
+/// HTTP date. A date is read against the answer's own `Date` header, so the wait does not
+/// depend on how far our clock is from the server's; without one, against the system clock.
+/// A date already past means no wait.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
+    };
+    let at = unix(httpdate::parse_http_date(value).ok()?)?;
+    let now = headers
+        .get(reqwest::header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .and_then(unix)
+        .or_else(|| u64::try_from(crate::clock::Clock::system_now().secs()).ok())?;
+    Some(Duration::from_secs(at.saturating_sub(now)))
 }
 
 /// A `reqwest` client builder with TLS on ring, rustls' provider that the PostgreSQL
@@ -157,7 +173,36 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
 
 #[cfg(test)]
 mod tests {
-    use super::excerpt;
+    use super::{excerpt, retry_after};
+    use std::time::Duration;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_a_date_against_the_answers_own_date() {
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "120")])),
+            Some(Duration::from_secs(120))
+        );
+        let dated = headers(&[
+            ("retry-after", "Wed, 21 Oct 2026 07:30:00 GMT"),
+            ("date", "Wed, 21 Oct 2026 07:28:00 GMT"),
+        ]);
+        assert_eq!(retry_after(&dated), Some(Duration::from_secs(120)));
+        let past = headers(&[
+            ("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT"),
+            ("date", "Wed, 21 Oct 2026 07:30:00 GMT"),
+        ]);
+        assert_eq!(retry_after(&past), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
+        assert_eq!(retry_after(&headers(&[])), None);
+    }
 
     #[test]
     fn an_excerpt_is_one_line_without_control_characters_and_at_most_200_characters() {

@@ -348,6 +348,22 @@ impl Transition<'_> {
     }
 
     fn expired(&mut self) {
+        // The refresh token's refusal was confirmed while the served token still worked; now
+        // that token is gone too, so nothing can be served or refreshed: `revoked` at once
+        // (the operator needs a new refresh token), not `expired` (which says to wait).
+        // During an incident the refusal is not trusted and the clock alone speaks.
+        if let Some(renew) = self.r.renew_doubt.clone()
+            && self.confirmed(&renew)
+            && self.rules.hold.is_none()
+        {
+            return self.set_flag(
+                Status::Revoked,
+                format!(
+                    "the served token expired and the refresh token is refused: {}",
+                    renew.reason
+                ),
+            );
+        }
         let expired_at = self
             .r
             .current

@@ -94,8 +94,6 @@ pub struct LaneState {
     pub running: usize,
     /// Calls waiting for a pacing slot.
     pub waiting_for_pace: usize,
-    /// Seconds the provider-wide pause (a throttled answer) still lasts; 0 when none.
-    pub paused_for_seconds: u64,
     /// When the newest sweep whose due work in this lane has all been done finished.
     pub swept_through: Timestamp,
 }
@@ -223,15 +221,10 @@ impl Lane {
     /// What `/v1/health` shows of the lane.
     pub(super) fn state(&self) -> LaneState {
         let q = self.lock();
-        let paused = self
-            .pacer
-            .paused_until()
-            .map_or(0, |u| (u - tokio::time::Instant::now()).as_secs());
         LaneState {
             queued: q.waiting.len(),
             running: q.running.len(),
             waiting_for_pace: self.pacer.waiting(),
-            paused_for_seconds: paused,
             swept_through: q.swept.1,
         }
     }
@@ -404,8 +397,7 @@ impl Engine {
 
     /// One lane's worker: starts queued work, most urgent first, keeping at most twice the
     /// provider's concurrency in hand (enough that permits never idle while others write to
-    /// the registry, few enough that memory does not grow with the queue). A provider-wide
-    /// pause (the provider throttled us) holds back work not yet started, in this lane only.
+    /// the registry, few enough that memory does not grow with the queue).
     async fn work_lane(self: Arc<Self>, index: usize, stop: CancellationToken) {
         let lane = &self.lanes[index];
         let mut tasks = tokio::task::JoinSet::new();
@@ -421,7 +413,6 @@ impl Engine {
                 while tasks.len() >= in_hand {
                     tasks.join_next().await;
                 }
-                lane.pacer.until_unpaused().await;
             };
             tokio::select! {
                 () = ready => {}
@@ -482,8 +473,8 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Whether a call of `provider` could start now, or must wait for pacing or a pause;
-    /// when it must, about when it could start.
+    /// Whether a call of `provider` could start now, or must wait for its pacing; when it
+    /// must, about when it could start.
     pub(super) fn slot_wait(&self, provider: Provider) -> Option<Duration> {
         let lane = self.lane(provider);
         let rate = self.config.borrow().upstream(provider).pace;
@@ -492,12 +483,7 @@ impl Engine {
         }
         let interval = Duration::from_secs_f64(1.0 / rate.per_second.max(1e-6));
         let waiting = u32::try_from(lane.pacer.waiting() + 1).unwrap_or(u32::MAX);
-        let paced = interval.saturating_mul(waiting);
-        let paused = lane
-            .pacer
-            .paused_until()
-            .map_or(Duration::ZERO, |u| u - tokio::time::Instant::now());
-        Some(paced.max(paused))
+        Some(interval.saturating_mul(waiting))
     }
 }
 

@@ -35,10 +35,6 @@ use crate::providers::Providers;
 use crate::registry::{Registry, RegistryError};
 use incident::{Incidents, Threshold};
 
-/// The longest provider-wide pause one throttled answer can cause; the throttled account
-/// itself still waits as long as it was told.
-const MAX_PAUSE: Duration = Duration::from_secs(300);
-
 /// Hands memory freed after a sweep back to the OS. glibc keeps freed heap in its per-thread
 /// arenas, so after one sweep of thousands of accounts the resident size would otherwise
 /// stay at its peak for good. A few milliseconds, once per sweep that had work.

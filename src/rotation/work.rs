@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use super::judge::{Outcome, Probed, Rules, transition};
 use super::plan::{Work, backoff};
-use super::{Engine, EngineError, MAX_PAUSE, ProbingGuard};
+use super::{Engine, EngineError, ProbingGuard};
 use crate::clock::Timestamp;
 use crate::metrics::CheckResult;
-use crate::names::{AccountKey, Provider, Status};
+use crate::names::{AccountKey, Status};
 use crate::pacing::Class;
 use crate::providers::Verdict;
 use crate::registry::{AccountRecord, LeaseAnswer, Registry, RegistryError, TokenRecord};
@@ -278,7 +278,6 @@ impl Engine {
             Err(verdict) => verdict,
         };
         self.metrics.rotation(key.provider, verdict.metric_result());
-        self.throttle(key.provider, &verdict);
         let refused = matches!(verdict, Verdict::Refused(_));
         let record = self
             .apply(key, generation, Outcome::RenewFailed(verdict))
@@ -345,7 +344,6 @@ impl Engine {
         };
         self.metrics
             .verification(key.provider, verdict.metric_result());
-        self.throttle(key.provider, &verdict);
         self.count_for_incidents(key, &verdict);
         let passed = matches!(verdict, Verdict::Pass { .. });
         let evidence = matches!(verdict, Verdict::Refused(_) | Verdict::Undocumented { .. });
@@ -363,14 +361,6 @@ impl Engine {
             Ok(record)
         } else {
             Err(failed(&record))
-        }
-    }
-
-    /// A throttled answer pauses routine work of the whole provider: whatever limit this
-    /// account hit, the others share it (capped, in case the wait told is absurd).
-    fn throttle(&self, provider: Provider, verdict: &Verdict) {
-        if let Verdict::Throttled { wait, .. } = verdict {
-            self.pacer(provider).pause((*wait).min(MAX_PAUSE));
         }
     }
 

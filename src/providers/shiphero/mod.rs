@@ -32,6 +32,11 @@ pub const PROBE_QUERY: &str = "query { account { request_id complexity data { id
 /// How long to wait when ShipHero throttles without saying for how long.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest a throttled account waits, whatever an answer says: ShipHero's limits are per
+/// account and the longer one is 7,000 requests per 5 minutes (UPSTREAM.md, "ShipHero rate
+/// limits"), so no wait past 5 minutes can be what the limit needs.
+const LONGEST_THROTTLE: Duration = Duration::from_secs(300);
+
 /// The longest token lifetime believed: ShipHero's are 28 days, and a larger number would
 /// put the next refresh past any useful horizon (or past what a timestamp can hold).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 366 * 86_400);
@@ -157,7 +162,9 @@ fn judge_refresh(a: &Answer) -> Result<Issued, Verdict> {
     match judge(&evidence::REFRESH, status, &body) {
         Judged::Pass => issued(&a.body),
         Judged::Throttled => Err(Verdict::Throttled {
-            wait: retry_after(&a.headers).unwrap_or(DEFAULT_THROTTLE_WAIT),
+            wait: retry_after(&a.headers)
+                .unwrap_or(DEFAULT_THROTTLE_WAIT)
+                .min(LONGEST_THROTTLE),
             message: format!(
                 "ShipHero refresh throttled ({status}): {}",
                 error_text(&a.body)
@@ -281,8 +288,12 @@ fn judge_probe(a: &Answer) -> Verdict {
 }
 
 /// How long a throttled probe must wait: `Retry-After`, the error's `time_remaining`, or
-/// "In N seconds" in its message.
+/// "In N seconds" in its message; at most [`LONGEST_THROTTLE`].
 fn throttle_wait(a: &Answer, body: &str) -> Duration {
+    throttle_told(a, body).min(LONGEST_THROTTLE)
+}
+
+fn throttle_told(a: &Answer, body: &str) -> Duration {
     if let Some(d) = retry_after(&a.headers) {
         return d;
     }

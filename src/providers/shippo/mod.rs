@@ -26,6 +26,10 @@ use crate::secret::Secret;
 /// The default wait when Shippo throttles without telling when the window resets.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(60);
 
+/// The longest a throttled account waits, whatever an answer says: Shippo's documented limits
+/// are per minute (UPSTREAM.md: "list calls only 50/min live"), so a minute always frees one.
+const LONGEST_THROTTLE: Duration = Duration::from_secs(60);
+
 /// What Shippo states once: its calls, its add rules, the API version a client must send
 /// with a served token, and how an account without a token gets one.
 pub static RULES: Rules = Rules {
@@ -267,6 +271,7 @@ fn throttle_wait(a: &Answer, server_now: Option<u64>) -> Duration {
     };
     wait.or_else(|| retry_after(&a.headers))
         .unwrap_or(DEFAULT_THROTTLE_WAIT)
+        .min(LONGEST_THROTTLE)
 }
 
 fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
@@ -299,7 +304,9 @@ fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
             )))
         }
         Judged::Throttled => Err(Verdict::Throttled {
-            wait: retry_after(&a.headers).unwrap_or(DEFAULT_THROTTLE_WAIT),
+            wait: retry_after(&a.headers)
+                .unwrap_or(DEFAULT_THROTTLE_WAIT)
+                .min(LONGEST_THROTTLE),
             message: format!("Shippo token endpoint asked to slow down ({status})"),
         }),
         Judged::Undocumented | Judged::Misconfigured | Judged::Inconclusive => {

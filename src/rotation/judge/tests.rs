@@ -153,6 +153,30 @@ fn a_refused_refresh_with_a_working_token_is_an_alert_then_revoked_once_the_toke
 }
 
 #[test]
+fn a_served_token_expiring_after_a_confirmed_refused_refresh_is_revoked_not_expired() {
+    let a = active("shiphero");
+    let r = Verdict::Refused("ShipHero refused the refresh token (401): invalid_grant".into());
+    let (b, _) = transition(&a, Outcome::RenewFailed(r.clone()), &rules(t0(), true));
+    // Seen again past confirm_after while the served token still works: an alert, active.
+    let later = t0().plus(20 * MIN);
+    let (c, _) = transition(&b, Outcome::RenewFailed(r.clone()), &rules(later, true));
+    assert_eq!(c.status, Status::Active);
+    // The served token runs out: nothing can be served or refreshed. Revoked at once.
+    let expiry = t0().plus(28 * 24 * 60 * MIN);
+    let (d, notes) = transition(&c, Outcome::Expired, &rules(expiry, true));
+    assert_eq!(d.status, Status::Revoked, "{:?}", d.last_error);
+    assert_eq!(kinds(&notes), [EventKind::Flagged]);
+    assert!(d.last_error.as_deref().unwrap().contains("invalid_grant"));
+    // A refusal not yet confirmed, or one during an incident, leaves it to the clock.
+    let (e, _) = transition(&b, Outcome::Expired, &rules(t0().plus(MIN), true));
+    assert_eq!(e.status, Status::Expired);
+    let mut held = rules(expiry, true);
+    held.hold = Some("an incident at shiphero".into());
+    let (f, _) = transition(&c, Outcome::Expired, &held);
+    assert_eq!(f.status, Status::Expired);
+}
+
+#[test]
 fn a_token_of_another_account_is_never_served() {
     let mut a = active("shiphero");
     a.candidate = Some(token("someone-elses", t0()));
