@@ -195,3 +195,44 @@ async fn a_hung_shippo_never_delays_shiphero_rotations_or_confirmations() {
         "{health}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_shippo_account_waits_alone() {
+    let shiphero = FakeShipHero::start().await.unwrap();
+    let shippo = FakeShippo::start().await.unwrap();
+    let (_dir, d) = daemon(&shiphero, &shippo, "", "").await;
+    let mut tokens = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        let token = shippo.add_token(name);
+        d.add_shippo(name, &token).await;
+        d.wait_for_status(&format!("shippo/{name}"), "active").await;
+        tokens.push(token);
+    }
+    // s1 is over its rate limit for the next 30 s; its next probe gets the 429.
+    shippo.set_mode("s1", ShippoMode::RateLimited { reset_in_secs: 30 });
+    let throttled = wait_for("s1 to be throttled", || async {
+        let a = d.account("shippo/s1").await;
+        a["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("slow down") || e.contains("429"))
+            .then_some(a)
+    })
+    .await;
+    assert_eq!(throttled["status"], "active", "throttling is no evidence");
+    let (s1, s2, s3) = (
+        shippo.api_count(&tokens[0]),
+        shippo.api_count(&tokens[1]),
+        shippo.api_count(&tokens[2]),
+    );
+    // The others are checked every second meanwhile; s1 waits as told.
+    wait_for("s2 and s3 to be checked three more times", || async {
+        (shippo.api_count(&tokens[1]) >= s2 + 3 && shippo.api_count(&tokens[2]) >= s3 + 3)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        shippo.api_count(&tokens[0]),
+        s1,
+        "the throttled account was called again before its reset"
+    );
+}

@@ -222,7 +222,7 @@ struct AddParams {
 }
 
 /// `POST /v1/accounts` (admin): registers an account and checks its credentials at once, or,
-/// when its provider's pacing or a throttle would hold the check (and `?wait=true` is not
+/// when its provider's pacing would hold the check (and `?wait=true` is not
 /// given), answers at once with the account `pending` and `check_in_seconds`.
 async fn add_account(
     State(state): Shared,

@@ -270,7 +270,7 @@ pub enum AccountsCommand {
 /// `accounts add`: whether to wait for the first check, and the provider's arguments.
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// Wait for the first check even when the provider's pacing or a throttle holds it. By
+    /// Wait for the first check even when the provider's pacing holds it. By
     /// default such an account is answered `pending` at once, and checked first in its
     /// provider's queue.
     #[arg(long, global = true)]

@@ -96,7 +96,7 @@ impl Engine {
 
     /// The first check of an account just registered. It runs now when a call to its
     /// provider can start at once, or when `wait` says the caller will wait for its slot;
-    /// otherwise (the provider's pacing or a throttle would hold it) it is queued first in
+    /// otherwise (the provider's pacing would hold it) it is queued first in
     /// its provider's lane and this returns at once with about how long until it runs.
     pub async fn check_added(
         &self,
