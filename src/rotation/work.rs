@@ -380,7 +380,7 @@ impl Engine {
         let (hold, others_passed_at, others_same_answer_at) = {
             let incidents = self.incidents.lock().unwrap_or_else(|e| e.into_inner());
             (
-                incidents.hold(record.key.provider, now, threshold),
+                incidents.hold(record.key.provider, threshold),
                 // Only an undocumented answer needs it, and it walks the provider's accounts.
                 signature.and_then(|_| incidents.others_passed_at(&record.key, now, threshold)),
                 signature.and_then(|s| incidents.others_same_answer_at(&record.key, s)),
