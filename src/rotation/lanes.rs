@@ -68,8 +68,9 @@ enum Rank {
 /// An account's work in a lane's queue.
 struct Queued {
     work: Work,
-    /// The revision the work was planned from; `None` for work an operator asked for.
-    planned_from: Option<i64>,
+    /// The revision the work was planned from: work on a record saved since (by another
+    /// daemon, or an operator's rotate) is void, and the next sweep plans again.
+    planned_from: i64,
     rank: Rank,
     arrival: u64,
     /// The sweep that offered it; `None` for work no sweep waits for.
@@ -140,10 +141,10 @@ impl Lane {
                 continue;
             }
             if q.waiting.contains_key(&d.key) {
-                q.replan(&d.key, d.work, Some(d.planned_from), rank);
+                q.replan(&d.key, d.work, d.planned_from, rank);
                 continue;
             }
-            q.push(d.key, d.work, Some(d.planned_from), rank, Some(sweep));
+            q.push(d.key, d.work, d.planned_from, rank, Some(sweep));
             added += 1;
         }
         if added > 0 {
@@ -155,17 +156,17 @@ impl Lane {
         self.offered.notify_one();
     }
 
-    /// Queues work an operator asked for (the first check of a new account) ahead of
-    /// routine work; no sweep waits for it.
-    pub(super) fn offer_urgent(&self, key: AccountKey, work: Work) {
+    /// Queues work an operator asked for (the first check of a new account, planned from
+    /// `revision`) ahead of routine work; no sweep waits for it.
+    pub(super) fn offer_urgent(&self, key: AccountKey, work: Work, revision: i64) {
         let mut q = self.lock();
         if q.running.contains(&key) {
             return;
         }
         if q.waiting.contains_key(&key) {
-            q.replan(&key, work, None, Rank::Urgent);
+            q.replan(&key, work, revision, Rank::Urgent);
         } else {
-            q.push(key, work, None, Rank::Urgent, None);
+            q.push(key, work, revision, Rank::Urgent, None);
         }
         drop(q);
         self.offered.notify_one();
@@ -240,7 +241,7 @@ impl Queue {
         &mut self,
         key: AccountKey,
         work: Work,
-        planned_from: Option<i64>,
+        planned_from: i64,
         rank: Rank,
         sweep: Option<u64>,
     ) {
@@ -264,16 +265,15 @@ impl Queue {
         }
     }
 
-    /// Newer plan for waiting work: the same place, unless it became urgent.
-    fn replan(&mut self, key: &AccountKey, work: Work, planned_from: Option<i64>, rank: Rank) {
+    /// Newer plan for waiting work: the same place, unless it became urgent. The work and
+    /// the revision it is planned from are replaced together, so the work done is always
+    /// the one planned from the record it will find (or none, if that changed again).
+    fn replan(&mut self, key: &AccountKey, work: Work, planned_from: i64, rank: Rank) {
         let Some(q) = self.waiting.get_mut(key) else {
             return;
         };
         q.work = work;
-        // Work an operator asked for stays theirs: no plan makes it wait for a revision.
-        if q.planned_from.is_some() {
-            q.planned_from = planned_from;
-        }
+        q.planned_from = planned_from;
         if rank < q.rank {
             let (old, arrival) = (q.rank, q.arrival);
             q.rank = rank;
@@ -454,7 +454,7 @@ impl Engine {
             Rank::Routine => Class::Routine,
         };
         if let Err(e) = self
-            .perform(key, queued.work, queued.planned_from, class)
+            .perform(key, queued.work, Some(queued.planned_from), class)
             .await
         {
             tracing::debug!(account = %key, error = %e, "queued work ended without a working token");

@@ -10,10 +10,11 @@ use super::plan::{Work, backoff};
 use super::{Engine, EngineError, ProbingGuard};
 use crate::clock::Timestamp;
 use crate::metrics::CheckResult;
-use crate::names::{AccountKey, Status};
+use crate::names::{AccountKey, Provider, Status};
 use crate::pacing::Class;
 use crate::providers::Verdict;
 use crate::registry::{AccountRecord, LeaseAnswer, Registry, RegistryError, TokenRecord};
+use tokio::sync::SemaphorePermit;
 
 impl Engine {
     /// For each account, the time its schedule is judged at: `now`, or later when the wall
@@ -116,7 +117,8 @@ impl Engine {
             Err(_) if self.upstreams.get(key.provider).renews() => Work::Refresh,
             other => other?,
         };
-        self.lane(key.provider).offer_urgent(key.clone(), work);
+        self.lane(key.provider)
+            .offer_urgent(key.clone(), work, account.revision);
         Ok(Some(after))
     }
 
@@ -162,8 +164,14 @@ impl Engine {
         let lease = self.lease(&account).await?;
         let result = match self.apply(key, generation, Outcome::Issued(token)).await {
             Ok(_) => {
-                self.verify(key, generation, Probed::Candidate, true, Class::Urgent)
-                    .await
+                self.verify(
+                    key,
+                    generation,
+                    Probed::Candidate,
+                    true,
+                    Turn::Wait(Class::Urgent),
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -221,10 +229,18 @@ impl Engine {
             return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
         }
         let generation = account.generation;
+        // The first call's turn (pacing, then a permit) before the lease: a lease is held
+        // only while its work runs, never while the work waits for its turn, since a shared
+        // registry's lease can be shorter than the wait (another daemon would take it over
+        // and refresh the account a second time).
+        let turn = match work {
+            Work::Expire => Turn::Taken(None),
+            Work::Refresh | Work::Verify(_) => Turn::Taken(self.pace(key.provider, class).await),
+        };
         let lease = self.lease(&account).await?;
         let result = match work {
-            Work::Refresh => self.refresh(key, generation, class).await,
-            Work::Verify(which) => self.verify(key, generation, which, true, class).await,
+            Work::Refresh => self.refresh(key, generation, turn).await,
+            Work::Verify(which) => self.verify(key, generation, which, true, turn).await,
             Work::Expire => {
                 let record = self.apply(key, generation, Outcome::Expired).await?;
                 Err(flagged(&record))
@@ -240,7 +256,7 @@ impl Engine {
         &self,
         key: &AccountKey,
         generation: i64,
-        class: Class,
+        turn: Turn<'_>,
     ) -> Result<Arc<AccountRecord>, EngineError> {
         if self.stopping() {
             return Err(stopping());
@@ -250,7 +266,7 @@ impl Engine {
         };
         let upstream = self.upstreams.get(key.provider);
         let result = {
-            let _permit = self.pace(key.provider, class).await;
+            let _permit = self.take_turn(key.provider, turn).await;
             upstream.renew(&refresh_token).await
         };
         let now = self.clock.now();
@@ -272,7 +288,13 @@ impl Engine {
                     return Ok(stored);
                 }
                 return self
-                    .verify(key, generation, Probed::Candidate, false, Class::Urgent)
+                    .verify(
+                        key,
+                        generation,
+                        Probed::Candidate,
+                        false,
+                        Turn::Wait(Class::Urgent),
+                    )
                     .await;
             }
             Err(verdict) => verdict,
@@ -288,7 +310,13 @@ impl Engine {
             .is_some_and(|t| usable(t, self.clock.now()));
         if refused && served && !record.status.is_flagged() && !self.stopping() {
             return self
-                .verify(key, generation, Probed::Served, false, Class::Urgent)
+                .verify(
+                    key,
+                    generation,
+                    Probed::Served,
+                    false,
+                    Turn::Wait(Class::Urgent),
+                )
                 .await
                 .and_then(|r| {
                     // The served token works, but the refresh is refused: an alert, not a token
@@ -323,7 +351,7 @@ impl Engine {
         generation: i64,
         which: Probed,
         follow_up: bool,
-        class: Class,
+        turn: Turn<'_>,
     ) -> Result<Arc<AccountRecord>, EngineError> {
         let account = self.account(key)?;
         let token = match which {
@@ -339,7 +367,7 @@ impl Engine {
         let _probing = (which == Probed::Candidate).then(|| self.probing_guard(key));
         let upstream = self.upstreams.get(key.provider);
         let verdict = {
-            let _permit = self.pace(key.provider, class).await;
+            let _permit = self.take_turn(key.provider, turn).await;
             upstream.probe(&token.access_token).await
         };
         self.metrics
@@ -355,7 +383,7 @@ impl Engine {
         }
         if evidence && follow_up && which == Probed::Served && upstream.renews() {
             tracing::info!(provider = %key.provider, account = %key.name, "served token refused; refreshing to tell suspension from revocation");
-            return Box::pin(self.refresh(key, generation, Class::Urgent)).await;
+            return Box::pin(self.refresh(key, generation, Turn::Wait(Class::Urgent))).await;
         }
         if passed {
             Ok(record)
@@ -448,6 +476,27 @@ impl Engine {
             }
         }
         Err(EngineError::Registry(RegistryError::Stale(key.clone())))
+    }
+}
+
+/// A call's turn at its provider: to be waited for (pacing, then a permit), or already
+/// taken (the first call of an operation, whose turn comes before its lease).
+enum Turn<'a> {
+    Wait(Class),
+    Taken(Option<SemaphorePermit<'a>>),
+}
+
+impl Engine {
+    /// Waits for the turn unless it was already taken; the permit is held until the call ends.
+    async fn take_turn<'a>(
+        &'a self,
+        provider: Provider,
+        turn: Turn<'a>,
+    ) -> Option<SemaphorePermit<'a>> {
+        match turn {
+            Turn::Wait(class) => self.pace(provider, class).await,
+            Turn::Taken(permit) => permit,
+        }
     }
 }
 
