@@ -331,7 +331,9 @@ impl Config {
             figment = figment.merge(Toml::file_exact(&path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        Self::from_figment(&figment, used_file)
+        let config = Self::from_figment(&figment, used_file)?;
+        Validator { figment: &figment }.sinks_on_disk(&config)?;
+        Ok(config)
     }
 
     /// Validates an assembled figment (the seam tests use with `figment::Jail`).
@@ -378,6 +380,16 @@ impl Config {
             raw: raw.clone(),
             file,
         };
+        if config.socket.mode & 0o007 != 0
+            && config.socket.clients.is_empty()
+            && !raw.socket.allow_other_users
+        {
+            return Err(v.invalid(
+                "socket.mode",
+                &raw.socket.mode,
+                "gives every local user the socket, and no [[socket.clients]] rules limit what they read: every user could read every token; add client rules, drop the bits for others, or set socket.allow_other_users = true if that is meant".into(),
+            ));
+        }
         if config.rotation.retry_max < config.rotation.retry_initial {
             return Err(v.invalid(
                 "rotation.retry_max",
