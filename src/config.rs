@@ -593,6 +593,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn errors_in_array_sections_name_their_file() {
+        Jail::expect_with(|jail| {
+            for (text, key) in [
+                (
+                    "[[socket.clients]]\nname = \"\"\nuids = [1]\n",
+                    "socket.clients[0].name",
+                ),
+                (
+                    "[[notify.webhooks]]\nurl = \"ftp://x\"\n",
+                    "notify.webhooks[0].url",
+                ),
+                (
+                    "[[sink]]\naccount = \"shiphero/a\"\npath = \"/run/t\"\nmode = \"0644\"\n",
+                    "sink[0].mode",
+                ),
+            ] {
+                jail.create_file("c.toml", text)?;
+                let err = load_in(jail, Some("c.toml"))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(err.contains(key), "{err}");
+                assert!(err.contains("c.toml") && !err.contains("default"), "{err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn client_rules_match_wildcards() {
         let rule = ClientRule {
             name: "sync".into(),

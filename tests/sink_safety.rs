@@ -99,7 +99,13 @@ async fn a_sink_may_not_be_the_daemons_own_files_or_another_sink() {
         (d.join("out/../state/registry.db"), "", "state folder"),
         (d.join("link/registry.db"), "", "is inside the state folder"),
     ] {
-        refused(d, &text(d, top, &sink(a, &path, "")), "sink[0].path", reason).await;
+        refused(
+            d,
+            &text(d, top, &sink(a, &path, "")),
+            "sink[0].path",
+            reason,
+        )
+        .await;
     }
     // Another sink's file, or a path inside it.
     let token = d.join("out").join("token");
@@ -125,24 +131,64 @@ async fn a_sink_folder_others_could_change_is_refused() {
     // A symlink anywhere on the way, to a folder that is itself fine.
     std::os::unix::fs::symlink(&safe, d.join("via")).unwrap();
     let path = d.join("via").join("token");
-    refused(d, &text(d, "", &sink(a, &path, "")), "sink[0].path", "is a symlink").await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &path, "")),
+        "sink[0].path",
+        "is a symlink",
+    )
+    .await;
     let path = folder("open", 0o777).join("token");
-    refused(d, &text(d, "", &sink(a, &path, "")), "sink[0].path", "writable by every user").await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &path, "")),
+        "sink[0].path",
+        "writable by every user",
+    )
+    .await;
     let path = folder("sticky", 0o1777).join("token");
-    refused(d, &text(d, "", &sink(a, &path, "")), "sink[0].path", "sticky or not").await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &path, "")),
+        "sink[0].path",
+        "sticky or not",
+    )
+    .await;
     // An ancestor, not only the folder itself.
     let inner = folder("open2", 0o777).join("inner");
     std::fs::create_dir(&inner).unwrap();
-    refused(d, &text(d, "", &sink(a, &inner.join("t"), "")), "sink[0].path", "open2 is writable").await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &inner.join("t"), "")),
+        "sink[0].path",
+        "open2 is writable",
+    )
+    .await;
     // Owned by another user (uid 65534 stands for one).
     let theirs = folder("theirs", 0o755);
     std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
     let path = theirs.join("token");
-    refused(d, &text(d, "", &sink(a, &path, "")), "sink[0].path", "owned by uid 65534").await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &path, "")),
+        "sink[0].path",
+        "owned by uid 65534",
+    )
+    .await;
     // Writable by the daemon's own group: only when the config says so.
     let group = folder("group", 0o770).join("token");
-    refused(d, &text(d, "", &sink(a, &group, "")), "sink[0].path", "allow_group_writable_dir").await;
-    accepted(d, &text(d, "", &sink(a, &group, "allow_group_writable_dir = true"))).await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &group, "")),
+        "sink[0].path",
+        "allow_group_writable_dir",
+    )
+    .await;
+    accepted(
+        d,
+        &text(d, "", &sink(a, &group, "allow_group_writable_dir = true")),
+    )
+    .await;
     accepted(d, &text(d, "", &sink(a, &safe.join("token"), ""))).await;
 }
 
@@ -152,14 +198,30 @@ async fn a_missing_sink_folder_is_refused_unless_systemd_creates_it() {
     let d = dir.path();
     let path = d.join("nowhere").join("token");
     let a = "shiphero/acme";
-    refused(d, &text(d, "", &sink(a, &path, "")), "sink[0].path", "does not exist").await;
-    accepted(d, &text(d, "", &sink(a, &path, "dir_created_by_systemd = true"))).await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &path, "")),
+        "sink[0].path",
+        "does not exist",
+    )
+    .await;
+    accepted(
+        d,
+        &text(d, "", &sink(a, &path, "dir_created_by_systemd = true")),
+    )
+    .await;
     // The daemon starts; once the folder appears the file is written there.
     let fake = FakeShipHero::start().await.unwrap();
-    let text = config_text(d, &fake.base_url(), &sink(a, &path, "dir_created_by_systemd = true"));
+    let text = config_text(
+        d,
+        &fake.base_url(),
+        &sink(a, &path, "dir_created_by_systemd = true"),
+    );
     let daemon = Daemon::start(d, &text).await;
     daemon.register(&fake, "acme", "ops@acme.test").await;
     std::fs::create_dir(d.join("nowhere")).unwrap();
+    // A rotation wakes the sinks now rather than at the next 30-second look.
+    assert_eq!(daemon.cli(&["rotate", a]).await.code, 0);
     let token = daemon.cli(&["get", a]).await.stdout.trim().to_string();
     wait_for("the sink to be written once its folder exists", || async {
         (std::fs::read_to_string(&path).ok()? == token).then_some(())
@@ -178,14 +240,38 @@ async fn risky_socket_sink_and_api_base_settings_are_refused() {
     let open = |more: &str, extra: &str| {
         text(d, "", extra).replace("[socket]\n", &format!("[socket]\nmode = \"0666\"\n{more}"))
     };
-    refused(d, &open("", ""), "socket.mode", "every user could read every token").await;
+    refused(
+        d,
+        &open("", ""),
+        "socket.mode",
+        "every user could read every token",
+    )
+    .await;
     accepted(d, &open("allow_other_users = true\n", "")).await;
     let rules = "[[socket.clients]]\nname = \"app\"\nuids = [1001]\naccounts = [\"shiphero/*\"]\n";
     accepted(d, &open("", rules)).await;
     // A group-readable sink with no group takes the daemon's own group.
-    refused(d, &text(d, "", &sink(a, &token, "mode = \"0640\"")), "sink[0].mode", "allow_daemon_group").await;
-    accepted(d, &text(d, "", &sink(a, &token, "mode = \"0640\"\nallow_daemon_group = true"))).await;
-    accepted(d, &text(d, "", &sink(a, &token, "mode = \"0640\"\ngroup = \"0\""))).await;
+    refused(
+        d,
+        &text(d, "", &sink(a, &token, "mode = \"0640\"")),
+        "sink[0].mode",
+        "allow_daemon_group",
+    )
+    .await;
+    accepted(
+        d,
+        &text(
+            d,
+            "",
+            &sink(a, &token, "mode = \"0640\"\nallow_daemon_group = true"),
+        ),
+    )
+    .await;
+    accepted(
+        d,
+        &text(d, "", &sink(a, &token, "mode = \"0640\"\ngroup = \"0\"")),
+    )
+    .await;
     // Tokens in clear to a host other than this one.
     let config = d.join("shiptoken.toml");
     for (base, ok) in [
@@ -203,7 +289,11 @@ async fn risky_socket_sink_and_api_base_settings_are_refused() {
         }
         .render(d);
         std::fs::write(&config, text).unwrap();
-        let out = cli(&["config", "check", "--config", config.to_str().unwrap()], None).await;
+        let out = cli(
+            &["config", "check", "--config", config.to_str().unwrap()],
+            None,
+        )
+        .await;
         if ok {
             assert_eq!(out.code, 0, "{base}: {out:?}");
         } else {
@@ -232,13 +322,25 @@ async fn a_sink_removes_only_a_file_the_daemon_wrote() {
     );
     let text = config_text(d, &fake.base_url(), &extra);
     let mut daemon = Daemon::start(d, &text).await;
-    daemon.wait_for_log("no token is served, but the file at the sink's path is not one the daemon wrote").await;
+    daemon
+        .wait_for_log(
+            "no token is served, but the file at the sink's path is not one the daemon wrote",
+        )
+        .await;
     daemon.wait_for_sweep().await;
-    assert_eq!(std::fs::read_to_string(path("ghost")).unwrap(), "not the daemon's");
+    assert_eq!(
+        std::fs::read_to_string(path("ghost")).unwrap(),
+        "not the daemon's"
+    );
 
     for name in ["acme", "beta"] {
-        daemon.register(&fake, name, &format!("ops@{name}.test")).await;
-        let token = daemon.cli(&["get", &format!("shiphero/{name}")]).await.stdout;
+        daemon
+            .register(&fake, name, &format!("ops@{name}.test"))
+            .await;
+        let token = daemon
+            .cli(&["get", &format!("shiphero/{name}")])
+            .await
+            .stdout;
         let token = token.trim().to_string();
         wait_for("the sink to be written", || async {
             (std::fs::read_to_string(path(name)).ok()? == token).then_some(())
@@ -247,12 +349,18 @@ async fn a_sink_removes_only_a_file_the_daemon_wrote() {
     }
     // What the daemon wrote is remembered across a restart: acme's file is still its own.
     daemon.stop().await;
-    // beta's file is replaced by someone else's while the daemon is down.
+    let daemon = Daemon::start_with(d, &daemon.config, &[]).await;
+    wait_for("both sinks to be written at start", || async {
+        (daemon.logs().matches("sink written").count() >= 2).then_some(())
+    })
+    .await;
+    // beta's file is replaced by someone else's.
     std::fs::write(path("beta.new"), "replaced").unwrap();
     std::fs::rename(path("beta.new"), path("beta")).unwrap();
-    let daemon = Daemon::start_with(d, &daemon.config, &[]).await;
     for name in ["acme", "beta"] {
-        let out = daemon.cli(&["accounts", "remove", &format!("shiphero/{name}")]).await;
+        let out = daemon
+            .cli(&["accounts", "remove", &format!("shiphero/{name}")])
+            .await;
         assert_eq!(out.code, 0, "{out:?}");
     }
     wait_for("the daemon's own file to be removed", || async {
@@ -261,10 +369,11 @@ async fn a_sink_removes_only_a_file_the_daemon_wrote() {
     .await;
     daemon.wait_for_sweep().await;
     daemon.wait_for_sweep().await;
-    // beta was rewritten at start (the daemon's again), so removing the account removes it;
-    // ghost, never the daemon's, stays.
-    assert!(!path("beta").exists());
-    assert_eq!(std::fs::read_to_string(path("ghost")).unwrap(), "not the daemon's");
+    assert_eq!(std::fs::read_to_string(path("beta")).unwrap(), "replaced");
+    assert_eq!(
+        std::fs::read_to_string(path("ghost")).unwrap(),
+        "not the daemon's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +394,12 @@ async fn a_write_that_fails_after_start_keeps_the_last_file_and_is_counted() {
     .render(d);
     let daemon = Daemon::start(d, &text).await;
     daemon.register(&fake, "acme", "ops@acme.test").await;
-    let first = daemon.cli(&["get", "shiphero/acme"]).await.stdout.trim().to_string();
+    let first = daemon
+        .cli(&["get", "shiphero/acme"])
+        .await
+        .stdout
+        .trim()
+        .to_string();
     wait_for("the sink to be written", || async {
         (std::fs::read_to_string(&path).ok()? == first).then_some(())
     })
@@ -296,18 +410,36 @@ async fn a_write_that_fails_after_start_keeps_the_last_file_and_is_counted() {
     assert_eq!(rotated.code, 0, "{rotated:?}");
     daemon.wait_for_log("writable by every user").await;
     let url = format!("http://{metrics}/metrics");
-    wait_for("shiptoken_sink_failures_total to count the failed write", || async {
-        let body = shiptoken::providers::http_get(&url).await.ok()?.text().await.ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix("shiptoken_sink_failures_total{what=\"write\"} "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| *v >= 1.0)
-    })
+    wait_for(
+        "shiptoken_sink_failures_total to count the failed write",
+        || async {
+            let body = shiptoken::providers::http_get(&url)
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            body.lines()
+                .find_map(|l| l.strip_prefix("shiptoken_sink_failures_total{what=\"write\"} "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v >= 1.0)
+        },
+    )
     .await;
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), first, "the last good file must stay");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        first,
+        "the last good file must stay"
+    );
     // Safe again: the next write goes through.
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let now = daemon.cli(&["get", "shiphero/acme"]).await.stdout.trim().to_string();
+    assert_eq!(daemon.cli(&["rotate", "shiphero/acme"]).await.code, 0);
+    let now = daemon
+        .cli(&["get", "shiphero/acme"])
+        .await
+        .stdout
+        .trim()
+        .to_string();
     assert_ne!(now, first);
     wait_for("the sink to catch up", || async {
         (std::fs::read_to_string(&path).ok()? == now).then_some(())

@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError, Invalid, Validator};
-use crate::sinks::folder::Trusted as Folder;
 use crate::names::{AccountKey, Provider};
+use crate::sinks::folder::Trusted as Folder;
 
 /// One `[[sink]]` entry as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,8 +351,8 @@ fn resolved(path: &Path) -> PathBuf {
 
 /// The daemon's own files a sink must not be, nor be inside: name, path.
 fn own_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
+    // The state folder last: a sink on the key inside it is named for the key.
     let mut own = vec![
-        ("the state folder (state_dir)", config.state_dir.clone()),
         (
             "the key file",
             crate::keys::KeySource::resolve(config.key_file.as_deref(), &config.state_dir)
@@ -364,6 +364,7 @@ fn own_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
     if let Some(file) = &config.file {
         own.push(("the config file", file.clone()));
     }
+    own.push(("the state folder (state_dir)", config.state_dir.clone()));
     own
 }
 

@@ -209,7 +209,10 @@ impl Validator<'_> {
     /// host (`http://` with a loopback host, as the simulators and test doubles use).
     pub(crate) fn api_base(&self, key: &str, value: &str) -> Result<String, ConfigError> {
         let base = self.base_url(key, value)?;
-        let loopback = match reqwest::Url::parse(&base).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+        let loopback = match reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|u| u.host().map(|h| h.to_owned()))
+        {
             Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

@@ -36,7 +36,11 @@ impl Trusted {
         let gid = rustix::process::getegid().as_raw();
         Trusted {
             uids: vec![rustix::process::geteuid().as_raw()],
-            writer_gids: if group_may_write { vec![gid] } else { Vec::new() },
+            writer_gids: if group_may_write {
+                vec![gid]
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -69,8 +73,8 @@ pub fn open_dir(dir: &Path, trusted: &Trusted) -> std::io::Result<OwnedFd> {
             Ok(next) => next,
             Err(e) => {
                 // O_PATH with O_NOFOLLOW opens a symlink itself, which O_DIRECTORY refuses.
-                let is_link = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| {
+                let is_link =
+                    rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
                         rustix::fs::FileType::from_raw_mode(st.st_mode)
                             == rustix::fs::FileType::Symlink
                     });
@@ -236,7 +240,10 @@ mod tests {
     }
 
     fn refusal(dir: &Path, trusted: &Trusted) -> String {
-        open_dir(dir, trusted).err().map(|e| e.to_string()).unwrap_or_default()
+        open_dir(dir, trusted)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -247,7 +254,11 @@ mod tests {
         assert!(open_dir(&safe, &me).is_ok());
         std::os::unix::fs::symlink(&safe, base.path().join("link")).unwrap();
         let inner = base.path().join("link");
-        assert!(refusal(&inner, &me).contains("is a symlink"), "{}", refusal(&inner, &me));
+        assert!(
+            refusal(&inner, &me).contains("is a symlink"),
+            "{}",
+            refusal(&inner, &me)
+        );
         let open = folder(base.path(), "open", 0o777);
         assert!(refusal(&open, &me).contains("writable by every user"));
         let below = folder(&open, "below", 0o700);
@@ -274,7 +285,10 @@ mod tests {
         std::fs::rename(&first, base.path().join("moved")).unwrap();
         std::os::unix::fs::symlink(base.path().join("elsewhere"), &first).unwrap();
         write_in(&dir, OsStr::new("token"), b"t", 0o600, None).unwrap();
-        assert_eq!(std::fs::read(base.path().join("moved/token")).unwrap(), b"t");
+        assert_eq!(
+            std::fs::read(base.path().join("moved/token")).unwrap(),
+            b"t"
+        );
         assert!(!base.path().join("elsewhere").exists());
     }
 }
