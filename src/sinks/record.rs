@@ -81,8 +81,16 @@ impl Record {
         let result = serde_json::to_vec(&self.entries)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
                 let tmp = file.with_extension("json.tmp");
-                std::fs::write(&tmp, bytes)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?
+                    .write_all(&bytes)?;
                 std::fs::rename(&tmp, file)
             });
         if let Err(e) = result {
