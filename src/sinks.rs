@@ -156,7 +156,11 @@ enum Removed {
 
 /// Removes the sink's file only when it is the one the daemon last wrote there.
 fn remove_own(sink: &SinkConfig, record: &mut record::Record) -> std::io::Result<Removed> {
-    let (dir, name) = open_folder(sink)?;
+    let (dir, name) = match open_folder(sink) {
+        // A folder systemd has not created yet holds no file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removed::Nothing),
+        other => other?,
+    };
     let Some((found, contents)) = folder::what_is_at(&dir, name)? else {
         record.forget(&sink.path);
         return Ok(Removed::Nothing);
