@@ -331,7 +331,9 @@ impl Config {
             figment = figment.merge(Toml::file_exact(&path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        Self::from_figment(&figment, used_file)
+        let config = Self::from_figment(&figment, used_file)?;
+        Validator { figment: &figment }.sinks_on_disk(&config)?;
+        Ok(config)
     }
 
     /// Validates an assembled figment (the seam tests use with `figment::Jail`).
@@ -378,6 +380,16 @@ impl Config {
             raw: raw.clone(),
             file,
         };
+        if config.socket.mode & 0o007 != 0
+            && config.socket.clients.is_empty()
+            && !raw.socket.allow_other_users
+        {
+            return Err(v.invalid(
+                "socket.mode",
+                &raw.socket.mode,
+                "gives every local user the socket, and no [[socket.clients]] rules limit what they read: every user could read every token; add client rules, drop the bits for others, or set socket.allow_other_users = true if that is meant".into(),
+            ));
+        }
         if config.rotation.retry_max < config.rotation.retry_initial {
             return Err(v.invalid(
                 "rotation.retry_max",
@@ -576,6 +588,35 @@ pub(crate) mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains("rotate_every"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_in_array_sections_name_their_file() {
+        Jail::expect_with(|jail| {
+            for (text, key) in [
+                (
+                    "[[socket.clients]]\nname = \"\"\nuids = [1]\n",
+                    "socket.clients[0].name",
+                ),
+                (
+                    "[[notify.webhooks]]\nurl = \"ftp://x\"\n",
+                    "notify.webhooks[0].url",
+                ),
+                (
+                    "[[sink]]\naccount = \"shiphero/a\"\npath = \"/run/t\"\nmode = \"0644\"\n",
+                    "sink[0].mode",
+                ),
+            ] {
+                jail.create_file("c.toml", text)?;
+                let err = load_in(jail, Some("c.toml"))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(err.contains(key), "{err}");
+                assert!(err.contains("c.toml") && !err.contains("default"), "{err}");
+            }
             Ok(())
         });
     }

@@ -40,6 +40,8 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     /// File sink writes and removals, by result (`[[sink]]`, src/sinks.rs).
     sink_writes: IntCounterVec,
+    /// Sink writes and removals that failed, by what failed (src/sinks.rs).
+    sink_failures: IntCounterVec,
     /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
     /// Prometheus servers) must not gather while the other is half way through the rebuild.
     render_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -256,6 +258,12 @@ impl Metrics {
                 "File sink updates: written, removed (no token served), or failed (retried every 30s)",
                 &["result"],
             ),
+            sink_failures: counters(
+                r,
+                "shiptoken_sink_failures_total",
+                "File sink writes or removals that failed (the last file written stays), by what: write or remove",
+                &["what"],
+            ),
             render_lock: std::sync::Arc::default(),
             registry,
         };
@@ -275,6 +283,9 @@ impl Metrics {
         }
         for result in ["written", "removed", "failed"] {
             self.sink_writes.with_label_values(&[result]);
+        }
+        for what in ["write", "remove"] {
+            self.sink_failures.with_label_values(&[what]);
         }
         for p in Provider::ALL {
             self.incident.with_label_values(&[p.as_str()]).set(0);
@@ -335,6 +346,11 @@ impl Metrics {
     /// Counts a file sink update; `result` is written, removed or failed.
     pub fn sink_write(&self, result: &str) {
         self.sink_writes.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a failed sink write or removal; `what` is write or remove.
+    pub fn sink_failure(&self, what: &str) {
+        self.sink_failures.with_label_values(&[what]).inc();
     }
 
     /// Counts a refresh attempt by what it came to (see

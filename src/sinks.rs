@@ -4,13 +4,15 @@
 //! The token comes from [`ApiState::served_token`], the socket's own rule, so a file never
 //! holds a token the socket would withhold. Each write replaces the file atomically (a
 //! temporary file in the same folder, fsync, rename, fsync of the folder): a reader sees the
-//! old file or the new one, never a part.
+//! old file or the new one, never a part. `folder` opens the sink's folder so nobody else can
+//! redirect the write; `record` remembers what was written, so only the daemon's own files
+//! are ever removed.
+
+pub mod folder;
+mod record;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +56,7 @@ pub async fn run(state: Arc<ApiState>, shutdown: CancellationToken) {
     let mut changes = state.registry.subscribe();
     let mut config = state.config.clone();
     let mut tracked: HashMap<PathBuf, Tracked> = HashMap::new();
+    let mut record = record::Record::load(&config.borrow().state_dir);
     loop {
         changes.borrow_and_update();
         let sinks = config.borrow_and_update().sinks.clone();
@@ -64,7 +67,7 @@ pub async fn run(state: Arc<ApiState>, shutdown: CancellationToken) {
                 sink,
                 file: FileState::Unknown,
             });
-            entry.file = step(&state, &entry.sink, &entry.file).await;
+            entry.file = step(&state, &entry.sink, &entry.file, &mut record).await;
         }
         tokio::select! {
             _ = changes.changed() => {}
@@ -76,7 +79,12 @@ pub async fn run(state: Arc<ApiState>, shutdown: CancellationToken) {
 }
 
 /// Brings one sink's file in step with what is served now; returns what it holds after.
-async fn step(state: &ApiState, sink: &SinkConfig, file: &FileState) -> FileState {
+async fn step(
+    state: &ApiState,
+    sink: &SinkConfig,
+    file: &FileState,
+    record: &mut record::Record,
+) -> FileState {
     let account = sink.account.to_string();
     let (remove, status) = match state.served_token(&sink.account).await {
         Ok(token) => {
@@ -89,14 +97,13 @@ async fn step(state: &ApiState, sink: &SinkConfig, file: &FileState) -> FileStat
                 FileState::Holds(_) => "rotated",
             };
             let contents = render(&sink.format, &token);
-            let (path, mode, group) = (sink.path.clone(), sink.mode, sink.group);
-            let written = tokio::task::spawn_blocking(move || {
-                write_atomically(&path, &contents, mode, group)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (s, c) = (sink.clone(), contents.clone());
+            let written = tokio::task::spawn_blocking(move || write_sink(&s, &c))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             return match written {
-                Ok(()) => {
+                Ok(written) => {
+                    record.wrote(&sink.path, written, &contents);
                     state.metrics.sink_write("written");
                     tracing::info!(%account, path = %sink.path.display(), fingerprint = %token.fingerprint, reason, "sink written");
                     run_command(sink, reason, "active");
@@ -104,7 +111,8 @@ async fn step(state: &ApiState, sink: &SinkConfig, file: &FileState) -> FileStat
                 }
                 Err(e) => {
                     state.metrics.sink_write("failed");
-                    tracing::error!(%account, path = %sink.path.display(), error = %e, "cannot write the sink file; will retry");
+                    state.metrics.sink_failure("write");
+                    tracing::error!(%account, path = %sink.path.display(), error = %e, "cannot write the sink file; the last one written stays, will retry");
                     FileState::Unknown
                 }
             };
@@ -115,20 +123,70 @@ async fn step(state: &ApiState, sink: &SinkConfig, file: &FileState) -> FileStat
     if !remove || *file == FileState::Absent {
         return file.clone();
     }
-    match std::fs::remove_file(&sink.path) {
-        Ok(()) => {
+    match remove_own(sink, record) {
+        Ok(Removed::Yes) => {
             state.metrics.sink_write("removed");
             tracing::info!(%account, path = %sink.path.display(), status, "sink removed: no token is served");
             run_command(sink, "removed", status);
             FileState::Absent
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
+        Ok(Removed::Nothing) => FileState::Absent,
+        Ok(Removed::NotOurs) => {
+            tracing::warn!(%account, path = %sink.path.display(), status, "no token is served, but the file at the sink's path is not one the daemon wrote; left in place");
+            FileState::Absent
+        }
         Err(e) => {
             state.metrics.sink_write("failed");
+            state.metrics.sink_failure("remove");
             tracing::error!(%account, path = %sink.path.display(), error = %e, "cannot remove the sink file; will retry");
             file.clone()
         }
     }
+}
+
+/// What [`remove_own`] did.
+enum Removed {
+    /// Removed the file the daemon wrote.
+    Yes,
+    /// Nothing was there.
+    Nothing,
+    /// Something the daemon did not write (or no longer holds what it wrote) is there: kept.
+    NotOurs,
+}
+
+/// Removes the sink's file only when it is the one the daemon last wrote there.
+fn remove_own(sink: &SinkConfig, record: &mut record::Record) -> std::io::Result<Removed> {
+    let (dir, name) = match open_folder(sink) {
+        // A folder systemd has not created yet holds no file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removed::Nothing),
+        other => other?,
+    };
+    let Some((found, contents)) = folder::what_is_at(&dir, name)? else {
+        record.forget(&sink.path);
+        return Ok(Removed::Nothing);
+    };
+    if !record.is_ours(&sink.path, found, &contents) {
+        record.forget(&sink.path);
+        return Ok(Removed::NotOurs);
+    }
+    folder::remove_in(&dir, name)?;
+    record.forget(&sink.path);
+    Ok(Removed::Yes)
+}
+
+/// The sink's folder, opened and checked (`folder`), and the file's name in it.
+fn open_folder(sink: &SinkConfig) -> std::io::Result<(std::os::fd::OwnedFd, &std::ffi::OsStr)> {
+    let (Some(dir), Some(name)) = (sink.path.parent(), sink.path.file_name()) else {
+        return Err(std::io::Error::other("the sink path names no file"));
+    };
+    let trusted = folder::Trusted::this_process(sink.allow_group_writable_dir);
+    Ok((folder::open_dir(dir, &trusted)?, name))
+}
+
+/// Writes the sink's file in its checked folder.
+fn write_sink(sink: &SinkConfig, contents: &[u8]) -> std::io::Result<folder::Written> {
+    let (dir, name) = open_folder(sink)?;
+    folder::write_in(&dir, name, contents, sink.mode, sink.group)
 }
 
 /// The file's contents in `format`.
@@ -162,54 +220,6 @@ fn render(format: &SinkFormat, token: &ServedToken) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Replaces `path` with `contents` so that a reader sees either the old file or the new one:
-/// a temporary file in the same folder (same filesystem, so the rename is atomic) is given
-/// its mode and group before the token is written into it, synced, renamed over `path`, and
-/// the folder is synced so the rename survives a crash.
-pub fn write_atomically(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    group: Option<u32>,
-) -> std::io::Result<()> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::Error::other("the sink path names no file"));
-    };
-    let tmp = dir.join(format!(".{}.shiptoken-tmp", name.to_string_lossy()));
-    // Left by a crash mid-write; only the daemon (which holds the state lock) writes it.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        if let Some(gid) = group {
-            std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot give the file group {gid} ({e}); the daemon's user must be a member (SupplementaryGroups=)"),
-                )
-            })?;
-        }
-        // After the group, so no moment has the token readable by the daemon's own group
-        // when another was asked for; set explicitly, so the umask plays no part.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Runs the sink's command, if any, on its own task the way `[notify] command` runs: argv
@@ -257,7 +267,27 @@ fn run_command(sink: &SinkConfig, reason: &'static str, status: &'static str) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
     use super::*;
+
+    /// `folder::write_in` on `path`'s folder opened as is: a temporary folder under /tmp
+    /// would not pass `folder::open_dir`, which its own tests cover.
+    fn write_atomically(
+        path: &Path,
+        contents: &[u8],
+        mode: u32,
+        group: Option<u32>,
+    ) -> std::io::Result<folder::Written> {
+        use rustix::fs::{Mode, OFlags};
+        let dir = rustix::fs::open(
+            path.parent().unwrap(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        folder::write_in(&dir, path.file_name().unwrap(), contents, mode, group)
+    }
 
     #[test]
     fn a_write_replaces_the_file_with_the_mode_asked_for() {

@@ -25,6 +25,12 @@ fn sink_group() -> u32 {
     }
 }
 
+/// A temporary folder a sink may write into: not under /tmp, which every user can write (the
+/// daemon refuses such a folder, #28 item 2), but in cargo's own temporary folder.
+fn sink_tempdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -47,7 +53,7 @@ async fn wait_for_file(path: &Path, contents: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_is_replaced_atomically_on_rotation_with_its_group_and_mode() {
     let fake = FakeShipHero::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = sink_tempdir();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let log = dir.path().join("command.log");
@@ -210,7 +216,7 @@ fn sink(account: &str, path: &Path, on_flag: &str, log: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withheld_token_is_never_written_and_flags_keep_or_remove_the_file() {
     let fake = FakeShipHero::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = sink_tempdir();
     let log = dir.path().join("command.log");
     let path = |name: &str| -> PathBuf { dir.path().join(format!("{name}.token")) };
     let extra = format!(
@@ -292,7 +298,7 @@ async fn a_withheld_token_is_never_written_and_flags_keep_or_remove_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_added_by_a_reload_is_written_and_reported_as_a_grant() {
     let fake = FakeShipHero::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = sink_tempdir();
     let text = config_text(dir.path(), &fake.base_url(), "");
     let d = Daemon::start(dir.path(), &text).await;
     d.register(&fake, "acme", "ops@acme.test").await;

@@ -690,7 +690,10 @@ async fn a_reload_that_would_drop_every_rule_is_refused_and_access_is_unchanged(
     assert!(line.contains("is empty"), "{line}");
 
     // A file that parses but lists no clients while the running one has two.
-    std::fs::write(&d.config, open_config(dir.path(), &fake, "")).unwrap();
+    // (`allow_other_users`: a socket open to others with no rules is refused at load anyway.)
+    let no_rules = open_config(dir.path(), &fake, "")
+        .replace("[socket]\n", "[socket]\nallow_other_users = true\n");
+    std::fs::write(&d.config, no_rules).unwrap();
     assert!(!sighup_applied(&d).await, "{}", d.logs());
     refused_as_before().await;
     let logs = d.logs();

@@ -65,6 +65,9 @@ pub struct RawSocket {
     pub clients: Vec<ClientRule>,
     /// How long audit entries (who read which token) are kept, e.g. `"90d"`.
     pub audit_retention: String,
+    /// A `mode` with bits for others and no `[[socket.clients]]` rules lets every local user
+    /// read every token; refused unless this says that is meant.
+    pub allow_other_users: bool,
 }
 
 /// `[metrics]` as written.
@@ -170,6 +173,7 @@ impl Default for RawSocket {
             admin_uids: vec![0],
             clients: Vec::new(),
             audit_retention: "90d".into(),
+            allow_other_users: false,
         }
     }
 }

@@ -249,6 +249,8 @@ mod tests {
             mode,
             on_flag: OnFlag::Keep,
             command: Vec::new(),
+            dir_created_by_systemd: false,
+            allow_group_writable_dir: false,
         };
         let old = with(&[0], vec![]);
         let mut new = with(&[0], vec![]);

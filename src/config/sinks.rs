@@ -5,12 +5,13 @@
 //! from the sections other work changes. How the files are written is `crate::sinks`.
 
 use std::ffi::CString;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Invalid, Validator};
+use super::{Config, ConfigError, Invalid, Validator};
 use crate::names::{AccountKey, Provider};
+use crate::sinks::folder::Trusted as Folder;
 
 /// One `[[sink]]` entry as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +39,20 @@ pub struct RawSink {
     /// See [`SinkConfig::command`].
     #[serde(default)]
     pub command: Vec<String>,
+    /// See [`SinkConfig::dir_created_by_systemd`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dir_created_by_systemd: bool,
+    /// See [`SinkConfig::allow_group_writable_dir`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_group_writable_dir: bool,
+    /// A `mode` with group bits and no `group` gives the file the daemon's own group; refused
+    /// unless this says that is meant.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_daemon_group: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// `env_names` of an `env` sink as written; empty means the default name.
@@ -123,6 +138,11 @@ pub struct SinkConfig {
     pub on_flag: OnFlag,
     /// A command (argv) run after each write or removal; empty for none.
     pub command: Vec<String>,
+    /// The folder may be missing at `config check` and start because systemd creates it
+    /// (`RuntimeDirectory=`, `StateDirectory=`); otherwise a missing folder is refused.
+    pub dir_created_by_systemd: bool,
+    /// The folder (or one above it) may be writable by the daemon's own group.
+    pub allow_group_writable_dir: bool,
 }
 
 impl Validator<'_> {
@@ -158,6 +178,11 @@ impl Validator<'_> {
         if !path.is_absolute() || path.file_name().is_none() {
             return Err(bad("path", &s.path, "must be an absolute path to a file"));
         }
+        // `..` resolved here, once: every later check and every write sees the real place.
+        let path = match normalize(&path) {
+            Some(p) if p.file_name().is_some() && p.parent().is_some() => p,
+            _ => return Err(bad("path", &s.path, "must be an absolute path to a file")),
+        };
         let format = match s.format.as_str() {
             "token" => SinkFormat::Token,
             "json" => SinkFormat::Json,
@@ -195,6 +220,14 @@ impl Validator<'_> {
                 "gives other users access to the token; share it through the sink's group instead",
             ));
         }
+        let group = self.group(i, &s.group)?;
+        if mode & 0o070 != 0 && group.is_none() && !s.allow_daemon_group {
+            return Err(bad(
+                "mode",
+                &s.mode,
+                "gives the daemon's own group access, and no group is set (in the shipped unit that group is every socket client's); set group, or allow_daemon_group = true if that group is meant",
+            ));
+        }
         let on_flag = match s.on_flag.as_str() {
             "keep" => OnFlag::Keep,
             "remove" => OnFlag::Remove,
@@ -211,10 +244,12 @@ impl Validator<'_> {
             account,
             path,
             format,
-            group: self.group(i, &s.group)?,
+            group,
             mode,
             on_flag,
             command: s.command.clone(),
+            dir_created_by_systemd: s.dir_created_by_systemd,
+            allow_group_writable_dir: s.allow_group_writable_dir,
         })
     }
 
@@ -270,6 +305,144 @@ impl Validator<'_> {
             origin: self.origin("sink"),
             reason,
         }))
+    }
+}
+
+/// `path` with `.` and `..` resolved by name (absolute paths only; `None` when `..` climbs
+/// above `/`). No symlink may lie on a sink's folder (`crate::sinks::folder`), so resolving by
+/// name finds the folder the daemon writes into.
+pub fn normalize(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir => out.push("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() || out.as_os_str().is_empty() {
+                    return None;
+                }
+            }
+            Component::Normal(name) => out.push(name),
+            Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// `path` as the kernel would find it: `..` resolved, and the longest part that exists with
+/// its symlinks resolved, so two names of one file compare equal.
+fn resolved(path: &Path) -> PathBuf {
+    let path = normalize(path).unwrap_or_else(|| path.to_path_buf());
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path,
+        }
+    }
+}
+
+/// The daemon's own files a sink must not be, nor be inside: name, path.
+fn own_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
+    // The state folder last: a sink on the key inside it is named for the key.
+    let mut own = vec![
+        (
+            "the key file",
+            crate::keys::KeySource::resolve(config.key_file.as_deref(), &config.state_dir)
+                .path()
+                .to_path_buf(),
+        ),
+        ("the socket (socket.path)", config.socket.path.clone()),
+    ];
+    if let Some(file) = &config.file {
+        own.push(("the config file", file.clone()));
+    }
+    own.push(("the state folder (state_dir)", config.state_dir.clone()));
+    own
+}
+
+impl Validator<'_> {
+    /// The checks of `[[sink]]` that look at the filesystem, for `config check`, `serve` and a
+    /// reload: no sink is, or is inside, one of the daemon's own files or another sink; every
+    /// sink's folder exists (unless systemd creates it) and is safe to write into.
+    pub(super) fn sinks_on_disk(&self, config: &Config) -> Result<(), ConfigError> {
+        let own: Vec<_> = own_files(config)
+            .into_iter()
+            .map(|(what, p)| (what, resolved(&p)))
+            .collect();
+        let places: Vec<PathBuf> = config.sinks.iter().map(|s| resolved(&s.path)).collect();
+        for (i, sink) in config.sinks.iter().enumerate() {
+            let shown = sink.path.display().to_string();
+            let place = &places[i];
+            let clash = own.iter().map(|(what, p)| (what.to_string(), p)).chain(
+                places
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, p)| (format!("sink[{j}].path"), p)),
+            );
+            for (what, theirs) in clash {
+                if place == theirs || place.starts_with(theirs) {
+                    let how = if place == theirs { "is" } else { "is inside" };
+                    return Err(self.sink_invalid(
+                        i,
+                        "path",
+                        &shown,
+                        format!(
+                            "{how} {what} ({}); a sink there would overwrite or remove it",
+                            theirs.display()
+                        ),
+                    ));
+                }
+            }
+            self.sink_folder(i, sink, config)?;
+        }
+        Ok(())
+    }
+
+    /// The sink's folder exists (or systemd creates it) and passes `crate::sinks::folder`.
+    fn sink_folder(&self, i: usize, sink: &SinkConfig, config: &Config) -> Result<(), ConfigError> {
+        use std::io::ErrorKind::NotFound;
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = sink.path.parent() else {
+            return Ok(());
+        };
+        let mut trusted = Folder::this_process(sink.allow_group_writable_dir);
+        // `config check` may run as root for a daemon that runs as its own user: that user
+        // owns the state folder (systemd's StateDirectory= makes it so).
+        if let Ok(meta) = std::fs::metadata(&config.state_dir) {
+            trusted.uids.push(meta.uid());
+            if sink.allow_group_writable_dir {
+                trusted.writer_gids.push(meta.gid());
+            }
+        }
+        let shown = sink.path.display().to_string();
+        match crate::sinks::folder::open_dir(dir, &trusted) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == NotFound && sink.dir_created_by_systemd => Ok(()),
+            Err(e) if e.kind() == NotFound => Err(self.sink_invalid(
+                i,
+                "path",
+                &shown,
+                format!(
+                    "its folder {} does not exist; create it, or set dir_created_by_systemd = true if systemd creates it before start (RuntimeDirectory=, StateDirectory=)",
+                    dir.display()
+                ),
+            )),
+            Err(e) => Err(self.sink_invalid(
+                i,
+                "path",
+                &shown,
+                format!("its folder is not safe to write a token into: {e}"),
+            )),
+        }
     }
 }
 

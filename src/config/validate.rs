@@ -19,6 +19,9 @@ pub(crate) struct Validator<'a> {
 
 impl Validator<'_> {
     pub(crate) fn origin(&self, key: &str) -> String {
+        // figment keeps metadata per value, not per array element: `sink[2].path` came from
+        // wherever the `sink` array did.
+        let key = key.split('[').next().unwrap_or(key);
         let Some(md) = self.figment.find_metadata(key) else {
             return "built-in default".into();
         };
@@ -200,6 +203,29 @@ impl Validator<'_> {
             ));
         }
         Ok(value.trim_end_matches('/').to_string())
+    }
+
+    /// A provider's `api_base`: a [`Self::base_url`] that sends tokens in clear only to this
+    /// host (`http://` with a loopback host, as the simulators and test doubles use).
+    pub(crate) fn api_base(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let base = self.base_url(key, value)?;
+        let loopback = match reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|u| u.host().map(|h| h.to_owned()))
+        {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if base.starts_with("http://") && !loopback {
+            return Err(self.invalid(
+                key,
+                value,
+                "plain http:// would send tokens and credentials unencrypted; use https://, or http:// only to a loopback host (127.0.0.1, ::1, localhost)".into(),
+            ));
+        }
+        Ok(base)
     }
 
     pub(crate) fn webhooks(

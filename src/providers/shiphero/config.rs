@@ -60,7 +60,7 @@ impl ShipHeroConfig {
         default_concurrency: usize,
     ) -> Result<ShipHeroConfig, ConfigError> {
         Ok(ShipHeroConfig {
-            api_base: v.base_url("shiphero.api_base", &raw.api_base)?,
+            api_base: v.api_base("shiphero.api_base", &raw.api_base)?,
             timeout: v.duration("shiphero.timeout", &raw.timeout)?,
             pace: crate::pacing::Rate {
                 per_second: f64::from(v.count(

@@ -124,7 +124,7 @@ impl ShippoConfig {
         default_concurrency: usize,
     ) -> Result<ShippoConfig, ConfigError> {
         let config = ShippoConfig {
-            api_base: v.base_url("shippo.api_base", &raw.api_base)?,
+            api_base: v.api_base("shippo.api_base", &raw.api_base)?,
             oauth_base: v.base_url("shippo.oauth_base", &raw.oauth_base)?,
             api_version: api_version(v, "shippo.api_version", &raw.api_version)?,
             timeout: v.duration("shippo.timeout", &raw.timeout)?,
