@@ -245,3 +245,36 @@ async fn a_rotated_refresh_token_is_stored_durably_and_invalid_grant_revokes() {
         "{a}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_has_a_ups_demo_account_that_works() {
+    let dev = start_dev().await;
+    assert!(
+        dev.printed.contains("get oauth2/demo-ups"),
+        "{}",
+        dev.printed
+    );
+    let socket = dev.socket.clone();
+    wait_for("oauth2/demo-ups to be active", || {
+        let socket = socket.clone();
+        async move {
+            let a = shiptoken::client::call(&socket, "GET", "/v1/accounts/oauth2/demo-ups", None)
+                .await
+                .ok()?
+                .body;
+            (a["status"] == "active").then_some(())
+        }
+    })
+    .await;
+    let out = cli(
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "get",
+            "oauth2/demo-ups",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
