@@ -239,6 +239,13 @@ fn check(c: &Credential) -> Result<(), String> {
     {
         return Err("the refresh token is empty".into());
     }
+    for (name, value) in &c.headers {
+        let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+            && reqwest::header::HeaderValue::from_str(value).is_ok();
+        if !valid {
+            return Err(format!("header \"{name}\" is not a valid HTTP header"));
+        }
+    }
     for (what, url) in [("token_url", &c.token_url), ("probe_url", &c.probe_url)] {
         if let Some(u) = url {
             check_url(u).map_err(|e| format!("{what}: {e}"))?;
@@ -300,6 +307,10 @@ mod tests {
         c.token_url = Some("ftp://x".into());
         let e = new_account(fields(Some(c.encode())), Timestamp::from_secs(0)).unwrap_err();
         assert!(e.contains("token_url") && !e.contains("s3cret"), "{e}");
+        let mut c = credential();
+        c.headers.insert("bad header".into(), "x".into());
+        let e = new_account(fields(Some(c.encode())), Timestamp::from_secs(0)).unwrap_err();
+        assert!(e.contains("bad header"), "{e}");
         assert!(new_account(fields(None), Timestamp::from_secs(0)).is_err());
     }
 }

@@ -135,10 +135,9 @@ impl OAuth2 {
         if let Some(r) = &c.refresh_token {
             form.push(("refresh_token".into(), r.clone()));
         }
-        if let Some(scope) = c.scope.as_ref().or(preset.scope.as_ref()) {
-            if !scope.trim().is_empty() {
-                form.push(("scope".into(), scope.clone()));
-            }
+        let scope = c.scope.as_ref().or(preset.scope.as_ref());
+        if let Some(scope) = scope.filter(|s| !s.trim().is_empty()) {
+            form.push(("scope".into(), scope.clone()));
         }
         if auth == ClientAuth::Body {
             form.push(("client_id".into(), c.client_id.clone()));
