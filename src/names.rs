@@ -208,13 +208,13 @@ mod tests {
 
     #[test]
     fn providers_are_named_as_they_parse() {
-        assert_eq!(Provider::names(), "shiphero or shippo");
+        assert_eq!(Provider::names(), "shiphero, shippo or oauth2");
         for p in Provider::ALL {
             assert_eq!(Provider::parse(p.as_str()), Some(p));
         }
         assert_eq!(
             NameError::UnknownProvider("ups".into()).to_string(),
-            "unknown provider \"ups\": expected shiphero or shippo"
+            "unknown provider \"ups\": expected shiphero, shippo or oauth2"
         );
     }
 
