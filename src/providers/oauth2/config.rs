@@ -32,10 +32,11 @@ impl Default for RawOAuth2 {
     fn default() -> Self {
         RawOAuth2 {
             timeout: "30s".into(),
-            // The carriers publish no token-endpoint limit; one call per account per 40
-            // minutes is 4 calls/s for 10,000 accounts, so 5/s keeps up with room to spare.
-            max_requests_per_second: 5,
-            burst: 10,
+            // The carriers publish no token-endpoint limit (UPSTREAM.md); 10,000 accounts with
+            // 1-hour tokens renewed at about 0.55 of their life make 5 token calls a second,
+            // and probes come on top.
+            max_requests_per_second: 10,
+            burst: 20,
             concurrency: None,
             presets: BTreeMap::new(),
         }
