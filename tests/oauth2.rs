@@ -235,6 +235,13 @@ async fn a_rotated_refresh_token_is_stored_durably_and_invalid_grant_revokes() {
     fake.wait_for_token_calls("rt-app", calls + 2).await;
     d2.wait_for_status("oauth2/rt", "active").await;
 
+    let logs = d2.logs();
+    assert!(!logs.contains(&secret), "the client secret reached a log");
+    assert!(
+        !logs.contains(&fake.refresh_token("rt-app").unwrap()),
+        "a refresh token reached a log"
+    );
+
     // The grant is revoked elsewhere (a new authorization replaced it): invalid_grant.
     fake.issue_refresh_token("rt-app");
     let a = d2.wait_for_status("oauth2/rt", "revoked").await;

@@ -124,3 +124,46 @@ fn probes_read_the_bearer_challenge_only() {
         Verdict::Inconclusive(_)
     ));
 }
+
+#[test]
+fn requests_follow_the_preset_and_the_account_overrides_it() {
+    let client = OAuth2::new(
+        crate::providers::plain_client(),
+        presets::built_in().unwrap(),
+        Metrics::new(),
+    );
+    let field =
+        |t: &TokenRequest, k: &str| t.form.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+    // UPS: Basic, so the secret is not in the form.
+    let mut c = credential(None);
+    let t = client.resolve(&c).unwrap();
+    assert_eq!(t.auth, ClientAuth::Basic);
+    assert!(t.url.ends_with("/security/v1/oauth/token"));
+    assert_eq!(
+        field(&t, "grant_type").as_deref(),
+        Some("client_credentials")
+    );
+    assert_eq!(field(&t, "client_secret"), None);
+    assert!(t.probe.is_none());
+    // FedEx: the credentials in the form body, with the account's scope and extra field.
+    c.preset = "fedex".into();
+    c.scope = Some("CXS".into());
+    c.form.insert("child_key".into(), "k".into());
+    c.probe_url = Some("https://apis.fedex.com/ping".into());
+    let t = client.resolve(&c).unwrap();
+    assert_eq!(t.auth, ClientAuth::Body);
+    assert_eq!(field(&t, "client_id").as_deref(), Some("id"));
+    assert_eq!(field(&t, "client_secret").as_deref(), Some("secret"));
+    assert_eq!(field(&t, "scope").as_deref(), Some("CXS"));
+    assert_eq!(field(&t, "child_key").as_deref(), Some("k"));
+    assert_eq!(t.probe.unwrap().status, 200);
+    // A refresh-token account uses the refresh grant.
+    let t = client.resolve(&credential(Some("r1"))).unwrap();
+    assert_eq!(field(&t, "grant_type").as_deref(), Some("refresh_token"));
+    assert_eq!(field(&t, "refresh_token").as_deref(), Some("r1"));
+    // generic has no token URL of its own; an unknown preset is the configuration's fault.
+    c.preset = "generic".into();
+    assert!(matches!(client.resolve(&c), Err(Verdict::Misconfigured(_))));
+    c.preset = "dhl".into();
+    assert!(matches!(client.resolve(&c), Err(Verdict::Misconfigured(m)) if m.contains("dhl")));
+}
