@@ -32,6 +32,7 @@ pub use raw::{
 pub use registry::{PASSWORD_CREDENTIAL, RawRegistry, RegistryConfig};
 pub(crate) use validate::Validator;
 // Each provider's section lives in its folder; the configuration embeds them.
+pub use crate::providers::oauth2::config::{OAuth2Config, RawOAuth2};
 pub use crate::providers::shiphero::config::{RawShipHero, ShipHeroConfig};
 pub use crate::providers::shippo::config::{RawShippo, ShippoConfig};
 pub mod sinks;
@@ -106,6 +107,8 @@ pub struct RawConfig {
     pub shiphero: RawShipHero,
     /// `[shippo]`
     pub shippo: RawShippo,
+    /// `[oauth2]`
+    pub oauth2: RawOAuth2,
     /// `[notify]`
     pub notify: RawNotify,
     /// `[limits]`
@@ -174,6 +177,7 @@ impl Default for RawConfig {
             verify: RawVerify::default(),
             shiphero: RawShipHero::default(),
             shippo: RawShippo::default(),
+            oauth2: RawOAuth2::default(),
             notify: RawNotify::default(),
             limits: RawLimits::default(),
             registry: RawRegistry::default(),
@@ -218,6 +222,8 @@ pub struct Config {
     pub shiphero: ShipHeroConfig,
     /// Shippo's endpoints and OAuth client.
     pub shippo: ShippoConfig,
+    /// The carriers' OAuth 2.0 settings and presets.
+    pub oauth2: OAuth2Config,
     /// Where status changes are reported.
     pub notify: NotifyConfig,
     /// Connection caps and timeouts of the listeners.
@@ -311,6 +317,7 @@ impl Config {
         match provider {
             Provider::ShipHero => self.shiphero.upstream(),
             Provider::Shippo => self.shippo.upstream(),
+            Provider::OAuth2 => self.oauth2.upstream(),
         }
     }
 
@@ -369,6 +376,7 @@ impl Config {
             verify: verify_section(&v, &raw.verify)?,
             shiphero: ShipHeroConfig::validate(&v, &raw.shiphero, rotation_concurrency)?,
             shippo: ShippoConfig::validate(&v, &raw.shippo, rotation_concurrency)?,
+            oauth2: OAuth2Config::validate(&v, &raw.oauth2, rotation_concurrency)?,
             notify: NotifyConfig {
                 webhooks: v.webhooks("notify.webhooks", &raw.notify.webhooks)?,
                 command: v.command("notify.command", &raw.notify.command)?,
@@ -476,6 +484,7 @@ fn known_env_keys() -> BTreeSet<String> {
     });
     every.shiphero.concurrency = Some(0);
     every.shippo.concurrency = Some(0);
+    every.oauth2.concurrency = Some(0);
     let mut keys = BTreeSet::new();
     if let Ok(value) = serde_json::to_value(every) {
         walk("", &value, &mut keys);

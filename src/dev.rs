@@ -1,4 +1,4 @@
-//! `serve --dev`: the real daemon against simulated ShipHero and Shippo servers on
+//! `serve --dev`: the real daemon against simulated ShipHero, Shippo and carrier servers on
 //! 127.0.0.1, with state in a temporary folder and short token lifetimes, so a newcomer sees
 //! a rotation and a suspension within a minute. Only where state lives and where upstream is
 //! differ from production.
@@ -11,6 +11,8 @@ use anyhow::Context;
 use crate::clock::Clock;
 use crate::config::{Config, RawConfig};
 use crate::names::AccountKey;
+use crate::providers::oauth2::account::Credential;
+use crate::providers::oauth2::sim::{FakeCarrier, PROBE_PATH, UPS_TOKEN_PATH};
 use crate::registry::{NewAccount, Registry};
 use crate::secret::Secret;
 use crate::sim::{FakeShipHero, FakeShippo, ShipHeroMode};
@@ -28,6 +30,8 @@ pub struct DevEnvironment {
     pub shiphero: FakeShipHero,
     /// The simulated Shippo.
     pub shippo: FakeShippo,
+    /// The simulated carrier (UPS's answers).
+    pub carrier: FakeCarrier,
     /// The configuration the daemon runs with.
     pub config: Config,
     state: Option<tempfile::TempDir>,
@@ -44,6 +48,7 @@ impl DevEnvironment {
     pub fn finish(mut self) {
         self.shiphero.shutdown();
         self.shippo.shutdown();
+        self.carrier.shutdown();
         if let Some(path) = self.kept.take() {
             eprintln!("dev state kept in {}", path.display());
         }
@@ -63,10 +68,14 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
     let shippo = FakeShippo::start()
         .await
         .context("cannot start the simulated Shippo")?;
+    let carrier = FakeCarrier::start()
+        .await
+        .context("cannot start the simulated carrier")?;
     shiphero.set_token_lifetime(DEV_TOKEN_LIFETIME);
+    carrier.set_lifetime(DEV_TOKEN_LIFETIME.as_secs());
     let oauth = OAuthClient::register(&shippo, dir.path())?;
     let config = dev_config(dir.path(), &shiphero, &shippo, oauth)?;
-    register_demo_accounts(&config, &shiphero, &shippo).await?;
+    register_demo_accounts(&config, &shiphero, &shippo, &carrier).await?;
     let kept = keep.then(|| dir.path().to_path_buf());
     let state = if keep {
         let _ = dir.keep();
@@ -77,6 +86,7 @@ pub async fn prepare(keep: bool) -> anyhow::Result<DevEnvironment> {
     Ok(DevEnvironment {
         shiphero,
         shippo,
+        carrier,
         config,
         state,
         kept,
@@ -169,11 +179,13 @@ fn dev_config(
     Config::from_figment(&figment, None).context("the built-in dev configuration is invalid")
 }
 
-/// Registers the demo accounts: an active and a suspended ShipHero user, and a Shippo token.
+/// Registers the demo accounts: an active and a suspended ShipHero user, a Shippo token, and
+/// a carrier account answered as UPS answers.
 async fn register_demo_accounts(
     config: &Config,
     shiphero: &FakeShipHero,
     shippo: &FakeShippo,
+    carrier: &FakeCarrier,
 ) -> anyhow::Result<()> {
     let registry = Registry::open(&config.state_dir).await?;
     let now = Clock::system().now();
@@ -206,6 +218,45 @@ async fn register_demo_accounts(
             now,
         )
         .await?;
+    register_demo_carrier(&registry, carrier, now).await
+}
+
+/// Registers `oauth2/demo-ups`: the `ups` preset pointed at the simulated carrier, which
+/// answers as UPS does (`expires_in` as a string), with its probe.
+async fn register_demo_carrier(
+    registry: &Registry,
+    carrier: &FakeCarrier,
+    now: crate::clock::Timestamp,
+) -> anyhow::Result<()> {
+    let client_secret = carrier.add_client("demo-ups-app");
+    let base = carrier.base_url();
+    let credential = Credential {
+        preset: "ups".into(),
+        token_url: Some(format!("{base}{UPS_TOKEN_PATH}")),
+        client_id: "demo-ups-app".into(),
+        client_secret,
+        auth: None,
+        scope: None,
+        form: Default::default(),
+        headers: Default::default(),
+        refresh_token: None,
+        probe_method: None,
+        probe_url: Some(format!("{base}{PROBE_PATH}")),
+        probe_status: None,
+    };
+    registry
+        .add(
+            NewAccount {
+                key: AccountKey::new("oauth2", "demo-ups")?,
+                email: None,
+                first_name: None,
+                last_name: None,
+                refresh_token: Some(credential.encode()),
+                access_token: None,
+            },
+            now,
+        )
+        .await?;
     Ok(())
 }
 
@@ -214,11 +265,12 @@ pub fn instructions(socket: &Path, metrics: Option<std::net::SocketAddr>) -> Str
     let s = socket.display();
     let bin = command_name();
     let mut out = format!(
-        "\nshiptoken dev mode is running (simulated ShipHero and Shippo; tokens live 60 s, rotate every 30 s).\n\n\
+        "\nshiptoken dev mode is running (simulated ShipHero, Shippo and UPS; tokens live 60 s, rotate every 30 s).\n\n\
          \x20 {bin} --socket {s} accounts list\n\
          \x20 {bin} --socket {s} accounts list --watch   # live view; Ctrl-C stops it\n\
          \x20 {bin} --socket {s} get shiphero/demo-active\n\
          \x20 {bin} --socket {s} get shiphero/demo-suspended   # exits 3: flagged suspended\n\
+         \x20 {bin} --socket {s} get oauth2/demo-ups   # a carrier token, UPS's answers\n\
          \x20 curl --unix-socket {s} http://localhost/v1/tokens/shippo/demo-shippo\n\
          \x20 {bin} --socket {s} shippo connect demo-oauth   # then open the link it prints\n"
     );

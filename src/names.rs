@@ -12,17 +12,21 @@ pub enum Provider {
     ShipHero,
     /// Shippo: OAuth access tokens that never expire but can be revoked.
     Shippo,
+    /// Carrier APIs over OAuth 2.0 (UPS, FedEx, any RFC 6749 token endpoint): short-lived
+    /// tokens from client credentials or a refresh token.
+    OAuth2,
 }
 
 impl Provider {
     /// Every provider, for metrics and listings.
-    pub const ALL: [Provider; 2] = [Provider::ShipHero, Provider::Shippo];
+    pub const ALL: [Provider; 3] = [Provider::ShipHero, Provider::Shippo, Provider::OAuth2];
 
     /// The name used in paths, labels and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::ShipHero => "shiphero",
             Provider::Shippo => "shippo",
+            Provider::OAuth2 => "oauth2",
         }
     }
 
@@ -32,6 +36,7 @@ impl Provider {
         match self {
             Provider::ShipHero => false,
             Provider::Shippo => true,
+            Provider::OAuth2 => false,
         }
     }
 
@@ -203,13 +208,13 @@ mod tests {
 
     #[test]
     fn providers_are_named_as_they_parse() {
-        assert_eq!(Provider::names(), "shiphero or shippo");
+        assert_eq!(Provider::names(), "shiphero, shippo or oauth2");
         for p in Provider::ALL {
             assert_eq!(Provider::parse(p.as_str()), Some(p));
         }
         assert_eq!(
             NameError::UnknownProvider("ups".into()).to_string(),
-            "unknown provider \"ups\": expected shiphero or shippo"
+            "unknown provider \"ups\": expected shiphero, shippo or oauth2"
         );
     }
 

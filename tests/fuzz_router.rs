@@ -109,7 +109,14 @@ async fn state(dir: &std::path::Path) -> Arc<ApiState> {
         registry.clone(),
         providers::Providers::from_parts(
             ShipHero::new(http.clone(), NOWHERE, metrics.clone()),
-            Shippo::new(http, NOWHERE, NOWHERE, "2018-02-08", metrics.clone()),
+            Shippo::new(
+                http.clone(),
+                NOWHERE,
+                NOWHERE,
+                "2018-02-08",
+                metrics.clone(),
+            ),
+            providers::oauth2::OAuth2::new(http, Default::default(), metrics.clone()),
         ),
         clock.clone(),
         metrics.clone(),

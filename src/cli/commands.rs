@@ -385,6 +385,7 @@ pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
     let body = match &add.provider {
         AddCommand::Shiphero(args) => args.body(&mut read)?,
         AddCommand::Shippo(args) => args.body(&mut read)?,
+        AddCommand::Oauth2(args) => args.body(&mut read)?,
     };
     let path = if add.wait {
         "/v1/accounts?wait=true"

@@ -288,6 +288,8 @@ pub enum AddCommand {
     Shiphero(crate::providers::shiphero::account::AddArgs),
     /// Register a Shippo OAuth token obtained elsewhere.
     Shippo(crate::providers::shippo::account::AddArgs),
+    /// Register a carrier account over OAuth 2.0 (UPS, FedEx, any RFC 6749 token endpoint).
+    Oauth2(Box<crate::providers::oauth2::account::AddArgs>),
 }
 
 /// `shippo` subcommands.

@@ -145,6 +145,7 @@ fn warn_needs_restart(current: &Config, new: &Config) {
         ),
         ("shiphero", current.shiphero != new.shiphero),
         ("shippo", current.shippo != new.shippo),
+        ("oauth2", current.oauth2 != new.oauth2),
         ("limits", current.limits != new.limits),
         // The lease applies at once; where the registry is and who this daemon is do not.
         (

@@ -11,6 +11,7 @@
 pub mod account;
 pub mod evidence;
 mod http;
+pub mod oauth2;
 pub mod shiphero;
 pub mod shippo;
 
@@ -96,6 +97,9 @@ pub struct Issued {
     pub access_token: Secret,
     /// Its lifetime; `None` for tokens that never expire.
     pub lifetime: Option<Duration>,
+    /// A new refresh credential the answer rotated to, which replaces the stored one before
+    /// the token is served (RFC 6749 6); `None` keeps the stored one.
+    pub refresh: Option<Secret>,
 }
 
 /// The one view the rotation engine has of a provider.
@@ -137,6 +141,7 @@ pub fn rules(provider: Provider) -> &'static Rules {
     match provider {
         Provider::ShipHero => &shiphero::RULES,
         Provider::Shippo => &shippo::RULES,
+        Provider::OAuth2 => &oauth2::RULES,
     }
 }
 
@@ -155,6 +160,7 @@ pub fn read_add(fields: account::AddFields, now: Timestamp) -> account::Read {
 pub struct Providers {
     shiphero: shiphero::ShipHero,
     shippo: shippo::Shippo,
+    oauth2: oauth2::OAuth2,
 }
 
 impl Providers {
@@ -164,12 +170,21 @@ impl Providers {
         Providers {
             shiphero: shiphero::ShipHero::from_config(&config.shiphero, metrics),
             shippo: shippo::Shippo::from_config(&config.shippo, metrics),
+            oauth2: oauth2::OAuth2::from_config(&config.oauth2, metrics),
         }
     }
 
     /// Builds the table from providers made elsewhere (tests that point them at nowhere).
-    pub fn from_parts(shiphero: shiphero::ShipHero, shippo: shippo::Shippo) -> Providers {
-        Providers { shiphero, shippo }
+    pub fn from_parts(
+        shiphero: shiphero::ShipHero,
+        shippo: shippo::Shippo,
+        oauth2: oauth2::OAuth2,
+    ) -> Providers {
+        Providers {
+            shiphero,
+            shippo,
+            oauth2,
+        }
     }
 
     /// The provider's implementation.
@@ -177,6 +192,7 @@ impl Providers {
         match provider {
             Provider::ShipHero => &self.shiphero,
             Provider::Shippo => &self.shippo,
+            Provider::OAuth2 => &self.oauth2,
         }
     }
 

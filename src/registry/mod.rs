@@ -382,6 +382,18 @@ impl Registry {
         self.call(move |conn| conn.refresh_token(&key)).await
     }
 
+    /// Replaces the stored refresh token with the one the provider rotated to, durably, before
+    /// the access token issued with it is stored or served (RFC 6749 6).
+    pub async fn set_refresh_token(
+        &self,
+        key: &AccountKey,
+        token: Secret,
+    ) -> Result<(), RegistryError> {
+        let key = key.clone();
+        self.call(move |conn| conn.set_refresh_token(&key, &token))
+            .await
+    }
+
     /// An account's history, newest last; `limit` newest entries. Only the current
     /// registration's history; a removed account's shows in full.
     pub async fn events(

@@ -67,6 +67,9 @@ pub trait Store {
     /// The stored refresh token, read when it is about to be used.
     fn refresh_token(&mut self, key: &AccountKey) -> Result<Option<Secret>, RegistryError>;
 
+    /// Replaces the stored refresh token with the one a provider rotated to (RFC 6749 6).
+    fn set_refresh_token(&mut self, key: &AccountKey, token: &Secret) -> Result<(), RegistryError>;
+
     /// The newest `limit` history entries of one registration (all, when `generation` is
     /// `None`), oldest first.
     fn events(

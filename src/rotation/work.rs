@@ -272,6 +272,11 @@ impl Engine {
         let now = self.clock.now();
         let verdict = match result {
             Ok(issued) => {
+                if let Some(rotated) = issued.refresh {
+                    // The provider may have invalidated the old refresh token: the new one is
+                    // stored before anything issued with it, or a crash loses the account.
+                    self.registry.set_refresh_token(key, rotated).await?;
+                }
                 self.metrics.rotation(key.provider, CheckResult::Ok);
                 let token = TokenRecord {
                     access_token: issued.access_token,

@@ -226,6 +226,7 @@ fn issued(body: &str) -> Result<Issued, Verdict> {
     Ok(Issued {
         access_token,
         lifetime: Some(lifetime),
+        refresh: None,
     })
 }
 

@@ -161,6 +161,25 @@ impl Store for PgStore {
         })
     }
 
+    fn set_refresh_token(&mut self, key: &AccountKey, token: &Secret) -> Result<(), RegistryError> {
+        self.with(|c, sealer, _, _| {
+            let changed = c.execute(
+                "UPDATE accounts SET refresh_token = $3, refresh_fingerprint = $4
+                 WHERE provider = $1 AND name = $2",
+                &[
+                    &key.provider.as_str(),
+                    &key.name,
+                    &sealed(sealer, key, "refresh_token", Some(token))?,
+                    &token.fingerprint(),
+                ],
+            )?;
+            if changed == 0 {
+                return Err(RegistryError::NotFound(key.clone()));
+            }
+            Ok(())
+        })
+    }
+
     fn events(
         &mut self,
         key: &AccountKey,

@@ -99,6 +99,23 @@ impl Store for Connection {
         Ok(token.map(Secret::new))
     }
 
+    fn set_refresh_token(&mut self, key: &AccountKey, token: &Secret) -> Result<(), RegistryError> {
+        let id = account_id(self, key)?;
+        self.execute(
+            "UPDATE tokens SET refresh_token = seal(?2, ?4, ?5, 'refresh_token'),
+                               refresh_fingerprint = ?3
+             WHERE account_id = ?1",
+            params![
+                id,
+                token.expose(),
+                token.fingerprint(),
+                key.provider.as_str(),
+                key.name
+            ],
+        )?;
+        Ok(())
+    }
+
     fn events(
         &mut self,
         key: &AccountKey,

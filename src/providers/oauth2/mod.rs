@@ -1,0 +1,410 @@
+//! Carrier APIs over OAuth 2.0 (UPS, FedEx, any RFC 6749 token endpoint), a provider as one
+//! unit: the token call for both grants and the optional probe (here), what their answers
+//! prove ([`evidence`]), the carriers as data ([`presets`]), the `[oauth2]` section
+//! ([`config`]), how an account is registered ([`account`]), and its simulator (`sim`, with
+//! the `dev` feature).
+//!
+//! Each account carries its own settings (its [`account::Credential`], stored as its refresh
+//! credential). A token is renewed from the answer's `expires_in` like ShipHero's, at
+//! `rotation.rotate_at` of its life. Without a probe, a token the endpoint just issued counts
+//! as proven by its issue: the endpoint authenticated the client to issue it.
+
+pub mod account;
+pub mod config;
+pub mod evidence;
+pub mod presets;
+#[cfg(feature = "dev")]
+pub mod sim;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::evidence::{Body, Judged, judge, shape};
+use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send};
+use crate::metrics::Metrics;
+use crate::names::{AccountKey, Provider};
+use crate::secret::Secret;
+use account::Credential;
+use presets::{ClientAuth, Preset};
+
+/// The longest lifetime believed: carriers issue 1 to 4 hours (UPSTREAM.md); a day leaves
+/// room for a generic endpoint, and anything longer is a misreading (milliseconds for
+/// seconds) that would leave a token unrenewed past its real end.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
+
+/// How long to wait when a carrier throttles without saying for how long.
+const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(30);
+
+/// The longest a throttled account waits: the carriers publish no window, and a token
+/// lives an hour, so a longer wait would let it expire.
+const LONGEST_THROTTLE: Duration = Duration::from_secs(300);
+
+/// How many issued tokens' probes are remembered; past it the memory starts again and
+/// those tokens count as proven by their issue until their next renewal.
+const REMEMBERED_PROBES: usize = 100_000;
+
+/// What the oauth2 provider states once.
+pub static RULES: Rules = Rules {
+    calls: evidence::CALLS,
+    read_add: account::new_account,
+    served_headers: |_| Vec::new(),
+    no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
+};
+
+/// The probe of one account, as resolved from its credential and preset.
+#[derive(Clone, Debug, PartialEq)]
+struct Probe {
+    method: reqwest::Method,
+    url: String,
+    status: u16,
+}
+
+/// A token request resolved from an account's credential and its preset.
+struct TokenRequest {
+    url: String,
+    auth: ClientAuth,
+    form: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    probe: Option<Probe>,
+}
+
+/// The client of every oauth2 account: one pool, the presets, and the probe each issued token
+/// is checked with (the engine's probe call names the token, not the account).
+pub struct OAuth2 {
+    http: reqwest::Client,
+    metrics: Metrics,
+    presets: std::collections::BTreeMap<String, Preset>,
+    probes: Mutex<HashMap<[u8; 32], Probe>>,
+}
+
+fn fingerprint(token: &Secret) -> [u8; 32] {
+    Sha256::digest(token.expose().as_bytes()).into()
+}
+
+impl OAuth2 {
+    /// A client over `http` knowing `presets`.
+    pub fn new(
+        http: reqwest::Client,
+        presets: std::collections::BTreeMap<String, Preset>,
+        metrics: Metrics,
+    ) -> OAuth2 {
+        OAuth2 {
+            http,
+            metrics,
+            presets,
+            probes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client for `[oauth2]`, with its own connection pool and timeout.
+    pub fn from_config(config: &config::OAuth2Config, metrics: &Metrics) -> OAuth2 {
+        OAuth2::new(
+            super::http_client(config.timeout),
+            config.presets.clone(),
+            metrics.clone(),
+        )
+    }
+
+    fn resolve(&self, c: &Credential) -> Result<TokenRequest, Verdict> {
+        let preset = self.presets.get(&c.preset).ok_or_else(|| {
+            Verdict::Misconfigured(format!(
+                "preset \"{}\" is not built in and not in [oauth2.presets]",
+                c.preset
+            ))
+        })?;
+        let url = c
+            .token_url
+            .clone()
+            .or_else(|| preset.token_url.clone())
+            .ok_or_else(|| {
+                Verdict::Misconfigured(format!(
+                    "preset \"{}\" has no token_url and the account gives none",
+                    c.preset
+                ))
+            })?;
+        let auth = c.auth.unwrap_or(preset.auth);
+        let mut form = vec![match &c.refresh_token {
+            Some(_) => ("grant_type".to_string(), "refresh_token".to_string()),
+            None => ("grant_type".to_string(), "client_credentials".to_string()),
+        }];
+        if let Some(r) = &c.refresh_token {
+            form.push(("refresh_token".into(), r.clone()));
+        }
+        let scope = c.scope.as_ref().or(preset.scope.as_ref());
+        if let Some(scope) = scope.filter(|s| !s.trim().is_empty()) {
+            form.push(("scope".into(), scope.clone()));
+        }
+        if auth == ClientAuth::Body {
+            form.push(("client_id".into(), c.client_id.clone()));
+            form.push(("client_secret".into(), c.client_secret.clone()));
+        }
+        let mut extra = preset.form.clone();
+        extra.extend(c.form.clone());
+        form.extend(extra);
+        let mut headers = preset.headers.clone();
+        headers.extend(c.headers.clone());
+        Ok(TokenRequest {
+            url,
+            auth,
+            form,
+            headers: headers.into_iter().collect(),
+            probe: probe_of(c, preset)?,
+        })
+    }
+
+    /// `POST {token_url}`: a new access token by the account's grant.
+    pub async fn token(&self, credential: &Secret) -> Result<Issued, Verdict> {
+        let c = Credential::decode(credential).map_err(Verdict::Misconfigured)?;
+        let t = self.resolve(&c)?;
+        let mut request = self.http.post(&t.url).form(&t.form);
+        if t.auth == ClientAuth::Basic {
+            request = request.basic_auth(&c.client_id, Some(&c.client_secret));
+        }
+        for (name, value) in &t.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let secret = Secret::new(c.client_secret.clone());
+        let refresh = c.refresh_token.clone().map(Secret::new);
+        let mut sent = vec![&secret, credential];
+        sent.extend(refresh.as_ref());
+        let answer = send(&self.metrics, Provider::OAuth2, "token", request, &sent).await?;
+        let issued = judge_token(&answer, &c)?;
+        self.remember(&issued.access_token, t.probe);
+        Ok(issued)
+    }
+
+    fn remember(&self, token: &Secret, probe: Option<Probe>) {
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        if probes.len() >= REMEMBERED_PROBES {
+            probes.clear();
+        }
+        if let Some(p) = probe {
+            probes.insert(fingerprint(token), p);
+        }
+    }
+
+    /// The account's probe with `token`, or a pass when it has none: the endpoint issued it.
+    pub async fn probe(&self, token: &Secret) -> Verdict {
+        let probe = self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fingerprint(token))
+            .cloned();
+        let Some(p) = probe else {
+            return Verdict::Pass {
+                identity: None,
+                note: Some("no probe configured: proven by its issue".into()),
+            };
+        };
+        let request = self
+            .http
+            .request(p.method.clone(), &p.url)
+            .bearer_auth(token.expose());
+        match send(&self.metrics, Provider::OAuth2, "probe", request, &[token]).await {
+            Ok(answer) => judge_probe(&answer, p.status),
+            Err(verdict) => verdict,
+        }
+    }
+}
+
+fn probe_of(c: &Credential, preset: &Preset) -> Result<Option<Probe>, Verdict> {
+    let Some(url) = c.probe_url.clone().or_else(|| preset.probe_url.clone()) else {
+        return Ok(None);
+    };
+    let method = c
+        .probe_method
+        .as_deref()
+        .or(preset.probe_method.as_deref())
+        .unwrap_or("GET");
+    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| Verdict::Misconfigured(format!("probe method \"{method}\" is not one")))?;
+    Ok(Some(Probe {
+        method,
+        url,
+        status: c.probe_status.or(preset.probe_status).unwrap_or(200),
+    }))
+}
+
+impl Upstream for OAuth2 {
+    fn provider(&self) -> Provider {
+        Provider::OAuth2
+    }
+
+    fn renews(&self) -> bool {
+        true
+    }
+
+    fn renew<'a>(&'a self, refresh: &'a Secret) -> BoxFuture<'a, Result<Issued, Verdict>> {
+        Box::pin(self.token(refresh))
+    }
+
+    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
+        Box::pin(OAuth2::probe(self, token))
+    }
+
+    fn rules(&self) -> &'static Rules {
+        &RULES
+    }
+}
+
+/// `error: error_description`, or an excerpt of a body that is not the RFC's.
+fn error_text(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return excerpt(body);
+    };
+    let parts: Vec<&str> = ["error", "error_description"]
+        .iter()
+        .filter_map(|k| v.get(*k).and_then(Value::as_str))
+        .collect();
+    if parts.is_empty() {
+        excerpt(body)
+    } else {
+        parts.join(": ")
+    }
+}
+
+fn judge_token(a: &Answer, c: &Credential) -> Result<Issued, Verdict> {
+    let status = a.status.as_u16();
+    let grant = if c.refresh_token.is_some() {
+        "refresh token"
+    } else {
+        "client"
+    };
+    match judge(&evidence::TOKEN, status, &shape(&evidence::TOKEN, &a.body)) {
+        Judged::Pass => issued(&a.body, c),
+        Judged::Throttled => Err(Verdict::Throttled {
+            wait: retry_after(&a.headers)
+                .unwrap_or(DEFAULT_THROTTLE_WAIT)
+                .min(LONGEST_THROTTLE),
+            message: format!("the token endpoint throttled ({status})"),
+        }),
+        Judged::Refused => Err(Verdict::Refused(format!(
+            "the token endpoint refused the {grant} ({status}): {}",
+            error_text(&a.body)
+        ))),
+        Judged::Misconfigured => Err(Verdict::Misconfigured(format!(
+            "the token request is wrong for this endpoint, not the account ({status}): {}; check the preset, scope and client authentication",
+            error_text(&a.body)
+        ))),
+        Judged::Undocumented | Judged::Inconclusive => Err(Verdict::Inconclusive(format!(
+            "the token endpoint answered {status}: {}",
+            error_text(&a.body)
+        ))),
+    }
+}
+
+/// Reads the token, its lifetime, and a rotated refresh token from a 5.1 answer.
+fn issued(body: &str, c: &Credential) -> Result<Issued, Verdict> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let token = v
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Verdict::Inconclusive("the token answer has no access_token".into()))?;
+    let lifetime = lifetime(v.get("expires_in"))?;
+    let rotated = v
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .filter(|r| !r.trim().is_empty() && c.refresh_token.is_some());
+    Ok(Issued {
+        access_token: Secret::new(token),
+        lifetime: Some(lifetime),
+        refresh: rotated
+            .filter(|r| Some(*r) != c.refresh_token.as_deref())
+            .map(|r| c.with_refresh_token(r).encode()),
+    })
+}
+
+/// `expires_in` as a number (RFC 6749) or a string (UPS's `"14399"`); none, zero or past
+/// [`MAX_LIFETIME`] proves nothing, and the token is not stored.
+fn lifetime(expires_in: Option<&Value>) -> Result<Duration, Verdict> {
+    let Some(e) = expires_in else {
+        return Err(Verdict::Inconclusive(
+            "the token answer has no expires_in; the token was not stored, since its life would be a guess".into(),
+        ));
+    };
+    let secs = e
+        .as_u64()
+        .or_else(|| e.as_str().and_then(|s| s.trim().parse().ok()));
+    match secs {
+        Some(s) if s > 0 && Duration::from_secs(s) <= MAX_LIFETIME => Ok(Duration::from_secs(s)),
+        _ => Err(Verdict::Inconclusive(format!(
+            "the token answer's expires_in {} is not a believable lifetime (1 s to {} h); the token was not stored",
+            excerpt(&e.to_string()),
+            MAX_LIFETIME.as_secs() / 3600
+        ))),
+    }
+}
+
+/// The probe's body as far as judging goes: the RFC 6750 error of its `WWW-Authenticate`
+/// challenge, else the body's shape with any `error` field ignored (only the challenge is
+/// the API's word on the token; a proxy may send any JSON).
+fn probe_body(a: &Answer) -> Body {
+    let challenge = a
+        .headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(bearer_error);
+    match challenge {
+        Some(code) => Body::OAuthError(code),
+        None => match shape(&evidence::PROBE, &a.body) {
+            Body::OAuthError(_) => Body::Foreign,
+            other => other,
+        },
+    }
+}
+
+/// The `error` of a `Bearer` challenge (RFC 6750 3).
+fn bearer_error(header: &str) -> Option<String> {
+    let rest = header.trim().strip_prefix("Bearer")?;
+    rest.split(',').find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("error")).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+fn judge_probe(a: &Answer, expected: u16) -> Verdict {
+    let status = a.status.as_u16();
+    if status == expected {
+        return Verdict::Pass {
+            identity: None,
+            note: None,
+        };
+    }
+    let body = probe_body(a);
+    let said = match &body {
+        Body::OAuthError(code) => format!("WWW-Authenticate error=\"{code}\""),
+        _ => error_text(&a.body),
+    };
+    match judge(&evidence::PROBE, status, &body) {
+        Judged::Pass => Verdict::Pass {
+            identity: None,
+            note: None,
+        },
+        Judged::Refused => {
+            Verdict::Refused(format!("the API refused the token ({status}): {said}"))
+        }
+        Judged::Misconfigured => Verdict::Misconfigured(format!(
+            "the probe needs a scope the token lacks, not the account ({status}): {said}"
+        )),
+        Judged::Throttled => Verdict::Throttled {
+            wait: retry_after(&a.headers)
+                .unwrap_or(DEFAULT_THROTTLE_WAIT)
+                .min(LONGEST_THROTTLE),
+            message: format!("the API throttled the probe ({status})"),
+        },
+        Judged::Undocumented | Judged::Inconclusive => Verdict::Inconclusive(format!(
+            "the probe answered {status}, expected {expected}: {said}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;
