@@ -65,6 +65,8 @@ pub struct RawSocket {
     pub clients: Vec<ClientRule>,
     /// How long audit entries (who read which token) are kept, e.g. `"90d"`.
     pub audit_retention: String,
+    /// Refuse a token read (503 `audit_unavailable`) rather than serve it unaudited.
+    pub audit_required: bool,
 }
 
 /// `[metrics]` as written.
@@ -170,6 +172,7 @@ impl Default for RawSocket {
             admin_uids: vec![0],
             clients: Vec::new(),
             audit_retention: "90d".into(),
+            audit_required: false,
         }
     }
 }
