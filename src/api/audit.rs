@@ -34,7 +34,7 @@ use crate::registry::{AuditEntry, Registry};
 /// Distinct entries written per transaction; reaching it wakes the flusher early.
 pub const BATCH: usize = 500;
 /// Distinct entries held in memory at most, waiting for a flush or for the registry to come
-/// back (documented in README.md: about 20 MB at its largest).
+/// back (documented in docs/socket.md; a few hundred bytes an entry, so tens of MB at most).
 pub const MAX_QUEUED: usize = 100_000;
 /// How often queued entries are written.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
