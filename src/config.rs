@@ -251,6 +251,8 @@ pub struct SocketConfig {
     pub clients: Vec<ClientRule>,
     /// How long audit entries are kept before they are pruned.
     pub audit_retention: Duration,
+    /// Refuse token reads that cannot be audited (`api::audit::AuditLog::admit`).
+    pub audit_required: bool,
 }
 
 /// The validated `[rotation]` section.
@@ -363,6 +365,7 @@ impl Config {
                 clients: v.client_rules("socket.clients", &raw.socket.clients)?,
                 audit_retention: v
                     .duration("socket.audit_retention", &raw.socket.audit_retention)?,
+                audit_required: raw.socket.audit_required,
             },
             metrics_listen: v.listen("metrics.listen", &raw.metrics.listen)?,
             rotation: RotationConfig {

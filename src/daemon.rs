@@ -283,7 +283,7 @@ impl Running {
 impl Core {
     /// The audit queue and its flusher.
     fn start_audit(&self) -> AuditLog {
-        let audit = AuditLog::new();
+        let audit = AuditLog::with_dropped_counter(self.metrics.audit_dropped());
         self.tracker.spawn(audit.clone().run(
             self.registry.clone(),
             self.clock.clone(),

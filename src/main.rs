@@ -39,6 +39,7 @@ impl Process for Binary {
     // of its prologue touched each of those pages before a `get` could start.
     #[inline(never)]
     fn serve(&self, cli: &Cli, args: &ServeArgs) -> ExitCode {
+        forbid_core_dumps();
         limit_malloc_arenas();
         let systemd = systemd_from_env();
         with_runtime(|| serve(cli, args, systemd))
@@ -180,6 +181,32 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("shiptoken: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Makes sure no core dump of the daemon is ever written, before it reads any secret: a
+/// core holds every token, refresh token and client secret in clear (issue 28: a 10 MB core
+/// had 7 copies of one access token). `RLIMIT_CORE` 0 stops the kernel writing a core file,
+/// and `PR_SET_DUMPABLE` 0 also stops a core handler (systemd-coredump, apport) that a pipe in
+/// `core_pattern` would run whatever the limit, and `ptrace` or `/proc/<pid>/mem` by other
+/// processes of the same user. Through rustix (already a dependency), which wraps both calls
+/// safely. A failure is reported but does not stop the daemon: the unit's `LimitCORE=0`
+/// covers the limit, and a daemon that cannot lower its own limits has a stranger problem.
+fn forbid_core_dumps() {
+    use rustix::process::{
+        DumpableBehavior, Resource, Rlimit, getrlimit, set_dumpable_behavior, setrlimit,
+    };
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if getrlimit(Resource::Core) == none {
+        // Already so (the unit's LimitCORE=0): nothing to ask of a sandbox that may filter it.
+    } else if let Err(e) = setrlimit(Resource::Core, none) {
+        eprintln!("shiptoken: cannot set RLIMIT_CORE to 0: {e}");
+    }
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        eprintln!("shiptoken: cannot set PR_SET_DUMPABLE to 0: {e}");
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Metrics {
     registry_errors: IntCounter,
     /// 1 while the registry is reachable and (PostgreSQL) its change feed followed.
     registry_connected: IntGauge,
+    /// Socket reads that were served but never audited (the audit queue was full).
+    audit_dropped: IntCounter,
     /// Fleet-wide leases asked for, by answer (PostgreSQL registry).
     leases: IntCounterVec,
     /// Connections a listener closed at once because a cap was reached.
@@ -227,6 +229,13 @@ impl Metrics {
                 r,
                 must(IntCounter::new(REGISTRY_ERRORS.0, REGISTRY_ERRORS.1)),
             ),
+            audit_dropped: add(
+                r,
+                must(IntCounter::new(
+                    "shiptoken_audit_dropped_total",
+                    "Token reads served but never audited: the audit queue (100,000 distinct entries) was full while the registry could not be written, or the daemon stopped before it could",
+                )),
+            ),
             registry_connected: add(
                 r,
                 must(IntGauge::new(
@@ -323,6 +332,11 @@ impl Metrics {
     /// The counter of failed registry writes, handed to the registry when it opens.
     pub fn registry_errors(&self) -> IntCounter {
         self.registry_errors.clone()
+    }
+
+    /// `shiptoken_audit_dropped_total`, which the audit queue (`api::audit`) increments.
+    pub fn audit_dropped(&self) -> IntCounter {
+        self.audit_dropped.clone()
     }
 
     /// `shiptoken_registry_connected`, set by whoever watches the registry's connection.

@@ -577,3 +577,62 @@ async fn a_removed_accounts_link_is_refused_and_the_operators_token_stays() {
     assert_eq!(out.stdout.trim(), operators);
     assert_eq!(env.fake.tokens_of("shop5"), [operators]);
 }
+
+/// Issue 28 item 5: an exchange answer that is not accepted but carries a token or the client
+/// secret (a 500, truncated JSON, an HTML 200, an encoded echo) leaves nothing of either on
+/// the public callback page, in `last_error`, the log or the CLI's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_exchange_answers_leave_no_secret_in_any_text() {
+    use base64::Engine as _;
+    let env = Env::start().await;
+    let planted = "oauth.planted-token-0123456789abcdefABCDEF";
+    let secret_b64 = base64::engine::general_purpose::STANDARD.encode(CLIENT_SECRET);
+    let answers = [
+        shiptoken::sim::Canned::json(
+            500,
+            json!({"access_token": planted, "error": "server_error",
+                   "error_description": format!("client_secret {CLIENT_SECRET} ok")}),
+        ),
+        shiptoken::sim::Canned {
+            status: 200,
+            content_type: "application/json",
+            body: format!(r#"{{"access_token":"{planted}","scope":"#),
+            headers: Vec::new(),
+        },
+        shiptoken::sim::Canned {
+            status: 200,
+            content_type: "text/html",
+            body: format!("<html>{planted} client_secret%3D{CLIENT_SECRET} {secret_b64}</html>"),
+            headers: Vec::new(),
+        },
+        shiptoken::sim::Canned::json(
+            400,
+            json!({"error": "invalid_grant", "error_description": planted}),
+        ),
+    ];
+    for (i, answer) in answers.into_iter().enumerate() {
+        let name = format!("hostile{i}");
+        env.fake
+            .set_canned(None, shiptoken::sim::Route::ShippoToken, Some(answer));
+        let url = env.connect(&name).await;
+        let location = env.authorize(&url).await;
+        let (_, _, page) = env.open(&location).await;
+        assert!(page.contains("was not connected"), "{page}");
+        let (_, account) = env
+            .call("GET", &format!("/v1/accounts/shippo/{name}"), None)
+            .await;
+        let get = env.cli(&["get", &format!("shippo/{name}")]).await;
+        let said = format!(
+            "{page}\n{account}\n{}\n{}\n{}",
+            get.stdout,
+            get.stderr,
+            env.logs()
+        );
+        for secret in [planted, CLIENT_SECRET, &secret_b64] {
+            let piece = &secret[secret.len() - 12..];
+            assert!(!said.contains(piece), "answer {i}: {piece} leaked:\n{said}");
+        }
+    }
+    env.fake
+        .set_canned(None, shiptoken::sim::Route::ShippoToken, None);
+}

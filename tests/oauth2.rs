@@ -81,7 +81,7 @@ async fn a_ups_client_credentials_account_rotates_and_is_read_through_get_a_sink
     // UPS's answer, with a short life: `expires_in` "6" as a string, renewed at rotation.rotate_at (0.5 plus spread: 3 to 3.6 s).
     fake.set_lifetime(6);
     let secret = fake.add_client("ups-app");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sink = dir.path().join("ups.token");
     let d = daemon(
         dir.path(),
@@ -149,7 +149,7 @@ async fn a_fedex_account_survives_noise_and_a_bad_scope_is_misconfigured_not_rev
     let fake = FakeCarrier::start().await.unwrap();
     fake.set_lifetime(6);
     let secret = fake.add_client("fedex-app");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = daemon(dir.path(), &fake, "").await;
     add(
         &d,
@@ -199,7 +199,7 @@ async fn a_rotated_refresh_token_is_stored_durably_and_invalid_grant_revokes() {
     fake.set_rotate_refresh(true);
     let secret = fake.add_client("rt-app");
     let first_refresh = fake.issue_refresh_token("rt-app").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut d = daemon(dir.path(), &fake, "").await;
     add(
         &d,

@@ -4,16 +4,24 @@
 //! Reads of the same token by the same peer are merged as they arrive into one entry with a
 //! count and a last time: an application polling its token thousands of times a second adds
 //! one row per flush, and a repeated read allocates nothing. A flush happens every second, or
-//! sooner once [`BATCH`] distinct entries wait. The queue is bounded: if the registry stalls,
-//! entries beyond [`MAX_QUEUED`] are counted and dropped with a warning rather than growing
-//! memory without limit. On shutdown the queue is flushed.
+//! sooner once [`BATCH`] distinct entries wait.
+//!
+//! No entry is lost while the registry cannot be written (PostgreSQL unreachable, SQLite's
+//! disk full: issue 28 item 4): a batch that fails goes back to the front of the queue and
+//! the next flush tries again, so entries reach the registry in the order of their first
+//! read once it is back. The queue is bounded at [`MAX_QUEUED`] distinct entries (held and
+//! new together): beyond it a read is counted in `shiptoken_audit_dropped_total` and not
+//! audited, rather than growing memory without limit. With `socket.audit_required`, such a
+//! read is refused instead (see [`AuditLog::admit`]). On shutdown the queue is flushed; what
+//! the registry still cannot take then is counted as dropped.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +33,8 @@ use crate::registry::{AuditEntry, Registry};
 
 /// Distinct entries written per transaction; reaching it wakes the flusher early.
 pub const BATCH: usize = 500;
-/// Entries held in memory at most while the registry is slow.
+/// Distinct entries held in memory at most, waiting for a flush or for the registry to come
+/// back (documented in docs/socket.md; a few hundred bytes an entry, so tens of MB at most).
 pub const MAX_QUEUED: usize = 100_000;
 /// How often queued entries are written.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -43,8 +52,38 @@ struct Inner {
     queue: Mutex<Queue>,
     /// Wakes the flusher when a batch is full.
     full: Notify,
-    /// Entries lost because the queue was full.
+    /// Entries lost since the last flush logged them.
     dropped: AtomicU64,
+    /// `shiptoken_audit_dropped_total`, when the daemon's metrics are attached.
+    dropped_total: Option<IntCounter>,
+    /// Held by a flush: two at once (the flusher and `GET /v1/audit`'s) could write a later
+    /// batch before an earlier one, or put entries back out of order.
+    flushing: tokio::sync::Mutex<()>,
+    /// Set when a write to the registry failed, cleared when one succeeds: the registry
+    /// cannot take entries now, and `socket.audit_required` refuses reads meanwhile.
+    unwritable: AtomicBool,
+}
+
+/// Why a read may not be served under `socket.audit_required`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unaudited {
+    /// The queue holds [`MAX_QUEUED`] entries: this read could not be recorded.
+    QueueFull,
+    /// The registry's last audit write failed; entries wait in memory until it is back.
+    RegistryUnwritable,
+}
+
+impl std::fmt::Display for Unaudited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unaudited::QueueFull => {
+                "the audit queue is full, so this read could not be audited; socket.audit_required refuses it"
+            }
+            Unaudited::RegistryUnwritable => {
+                "the registry cannot be written, so this read could not be audited now; socket.audit_required refuses it"
+            }
+        })
+    }
 }
 
 /// One token handed out, as the handler has it: borrowed, so that recording a read that
@@ -67,16 +106,13 @@ pub struct Read<'a> {
 impl Read<'_> {
     /// A hash of everything but the time: reads that hash alike (and compare alike) merge.
     fn identity(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        (
+        identity(
             self.account,
             self.client,
             self.peer,
             self.exe,
             self.fingerprint,
         )
-            .hash(&mut h);
-        h.finish()
     }
 
     fn same_as(&self, e: &AuditEntry) -> bool {
@@ -105,6 +141,35 @@ impl Read<'_> {
     }
 }
 
+/// The hash [`Read::identity`] and [`entry_identity`] share.
+fn identity(
+    account: &AccountKey,
+    client: Option<&str>,
+    peer: Peer,
+    exe: Option<&str>,
+    fingerprint: &str,
+) -> u64 {
+    let mut h = DefaultHasher::new();
+    (account, client, peer, exe, fingerprint).hash(&mut h);
+    h.finish()
+}
+
+/// [`Read::identity`] of the read an entry was made from.
+fn entry_identity(e: &AuditEntry) -> u64 {
+    let peer = Peer {
+        uid: e.uid,
+        gid: e.gid,
+        pid: e.pid,
+    };
+    identity(
+        &e.account,
+        e.client.as_deref(),
+        peer,
+        e.exe.as_deref(),
+        &e.fingerprint,
+    )
+}
+
 /// Entries waiting for the next flush, in the order of their first read.
 #[derive(Default)]
 struct Queue {
@@ -124,6 +189,21 @@ impl Queue {
         }
         self.entries.iter().position(|e| read.same_as(e))
     }
+
+    /// Puts `unwritten` (taken by a flush that failed) back before what was queued since,
+    /// keeping the order of first reads; returns how many of the newest entries the bound
+    /// then leaves no room for (they are dropped).
+    fn put_back(&mut self, mut unwritten: Vec<AuditEntry>) -> usize {
+        unwritten.append(&mut self.entries);
+        let over = unwritten.len().saturating_sub(MAX_QUEUED);
+        unwritten.truncate(MAX_QUEUED);
+        self.index.clear();
+        for (i, e) in unwritten.iter().enumerate() {
+            self.index.entry(entry_identity(e)).or_insert(i);
+        }
+        self.entries = unwritten;
+        over
+    }
 }
 
 impl AuditLog {
@@ -132,8 +212,31 @@ impl AuditLog {
         AuditLog::default()
     }
 
+    /// An empty queue that counts what it drops in `dropped_total`
+    /// (`shiptoken_audit_dropped_total`).
+    pub fn with_dropped_counter(dropped_total: IntCounter) -> AuditLog {
+        AuditLog {
+            inner: Arc::new(Inner {
+                dropped_total: Some(dropped_total),
+                ..Inner::default()
+            }),
+        }
+    }
+
     /// Queues a read, merged into a queued entry when it repeats one. Never blocks on I/O.
+    /// A read the full queue has no room for is counted as dropped.
     pub fn record(&self, read: Read<'_>) {
+        let _ = self.admit(read, false);
+    }
+
+    /// Queues a read like [`AuditLog::record`]; with `required` (`socket.audit_required`)
+    /// it is refused instead, and not queued, when it cannot be audited: the queue has no
+    /// room for it, or the registry's last audit write failed (until one succeeds). A read
+    /// admitted is written once the registry takes it, even if it fails for a while after.
+    pub fn admit(&self, read: Read<'_>, required: bool) -> Result<(), Unaudited> {
+        if required && self.inner.unwritable.load(Ordering::Relaxed) {
+            return Err(Unaudited::RegistryUnwritable);
+        }
         let identity = read.identity();
         let len = {
             let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,12 +244,15 @@ impl AuditLog {
                 let entry = &mut q.entries[i];
                 entry.count += 1;
                 entry.last_at = entry.last_at.max(read.at);
-                return;
+                return Ok(());
             }
             if q.entries.len() >= MAX_QUEUED {
                 drop(q);
-                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
+                if required {
+                    return Err(Unaudited::QueueFull);
+                }
+                self.count_dropped(1);
+                return Ok(());
             }
             q.entries.push(read.to_entry());
             let len = q.entries.len();
@@ -156,29 +262,67 @@ impl AuditLog {
         if len == BATCH {
             self.inner.full.notify_one();
         }
+        Ok(())
+    }
+
+    fn count_dropped(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.inner.dropped.fetch_add(n, Ordering::Relaxed);
+        if let Some(total) = &self.inner.dropped_total {
+            total.inc_by(n);
+        }
     }
 
     fn take(&self) -> Vec<AuditEntry> {
         std::mem::take(&mut *self.inner.queue.lock().unwrap_or_else(|e| e.into_inner())).entries
     }
 
-    /// Writes what is queued now; used by the flusher and by tests that read the audit.
-    pub async fn flush(&self, registry: &Registry) {
+    /// Writes what is queued now, in order; used by the flusher and by tests that read the
+    /// audit. What the registry refuses goes back to the front of the queue for the next
+    /// flush. Returns how many entries are still waiting because of a failure.
+    pub async fn flush(&self, registry: &Registry) -> usize {
+        let _flushing = self.inner.flushing.lock().await;
         let lost = self.inner.dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
             tracing::warn!(
                 lost,
-                "the audit queue was full (registry too slow); entries were dropped"
+                max_queued = MAX_QUEUED,
+                "the audit queue was full; reads were not audited (shiptoken_audit_dropped_total)"
             );
         }
         let mut entries = self.take();
         while !entries.is_empty() {
             let rest = entries.split_off(entries.len().min(BATCH));
-            if let Err(e) = registry.append_audit(entries).await {
-                tracing::error!(error = %e, "cannot write audit entries; they are lost");
+            let batch = entries.clone();
+            match registry.append_audit(batch).await {
+                Ok(()) => {
+                    if self.inner.unwritable.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            "the registry takes audit entries again; held entries are being written in order"
+                        );
+                    }
+                    entries = rest;
+                }
+                Err(e) => {
+                    entries.extend(rest);
+                    let held = entries.len();
+                    if !self.inner.unwritable.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, held, max_queued = MAX_QUEUED, "cannot write audit entries; they are held in memory and written when the registry is back");
+                    }
+                    let over = self
+                        .inner
+                        .queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .put_back(entries);
+                    if over > 0 {
+                        self.count_dropped(over);
+                    }
+                    return held - over;
+                }
             }
-            entries = rest;
         }
+        0
     }
 
     /// Flushes every second (or when a batch fills) and prunes entries older than
@@ -216,7 +360,14 @@ impl AuditLog {
             }
             self.flush(&registry).await;
         }
-        self.flush(&registry).await;
+        let left = self.flush(&registry).await;
+        if left > 0 {
+            self.count_dropped(left);
+            tracing::error!(
+                lost = left,
+                "stopping with audit entries the registry could not take; they are lost"
+            );
+        }
     }
 }
 
@@ -261,6 +412,52 @@ mod tests {
         }
         assert_eq!(log.take().len(), MAX_QUEUED);
         assert_eq!(log.inner.dropped.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_required_reads_and_counts_the_others() {
+        let counter = IntCounter::new("dropped", "test").unwrap();
+        let log = AuditLog::with_dropped_counter(counter.clone());
+        let account = AccountKey::parse("shippo/a").unwrap();
+        for uid in 0..MAX_QUEUED {
+            log.record(read(&account, 1, u32::try_from(uid).unwrap()));
+        }
+        let one_more = u32::try_from(MAX_QUEUED).unwrap();
+        assert_eq!(
+            log.admit(read(&account, 2, one_more), true),
+            Err(Unaudited::QueueFull)
+        );
+        assert_eq!(
+            counter.get(),
+            0,
+            "a refused read is not served, so not dropped"
+        );
+        // A repeat of a queued read merges, so it is audited even now.
+        assert_eq!(log.admit(read(&account, 2, 0), true), Ok(()));
+        assert_eq!(log.admit(read(&account, 2, one_more), false), Ok(()));
+        assert_eq!(counter.get(), 1);
+    }
+
+    #[test]
+    fn entries_a_flush_could_not_write_go_back_first_in_order_within_the_bound() {
+        let account = AccountKey::parse("shippo/a").unwrap();
+        let mut queue = Queue::default();
+        let newer = read(&account, 5, 5);
+        queue.entries.push(newer.to_entry());
+        let held: Vec<AuditEntry> = (1..=3)
+            .map(|uid| read(&account, 1, uid).to_entry())
+            .collect();
+        assert_eq!(queue.put_back(held), 0);
+        let uids: Vec<u32> = queue.entries.iter().map(|e| e.uid).collect();
+        assert_eq!(uids, [1, 2, 3, 5]);
+        // The index is rebuilt: a repeat of a held read merges into it.
+        let again = read(&account, 9, 2);
+        assert_eq!(queue.find(again.identity(), &again), Some(1));
+        let many: Vec<AuditEntry> = (0..MAX_QUEUED)
+            .map(|uid| read(&account, 1, u32::try_from(uid).unwrap()).to_entry())
+            .collect();
+        assert_eq!(queue.put_back(many), 4, "the newest entries past the bound");
+        assert_eq!(queue.entries.len(), MAX_QUEUED);
     }
 
     #[test]

@@ -153,14 +153,21 @@ pub(super) async fn token_answer(
         return Err(unusable(&served.record, state.clock.now()));
     };
     let now = state.clock.now();
-    state.audit.record(audit::Read {
+    let read = audit::Read {
         at: now,
         account: &key,
         client: rule.as_deref(),
         peer,
         exe: extensions.get::<Caller>().and_then(|c| c.exe.as_deref()),
         fingerprint: &answer.fingerprint,
-    });
+    };
+    if let Err(why) = state.audit.admit(read, config.socket.audit_required) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            why.to_string(),
+        ));
+    }
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

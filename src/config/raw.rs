@@ -68,6 +68,8 @@ pub struct RawSocket {
     /// A `mode` with bits for others and no `[[socket.clients]]` rules lets every local user
     /// read every token; refused unless this says that is meant.
     pub allow_other_users: bool,
+    /// Refuse a token read (503 `audit_unavailable`) rather than serve it unaudited.
+    pub audit_required: bool,
 }
 
 /// `[metrics]` as written.
@@ -174,6 +176,7 @@ impl Default for RawSocket {
             clients: Vec::new(),
             audit_retention: "90d".into(),
             allow_other_users: false,
+            audit_required: false,
         }
     }
 }

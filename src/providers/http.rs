@@ -5,15 +5,30 @@
 use std::time::{Duration, Instant};
 
 use super::Verdict;
+use super::evidence::Body;
 use crate::metrics::Metrics;
 use crate::names::Provider;
-use crate::secret::Secret;
+use crate::secret::{Secret, redact_token_shaped};
 
 /// An HTTP answer read in full, with the secrets we sent scrubbed from its body.
 pub(crate) struct Answer {
     pub status: reqwest::StatusCode,
     pub headers: reqwest::header::HeaderMap,
     pub body: String,
+    /// The secrets the request carried, scrubbed again (in every encoding) from any text
+    /// taken from the body: see [`Answer::excerpt`].
+    pub sent: Vec<Secret>,
+}
+
+impl Answer {
+    /// A short excerpt of `text` (the body or a field of it) fit for `last_error` and the log:
+    /// [`excerpt`] with every encoding of the secrets the request carried removed too.
+    /// Never used on the answers of the refresh and code-exchange endpoints, which may carry
+    /// a token in any form: their text is never copied ([`summary`]).
+    pub fn excerpt(&self, text: &str) -> String {
+        let sent: Vec<&Secret> = self.sent.iter().collect();
+        scrubbed_excerpt(text, &sent)
+    }
 }
 
 /// Sends a request, records its metrics, and reads the answer (bounded to 1 MiB, since a
@@ -67,6 +82,7 @@ pub(crate) async fn send(
         status,
         headers,
         body,
+        sent: sent.iter().map(|s| (*s).clone()).collect(),
     })
 }
 
@@ -89,19 +105,105 @@ fn describe_transport_error(provider: Provider, endpoint: &str, e: &reqwest::Err
     msg
 }
 
-/// Cuts an upstream body to something fit for a log line and `last_error`.
-/// Control characters become spaces, so nothing from outside can forge a log line or a
-/// terminal escape; also used for text from the OAuth callback's query string.
+/// Cuts untrusted text (an upstream body, a query string) to a short excerpt fit for a log
+/// line and `last_error`, keeping nothing token-shaped ([`scrubbed_excerpt`] without secrets).
 pub(crate) fn excerpt(body: &str) -> String {
-    let one_line: String = body
+    scrubbed_excerpt(body, &[])
+}
+
+/// How many characters of untrusted text an excerpt keeps.
+const EXCERPT_CHARS: usize = 200;
+
+/// The excerpt: a JSON body is first re-serialized (so `\u0061`-style escapes are undone)
+/// and `%XX` escapes decoded, so that an encoded echo shows in plain form; then every
+/// encoding of `secrets` and everything token-shaped ([`redact_token_shaped`]) is removed
+/// (issue 28 item 5: an exact match let URL-encoded and base64 echoes through). Control
+/// characters become spaces, so nothing from outside can forge a log line or a terminal
+/// escape; at most [`EXCERPT_CHARS`] characters are kept.
+pub(crate) fn scrubbed_excerpt(body: &str, secrets: &[&Secret]) -> String {
+    let canonical = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_string(&v).ok())
+        .unwrap_or_else(|| body.to_string());
+    let mut text = percent_decoded(&canonical);
+    for s in secrets {
+        text = s.scrub(&text);
+    }
+    let text = redact_token_shaped(&text);
+    let one_line: String = text
         .split(|c: char| c.is_whitespace() || c.is_control())
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    if one_line.chars().count() > 200 {
-        format!("{}…", one_line.chars().take(200).collect::<String>())
+    if one_line.chars().count() > EXCERPT_CHARS {
+        format!(
+            "{}…",
+            one_line.chars().take(EXCERPT_CHARS).collect::<String>()
+        )
     } else {
         one_line
+    }
+}
+
+/// `text` with every `%XX` escape decoded (invalid UTF-8 replaced); `+` is left alone, as a
+/// base64 token's `+` would otherwise turn into a space and split it.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The error codes of RFC 6749 (5.2 and 4.1.2.1). A code from this list is the only word of
+/// a refresh or code-exchange answer that reaches any text, and then as our own copy of it.
+const OAUTH_ERROR_CODES: [&str; 10] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "unsupported_response_type",
+    "server_error",
+    "temporarily_unavailable",
+];
+
+/// `code` as one of [`OAUTH_ERROR_CODES`], if it is one.
+pub(crate) fn oauth_error_code(code: &str) -> Option<&'static str> {
+    OAUTH_ERROR_CODES.iter().copied().find(|c| *c == code)
+}
+
+/// What an answer of a token endpoint (ShipHero's refresh, Shippo's code exchange) was, in
+/// our own words: its body is never copied into any text (issue 28 item 5), since a token
+/// can hide in it in any encoding and no scrubbing is sure to find every one.
+pub(crate) fn summary(body: &Body) -> String {
+    match body {
+        Body::OAuthError(code) => match oauth_error_code(code) {
+            Some(c) => format!("OAuth error {c}"),
+            None => "an OAuth error with a code outside RFC 6749 (not shown)".into(),
+        },
+        Body::Token => "a token answer".into(),
+        Body::NotJson => "a body that is not JSON (not shown)".into(),
+        Body::Foreign => "JSON of another shape (not shown)".into(),
+        Body::GraphqlError { code: Some(c), .. } => format!("a GraphQL error, code {c}"),
+        _ => "an error message (not shown: token endpoint answers are never copied)".into(),
     }
 }
 
@@ -207,7 +309,44 @@ mod tests {
     #[test]
     fn an_excerpt_is_one_line_without_control_characters_and_at_most_200_characters() {
         assert_eq!(excerpt("a\n\tb\x1b[31m c\r\n"), "a b [31m c");
-        let long = "x".repeat(300);
+        // Words, as one long run would be redacted as token-shaped.
+        let long = "ab ".repeat(150);
         assert_eq!(excerpt(&long).chars().count(), 201);
+    }
+
+    #[test]
+    fn an_excerpt_decodes_before_it_scrubs_so_no_encoding_of_a_secret_survives() {
+        let secret = crate::secret::Secret::new("s3cr3t/v4lue");
+        let every_byte: String = "s3cr3t/v4lue"
+            .bytes()
+            .map(|b| format!("%{b:02x}"))
+            .collect();
+        let escaped: String = "s3cr3t/v4lue"
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        for body in [
+            format!("echo {every_byte} end"),
+            format!(r#"{{"message":"echo {escaped} end"}}"#),
+            "echo czNjcjN0L3Y0bHVl end".to_string(),
+        ] {
+            let out = super::scrubbed_excerpt(&body, &[&secret]);
+            assert!(out.contains("echo") && out.contains("end"), "{out}");
+            assert!(
+                !out.contains("s3cr3t") && !out.contains("czNjcjN0"),
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_endpoints_answer_is_described_in_our_words_only() {
+        use super::super::evidence::Body;
+        assert_eq!(
+            super::summary(&Body::OAuthError("invalid_grant".into())),
+            "OAuth error invalid_grant"
+        );
+        let odd = super::summary(&Body::OAuthError("eyJhbGciOi.token".into()));
+        assert!(!odd.contains("eyJ"), "{odd}");
     }
 }

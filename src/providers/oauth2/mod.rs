@@ -25,7 +25,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::evidence::{Body, Judged, judge, shape};
-use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send};
+use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send, summary};
 use crate::metrics::Metrics;
 use crate::names::{AccountKey, Provider};
 use crate::secret::Secret;
@@ -284,17 +284,19 @@ fn judge_token(a: &Answer, c: &Credential) -> Result<Issued, Verdict> {
                 .min(LONGEST_THROTTLE),
             message: format!("the token endpoint throttled ({status})"),
         }),
+        // A token endpoint's body may carry a token in any form: only our own words about
+        // it (its RFC 6749 error code, its shape) reach any text, never the body.
         Judged::Refused => Err(Verdict::Refused(format!(
             "the token endpoint refused the {grant} ({status}): {}",
-            error_text(&a.body)
+            summary(&shape(&evidence::TOKEN, &a.body))
         ))),
         Judged::Misconfigured => Err(Verdict::Misconfigured(format!(
             "the token request is wrong for this endpoint, not the account ({status}): {}; check the preset, scope and client authentication",
-            error_text(&a.body)
+            summary(&shape(&evidence::TOKEN, &a.body))
         ))),
         Judged::Undocumented | Judged::Inconclusive => Err(Verdict::Inconclusive(format!(
             "the token endpoint answered {status}: {}",
-            error_text(&a.body)
+            summary(&shape(&evidence::TOKEN, &a.body))
         ))),
     }
 }
@@ -381,7 +383,7 @@ fn judge_probe(a: &Answer, expected: u16) -> Verdict {
     let body = probe_body(a);
     let said = match &body {
         Body::OAuthError(code) => format!("WWW-Authenticate error=\"{code}\""),
-        _ => error_text(&a.body),
+        _ => a.excerpt(&error_text(&a.body)),
     };
     match judge(&evidence::PROBE, status, &body) {
         Judged::Pass => Verdict::Pass {

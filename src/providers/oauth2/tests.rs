@@ -10,6 +10,7 @@ fn answer(status: u16, body: &str) -> Answer {
         status: StatusCode::from_u16(status).unwrap(),
         headers: HeaderMap::new(),
         body: body.into(),
+        sent: Vec::new(),
     }
 }
 

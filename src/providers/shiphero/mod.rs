@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::evidence::{Body, Judged, judge, shape};
-use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send};
+use super::{Answer, Issued, Rules, Upstream, Verdict, retry_after, send, summary};
 use crate::jwt;
 use crate::metrics::Metrics;
 use crate::names::AccountKey;
@@ -139,20 +139,21 @@ impl Upstream for ShipHero {
     }
 }
 
-fn error_text(body: &str) -> String {
-    match serde_json::from_str::<Value>(body) {
+/// What a GraphQL answer's error said: its message fields, as a scrubbed excerpt.
+fn error_text(a: &Answer) -> String {
+    match serde_json::from_str::<Value>(&a.body) {
         Ok(v) => {
             let parts: Vec<&str> = ["error", "error_description", "message", "detail"]
                 .iter()
                 .filter_map(|k| v.get(*k).and_then(Value::as_str))
                 .collect();
             if parts.is_empty() {
-                excerpt(body)
+                a.excerpt(&a.body)
             } else {
-                parts.join(": ")
+                a.excerpt(&parts.join(": "))
             }
         }
-        Err(_) => excerpt(body),
+        Err(_) => a.excerpt(&a.body),
     }
 }
 
@@ -165,20 +166,17 @@ fn judge_refresh(a: &Answer) -> Result<Issued, Verdict> {
             wait: retry_after(&a.headers)
                 .unwrap_or(DEFAULT_THROTTLE_WAIT)
                 .min(LONGEST_THROTTLE),
-            message: format!(
-                "ShipHero refresh throttled ({status}): {}",
-                error_text(&a.body)
-            ),
+            message: format!("ShipHero refresh throttled ({status}): {}", summary(&body)),
         }),
         Judged::Refused => Err(Verdict::Refused(format!(
             "ShipHero refused the refresh token ({status}): {}",
-            error_text(&a.body)
+            summary(&body)
         ))),
         Judged::Undocumented | Judged::Misconfigured | Judged::Inconclusive => {
             Err(Verdict::Inconclusive(format!(
                 "ShipHero refresh answered {status}{}: {}",
                 not_shiphero(&body),
-                error_text(&a.body)
+                summary(&body)
             )))
         }
     }
@@ -245,10 +243,10 @@ fn judge_probe(a: &Answer) -> Verdict {
     };
     let said = match &body {
         Body::GraphqlError { code, message } => match code {
-            Some(c) => format!("GraphQL error code {c}: {}", excerpt(message)),
-            None => format!("GraphQL error: {}", excerpt(message)),
+            Some(c) => format!("GraphQL error code {c}: {}", a.excerpt(message)),
+            None => format!("GraphQL error: {}", a.excerpt(message)),
         },
-        _ => error_text(&a.body),
+        _ => error_text(a),
     };
     match judge(&evidence::PROBE, status, &body) {
         Judged::Pass => Verdict::Pass {
@@ -347,6 +345,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers: HeaderMap::new(),
             body: body.into(),
+            sent: Vec::new(),
         }
     }
 

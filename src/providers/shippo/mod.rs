@@ -17,7 +17,9 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::evidence::{Body, Judged, judge, shape};
-use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send};
+use super::{
+    Answer, Issued, Rules, Upstream, Verdict, oauth_error_code, retry_after, send, summary,
+};
 use crate::metrics::Metrics;
 use crate::names::AccountKey;
 use crate::names::Provider;
@@ -210,14 +212,17 @@ fn server_now(a: &Answer) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-fn detail(body: &str) -> String {
-    match serde_json::from_str::<Value>(body) {
-        Ok(v) => ["detail", "error", "error_description", "message"]
-            .iter()
-            .filter_map(|k| v.get(*k).and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(": "),
-        Err(_) => excerpt(body),
+/// What an API answer's error said: its message fields, as a scrubbed excerpt.
+fn detail(a: &Answer) -> String {
+    match serde_json::from_str::<Value>(&a.body) {
+        Ok(v) => a.excerpt(
+            &["detail", "error", "error_description", "message"]
+                .iter()
+                .filter_map(|k| v.get(*k).and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(": "),
+        ),
+        Err(_) => a.excerpt(&a.body),
     }
 }
 
@@ -240,17 +245,17 @@ fn judge_probe(a: &Answer, server_now: Option<u64>) -> Verdict {
         },
         Judged::Refused => Verdict::Refused(format!(
             "Shippo refused the token ({status}): {}",
-            detail(&a.body)
+            detail(a)
         )),
         Judged::Throttled => Verdict::Throttled {
             wait: throttle_wait(a, server_now),
-            message: format!("Shippo asked to slow down ({status}): {}", detail(&a.body)),
+            message: format!("Shippo asked to slow down ({status}): {}", detail(a)),
         },
         Judged::Undocumented | Judged::Misconfigured | Judged::Inconclusive => {
             Verdict::Inconclusive(format!(
                 "Shippo answered {status}{}: {}",
                 not_shippo(&body),
-                detail(&a.body)
+                detail(a)
             ))
         }
     }
@@ -295,12 +300,16 @@ fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
                 Verdict::Inconclusive("Shippo's token answer has no access_token".into())
             }),
         Judged::Refused => {
-            let error = get("error").unwrap_or_else(|| format!("HTTP {status}"));
-            let desc = get("error_description")
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default();
+            // Only a code of RFC 6749's list, never the answer's own words (issue 28 item 5):
+            // an exchange answer may carry the token.
+            let error = match get("error") {
+                Some(code) => oauth_error_code(&code)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {status}, an error code not shown")),
+                None => format!("HTTP {status}"),
+            };
             Err(Verdict::Refused(format!(
-                "Shippo refused the code exchange ({error}{desc})"
+                "Shippo refused the code exchange ({error})"
             )))
         }
         Judged::Throttled => Err(Verdict::Throttled {
@@ -313,7 +322,7 @@ fn judge_exchange(a: &Answer) -> Result<Secret, Verdict> {
             Err(Verdict::Inconclusive(format!(
                 "Shippo token endpoint answered {status}{}: {}",
                 not_shippo(&body),
-                excerpt(&a.body)
+                summary(&body)
             )))
         }
     }
@@ -330,6 +339,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers: HeaderMap::new(),
             body: body.into(),
+            sent: Vec::new(),
         }
     }
 

@@ -374,8 +374,8 @@ impl OAuthFlow {
             "Connection failed",
             &format!("Shippo account {} was not connected", key.name),
             &format!(
-                "<p>{explanation}</p><p>Details: {}</p><p>Nothing was stored, and this link cannot be used again.</p>{}",
-                escape(&message),
+                "<p>{explanation}</p>{}<p>Nothing was stored, and this link cannot be used again.</p>{}",
+                refusal_code(&failure),
                 retry_hint(key)
             ),
         )
@@ -390,6 +390,20 @@ impl OAuthFlow {
             tracing::error!(provider = %key.provider, account = %key.name, error = %e, "cannot record the failed connection");
         }
     }
+}
+
+/// The page's one detail of a refused exchange: the RFC 6749 error code, from our own list.
+/// The page is public and shows no upstream text at all, not even our excerpts of it (issue
+/// 28 item 5); `last_error` and the log have the rest.
+fn refusal_code(failure: &Verdict) -> String {
+    let Verdict::Refused(message) = failure else {
+        return String::new();
+    };
+    message
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .find_map(crate::providers::oauth_error_code)
+        .map(|code| format!("<p>Shippo's answer: <code>{code}</code></p>"))
+        .unwrap_or_default()
 }
 
 async fn callback(State(flow): State<Arc<OAuthFlow>>, RawQuery(query): RawQuery) -> Response {
