@@ -323,9 +323,25 @@ impl Config {
         }
     }
 
+    /// Loads the configuration for the daemon (`serve`, a reload, `config check`): [`Config::read`],
+    /// then the checks of what the daemon will write on disk (each sink's folder, and that no
+    /// sink names the daemon's own files).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let (config, figment) = Self::read_with_figment(file)?;
+        Validator { figment: &figment }.sinks_on_disk(&config)?;
+        Ok(config)
+    }
+
+    /// Reads and validates the configuration without looking at the folders the daemon
+    /// writes to: what a client command needs (the socket's path), run as an application's
+    /// user who may not pass the checks the daemon's files must.
+    pub fn read(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::read_with_figment(file).map(|(c, _)| c)
+    }
+
     /// Loads the configuration. `file` is `--config`: a named file must exist; without it the
     /// default path is read when present.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    fn read_with_figment(file: Option<&Path>) -> Result<(Config, Figment), ConfigError> {
         let (path, required) = match file {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
@@ -341,8 +357,7 @@ impl Config {
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
         let config = Self::from_figment(&figment, used_file)?;
-        Validator { figment: &figment }.sinks_on_disk(&config)?;
-        Ok(config)
+        Ok((config, figment))
     }
 
     /// Validates an assembled figment (the seam tests use with `figment::Jail`).

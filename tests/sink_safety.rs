@@ -446,3 +446,23 @@ async fn a_write_that_fails_after_start_keeps_the_last_file_and_is_counted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_command_reads_the_socket_path_without_the_daemons_sink_checks() {
+    // An application's user runs `shiptoken --config FILE get ...`: the sink checks are the
+    // daemon's (its folders may be closed to that user), so they never stop a client.
+    let dir = tempdir();
+    let missing = dir.path().join("no-such-folder").join("acme.env");
+    let text = text(dir.path(), "", &sink("shiphero/acme", &missing, ""));
+    let (config, out) = check(dir.path(), &text).await;
+    assert_eq!(out.code, 1, "the daemon refuses it: {out:?}");
+    let out = cli(
+        &["--config", config.to_str().unwrap(), "get", "shiphero/acme"],
+        None,
+    )
+    .await;
+    assert!(
+        !out.stderr.contains("sink") && out.stderr.contains("shiptoken.sock"),
+        "the client got as far as the socket: {out:?}"
+    );
+}

@@ -49,11 +49,13 @@ pub(super) fn socket_path(cli: &Cli) -> Result<PathBuf, Failed> {
         return Ok(s.clone());
     }
     match &cli.globals.config {
-        Some(file) => Config::load(Some(file))
+        // Read, not loaded: the sink folder checks are the daemon's, and a client may run as
+        // a user who could not pass them.
+        Some(file) => Config::read(Some(file))
             .map(|c| c.socket.path)
             .map_err(|e| fail(format!("{e}"))),
         // The default file may be unreadable for an unprivileged client: fall back quietly.
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Ok(Config::load(None)
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Ok(Config::read(None)
             .map(|c| c.socket.path)
             .unwrap_or_else(|_| default_socket())),
         None => Ok(default_socket()),
