@@ -410,7 +410,32 @@ pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
             s("provider")
         ));
     }
-    Ok(())
+    refused_at_add(b)
+}
+
+/// Exit 3, as `get` would, when the provider refused what was registered: the account is
+/// kept (it can be fixed or removed), but a script must notice. An account still queued
+/// behind its provider's pacing was refused nothing and exits 0.
+fn refused_at_add(body: &Value) -> Result<(), Failed> {
+    let s = |k: &str| body.get(k).and_then(Value::as_str);
+    let status = s("status").unwrap_or("-");
+    let error = s("last_error");
+    let refused = match status {
+        "active" => false,
+        "pending" => error.is_some(),
+        _ => true,
+    };
+    if !refused {
+        return Ok(());
+    }
+    let key = format!("{}/{}", s("provider").unwrap_or("-"), s("account").unwrap_or("-"));
+    Err(Failed {
+        code: 3,
+        message: format!(
+            "{key} was registered but has no usable token: {status}, {}",
+            error.unwrap_or("no reason given")
+        ),
+    })
 }
 
 pub(super) fn list(socket: &Path, json: bool) -> Result<(), Failed> {

@@ -1,0 +1,93 @@
+//! The operator's day (issue 29) end to end, as an operator sees it: hooks that call
+//! `shiptoken`, exit codes scripts can rely on, `accounts show` and `status`, and what a slow
+//! command says on a terminal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A sink's command runs `shiptoken get` and `shiptoken verify` with the variables the daemon
+/// hands it (`SHIPTOKEN_ACCOUNT`, `SHIPTOKEN_SINK_*`) in its environment, and a stray
+/// `SHIPTOKEN_X` beside them: both work, and the stray name only warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_command_can_call_shiptoken() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let config = dir.path().join("shiptoken.toml");
+    let script = format!(
+        "{bin} --config {config} get \"$SHIPTOKEN_ACCOUNT\" > {out}/get 2>&1; echo $? > {out}/get.code; \
+         {bin} --config {config} verify \"$SHIPTOKEN_ACCOUNT\" > {out}/verify 2>&1; echo $? > {out}/verify.code",
+        bin = BIN,
+        config = config.display(),
+        out = out.display(),
+    );
+    let extra = format!(
+        r#"
+[[sink]]
+account = "shiphero/acme"
+path = "{token}"
+command = ["/bin/sh", "-c", '''{script}''']
+"#,
+        token = out.join("acme.token").display(),
+    );
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &fake.base_url(), &extra),
+    )
+    .unwrap();
+    let d = Daemon::start_with(dir.path(), &config, &[("SHIPTOKEN_X", "1")]).await;
+    d.wait_for_log("SHIPTOKEN_X").await;
+    d.register(&fake, "acme", "ops@acme.test").await;
+    let verify_code = out.join("verify.code");
+    wait_for("the sink command to finish", || async {
+        std::fs::read_to_string(&verify_code)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(read(&out.join("get.code")).trim(), "0", "{}", read(&out.join("get")));
+    assert_eq!(read(&out.join("get")).trim(), read(&out.join("acme.token")).trim());
+    assert_eq!(read(&verify_code).trim(), "0", "{}", read(&out.join("verify")));
+    assert!(
+        read(&out.join("verify")).starts_with("shiphero/acme: active"),
+        "{}",
+        read(&out.join("verify"))
+    );
+}
+
+/// Registering a refresh token ShipHero refuses keeps the account but exits 3, as `get`
+/// would, with the status and the provider's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_refused_credentials_exits_3_with_the_reason() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
+    fake.add_user("ops@acme.test");
+    let out = d
+        .add_shiphero("acme", "ops@acme.test", "not-a-refresh-token", None)
+        .await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains("added shiphero/acme: pending"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("shiphero/acme was registered but has no usable token: pending, "),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("invalid_grant"), "{out:?}");
+
+    let user = fake.add_user("ops@good.test");
+    let good = d
+        .add_shiphero("good", "ops@good.test", &user.refresh_token, None)
+        .await;
+    assert_eq!(good.code, 0, "{good:?}");
+}
