@@ -524,7 +524,10 @@ pub(crate) mod tests {
         let known = known_env_keys();
         for var in HOOK_VARIABLES {
             let key = var.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase);
-            assert!(key.as_ref().is_some_and(|k| !known.contains(k) && !k.contains("__")));
+            assert!(
+                key.as_ref()
+                    .is_some_and(|k| !known.contains(k) && !k.contains("__"))
+            );
         }
         Jail::expect_with(|jail| {
             jail.set_env("SHIPTOKEN_ACCOUNT", "shiphero/acme");

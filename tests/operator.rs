@@ -40,11 +40,7 @@ command = ["/bin/sh", "-c", '''{script}''']
 "#,
         token = out.join("acme.token").display(),
     );
-    std::fs::write(
-        &config,
-        config_text(dir.path(), &fake.base_url(), &extra),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text(dir.path(), &fake.base_url(), &extra)).unwrap();
     let d = Daemon::start_with(dir.path(), &config, &[("SHIPTOKEN_X", "1")]).await;
     d.wait_for_log("SHIPTOKEN_X").await;
     d.register(&fake, "acme", "ops@acme.test").await;
@@ -55,9 +51,22 @@ command = ["/bin/sh", "-c", '''{script}''']
             .filter(|s| s.ends_with('\n'))
     })
     .await;
-    assert_eq!(read(&out.join("get.code")).trim(), "0", "{}", read(&out.join("get")));
-    assert_eq!(read(&out.join("get")).trim(), read(&out.join("acme.token")).trim());
-    assert_eq!(read(&verify_code).trim(), "0", "{}", read(&out.join("verify")));
+    assert_eq!(
+        read(&out.join("get.code")).trim(),
+        "0",
+        "{}",
+        read(&out.join("get"))
+    );
+    assert_eq!(
+        read(&out.join("get")).trim(),
+        read(&out.join("acme.token")).trim()
+    );
+    assert_eq!(
+        read(&verify_code).trim(),
+        "0",
+        "{}",
+        read(&out.join("verify"))
+    );
     assert!(
         read(&out.join("verify")).starts_with("shiphero/acme: active"),
         "{}",
@@ -77,7 +86,10 @@ async fn adding_refused_credentials_exits_3_with_the_reason() {
         .add_shiphero("acme", "ops@acme.test", "not-a-refresh-token", None)
         .await;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stdout.contains("added shiphero/acme: pending"), "{out:?}");
+    assert!(
+        out.stdout.contains("added shiphero/acme: pending"),
+        "{out:?}"
+    );
     assert!(
         out.stderr
             .contains("shiphero/acme was registered but has no usable token: pending, "),
@@ -90,4 +102,66 @@ async fn adding_refused_credentials_exits_3_with_the_reason() {
         .add_shiphero("good", "ops@good.test", &user.refresh_token, None)
         .await;
     assert_eq!(good.code, 0, "{good:?}");
+}
+
+/// `accounts show` says why an account is not active: the whole error, the evidence held and
+/// when it is confirmed, its sinks and recent events; `status` counts accounts by status and
+/// provider and shows each provider's queue of due work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_show_and_status_explain_a_doubted_account() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("late.token");
+    let extra = format!(
+        "[[sink]]\naccount = \"shiphero/late\"\npath = \"{}\"\n",
+        sink.display()
+    );
+    let d = Daemon::start(
+        dir.path(),
+        &config_text(dir.path(), &fake.base_url(), &extra),
+    )
+    .await;
+    d.register(&fake, "acme", "ops@acme.test").await;
+    let user = fake.add_user("ops@late.test");
+    fake.set_mode("ops@late.test", ShipHeroMode::Suspended);
+    d.add_shiphero("late", "ops@late.test", &user.refresh_token, None)
+        .await;
+
+    let show = d.cli(&["accounts", "show", "shiphero/late"]).await;
+    assert_eq!(show.code, 0, "{show:?}");
+    let page = show.stdout;
+    assert!(page.starts_with("shiphero/late\n  status            pending since "), "{page}");
+    assert!(page.contains("  email             ops@late.test\n"), "{page}");
+    assert!(
+        page.contains("  token evidence    ShipHero API refused the token"),
+        "{page}"
+    );
+    assert!(page.contains("flagged if seen again at or after"), "{page}");
+    assert!(
+        page.contains(&format!("  sinks             {}\n", sink.display())),
+        "{page}"
+    );
+    assert!(page.contains("recent events (newest first):\n"), "{page}");
+    assert!(page.contains(" added "), "{page}");
+
+    let active = d.cli(&["accounts", "show", "shiphero/acme"]).await;
+    assert!(active.stdout.contains("  status            active since "), "{active:?}");
+    assert!(active.stdout.contains("  pinned identity   "), "{active:?}");
+    assert!(!active.stdout.contains("  pinned identity   -\n"), "{active:?}");
+    assert!(active.stdout.contains("  next check        20"), "{active:?}");
+
+    let missing = d.cli(&["accounts", "show", "shiphero/nobody"]).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+
+    let status = d.cli(&["status"]).await;
+    assert_eq!(status.code, 0, "{status:?}");
+    let page = status.stdout;
+    assert!(page.contains(", 2 accounts\n"), "{page}");
+    assert!(
+        page.contains("  shiphero   active 1, pending 1, suspended 0, revoked 0, expired 0\n"),
+        "{page}"
+    );
+    assert!(page.contains("incidents: none\n"), "{page}");
+    assert!(page.contains("registry: SQLite in the state folder: ok\n"), "{page}");
+    assert!(page.contains("due work:\n  shiphero   queued "), "{page}");
 }

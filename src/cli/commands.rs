@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use super::render::{self, render_watch, say, say_raw, terminal_width};
+use super::render::{self, Screen, render_watch, say, say_raw, terminal_rows, terminal_width};
 use super::{AddArgs, AddCommand, Cli};
 use crate::client::{self, ClientError, Reply};
 use crate::clock::{Clock, Timestamp};
@@ -168,7 +168,7 @@ pub(super) fn audit(
     Ok(())
 }
 
-fn account_path(account: &str) -> Result<String, Failed> {
+pub(super) fn account_path(account: &str) -> Result<String, Failed> {
     let key = crate::names::AccountKey::parse(account).map_err(|e| Failed {
         code: 2,
         message: e.to_string(),
@@ -336,7 +336,11 @@ pub(super) async fn watch(socket: &Path) -> Result<(), Failed> {
             .and_then(Value::as_str)
             .and_then(Timestamp::parse_rfc3339)
             .unwrap_or_else(|| Clock::system().now());
-        let screen = render_watch(&reply.body, now, terminal_width(), color);
+        let size = Screen {
+            width: terminal_width(),
+            rows: terminal_rows(),
+        };
+        let screen = render_watch(&reply.body, now, size, color);
         if tty {
             say_raw(format_args!("\x1b[H\x1b[2J{screen}"));
         } else {
@@ -428,7 +432,11 @@ fn refused_at_add(body: &Value) -> Result<(), Failed> {
     if !refused {
         return Ok(());
     }
-    let key = format!("{}/{}", s("provider").unwrap_or("-"), s("account").unwrap_or("-"));
+    let key = format!(
+        "{}/{}",
+        s("provider").unwrap_or("-"),
+        s("account").unwrap_or("-")
+    );
     Err(Failed {
         code: 3,
         message: format!(

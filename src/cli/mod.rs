@@ -10,12 +10,13 @@ mod follow;
 mod offline;
 mod render;
 mod run;
+mod show;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use render::{lifetime_bar, relative, render_watch, say, say_raw};
+pub use render::{Screen, lifetime_bar, relative, render_watch, say, say_raw};
 pub use run::{Process, run};
 
 /// Reads the command line. A `get` line is read by a parser that clap builds from the same
@@ -137,6 +138,9 @@ pub enum Command {
         #[arg(long, conflicts_with = "accounts")]
         all: bool,
     },
+    /// The daemon at a glance: accounts by status and provider, incidents in progress,
+    /// registry health and each provider's queue of due work.
+    Status,
     /// Check the current token against the provider's API now.
     Verify {
         /// PROVIDER/ACCOUNT.
@@ -257,6 +261,13 @@ pub enum AccountsCommand {
         /// Redraw a live view every second: status, token lifetime, rotation point.
         #[arg(long)]
         watch: bool,
+    },
+    /// Everything about one account: status and since when, the full last error, evidence
+    /// held and when it is confirmed, next check and refresh, the pinned identity, recent
+    /// events, and which sinks and socket rules use it.
+    Show {
+        /// PROVIDER/ACCOUNT.
+        account: String,
     },
     /// Register an account.
     Add(AddArgs),

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use super::commands::{self, Failed, exit_with, socket_path};
 use super::{
     AccountsCommand, Cli, Command, ConfigCommand, GetArgs, KeyCommand, RegistryCommand, ServeArgs,
-    ShippoCommand, exec, follow, offline,
+    ShippoCommand, exec, follow, offline, show,
 };
 
 /// What the commands need from the binary: the parts that belong to the whole process.
@@ -73,6 +73,10 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
             watch: true,
         }) => process
             .on_runtime(|| follow_daemon(cli, async |s| commands::watch(&s).await.map(|()| 0))),
+        Command::Accounts(AccountsCommand::Show { account }) => {
+            ask(cli, |s| show::show(s, account))
+        }
+        Command::Status => ask(cli, show::status),
         Command::Accounts(AccountsCommand::Add(add)) => ask(cli, |s| commands::add_account(s, add)),
         Command::Accounts(AccountsCommand::Remove { account }) => {
             ask(cli, |s| commands::remove(s, account))
