@@ -130,8 +130,14 @@ async fn accounts_show_and_status_explain_a_doubted_account() {
     let show = d.cli(&["accounts", "show", "shiphero/late"]).await;
     assert_eq!(show.code, 0, "{show:?}");
     let page = show.stdout;
-    assert!(page.starts_with("shiphero/late\n  status            pending since "), "{page}");
-    assert!(page.contains("  email             ops@late.test\n"), "{page}");
+    assert!(
+        page.starts_with("shiphero/late\n  status            pending since "),
+        "{page}"
+    );
+    assert!(
+        page.contains("  email             ops@late.test\n"),
+        "{page}"
+    );
     assert!(
         page.contains("  token evidence    ShipHero API refused the token"),
         "{page}"
@@ -145,10 +151,19 @@ async fn accounts_show_and_status_explain_a_doubted_account() {
     assert!(page.contains(" added "), "{page}");
 
     let active = d.cli(&["accounts", "show", "shiphero/acme"]).await;
-    assert!(active.stdout.contains("  status            active since "), "{active:?}");
+    assert!(
+        active.stdout.contains("  status            active since "),
+        "{active:?}"
+    );
     assert!(active.stdout.contains("  pinned identity   "), "{active:?}");
-    assert!(!active.stdout.contains("  pinned identity   -\n"), "{active:?}");
-    assert!(active.stdout.contains("  next check        20"), "{active:?}");
+    assert!(
+        !active.stdout.contains("  pinned identity   -\n"),
+        "{active:?}"
+    );
+    assert!(
+        active.stdout.contains("  next check        20"),
+        "{active:?}"
+    );
 
     let missing = d.cli(&["accounts", "show", "shiphero/nobody"]).await;
     assert_eq!(missing.code, 1, "{missing:?}");
@@ -162,6 +177,97 @@ async fn accounts_show_and_status_explain_a_doubted_account() {
         "{page}"
     );
     assert!(page.contains("incidents: none\n"), "{page}");
-    assert!(page.contains("registry: SQLite in the state folder: ok\n"), "{page}");
+    assert!(
+        page.contains("registry: SQLite in the state folder: ok\n"),
+        "{page}"
+    );
     assert!(page.contains("due work:\n  shiphero   queued "), "{page}");
+}
+
+/// Runs `args` under `script(1)`, in a pseudo-terminal, and returns its exit code and what
+/// the terminal showed.
+async fn in_terminal(args: &[&str]) -> (i32, String) {
+    let line = std::iter::once(BIN)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("COLUMNS")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `accounts add` and `rotate` against a ShipHero that does not answer: on a terminal they
+/// say what they wait on and for how long at most; a script's output is what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
+    let user = fake.add_user("ops@slow.test");
+    fake.set_mode("ops@slow.test", ShipHeroMode::Hang);
+    let user2 = fake.add_user("ops@slow2.test");
+    fake.set_mode("ops@slow2.test", ShipHeroMode::Hang);
+    let (socket, config) = (
+        d.socket.to_str().unwrap().to_string(),
+        d.config.to_str().unwrap().to_string(),
+    );
+    let add = |name: &str, refresh_token: &str| {
+        let refresh = dir.path().join(format!("{name}.refresh"));
+        std::fs::write(&refresh, refresh_token).unwrap();
+        [
+            "--socket",
+            &socket,
+            "--config",
+            &config,
+            "accounts",
+            "add",
+            "shiphero",
+            name,
+            "--email",
+            &format!("ops@{name}.test"),
+            "--refresh-token-file",
+            refresh.to_str().unwrap(),
+        ]
+        .map(String::from)
+    };
+    let args = add("slow", &user.refresh_token);
+    let (code, screen) = in_terminal(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code, 3, "{screen}");
+    assert!(
+        screen.contains("waiting for ShipHero (timeout 3s)... 1s"),
+        "{screen:?}"
+    );
+    assert!(screen.contains("added shiphero/slow: pending"), "{screen:?}");
+
+    let (code, screen) = in_terminal(&[
+        "--socket",
+        &socket,
+        "--config",
+        &config,
+        "rotate",
+        "shiphero/slow",
+    ])
+    .await;
+    assert_ne!(code, 0, "{screen}");
+    assert!(
+        screen.contains("waiting for ShipHero (timeout 3s)... 1s"),
+        "{screen:?}"
+    );
+
+    // A script: the same add, its output as before, no word of waiting.
+    let args = add("slow2", &user2.refresh_token);
+    let out = cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.starts_with("added shiphero/slow2: pending\n"), "{out:?}");
+    assert!(!out.stderr.contains("waiting"), "{out:?}");
+    assert!(!out.stdout.contains("waiting"), "{out:?}");
 }

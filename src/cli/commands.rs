@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use super::render::{self, Screen, render_watch, say, say_raw, terminal_rows, terminal_width};
+use super::wait::Waiter;
 use super::{AddArgs, AddCommand, Cli};
 use crate::client::{self, ClientError, Reply};
 use crate::clock::{Clock, Timestamp};
@@ -220,8 +221,16 @@ pub(super) fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed
     Ok(())
 }
 
-pub(super) fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
-    let line = act_quiet(socket, account, action)?;
+pub(super) fn act(
+    socket: &Path,
+    account: &str,
+    action: &str,
+    waiter: &Waiter,
+) -> Result<(), Failed> {
+    let provider = crate::names::AccountKey::parse(account)
+        .ok()
+        .map(|k| k.provider);
+    let line = waiter.wait_on(provider, || act_quiet(socket, account, action))?;
     say(format_args!("{line}"));
     Ok(())
 }
@@ -243,7 +252,12 @@ fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String, Faile
 
 /// Rotates several accounts one after another: a progress bar on a terminal, a line per
 /// account otherwise. Exits with the worst outcome (1 before 3 before 0).
-pub(super) fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
+pub(super) fn rotate_many(
+    socket: &Path,
+    accounts: &[String],
+    all: bool,
+    waiter: &Waiter,
+) -> Result<(), Failed> {
     let keys: Vec<String> = if all {
         let reply = client::call_blocking(socket, "GET", "/v1/accounts", None)?;
         expect_ok(&reply)?;
@@ -266,7 +280,7 @@ pub(super) fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Resu
         accounts.to_vec()
     };
     if let [only] = keys.as_slice() {
-        return act(socket, only, "rotate");
+        return act(socket, only, "rotate", waiter);
     }
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(keys.len() as u64);
@@ -280,7 +294,13 @@ pub(super) fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Resu
     let mut worst: Option<Failed> = None;
     for key in &keys {
         if let Some(b) = &bar {
-            b.set_message(key.clone());
+            let provider = crate::names::AccountKey::parse(key)
+                .ok()
+                .map(|k| k.provider);
+            b.set_message(match provider {
+                Some(p) => format!("{key}: {}", waiter.what(p)),
+                None => key.clone(),
+            });
         }
         let line = match act_quiet(socket, key, "rotate") {
             Ok(line) => line,
@@ -383,7 +403,7 @@ fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String,
     Ok(token)
 }
 
-pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
+pub(super) fn add_account(socket: &Path, add: &AddArgs, waiter: &Waiter) -> Result<(), Failed> {
     let mut stdin_used = false;
     let mut read = |file: &Path, what: &str| read_secret(file, what, &mut stdin_used);
     let body = match &add.provider {
@@ -395,7 +415,13 @@ pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
     } else {
         "/v1/accounts"
     };
-    let reply = client::call_blocking(socket, "POST", path, Some(&body))?;
+    let provider = body
+        .get("provider")
+        .and_then(Value::as_str)
+        .and_then(crate::names::Provider::parse);
+    let reply = waiter.wait_on(provider, || {
+        client::call_blocking(socket, "POST", path, Some(&body))
+    })?;
     expect_ok(&reply)?;
     let b = &reply.body;
     let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();

@@ -11,6 +11,7 @@ mod offline;
 mod render;
 mod run;
 mod show;
+mod wait;
 
 use std::path::PathBuf;
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::commands::{self, Failed, exit_with, socket_path};
+use super::wait::Waiter;
 use super::{
     AccountsCommand, Cli, Command, ConfigCommand, GetArgs, KeyCommand, RegistryCommand, ServeArgs,
     ShippoCommand, exec, follow, offline, show,
@@ -77,12 +78,18 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
             ask(cli, |s| show::show(s, account))
         }
         Command::Status => ask(cli, show::status),
-        Command::Accounts(AccountsCommand::Add(add)) => ask(cli, |s| commands::add_account(s, add)),
+        Command::Accounts(AccountsCommand::Add(add)) => {
+            ask(cli, |s| commands::add_account(s, add, &waiter(cli)))
+        }
         Command::Accounts(AccountsCommand::Remove { account }) => {
             ask(cli, |s| commands::remove(s, account))
         }
-        Command::Rotate { accounts, all } => ask(cli, |s| commands::rotate_many(s, accounts, *all)),
-        Command::Verify { account } => ask(cli, |s| commands::act(s, account, "verify")),
+        Command::Rotate { accounts, all } => ask(cli, |s| {
+            commands::rotate_many(s, accounts, *all, &waiter(cli))
+        }),
+        Command::Verify { account } => {
+            ask(cli, |s| commands::act(s, account, "verify", &waiter(cli)))
+        }
         Command::Audit {
             account,
             since,
@@ -119,6 +126,11 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
 /// on the calling thread.
 fn ask(cli: &Cli, command: impl FnOnce(&Path) -> Result<(), Failed>) -> ExitCode {
     exit_with(socket_path(cli).and_then(|socket| command(&socket).map(|()| 0)))
+}
+
+/// What a command that waits on a provider says while it waits (on a terminal only).
+fn waiter(cli: &Cli) -> Waiter {
+    Waiter::new(cli.globals.config.clone())
 }
 
 /// A command that keeps following the daemon until it is stopped; `Ok(code)` is its exit code.
