@@ -271,3 +271,30 @@ async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
     assert!(!out.stderr.contains("waiting"), "{out:?}");
     assert!(!out.stdout.contains("waiting"), "{out:?}");
 }
+
+/// `log.level = "verbose"` would make the daemon log nothing: `config check` refuses it,
+/// naming the key and saying what a level is; a real filter passes.
+#[tokio::test]
+async fn config_check_refuses_a_log_level_that_is_no_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shiptoken.toml");
+    let text = ConfigText {
+        level: "verbose",
+        ..ConfigText::default()
+    };
+    std::fs::write(&config, text.render(dir.path())).unwrap();
+    let out = cli(&["config", "check", "--config", config.to_str().unwrap()], None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("log.level = verbose (in ")
+            && out.stderr.contains("is no level: use one of trace, debug, info, warn, error, off"),
+        "{out:?}"
+    );
+    let text = ConfigText {
+        level: "info,shiptoken::registry=debug",
+        ..ConfigText::default()
+    };
+    std::fs::write(&config, text.render(dir.path())).unwrap();
+    let out = cli(&["config", "check", "--config", config.to_str().unwrap()], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
