@@ -17,6 +17,12 @@ pub struct LogHandle {
 }
 
 impl LogHandle {
+    /// Whether log lines reach standard error already (text or JSON there, or journald when
+    /// standard error is the journal): a failure logged need not be printed there again.
+    pub fn reaches_stderr(&self) -> bool {
+        self.destination != "journald" || stderr_is_journal()
+    }
+
     /// Applies a new filter directive.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
         check_filter(level)?;
@@ -179,7 +185,10 @@ mod tests {
         assert!(check_filter("info,shiptoken::registry::owner=debug").is_ok());
         assert!(check_filter("warn,[sweep]=debug").is_ok());
         let e = check_filter("verbose").unwrap_err();
-        assert!(e.starts_with("\"verbose\" is no level: use one of trace, debug"), "{e}");
+        assert!(
+            e.starts_with("\"verbose\" is no level: use one of trace, debug"),
+            "{e}"
+        );
         assert!(check_filter("info,verbose").is_err());
         assert!(check_filter("info=nope=x").is_err());
     }

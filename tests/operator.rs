@@ -246,7 +246,10 @@ async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
         screen.contains("waiting for ShipHero (timeout 3s)... 1s"),
         "{screen:?}"
     );
-    assert!(screen.contains("added shiphero/slow: pending"), "{screen:?}");
+    assert!(
+        screen.contains("added shiphero/slow: pending"),
+        "{screen:?}"
+    );
 
     let (code, screen) = in_terminal(&[
         "--socket",
@@ -267,7 +270,10 @@ async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
     let args = add("slow2", &user2.refresh_token);
     let out = cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stdout.starts_with("added shiphero/slow2: pending\n"), "{out:?}");
+    assert!(
+        out.stdout.starts_with("added shiphero/slow2: pending\n"),
+        "{out:?}"
+    );
     assert!(!out.stderr.contains("waiting"), "{out:?}");
     assert!(!out.stdout.contains("waiting"), "{out:?}");
 }
@@ -283,11 +289,17 @@ async fn config_check_refuses_a_log_level_that_is_no_level() {
         ..ConfigText::default()
     };
     std::fs::write(&config, text.render(dir.path())).unwrap();
-    let out = cli(&["config", "check", "--config", config.to_str().unwrap()], None).await;
+    let out = cli(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        None,
+    )
+    .await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stderr.contains("log.level = verbose (in ")
-            && out.stderr.contains("is no level: use one of trace, debug, info, warn, error, off"),
+            && out
+                .stderr
+                .contains("is no level: use one of trace, debug, info, warn, error, off"),
         "{out:?}"
     );
     let text = ConfigText {
@@ -295,6 +307,59 @@ async fn config_check_refuses_a_log_level_that_is_no_level() {
         ..ConfigText::default()
     };
     std::fs::write(&config, text.render(dir.path())).unwrap();
-    let out = cli(&["config", "check", "--config", config.to_str().unwrap()], None).await;
+    let out = cli(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        None,
+    )
+    .await;
     assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// `key generate FILE` writes a new key, mode 0600, and never over a file; a daemon on an
+/// empty PostgreSQL registry without its key says to make one that way, and starts with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_generate_makes_the_shared_key_a_postgres_registry_asks_for() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("shared.key");
+    let out = cli(&["key", "generate", key.to_str().unwrap()], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with(&format!("wrote a new key to {} (mode 0600)", key.display())));
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = read(&key);
+    assert_eq!(text.trim().len(), 44, "32 bytes in base64");
+    assert!(!out.stdout.contains(text.trim()), "the key was printed");
+    let again = cli(&["key", "generate", key.to_str().unwrap()], None).await;
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("already exists; `key generate` never replaces a key"));
+    assert_eq!(read(&key), text, "the key was replaced");
+
+    let Some(url) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let missing = dir.path().join("host.key");
+    let config = dir.path().join("shiptoken.toml");
+    let write_config = |key_file: &Path| {
+        let text = ConfigText {
+            top: &format!("key_file = \"{}\"", key_file.display()),
+            extra: &format!("[registry]\nurl = \"{url}\"\nhost_name = \"a\"\n"),
+            ..ConfigText::default()
+        };
+        std::fs::write(&config, text.render(dir.path())).unwrap();
+    };
+    write_config(&missing);
+    let mut d = Daemon::spawn(dir.path(), &config, &[]);
+    let status = d.wait().await;
+    assert_eq!(status.code(), Some(1), "{}", d.logs());
+    let logs = d.logs();
+    assert!(
+        logs.contains(&format!("`shiptoken key generate {}`", missing.display())),
+        "{logs}"
+    );
+    assert!(!logs.contains("cannot be opened without it"), "{logs}");
+    // Printed once: the log line is on stderr already.
+    assert_eq!(logs.matches("is missing, and a shared").count(), 1, "{logs}");
+    write_config(&key);
+    let _d = Daemon::start_with(dir.path(), &config, &[]).await;
 }

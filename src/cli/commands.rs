@@ -65,6 +65,23 @@ fn default_socket() -> PathBuf {
     PathBuf::from(crate::config::RawConfig::default().socket.path)
 }
 
+/// `key generate FILE`: the key is never printed, only where it is.
+pub(super) fn generate_key(file: &Path) -> ExitCode {
+    match crate::keys::generate_file(file) {
+        Ok(()) => {
+            say(format_args!(
+                "wrote a new key to {} (mode 0600); install this same file on every host that shares the registry, as the systemd credential shiptoken.key or key_file",
+                file.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shiptoken: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `completions SHELL`: the script, from the whole command tree.
 pub(super) fn completions(shell: clap_complete::Shell) -> ExitCode {
     let mut command = <Cli as clap::CommandFactory>::command();

@@ -219,6 +219,12 @@ pub struct GetArgs {
 /// `key` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
+    /// Write a new random key to FILE (mode 0600; never over an existing file): the one key
+    /// every daemon sharing a PostgreSQL registry needs (docs/deployment.md).
+    Generate {
+        /// The file to create.
+        file: PathBuf,
+    },
     /// Re-seal every token with a new key, in one transaction; run with the daemon stopped.
     Rotate {
         /// Write the new key here instead of replacing the key file (required when the key

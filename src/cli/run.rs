@@ -107,6 +107,7 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
         }
         Command::Backup { file } => process
             .on_runtime(|| async { offline::with_config(cli, |c| crate::backup::backup(c, file)) }),
+        Command::Key(KeyCommand::Generate { file }) => commands::generate_key(file),
         Command::Key(KeyCommand::Rotate { new_key_out }) => process.on_runtime(|| async {
             offline::with_config(cli, |c| {
                 crate::backup::rotate_key(c, new_key_out.as_deref())
