@@ -102,6 +102,13 @@ async fn adding_refused_credentials_exits_3_with_the_reason() {
         .add_shiphero("good", "ops@good.test", &user.refresh_token, None)
         .await;
     assert_eq!(good.code, 0, "{good:?}");
+
+    // `rotate --all` names each account once on its line.
+    let all = d.cli(&["rotate", "--all"]).await;
+    assert_ne!(all.code, 0, "{all:?}");
+    let text = format!("{}{}", all.stdout, all.stderr);
+    assert!(text.contains("shiphero/acme: "), "{all:?}");
+    assert!(!text.contains("shiphero/acme: shiphero/acme"), "{all:?}");
 }
 
 /// `accounts show` says why an account is not active: the whole error, the evidence held and
@@ -324,7 +331,10 @@ async fn key_generate_makes_the_shared_key_a_postgres_registry_asks_for() {
     let key = dir.path().join("shared.key");
     let out = cli(&["key", "generate", key.to_str().unwrap()], None).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.starts_with(&format!("wrote a new key to {} (mode 0600)", key.display())));
+    assert!(
+        out.stdout
+            .starts_with(&format!("wrote a new key to {} (mode 0600)", key.display()))
+    );
     let meta = std::fs::metadata(&key).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let text = read(&key);
@@ -332,7 +342,11 @@ async fn key_generate_makes_the_shared_key_a_postgres_registry_asks_for() {
     assert!(!out.stdout.contains(text.trim()), "the key was printed");
     let again = cli(&["key", "generate", key.to_str().unwrap()], None).await;
     assert_eq!(again.code, 1, "{again:?}");
-    assert!(again.stderr.contains("already exists; `key generate` never replaces a key"));
+    assert!(
+        again
+            .stderr
+            .contains("already exists; `key generate` never replaces a key")
+    );
     assert_eq!(read(&key), text, "the key was replaced");
 
     let Some(url) = common::postgres::fresh_database().await else {
@@ -359,7 +373,59 @@ async fn key_generate_makes_the_shared_key_a_postgres_registry_asks_for() {
     );
     assert!(!logs.contains("cannot be opened without it"), "{logs}");
     // Printed once: the log line is on stderr already.
-    assert_eq!(logs.matches("is missing, and a shared").count(), 1, "{logs}");
+    assert_eq!(
+        logs.matches("is missing, and a shared").count(),
+        1,
+        "{logs}"
+    );
     write_config(&key);
     let _d = Daemon::start_with(dir.path(), &config, &[]).await;
+}
+
+/// The small things of item 6: `rotate` alone says `--all` exists, `serve --socket` is refused
+/// instead of ignored, the man page is one page with the exit codes, and the scheduler crate's
+/// start-up lines are not logged at info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_things_an_operator_trips_on() {
+    let rotate = cli(&["rotate"], None).await;
+    assert_eq!(rotate.code, 2, "{rotate:?}");
+    assert!(
+        rotate.stderr.contains("<PROVIDER/ACCOUNT|--all>"),
+        "{rotate:?}"
+    );
+
+    let man = cli(&["man"], None).await;
+    assert_eq!(man.code, 0, "{man:?}");
+    assert!(man.stdout.contains(".SH \"EXIT STATUS\""), "{man:?}");
+    assert!(!man.stdout.contains("serve(1)"), "{man:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shiptoken.toml");
+    let text = ConfigText {
+        level: "info",
+        ..ConfigText::default()
+    };
+    std::fs::write(&config, text.render(dir.path())).unwrap();
+    let other = dir.path().join("other.sock");
+    let serve = cli(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--socket",
+            other.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(serve.code, 2, "{serve:?}");
+    assert!(serve.stderr.contains("socket.path"), "{serve:?}");
+    assert!(!other.exists());
+
+    let mut d = Daemon::start_with(dir.path(), &config, &[]).await;
+    d.wait_for_log("shiptoken ready").await;
+    d.stop().await;
+    let logs = d.logs();
+    assert!(!logs.contains("Uninited"), "{logs}");
+    assert!(!logs.contains("Job creator created"), "{logs}");
 }

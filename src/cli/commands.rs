@@ -91,8 +91,11 @@ pub(super) fn completions(shell: clap_complete::Shell) -> ExitCode {
 
 /// `man`: the man page, from the whole command tree.
 pub(super) fn man() -> ExitCode {
-    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-    match page.render(&mut std::io::stdout()) {
+    use std::io::Write;
+    let mut page = Vec::new();
+    let written =
+        super::manpage::render(&mut page).and_then(|()| std::io::stdout().write_all(&page));
+    match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shiptoken: cannot write the man page: {e}");
@@ -323,7 +326,12 @@ pub(super) fn rotate_many(
             Ok(line) => line,
             Err(f) if f.code == 4 => return Err(f),
             Err(f) => {
-                let line = format!("{key}: {}", f.message);
+                // The daemon's message may name the account already.
+                let line = if f.message.starts_with(&format!("{key}:")) {
+                    f.message
+                } else {
+                    format!("{key}: {}", f.message)
+                };
                 if worst.as_ref().is_none_or(|w| w.code != 1) {
                     worst = Some(Failed {
                         code: f.code,

@@ -7,6 +7,7 @@
 mod commands;
 mod exec;
 mod follow;
+mod manpage;
 mod offline;
 mod render;
 mod run;
@@ -131,9 +132,10 @@ pub enum Command {
     #[command(subcommand)]
     Accounts(AccountsCommand),
     /// Refresh access tokens now, then check them (a progress bar for many).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["accounts", "all"])))]
     Rotate {
         /// PROVIDER/ACCOUNT, one or more.
-        #[arg(required_unless_present = "all")]
+        #[arg(value_name = "PROVIDER/ACCOUNT")]
         accounts: Vec<String>,
         /// Every registered account.
         #[arg(long, conflicts_with = "accounts")]

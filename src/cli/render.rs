@@ -196,11 +196,7 @@ fn watch_rows(
         (Some(_), None) => format!("{:<bar_w$}", "never expires"),
         _ => format!("{:<bar_w$}", "-"),
     };
-    let expires = if a["expires_at"].is_null() && a["issued_at"].is_string() {
-        "never".to_string()
-    } else {
-        relative(ts(a, "expires_at"), now)
-    };
+    let expires = expires_cell(a, now);
     let padded = format!("{status:<10}");
     let status_cell = if color {
         let code = match status {
@@ -222,6 +218,21 @@ fn watch_rows(
         lines.push(fit(format!("    {error}"), width));
     }
     lines
+}
+
+/// The EXPIRES cell of `accounts list` and the live view, the same in both: when the served
+/// token expires, `never` for a served token without an expiry (Shippo), and `-` while no
+/// token is served (a pending account's token does not expire "never": there is none yet).
+pub(super) fn expires_cell(a: &Value, now: Timestamp) -> String {
+    let at = a
+        .get("expires_at")
+        .and_then(Value::as_str)
+        .and_then(Timestamp::parse_rfc3339);
+    match at {
+        Some(t) => relative(Some(t), now),
+        None if a["issued_at"].is_string() => "never".into(),
+        None => "-".into(),
+    }
 }
 
 /// "in 13 days", "5 minutes ago", or "-".
@@ -278,12 +289,7 @@ pub(super) fn accounts_table(accounts: &Value, now: Timestamp, color: bool) -> V
             }
             _ => s("status"),
         };
-        let expires =
-            if a.get("expires_at").is_some_and(Value::is_null) && s("provider") == "shippo" {
-                "never".to_string()
-            } else {
-                relative(ts(a, "expires_at"), now)
-            };
+        let expires = expires_cell(a, now);
         rows.push([
             format!("{}/{}", s("provider"), s("account")),
             status,
@@ -472,7 +478,7 @@ mod tests {
              "expires_at": "2027-01-28T08:00:00Z", "last_error": null},
             {"provider": "shippo", "account": "b", "status": "revoked",
              "status_since": "2027-01-15T07:00:00Z", "expires_at": null,
-             "last_error": "401 from Shippo"},
+             "issued_at": "2027-01-01T00:00:00Z", "last_error": "401 from Shippo"},
         ]});
         let plain = accounts_table(&accounts, now, false);
         assert_eq!(plain.len(), 3, "{plain:?}");
@@ -484,6 +490,42 @@ mod tests {
         let colored = accounts_table(&accounts, now, true);
         assert!(colored[2].contains("\x1b[31mrevoked"), "{colored:?}");
         assert!(!colored[0].contains('\x1b'));
+    }
+
+    /// A pending Shippo account serves no token: its expiry is `-` in the list and the live
+    /// view alike, not `never`; a served Shippo token never expires in both.
+    #[test]
+    fn expiry_reads_the_same_in_the_list_and_the_live_view() {
+        let now = Timestamp::from_secs(1_800_000_000);
+        let accounts = serde_json::json!({"accounts": [
+            {"provider": "shippo", "account": "new", "status": "pending",
+             "expires_at": null, "issued_at": null, "last_error": null},
+            {"provider": "shippo", "account": "old", "status": "active",
+             "expires_at": null, "issued_at": "2027-01-01T00:00:00Z", "last_error": null},
+        ]});
+        let list = accounts_table(&accounts, now, false);
+        assert!(
+            list[1].starts_with("shippo/new") && !list[1].contains("never"),
+            "{list:?}"
+        );
+        assert!(
+            list[2].starts_with("shippo/old") && list[2].contains("never"),
+            "{list:?}"
+        );
+        let screen = Screen {
+            width: 200,
+            rows: None,
+        };
+        let frame = render_watch(&accounts, now, screen, false);
+        let rows: Vec<&str> = frame.lines().skip(3).collect();
+        assert!(
+            rows[0].contains("shippo/new") && !rows[0].contains("never"),
+            "{frame}"
+        );
+        assert!(
+            rows[1].contains("shippo/old") && rows[1].contains(" never "),
+            "{frame}"
+        );
     }
 
     #[test]

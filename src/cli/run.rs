@@ -36,6 +36,7 @@ pub trait Process {
 /// Runs the command `cli` names and returns the process's exit code (CONTRACT.md).
 pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
     match &cli.command {
+        Command::Serve(_) if cli.globals.socket.is_some() => serve_takes_no_socket(),
         Command::Serve(args) => process.serve(cli, args),
         Command::Get(GetArgs {
             account,
@@ -121,6 +122,15 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
             })
         }
     }
+}
+
+/// `serve --socket`: a usage error, not a flag silently ignored. The daemon listens where
+/// its configuration says, so a reload and every client agree on it.
+fn serve_takes_no_socket() -> ExitCode {
+    eprintln!(
+        "shiptoken: serve listens on the configuration's socket.path; set it there (or SHIPTOKEN_SOCKET__PATH). --socket is for client commands"
+    );
+    ExitCode::from(2)
 }
 
 /// A command that asks the daemon (once, or once per account one after another) and exits,
