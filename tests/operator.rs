@@ -248,7 +248,8 @@ async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
     };
     let args = add("slow", &user.refresh_token);
     let (code, screen) = in_terminal(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    assert_eq!(code, 3, "{screen}");
+    // A timeout proves nothing against the credentials: the add worked, the check is retried.
+    assert_eq!(code, 0, "{screen}");
     assert!(
         screen.contains("waiting for ShipHero (timeout 3s)... 1s"),
         "{screen:?}"
@@ -276,7 +277,7 @@ async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
     // A script: the same add, its output as before, no word of waiting.
     let args = add("slow2", &user2.refresh_token);
     let out = cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
-    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout.starts_with("added shiphero/slow2: pending\n"),
         "{out:?}"

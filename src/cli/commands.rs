@@ -465,29 +465,32 @@ pub(super) fn add_account(socket: &Path, add: &AddArgs, waiter: &Waiter) -> Resu
             s("provider")
         ));
     }
-    refused_at_add(b)
+    refused_at_add(socket, b)
 }
 
-/// Exit 3, as `get` would, when the provider refused what was registered: the account is
+/// Exit 3, as `get` would, when the provider refused what was registered (it answered with
+/// evidence against the credentials, or the account is flagged already): the account is
 /// kept (it can be fixed or removed), but a script must notice. An account still queued
-/// behind its provider's pacing was refused nothing and exits 0.
-fn refused_at_add(body: &Value) -> Result<(), Failed> {
+/// behind its provider's pacing, or whose first check proved nothing (the provider down, a
+/// timeout), was refused nothing: it is checked again, and the add exits 0.
+fn refused_at_add(socket: &Path, body: &Value) -> Result<(), Failed> {
     let s = |k: &str| body.get(k).and_then(Value::as_str);
     let status = s("status").unwrap_or("-");
     let error = s("last_error");
-    let refused = match status {
-        "active" => false,
-        "pending" => error.is_some(),
-        _ => true,
-    };
-    if !refused {
-        return Ok(());
-    }
     let key = format!(
         "{}/{}",
         s("provider").unwrap_or("-"),
         s("account").unwrap_or("-")
     );
+    let refused = match status {
+        "active" => false,
+        "pending" if error.is_none() => false,
+        "pending" => held_against(socket, &key),
+        _ => true,
+    };
+    if !refused {
+        return Ok(());
+    }
     Err(Failed {
         code: 3,
         message: format!(
@@ -495,6 +498,21 @@ fn refused_at_add(body: &Value) -> Result<(), Failed> {
             error.unwrap_or("no reason given")
         ),
     })
+}
+
+/// Whether the daemon holds evidence against `key`'s credentials (`detail`'s
+/// `token_doubt` or `renew_doubt`). An answer that cannot be read counts as none: the add
+/// itself worked.
+fn held_against(socket: &Path, key: &str) -> bool {
+    let Ok(path) = account_path(key) else {
+        return false;
+    };
+    match client::call_blocking(socket, "GET", &format!("{path}/detail"), None) {
+        Ok(reply) if (200..300).contains(&reply.status) => ["token_doubt", "renew_doubt"]
+            .iter()
+            .any(|k| reply.body.get(*k).is_some_and(|d| !d.is_null())),
+        _ => false,
+    }
 }
 
 pub(super) fn list(socket: &Path, json: bool) -> Result<(), Failed> {
