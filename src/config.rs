@@ -55,6 +55,27 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
 /// The prefix of environment variables that override the file (`SHIPTOKEN_ROTATION__ROTATE_AT`).
 const ENV_PREFIX: &str = "SHIPTOKEN_";
 
+/// The variables the daemon hands to the programs it runs (a sink's `command`). They share
+/// the prefix with overrides but never name a configuration key (a test checks), so a hook can
+/// run `shiptoken get` with them in its environment: the CLI neither reads them as overrides
+/// nor warns about them.
+pub const HOOK_VARIABLES: &[&str] = &[
+    "SHIPTOKEN_ACCOUNT",
+    "SHIPTOKEN_SINK_PATH",
+    "SHIPTOKEN_SINK_REASON",
+    "SHIPTOKEN_SINK_STATUS",
+];
+
+/// The `SHIPTOKEN_` variables that override the configuration: only those naming a key. Any
+/// other (a hook's variable, a typo) is left out of the configuration, so it cannot stop a
+/// command; [`Config::unknown_env_vars`] reports the typos.
+fn env_overrides() -> Env {
+    let known = known_env_keys();
+    Env::prefixed(ENV_PREFIX)
+        .filter(move |key| known.contains(&key.as_str().to_ascii_lowercase()))
+        .split("__")
+}
+
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -355,7 +376,7 @@ impl Config {
             // `file_exact`: `Toml::file` would search parent folders for a relative path.
             figment = figment.merge(Toml::file_exact(&path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment = figment.merge(env_overrides());
         let config = Self::from_figment(&figment, used_file)?;
         Ok((config, figment))
     }
@@ -429,13 +450,17 @@ impl Config {
         Ok(config)
     }
 
-    /// Environment variables with our prefix that name no key: almost always a typo.
+    /// Environment variables with our prefix that name no key: almost always a typo. They are
+    /// ignored, not refused; the variables a hook is given are neither.
     pub fn unknown_env_vars() -> Vec<String> {
         let known = known_env_keys();
         std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .filter(|k| k.starts_with(ENV_PREFIX))
+            .filter(|k| !HOOK_VARIABLES.contains(&k.as_str()))
             .filter(|k| !known.contains(&k[ENV_PREFIX.len()..].to_ascii_lowercase()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect()
     }
 
@@ -529,8 +554,32 @@ pub(crate) mod tests {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(jail.directory().join(f)));
         }
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        fig = fig.merge(env_overrides());
         Config::from_figment(&fig, None)
+    }
+
+    #[test]
+    fn hook_variables_and_stray_names_neither_override_nor_stop() {
+        let known = known_env_keys();
+        for var in HOOK_VARIABLES {
+            let key = var.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase);
+            assert!(
+                key.as_ref()
+                    .is_some_and(|k| !known.contains(k) && !k.contains("__"))
+            );
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("SHIPTOKEN_ACCOUNT", "shiphero/acme");
+            jail.set_env("SHIPTOKEN_SINK_STATUS", "active");
+            jail.set_env("SHIPTOKEN_X", "1");
+            jail.set_env("SHIPTOKEN_VERIFY__INTERVALL", "1h");
+            jail.set_env("SHIPTOKEN_VERIFY__INTERVAL", "2h");
+            let c = load_in(jail, None).map_err(|e| e.to_string())?;
+            assert_eq!(c.verify.interval, Duration::from_secs(2 * 3600));
+            let unknown = Config::unknown_env_vars();
+            assert_eq!(unknown, ["SHIPTOKEN_VERIFY__INTERVALL", "SHIPTOKEN_X"]);
+            Ok(())
+        });
     }
 
     #[test]

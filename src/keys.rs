@@ -158,6 +158,27 @@ pub enum KeyError {
         /// The file.
         path: PathBuf,
     },
+    /// A PostgreSQL registry's key is missing: every daemon sharing the database seals with
+    /// one key, which no daemon makes by itself (each would make a different one).
+    #[error(
+        "the key file {path} is missing, and a shared PostgreSQL registry needs one key on every host: \
+         copy it from a host that has one, or, for a new registry, make it once with \
+         `shiptoken key generate {path}` (mode 0600) and install the same file on every host \
+         (docs/deployment.md, step 2)"
+    )]
+    SharedMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `key generate` was asked to write over a file: that could lose the only key to sealed
+    /// tokens.
+    #[error(
+        "{path} already exists; `key generate` never replaces a key (tokens sealed with it would be lost): choose another file, or `key rotate` to change the key of a registry"
+    )]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
     /// The key file could not be read.
     #[error("cannot read the key file {path}: {source}")]
     Read {
@@ -266,6 +287,17 @@ pub fn write_key(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
     drop(file);
     std::fs::rename(&tmp, path).map_err(err("install the key file"))?;
     sync_parent(path).map_err(err("flush the folder of"))
+}
+
+/// `key generate FILE`: a new random key in a new file, mode 0600, written atomically. An
+/// existing file is never replaced.
+pub fn generate_file(path: &Path) -> Result<(), KeyError> {
+    if path.symlink_metadata().is_ok() {
+        return Err(KeyError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    write_key(path, &MasterKey::generate())
 }
 
 /// Makes a rename durable.

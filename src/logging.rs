@@ -17,11 +17,50 @@ pub struct LogHandle {
 }
 
 impl LogHandle {
+    /// Whether log lines reach standard error already (text or JSON there, or journald when
+    /// standard error is the journal): a failure logged need not be printed there again.
+    pub fn reaches_stderr(&self) -> bool {
+        self.destination != "journald" || stderr_is_journal()
+    }
+
     /// Applies a new filter directive.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        check_filter(level)?;
+        let filter = build_filter(level).map_err(|e| e.to_string())?;
         self.filter.reload(filter).map_err(|e| e.to_string())
     }
+}
+
+/// The levels a bare directive may name.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Refuses a `log.level` that tracing would accept but that cannot be what was meant: a bare
+/// word that is no level (`verbose`) is read by tracing as a target to log at every level,
+/// so every other line is dropped and the daemon logs nothing. A target is written with its
+/// level (`shiptoken::registry=debug`). Called where the configuration is checked, so
+/// `config check` and a start both refuse it.
+pub fn check_filter(value: &str) -> Result<(), String> {
+    EnvFilter::try_new(value).map_err(|e| format!("not a tracing filter: {e}"))?;
+    for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains('=') && !directive.contains('[');
+        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "\"{directive}\" is no level: use one of {} (or TARGET=LEVEL, e.g. \"info,shiptoken::registry=debug\")",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The filter for `level`, with the scheduler crate's start-up chatter ("Uninited", "Job
+/// creator created" at INFO on every start) held to warnings unless `level` names it.
+fn build_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    if level.contains("tokio_cron_scheduler") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("tokio_cron_scheduler=warn".parse()?))
 }
 
 /// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM=dev:inode` of
@@ -56,7 +95,7 @@ fn syslog_priorities() -> tracing_journald::PriorityMappings {
 
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(level: &str, format: LogFormat) -> LogHandle {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = build_filter(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let want_journald = match format {
         LogFormat::Journald => true,
@@ -133,4 +172,24 @@ fn log_panics() {
         tracing::error!(thread, location, panic = %message, "a thread panicked");
         default(info);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_word_that_is_no_level_is_refused() {
+        assert!(check_filter("info").is_ok());
+        assert!(check_filter("DEBUG,hyper=info").is_ok());
+        assert!(check_filter("info,shiptoken::registry::owner=debug").is_ok());
+        assert!(check_filter("warn,[sweep]=debug").is_ok());
+        let e = check_filter("verbose").unwrap_err();
+        assert!(
+            e.starts_with("\"verbose\" is no level: use one of trace, debug"),
+            "{e}"
+        );
+        assert!(check_filter("info,verbose").is_err());
+        assert!(check_filter("info=nope=x").is_err());
+    }
 }

@@ -92,6 +92,7 @@ async fn serve(cli: &Cli, args: &ServeArgs, systemd: shiptoken::systemd::Systemd
         }
     };
     let log = logging::init(&config.log_level, config.log_format);
+    let logged = log.reaches_stderr();
     let options = daemon::ServeOptions {
         #[cfg(feature = "dev")]
         movable_clock: args.movable_clock,
@@ -99,7 +100,7 @@ async fn serve(cli: &Cli, args: &ServeArgs, systemd: shiptoken::systemd::Systemd
         log: Some(log),
         ..Default::default()
     };
-    exit_code(run_daemon(config, options, |_| {}).await)
+    exit_code(run_daemon(config, options, |_| {}).await, logged)
 }
 
 /// Starts the daemon and runs it until SIGTERM or SIGINT; SIGHUP reloads its configuration.
@@ -137,6 +138,7 @@ async fn until_stopped(mut signals: Signals, reloader: daemon::Reloader) {
 async fn serve_dev(args: &ServeArgs, systemd: shiptoken::systemd::Systemd) -> ExitCode {
     use std::io::Write;
     let log = logging::init("info", shiptoken::config::LogFormat::Text);
+    let logged = log.reaches_stderr();
     let env = match shiptoken::dev::prepare(args.keep).await {
         Ok(env) => env,
         Err(e) => {
@@ -157,7 +159,7 @@ async fn serve_dev(args: &ServeArgs, systemd: shiptoken::systemd::Systemd) -> Ex
     })
     .await;
     env.finish();
-    exit_code(result)
+    exit_code(result, logged)
 }
 
 /// `serve --dev` in a build without the simulators (the .deb): a usage error that says
@@ -172,13 +174,16 @@ async fn serve_dev(_args: &ServeArgs, _systemd: shiptoken::systemd::Systemd) -> 
     ExitCode::from(2)
 }
 
-/// Exit 0, or 1 with the error logged and on stderr.
-fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+/// Exit 0, or 1 with the error logged, and printed on stderr too unless the log line already
+/// went there (`logged`, and the filter lets errors through): once, not twice.
+fn exit_code(result: anyhow::Result<()>, logged: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("shiptoken: {e:#}");
+            if !(logged && tracing::enabled!(tracing::Level::ERROR)) {
+                eprintln!("shiptoken: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

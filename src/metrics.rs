@@ -78,6 +78,19 @@ pub enum CheckResult {
 }
 
 impl CheckResult {
+    /// Every result, each created at zero for every provider when the daemon starts: an
+    /// alert on `increase(...) > 0` cannot see a series' first increment unless the series
+    /// was exported, at zero, before it (ShiptokenProbeMisconfigured on the first
+    /// `misconfigured` answer).
+    pub const ALL: [CheckResult; 6] = [
+        CheckResult::Ok,
+        CheckResult::Rejected,
+        CheckResult::Undocumented,
+        CheckResult::Misconfigured,
+        CheckResult::Throttled,
+        CheckResult::Failed,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -298,12 +311,7 @@ impl Metrics {
         }
         for p in Provider::ALL {
             self.incident.with_label_values(&[p.as_str()]).set(0);
-            for r in [
-                CheckResult::Ok,
-                CheckResult::Rejected,
-                CheckResult::Throttled,
-                CheckResult::Failed,
-            ] {
+            for r in CheckResult::ALL {
                 self.rotations.with_label_values(&[p.as_str(), r.as_str()]);
                 self.verifications
                     .with_label_values(&[p.as_str(), r.as_str()]);
@@ -475,6 +483,19 @@ mod tests {
             assert!(text.contains(&line), "{line} missing from:\n{text}");
         }
         // Series an alert needs before the first event exist at zero.
+        let fresh = Metrics::new().render(&[]);
+        for p in Provider::ALL {
+            for r in CheckResult::ALL {
+                for counter in ["shiptoken_rotations_total", "shiptoken_verifications_total"] {
+                    let line = format!(
+                        "{counter}{{provider=\"{}\",result=\"{}\"}} 0",
+                        p.as_str(),
+                        r.as_str()
+                    );
+                    assert!(fresh.contains(&line), "{line} missing from:\n{fresh}");
+                }
+            }
+        }
         assert!(text.contains("shiptoken_rotations_total{provider=\"shiphero\",result=\"ok\"} 0"));
         assert!(
             text.contains(

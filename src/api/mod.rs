@@ -12,6 +12,7 @@ mod access;
 mod accounts;
 pub mod answer;
 pub mod audit;
+mod detail;
 mod error;
 mod routes;
 pub mod served;

@@ -49,6 +49,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/accounts/{provider}/{account}/events",
             get(account_events),
         )
+        .route(
+            "/v1/accounts/{provider}/{account}/detail",
+            get(super::detail::account_detail),
+        )
         .route("/v1/shippo/connect", post(shippo_connect))
         .route("/v1/audit", get(read_audit))
         .merge(debug_routes())

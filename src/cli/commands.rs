@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use super::render::{self, render_watch, say, say_raw, terminal_width};
+use super::render::{self, Screen, render_watch, say, say_raw, terminal_rows, terminal_width};
+use super::wait::Waiter;
 use super::{AddArgs, AddCommand, Cli};
 use crate::client::{self, ClientError, Reply};
 use crate::clock::{Clock, Timestamp};
@@ -66,6 +67,23 @@ fn default_socket() -> PathBuf {
     PathBuf::from(crate::config::RawConfig::default().socket.path)
 }
 
+/// `key generate FILE`: the key is never printed, only where it is.
+pub(super) fn generate_key(file: &Path) -> ExitCode {
+    match crate::keys::generate_file(file) {
+        Ok(()) => {
+            say(format_args!(
+                "wrote a new key to {} (mode 0600); install this same file on every host that shares the registry, as the systemd credential shiptoken.key or key_file",
+                file.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shiptoken: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `completions SHELL`: the script, from the whole command tree.
 pub(super) fn completions(shell: clap_complete::Shell) -> ExitCode {
     let mut command = <Cli as clap::CommandFactory>::command();
@@ -75,8 +93,11 @@ pub(super) fn completions(shell: clap_complete::Shell) -> ExitCode {
 
 /// `man`: the man page, from the whole command tree.
 pub(super) fn man() -> ExitCode {
-    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-    match page.render(&mut std::io::stdout()) {
+    use std::io::Write;
+    let mut page = Vec::new();
+    let written =
+        super::manpage::render(&mut page).and_then(|()| std::io::stdout().write_all(&page));
+    match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shiptoken: cannot write the man page: {e}");
@@ -170,7 +191,7 @@ pub(super) fn audit(
     Ok(())
 }
 
-fn account_path(account: &str) -> Result<String, Failed> {
+pub(super) fn account_path(account: &str) -> Result<String, Failed> {
     let key = crate::names::AccountKey::parse(account).map_err(|e| Failed {
         code: 2,
         message: e.to_string(),
@@ -222,8 +243,16 @@ pub(super) fn get(socket: &Path, account: &str, json: bool) -> Result<(), Failed
     Ok(())
 }
 
-pub(super) fn act(socket: &Path, account: &str, action: &str) -> Result<(), Failed> {
-    let line = act_quiet(socket, account, action)?;
+pub(super) fn act(
+    socket: &Path,
+    account: &str,
+    action: &str,
+    waiter: &Waiter,
+) -> Result<(), Failed> {
+    let provider = crate::names::AccountKey::parse(account)
+        .ok()
+        .map(|k| k.provider);
+    let line = waiter.wait_on(provider, || act_quiet(socket, account, action))?;
     say(format_args!("{line}"));
     Ok(())
 }
@@ -245,7 +274,12 @@ fn act_quiet(socket: &Path, account: &str, action: &str) -> Result<String, Faile
 
 /// Rotates several accounts one after another: a progress bar on a terminal, a line per
 /// account otherwise. Exits with the worst outcome (1 before 3 before 0).
-pub(super) fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Result<(), Failed> {
+pub(super) fn rotate_many(
+    socket: &Path,
+    accounts: &[String],
+    all: bool,
+    waiter: &Waiter,
+) -> Result<(), Failed> {
     let keys: Vec<String> = if all {
         let reply = client::call_blocking(socket, "GET", "/v1/accounts", None)?;
         expect_ok(&reply)?;
@@ -268,7 +302,7 @@ pub(super) fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Resu
         accounts.to_vec()
     };
     if let [only] = keys.as_slice() {
-        return act(socket, only, "rotate");
+        return act(socket, only, "rotate", waiter);
     }
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(keys.len() as u64);
@@ -282,13 +316,24 @@ pub(super) fn rotate_many(socket: &Path, accounts: &[String], all: bool) -> Resu
     let mut worst: Option<Failed> = None;
     for key in &keys {
         if let Some(b) = &bar {
-            b.set_message(key.clone());
+            let provider = crate::names::AccountKey::parse(key)
+                .ok()
+                .map(|k| k.provider);
+            b.set_message(match provider {
+                Some(p) => format!("{key}: {}", waiter.what(p)),
+                None => key.clone(),
+            });
         }
         let line = match act_quiet(socket, key, "rotate") {
             Ok(line) => line,
             Err(f) if f.code == 4 => return Err(f),
             Err(f) => {
-                let line = format!("{key}: {}", f.message);
+                // The daemon's message may name the account already.
+                let line = if f.message.starts_with(&format!("{key}:")) {
+                    f.message
+                } else {
+                    format!("{key}: {}", f.message)
+                };
                 if worst.as_ref().is_none_or(|w| w.code != 1) {
                     worst = Some(Failed {
                         code: f.code,
@@ -338,7 +383,11 @@ pub(super) async fn watch(socket: &Path) -> Result<(), Failed> {
             .and_then(Value::as_str)
             .and_then(Timestamp::parse_rfc3339)
             .unwrap_or_else(|| Clock::system().now());
-        let screen = render_watch(&reply.body, now, terminal_width(), color);
+        let size = Screen {
+            width: terminal_width(),
+            rows: terminal_rows(),
+        };
+        let screen = render_watch(&reply.body, now, size, color);
         if tty {
             say_raw(format_args!("\x1b[H\x1b[2J{screen}"));
         } else {
@@ -381,7 +430,7 @@ fn read_secret(path: &Path, what: &str, stdin_used: &mut bool) -> Result<String,
     Ok(token)
 }
 
-pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
+pub(super) fn add_account(socket: &Path, add: &AddArgs, waiter: &Waiter) -> Result<(), Failed> {
     let mut stdin_used = false;
     let mut read = |file: &Path, what: &str| read_secret(file, what, &mut stdin_used);
     let body = match &add.provider {
@@ -394,7 +443,13 @@ pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
     } else {
         "/v1/accounts"
     };
-    let reply = client::call_blocking(socket, "POST", path, Some(&body))?;
+    let provider = body
+        .get("provider")
+        .and_then(Value::as_str)
+        .and_then(crate::names::Provider::parse);
+    let reply = waiter.wait_on(provider, || {
+        client::call_blocking(socket, "POST", path, Some(&body))
+    })?;
     expect_ok(&reply)?;
     let b = &reply.body;
     let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
@@ -413,7 +468,54 @@ pub(super) fn add_account(socket: &Path, add: &AddArgs) -> Result<(), Failed> {
             s("provider")
         ));
     }
-    Ok(())
+    refused_at_add(socket, b)
+}
+
+/// Exit 3, as `get` would, when the provider refused what was registered (it answered with
+/// evidence against the credentials, or the account is flagged already): the account is
+/// kept (it can be fixed or removed), but a script must notice. An account still queued
+/// behind its provider's pacing, or whose first check proved nothing (the provider down, a
+/// timeout), was refused nothing: it is checked again, and the add exits 0.
+fn refused_at_add(socket: &Path, body: &Value) -> Result<(), Failed> {
+    let s = |k: &str| body.get(k).and_then(Value::as_str);
+    let status = s("status").unwrap_or("-");
+    let error = s("last_error");
+    let key = format!(
+        "{}/{}",
+        s("provider").unwrap_or("-"),
+        s("account").unwrap_or("-")
+    );
+    let refused = match status {
+        "active" => false,
+        "pending" if error.is_none() => false,
+        "pending" => held_against(socket, &key),
+        _ => true,
+    };
+    if !refused {
+        return Ok(());
+    }
+    Err(Failed {
+        code: 3,
+        message: format!(
+            "{key} was registered but has no usable token: {status}, {}",
+            error.unwrap_or("no reason given")
+        ),
+    })
+}
+
+/// Whether the daemon holds evidence against `key`'s credentials (`detail`'s
+/// `token_doubt` or `renew_doubt`). An answer that cannot be read counts as none: the add
+/// itself worked.
+fn held_against(socket: &Path, key: &str) -> bool {
+    let Ok(path) = account_path(key) else {
+        return false;
+    };
+    match client::call_blocking(socket, "GET", &format!("{path}/detail"), None) {
+        Ok(reply) if (200..300).contains(&reply.status) => ["token_doubt", "renew_doubt"]
+            .iter()
+            .any(|k| reply.body.get(*k).is_some_and(|d| !d.is_null())),
+        _ => false,
+    }
 }
 
 pub(super) fn list(socket: &Path, json: bool) -> Result<(), Failed> {

@@ -7,15 +7,18 @@
 mod commands;
 mod exec;
 mod follow;
+mod manpage;
 mod offline;
 mod render;
 mod run;
+mod show;
+mod wait;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use render::{lifetime_bar, relative, render_watch, say, say_raw};
+pub use render::{Screen, lifetime_bar, relative, render_watch, say, say_raw};
 pub use run::{Process, run};
 
 /// Reads the command line. A `get` line is read by a parser that clap builds from the same
@@ -129,14 +132,18 @@ pub enum Command {
     #[command(subcommand)]
     Accounts(AccountsCommand),
     /// Refresh access tokens now, then check them (a progress bar for many).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["accounts", "all"])))]
     Rotate {
         /// PROVIDER/ACCOUNT, one or more.
-        #[arg(required_unless_present = "all")]
+        #[arg(value_name = "PROVIDER/ACCOUNT")]
         accounts: Vec<String>,
         /// Every registered account.
         #[arg(long, conflicts_with = "accounts")]
         all: bool,
     },
+    /// The daemon at a glance: accounts by status and provider, incidents in progress,
+    /// registry health and each provider's queue of due work.
+    Status,
     /// Check the current token against the provider's API now.
     Verify {
         /// PROVIDER/ACCOUNT.
@@ -214,6 +221,12 @@ pub struct GetArgs {
 /// `key` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
+    /// Write a new random key to FILE (mode 0600; never over an existing file): the one key
+    /// every daemon sharing a PostgreSQL registry needs (docs/deployment.md).
+    Generate {
+        /// The file to create.
+        file: PathBuf,
+    },
     /// Re-seal every token with a new key, in one transaction; run with the daemon stopped.
     Rotate {
         /// Write the new key here instead of replacing the key file (required when the key
@@ -257,6 +270,13 @@ pub enum AccountsCommand {
         /// Redraw a live view every second: status, token lifetime, rotation point.
         #[arg(long)]
         watch: bool,
+    },
+    /// Everything about one account: status and since when, the full last error, evidence
+    /// held and when it is confirmed, next check and refresh, the pinned identity, recent
+    /// events, and which sinks and socket rules use it.
+    Show {
+        /// PROVIDER/ACCOUNT.
+        account: String,
     },
     /// Register an account.
     Add(AddArgs),

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::commands::{self, Failed, exit_with, socket_path};
+use super::wait::Waiter;
 use super::{
     AccountsCommand, Cli, Command, ConfigCommand, GetArgs, KeyCommand, RegistryCommand, ServeArgs,
-    ShippoCommand, exec, follow, offline,
+    ShippoCommand, exec, follow, offline, show,
 };
 
 /// What the commands need from the binary: the parts that belong to the whole process.
@@ -35,6 +36,7 @@ pub trait Process {
 /// Runs the command `cli` names and returns the process's exit code (CONTRACT.md).
 pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
     match &cli.command {
+        Command::Serve(_) if cli.globals.socket.is_some() => serve_takes_no_socket(),
         Command::Serve(args) => process.serve(cli, args),
         Command::Get(GetArgs {
             account,
@@ -73,12 +75,22 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
             watch: true,
         }) => process
             .on_runtime(|| follow_daemon(cli, async |s| commands::watch(&s).await.map(|()| 0))),
-        Command::Accounts(AccountsCommand::Add(add)) => ask(cli, |s| commands::add_account(s, add)),
+        Command::Accounts(AccountsCommand::Show { account }) => {
+            ask(cli, |s| show::show(s, account))
+        }
+        Command::Status => ask(cli, show::status),
+        Command::Accounts(AccountsCommand::Add(add)) => {
+            ask(cli, |s| commands::add_account(s, add, &waiter(cli)))
+        }
         Command::Accounts(AccountsCommand::Remove { account }) => {
             ask(cli, |s| commands::remove(s, account))
         }
-        Command::Rotate { accounts, all } => ask(cli, |s| commands::rotate_many(s, accounts, *all)),
-        Command::Verify { account } => ask(cli, |s| commands::act(s, account, "verify")),
+        Command::Rotate { accounts, all } => ask(cli, |s| {
+            commands::rotate_many(s, accounts, *all, &waiter(cli))
+        }),
+        Command::Verify { account } => {
+            ask(cli, |s| commands::act(s, account, "verify", &waiter(cli)))
+        }
         Command::Audit {
             account,
             since,
@@ -96,6 +108,7 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
         }
         Command::Backup { file } => process
             .on_runtime(|| async { offline::with_config(cli, |c| crate::backup::backup(c, file)) }),
+        Command::Key(KeyCommand::Generate { file }) => commands::generate_key(file),
         Command::Key(KeyCommand::Rotate { new_key_out }) => process.on_runtime(|| async {
             offline::with_config(cli, |c| {
                 crate::backup::rotate_key(c, new_key_out.as_deref())
@@ -111,10 +124,24 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
     }
 }
 
+/// `serve --socket`: a usage error, not a flag silently ignored. The daemon listens where
+/// its configuration says, so a reload and every client agree on it.
+fn serve_takes_no_socket() -> ExitCode {
+    eprintln!(
+        "shiptoken: serve listens on the configuration's socket.path; set it there (or SHIPTOKEN_SOCKET__PATH). --socket is for client commands"
+    );
+    ExitCode::from(2)
+}
+
 /// A command that asks the daemon (once, or once per account one after another) and exits,
 /// on the calling thread.
 fn ask(cli: &Cli, command: impl FnOnce(&Path) -> Result<(), Failed>) -> ExitCode {
     exit_with(socket_path(cli).and_then(|socket| command(&socket).map(|()| 0)))
+}
+
+/// What a command that waits on a provider says while it waits (on a terminal only).
+fn waiter(cli: &Cli) -> Waiter {
+    Waiter::new(cli.globals.config.clone())
 }
 
 /// A command that keeps following the daemon until it is stopped; `Ok(code)` is its exit code.

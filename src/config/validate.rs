@@ -80,8 +80,7 @@ impl Validator<'_> {
     }
 
     pub(crate) fn log_level(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        tracing_subscriber::EnvFilter::try_new(value)
-            .map_err(|e| self.invalid(key, value, format!("not a tracing filter: {e}")))?;
+        crate::logging::check_filter(value).map_err(|e| self.invalid(key, value, e))?;
         Ok(value.to_string())
     }
 

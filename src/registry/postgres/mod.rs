@@ -74,7 +74,10 @@ pub(crate) fn open_blocking(
     migrate(&mut client)?;
     // Every host seals with the same key; a new key here would seal tokens no other host
     // can open, so a missing one is an error.
-    let sealer = Sealer::new(&key.load(false)?);
+    let sealer = Sealer::new(&key.load(false).map_err(|e| match e {
+        crate::keys::KeyError::Missing { path } => crate::keys::KeyError::SharedMissing { path },
+        e => e,
+    })?);
     check_key(&mut client, &sealer, target, key)?;
     let mut store = PgStore {
         target: target.clone(),
