@@ -96,6 +96,13 @@ async fn adding_refused_credentials_exits_3_with_the_reason() {
         "{out:?}"
     );
     assert!(out.stderr.contains("invalid_grant"), "{out:?}");
+    // Nothing was ever served, so the log does not say a served token is kept.
+    d.wait_for_log("the account has no token to serve").await;
+    assert!(
+        !d.logs().contains("the served token is kept while it works"),
+        "{}",
+        d.logs()
+    );
 
     let user = fake.add_user("ops@good.test");
     let good = d

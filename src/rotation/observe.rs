@@ -128,8 +128,11 @@ impl Engine {
                 EventKind::Suspected => {
                     tracing::warn!(provider = %p, account = a, event = kind, error = detail, "evidence against the account; it is flagged only if seen again after verify.confirm_after")
                 }
-                EventKind::RefreshRefused => {
+                EventKind::RefreshRefused if before.current.is_some() => {
                     tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the refresh token was refused; the served token is kept while it works")
+                }
+                EventKind::RefreshRefused => {
+                    tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the refresh token was refused; the account has no token to serve")
                 }
                 EventKind::Misconfigured => {
                     tracing::warn!(provider = %p, account = a, event = kind, error = detail, "the probe is wrong for this token; the status is unchanged")
