@@ -8,23 +8,27 @@
 //! as written with their defaults, `validate` the checks that type them, `limits` the
 //! `[limits]` section, `reload` what a reload may change.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::names::AccountKey;
 
+mod env;
 mod limits;
 mod raw;
 pub mod registry;
 pub mod reload;
 mod validate;
 
+pub use env::HOOK_VARIABLES;
+#[cfg(test)]
+use env::known_env_keys;
+use env::{ENV_PREFIX, env_overrides};
 pub use limits::{LimitsConfig, RawLimits};
 pub use raw::{
     RawLog, RawMetrics, RawNotify, RawRotation, RawSocket, RawVerify, RawWindow, Webhook,
@@ -51,30 +55,6 @@ pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, croner::errors::Cr
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiptoken/shiptoken.toml";
-
-/// The prefix of environment variables that override the file (`SHIPTOKEN_ROTATION__ROTATE_AT`).
-const ENV_PREFIX: &str = "SHIPTOKEN_";
-
-/// The variables the daemon hands to the programs it runs (a sink's `command`). They share
-/// the prefix with overrides but never name a configuration key (a test checks), so a hook can
-/// run `shiptoken get` with them in its environment: the CLI neither reads them as overrides
-/// nor warns about them.
-pub const HOOK_VARIABLES: &[&str] = &[
-    "SHIPTOKEN_ACCOUNT",
-    "SHIPTOKEN_SINK_PATH",
-    "SHIPTOKEN_SINK_REASON",
-    "SHIPTOKEN_SINK_STATUS",
-];
-
-/// The `SHIPTOKEN_` variables that override the configuration: only those naming a key. Any
-/// other (a hook's variable, a typo) is left out of the configuration, so it cannot stop a
-/// command; [`Config::unknown_env_vars`] reports the typos.
-fn env_overrides() -> Env {
-    let known = known_env_keys();
-    Env::prefixed(ENV_PREFIX)
-        .filter(move |key| known.contains(&key.as_str().to_ascii_lowercase()))
-        .split("__")
-}
 
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -453,15 +433,7 @@ impl Config {
     /// Environment variables with our prefix that name no key: almost always a typo. They are
     /// ignored, not refused; the variables a hook is given are neither.
     pub fn unknown_env_vars() -> Vec<String> {
-        let known = known_env_keys();
-        std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .filter(|k| k.starts_with(ENV_PREFIX))
-            .filter(|k| !HOOK_VARIABLES.contains(&k.as_str()))
-            .filter(|k| !known.contains(&k[ENV_PREFIX.len()..].to_ascii_lowercase()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
+        env::unknown_vars()
     }
 
     /// The effective configuration as TOML, for `config check`. The file holds no secret
@@ -499,40 +471,6 @@ fn verify_section(v: &Validator, raw: &RawVerify) -> Result<VerifyConfig, Config
             .concurrency("verify.incident_min_accounts", raw.incident_min_accounts)?,
         incident_window: v.duration("verify.incident_window", &raw.incident_window)?,
     })
-}
-
-/// The flattened, lower-case keys that `SHIPTOKEN_<SECTION>__<KEY>[__<FIELD>]` may name, at
-/// every depth. Optional tables absent from the defaults (`rotation.window`) are filled in
-/// first, or their variables would be reported as typos although they work.
-fn known_env_keys() -> BTreeSet<String> {
-    fn walk(prefix: &str, value: &serde_json::Value, keys: &mut BTreeSet<String>) {
-        if let serde_json::Value::Object(fields) = value {
-            for (k, v) in fields {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}__{k}")
-                };
-                walk(&key, v, keys);
-                keys.insert(key);
-            }
-        }
-    }
-    let mut every = RawConfig::default();
-    every.rotation.window = Some(RawWindow {
-        days: Vec::new(),
-        start: String::new(),
-        end: String::new(),
-        timezone: raw::utc(),
-    });
-    every.shiphero.concurrency = Some(0);
-    every.shippo.concurrency = Some(0);
-    every.oauth2.concurrency = Some(0);
-    let mut keys = BTreeSet::new();
-    if let Ok(value) = serde_json::to_value(every) {
-        walk("", &value, &mut keys);
-    }
-    keys
 }
 
 #[cfg(test)]
