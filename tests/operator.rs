@@ -20,7 +20,7 @@ fn read(path: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_command_can_call_shiptoken() {
     let fake = FakeShipHero::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let config = dir.path().join("shiptoken.toml");
@@ -79,7 +79,7 @@ command = ["/bin/sh", "-c", '''{script}''']
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_refused_credentials_exits_3_with_the_reason() {
     let fake = FakeShipHero::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
     fake.add_user("ops@acme.test");
     let out = d
@@ -124,7 +124,7 @@ async fn adding_refused_credentials_exits_3_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_show_and_status_explain_a_doubted_account() {
     let fake = FakeShipHero::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sink = dir.path().join("late.token");
     let extra = format!(
         "[[sink]]\naccount = \"shiphero/late\"\npath = \"{}\"\n",
@@ -195,7 +195,10 @@ async fn accounts_show_and_status_explain_a_doubted_account() {
         page.contains("registry: SQLite in the state folder: ok\n"),
         "{page}"
     );
-    assert!(page.contains("due work:\n  shiphero   queued "), "{page}");
+    // One line per provider under "due work:" (oauth2, shiphero, shippo).
+    let due = page.split("due work:\n").nth(1).unwrap_or_default();
+    assert!(due.contains("  shiphero   queued "), "{page}");
+    assert!(due.contains("  shippo     queued "), "{page}");
 }
 
 /// Runs `args` under `script(1)`, in a pseudo-terminal, and returns its exit code and what
@@ -224,7 +227,7 @@ async fn in_terminal(args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
     let fake = FakeShipHero::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = Daemon::start(dir.path(), &config_text(dir.path(), &fake.base_url(), "")).await;
     let user = fake.add_user("ops@slow.test");
     fake.set_mode("ops@slow.test", ShipHeroMode::Hang);
@@ -297,7 +300,7 @@ async fn slow_work_says_what_it_waits_on_only_on_a_terminal() {
 /// naming the key and saying what a level is; a real filter passes.
 #[tokio::test]
 async fn config_check_refuses_a_log_level_that_is_no_level() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let config = dir.path().join("shiptoken.toml");
     let text = ConfigText {
         level: "verbose",
@@ -335,7 +338,7 @@ async fn config_check_refuses_a_log_level_that_is_no_level() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_generate_makes_the_shared_key_a_postgres_registry_asks_for() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let key = dir.path().join("shared.key");
     let out = cli(&["key", "generate", key.to_str().unwrap()], None).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -407,7 +410,7 @@ async fn small_things_an_operator_trips_on() {
     assert!(man.stdout.contains(".SH \"EXIT STATUS\""), "{man:?}");
     assert!(!man.stdout.contains("serve(1)"), "{man:?}");
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let config = dir.path().join("shiptoken.toml");
     let text = ConfigText {
         level: "info",
