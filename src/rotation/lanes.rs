@@ -292,8 +292,10 @@ impl Queue {
         }
         .map(|(s, t)| (*s, *t));
         if let Some((s, _)) = done {
+            // The wall-clock time as it is, even when it stepped back: the monotonic
+            // measures of a stall are the scheduler's (LastSweep), not this.
             if s > self.swept.0 {
-                self.swept = (s, now.max(self.swept.1));
+                self.swept = (s, now);
             }
             self.times = self.times.split_off(&s);
         }
@@ -382,7 +384,7 @@ impl Engine {
     fn note_swept(&self) {
         let through = self.swept_through();
         let mut last = self.swept.lock().unwrap_or_else(|e| e.into_inner());
-        if through > *last {
+        if through != *last {
             *last = through;
             self.metrics.sweep_done(self.clock.now());
         }
