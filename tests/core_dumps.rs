@@ -59,11 +59,16 @@ async fn the_running_daemon_is_not_dumpable() {
         return;
     }
     const NOBODY: u32 = 65534;
-    let dir = tempfile::tempdir().unwrap();
+    // Both the folder and the binary must be reachable by that user, which the checkout's
+    // target folder is not when the checkout lives in a private home folder.
+    let dir = reachable_tempdir();
+    let bin = install_reachable_bin(dir.path());
     let config = dir.path().join("shiptoken.toml");
     std::fs::write(&config, config_text(dir.path(), "http://127.0.0.1:9", "")).unwrap();
     chown_all(dir.path(), NOBODY, NOBODY);
-    let mut cmd = serve_command(&config);
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.arg("serve").arg("--config").arg(&config);
+    sanitize(&mut cmd);
     cmd.uid(NOBODY).gid(NOBODY);
     let d = Daemon::spawn_command(dir.path(), cmd);
     let socket = dir.path().join("shiptoken.sock");

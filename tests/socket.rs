@@ -54,49 +54,12 @@ fn open_config(dir: &std::path::Path, fake: &FakeShipHero, rules: &str) -> Strin
     )
 }
 
-/// A temporary folder with mode 0755 that other uids can reach, or a panic naming the folder
-/// on the way that keeps them out (a TMPDIR inside a private home folder, say).
-fn reachable_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for folder in dir.path().ancestors().skip(1) {
-        let mode = std::fs::metadata(folder).unwrap().permissions().mode();
-        assert!(
-            mode & 0o001 != 0,
-            "{} (mode {:o}) keeps other uids out of the temporary folder {}; \
-             point TMPDIR at a folder they can enter, such as /tmp",
-            folder.display(),
-            mode & 0o7777,
-            dir.path().display(),
-        );
-    }
-    dir
-}
-
-/// Where a client running as another uid finds the binary: a link to (or copy of) [`BIN`] in
-/// the daemon's folder, because `BIN` lives under the checkout's target folder, which other
-/// uids cannot reach when the checkout is in a private folder.
-fn client_bin(d: &Daemon) -> std::path::PathBuf {
-    d.dir.join("bin").join("shiptoken")
-}
-
-/// Puts [`client_bin`] in place: a hard link when the target folder is on the same file
-/// system (no 200 MB copy), else a copy; either way mode 0755.
-fn install_client_bin(d: &Daemon) {
-    let bin = client_bin(d);
-    std::fs::create_dir(bin.parent().unwrap()).unwrap();
-    if std::fs::hard_link(BIN, &bin).is_err() {
-        std::fs::copy(BIN, &bin).unwrap();
-    }
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 /// A daemon with two active ShipHero accounts, acme and beta, reachable by every uid.
 async fn two_accounts(rules: &str) -> (tempfile::TempDir, FakeShipHero, Daemon) {
     let fake = FakeShipHero::start().await.unwrap();
     let dir = reachable_tempdir();
     let d = Daemon::start(dir.path(), &open_config(dir.path(), &fake, rules)).await;
-    install_client_bin(&d);
+    install_reachable_bin(&d.dir);
     for name in ["acme", "beta"] {
         let email = format!("ops@{name}.test");
         let user = fake.add_user(&email);
@@ -110,7 +73,7 @@ async fn two_accounts(rules: &str) -> (tempfile::TempDir, FakeShipHero, Daemon) 
 
 /// Runs the CLI against `d` as `uid`/`gid`.
 async fn cli_as(d: &Daemon, uid: u32, gid: u32, args: &[&str]) -> Cli {
-    let out = tokio::process::Command::new(client_bin(d))
+    let out = tokio::process::Command::new(reachable_bin(&d.dir))
         .arg("--socket")
         .arg(&d.socket)
         .args(args)

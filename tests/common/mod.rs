@@ -23,6 +23,46 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shiptoken");
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// A temporary folder with mode 0755 that other uids can reach, or a panic naming the folder
+/// on the way that keeps them out (a TMPDIR inside a private home folder, say).
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for folder in dir.path().ancestors().skip(1) {
+        let mode = std::fs::metadata(folder).unwrap().permissions().mode();
+        assert!(
+            mode & 0o001 != 0,
+            "{} (mode {:o}) keeps other uids out of the temporary folder {}; \
+             point TMPDIR at a folder they can enter, such as /tmp",
+            folder.display(),
+            mode & 0o7777,
+            dir.path().display(),
+        );
+    }
+    dir
+}
+
+/// Where a process running as another uid finds the binary: a link to (or copy of) [`BIN`]
+/// in `dir`, because `BIN` lives under the checkout's target folder, which other uids cannot
+/// reach when the checkout is in a private folder (a home folder with mode 0700).
+pub fn reachable_bin(dir: &Path) -> PathBuf {
+    dir.join("bin").join("shiptoken")
+}
+
+/// Puts [`reachable_bin`] in place: a hard link when the target folder is on the same file
+/// system (no 200 MB copy), else a copy; either way mode 0755.
+pub fn install_reachable_bin(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = reachable_bin(dir);
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    if std::fs::hard_link(BIN, &bin).is_err() {
+        std::fs::copy(BIN, &bin).unwrap();
+    }
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
 /// A loopback port nothing listens on, for a daemon listener the test configures; the
 /// daemon binds it a moment later. Taken below the kernel's ephemeral range
 /// (`net.ipv4.ip_local_port_range`): a port from `bind(0)` could be handed again, in that
