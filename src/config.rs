@@ -20,6 +20,7 @@ use crate::names::AccountKey;
 
 mod env;
 mod limits;
+mod proxy;
 mod raw;
 pub mod registry;
 pub mod reload;
@@ -30,6 +31,7 @@ pub use env::HOOK_VARIABLES;
 use env::known_env_keys;
 use env::{ENV_PREFIX, env_overrides};
 pub use limits::{LimitsConfig, RawLimits};
+pub use proxy::{ProxyConfig, RawProxy};
 pub use raw::{
     RawLog, RawMetrics, RawNotify, RawRotation, RawSocket, RawVerify, RawWindow, Webhook,
 };
@@ -116,6 +118,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// `[registry]`
     pub registry: RawRegistry,
+    /// `[proxy]`
+    pub proxy: RawProxy,
     /// `[[sink]]`
     pub sink: Vec<RawSink>,
 }
@@ -182,6 +186,7 @@ impl Default for RawConfig {
             notify: RawNotify::default(),
             limits: RawLimits::default(),
             registry: RawRegistry::default(),
+            proxy: RawProxy::default(),
             sink: Vec::new(),
         }
     }
@@ -233,6 +238,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// Where the registry lives (`[registry]`).
     pub registry: RegistryConfig,
+    /// The authenticating proxy on the socket (`[proxy]`).
+    pub proxy: ProxyConfig,
     /// The values as written, for `config check` to print.
     pub raw: RawConfig,
     /// The file it was read from, if any.
@@ -404,6 +411,7 @@ impl Config {
             limits: v.limits(&raw.limits)?,
             sinks: v.sinks(&raw.sink)?,
             registry: v.registry(&raw.registry)?,
+            proxy: v.proxy(&raw.proxy)?,
             raw: raw.clone(),
             file,
         };

@@ -313,6 +313,7 @@ impl Core {
             audit,
             answers: api::Answers::default(),
             shutdown: self.shutdown.clone(),
+            proxy: api::proxy::ProxyClients::default(),
         })
     }
 

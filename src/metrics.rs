@@ -9,6 +9,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry as PromRegistry, TextEncoder,
 };
 
+mod proxy;
+
+pub use proxy::ProxyOutcome;
+
 use crate::clock::Timestamp;
 use crate::names::{Provider, Status};
 use crate::registry::AccountRecord;
@@ -44,6 +48,8 @@ pub struct Metrics {
     sink_writes: IntCounterVec,
     /// Sink writes and removals that failed, by what failed (src/sinks.rs).
     sink_failures: IntCounterVec,
+    /// The proxy's series (`metrics/proxy.rs`).
+    proxy: proxy::ProxyMetrics,
     /// `render` resets and rebuilds the per-account gauges; two scrapes at once (an HA pair of
     /// Prometheus servers) must not gather while the other is half way through the rebuild.
     render_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -286,6 +292,7 @@ impl Metrics {
                 "File sink writes or removals that failed (the last file written stays), by what: write or remove",
                 &["what"],
             ),
+            proxy: proxy::ProxyMetrics::new(r),
             render_lock: std::sync::Arc::default(),
             registry,
         };

@@ -137,6 +137,7 @@ async fn state(dir: &std::path::Path) -> Arc<ApiState> {
         audit: AuditLog::new(),
         answers: Default::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        proxy: Default::default(),
     })
 }
 

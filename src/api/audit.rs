@@ -29,7 +29,7 @@ use super::Peer;
 use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::names::AccountKey;
-use crate::registry::{AuditEntry, Registry};
+use crate::registry::{AuditEntry, ProxiedCall, Registry};
 
 /// Distinct entries written per transaction; reaching it wakes the flusher early.
 pub const BATCH: usize = 500;
@@ -101,6 +101,8 @@ pub struct Read<'a> {
     pub exe: Option<&'a str>,
     /// `Secret::fingerprint` of the token handed out.
     pub fingerprint: &'a str,
+    /// For a call the proxy forwarded with the token, what was called and how it went.
+    pub request: Option<&'a ProxiedCall>,
 }
 
 impl Read<'_> {
@@ -112,6 +114,7 @@ impl Read<'_> {
             self.peer,
             self.exe,
             self.fingerprint,
+            self.request,
         )
     }
 
@@ -123,6 +126,7 @@ impl Read<'_> {
             && e.pid == self.peer.pid
             && e.exe.as_deref() == self.exe
             && e.fingerprint == self.fingerprint
+            && e.request.as_ref() == self.request
     }
 
     fn to_entry(&self) -> AuditEntry {
@@ -137,6 +141,7 @@ impl Read<'_> {
             pid: self.peer.pid,
             exe: self.exe.map(str::to_string),
             fingerprint: self.fingerprint.to_string(),
+            request: self.request.cloned(),
         }
     }
 }
@@ -148,9 +153,10 @@ fn identity(
     peer: Peer,
     exe: Option<&str>,
     fingerprint: &str,
+    request: Option<&ProxiedCall>,
 ) -> u64 {
     let mut h = DefaultHasher::new();
-    (account, client, peer, exe, fingerprint).hash(&mut h);
+    (account, client, peer, exe, fingerprint, request).hash(&mut h);
     h.finish()
 }
 
@@ -167,6 +173,7 @@ fn entry_identity(e: &AuditEntry) -> u64 {
         peer,
         e.exe.as_deref(),
         &e.fingerprint,
+        e.request.as_ref(),
     )
 }
 
@@ -400,6 +407,7 @@ mod tests {
             },
             exe: Some("/usr/bin/app"),
             fingerprint: "f",
+            request: None,
         }
     }
 

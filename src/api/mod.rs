@@ -14,6 +14,7 @@ pub mod answer;
 pub mod audit;
 mod detail;
 mod error;
+pub mod proxy;
 mod routes;
 pub mod served;
 pub mod server;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub answers: Answers,
     /// Fires on shutdown, so clients waiting for a new token get their answer at once.
     pub shutdown: CancellationToken,
+    /// The proxy's HTTP clients, one per provider (`ProxyClients::default()` to start).
+    pub proxy: proxy::ProxyClients,
 }
 type Shared = State<Arc<ApiState>>;
 

@@ -55,6 +55,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/shippo/connect", post(shippo_connect))
         .route("/v1/audit", get(read_audit))
+        .route(
+            super::proxy::PROXY_ROUTE,
+            axum::routing::any(super::proxy::proxy),
+        )
         .merge(debug_routes())
         .fallback(|| async {
             ApiError::new(
@@ -90,7 +94,7 @@ async fn observe(State(state): Shared, request: Request, next: Next) -> Response
 }
 
 /// The account a path names, or the JSON error that says what is wrong with it.
-pub(super) fn key_from(provider: &str, account: &str) -> Result<AccountKey, ApiError> {
+pub(crate) fn key_from(provider: &str, account: &str) -> Result<AccountKey, ApiError> {
     Ok(AccountKey::new(provider, account)?)
 }
 

@@ -160,6 +160,7 @@ pub(super) async fn token_answer(
         peer,
         exe: extensions.get::<Caller>().and_then(|c| c.exe.as_deref()),
         fingerprint: &answer.fingerprint,
+        request: None,
     };
     if let Err(why) = state.audit.admit(read, config.socket.audit_required) {
         return Err(ApiError::new(

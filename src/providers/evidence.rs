@@ -40,6 +40,11 @@ pub struct Reads {
     pub list_and_detail: bool,
     /// `{"message": ...}` errors (ShipHero's REST endpoints).
     pub message: bool,
+    /// Any GraphQL `data` (an application's own query, forwarded by the proxy): some field
+    /// not null is [`Body::Data`], all null is [`Body::NullAccount`].
+    pub data: bool,
+    /// A single object of Shippo's, `{"object_id": ...}` (an application's own call).
+    pub object: bool,
 }
 
 /// What a body is, as far as judging it goes. Parsed once per answer by [`shape`].
@@ -73,6 +78,10 @@ pub enum Body {
     Detail,
     /// Shippo's paginated list `{"results": [...]}`.
     List,
+    /// GraphQL `data` with at least one field not null, without errors.
+    Data,
+    /// One of Shippo's objects, `{"object_id": ...}`.
+    Object,
 }
 
 /// The kind of a [`Body`], for matching rows.
@@ -104,6 +113,10 @@ pub enum Shape {
     Detail,
     /// [`Body::List`].
     List,
+    /// [`Body::Data`].
+    Data,
+    /// [`Body::Object`].
+    Object,
     /// Any body at all.
     Any,
 }
@@ -183,7 +196,9 @@ fn matches(shape: Shape, body: &Body) -> bool {
         | (Shape::AccountData, Body::AccountData { .. })
         | (Shape::NullAccount, Body::NullAccount)
         | (Shape::Detail, Body::Detail)
-        | (Shape::List, Body::List) => true,
+        | (Shape::List, Body::List)
+        | (Shape::Data, Body::Data)
+        | (Shape::Object, Body::Object) => true,
         (Shape::OAuthError(codes), Body::OAuthError(c)) => codes.contains(&c.as_str()),
         (GraphqlCode(codes), Body::GraphqlError { code: Some(c), .. }) => codes.contains(c),
         (GraphqlMessage(prefix), Body::GraphqlError { message, .. }) => message.starts_with(prefix),
@@ -236,6 +251,19 @@ pub fn shape(call: &Call, body: &str) -> Body {
         if object.get("data").is_some_and(Value::is_object) {
             return Body::NullAccount;
         }
+    }
+    if reads.data
+        && let Some(data) = object.get("data").and_then(Value::as_object)
+        && !data.is_empty()
+    {
+        return if data.values().any(|v| !v.is_null()) {
+            Body::Data
+        } else {
+            Body::NullAccount
+        };
+    }
+    if reads.object && text("object_id").is_some() {
+        return Body::Object;
     }
     if reads.list_and_detail {
         if object.get("results").is_some_and(Value::is_array) {

@@ -134,6 +134,23 @@ pub struct Rules {
     pub served_headers: for<'c> fn(&'c Config) -> Vec<(&'static str, &'c str)>,
     /// Why an account without any token cannot be probed, and what to do about it.
     pub no_token_hint: fn(&AccountKey) -> String,
+    /// How the authenticating proxy forwards applications' calls; `None`: not proxied.
+    pub proxy: Option<&'static ProxyRules>,
+}
+
+/// What the proxy (`/v1/proxy/<provider>/<account>/<path>`) must know of a provider's API.
+pub struct ProxyRules {
+    /// The API base requests are forwarded under, from the live configuration.
+    pub api_base: for<'c> fn(&'c Config) -> &'c str,
+    /// What a proxied answer (its whole body) proves about the account, on the provider's
+    /// rows for its whole API: never the probe's, whose answers have a known shape.
+    pub(crate) judge: fn(&Answer) -> Verdict,
+    /// Whether [`ProxyRules::repeatable`] needs the request body (ShipHero: a GraphQL query
+    /// may be repeated, a mutation not), so the proxy reads it before forwarding.
+    pub reads_body: bool,
+    /// Whether a request (method, body when read) changes nothing upstream, so it may be
+    /// sent again with a newer token after the first was refused.
+    pub repeatable: fn(&reqwest::Method, &[u8]) -> bool,
 }
 
 /// The [`Rules`] of `provider`: the registration point of what providers state, one line each.

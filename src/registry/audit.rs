@@ -32,6 +32,42 @@ pub struct AuditEntry {
     pub exe: Option<String>,
     /// `Secret::fingerprint` of the token handed out: tells tokens apart, reveals nothing.
     pub fingerprint: String,
+    /// For a call forwarded by the proxy, what was called and how it went; `None` for a
+    /// token read. Never a body or a header value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<ProxiedCall>,
+}
+
+/// One use of the proxy: the request and what came of it, as the audit keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ProxiedCall {
+    /// The request's method.
+    pub method: String,
+    /// The path under the provider's API base, without the query (which may carry data).
+    pub path: String,
+    /// The upstream's HTTP status; `None` when no answer came (refused here, timeout).
+    pub status: Option<u16>,
+    /// `forwarded`, `queued` (forwarded after waiting out a throttle), `refused` or
+    /// `throttled` (answered 429 here, nothing sent).
+    pub outcome: String,
+    /// Request body bytes sent upstream.
+    pub bytes_in: u64,
+    /// Answer body bytes passed back.
+    pub bytes_out: u64,
+    /// From the request's arrival to the answer's last byte, in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl ProxiedCall {
+    /// The form stored in the registry's `request` column.
+    pub fn to_column(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads the `request` column back; an unreadable value reads as none.
+    pub fn from_column(column: Option<String>) -> Option<ProxiedCall> {
+        serde_json::from_str(&column?).ok()
+    }
 }
 
 fn key_string<S: serde::Serializer>(key: &AccountKey, s: S) -> Result<S::Ok, S::Error> {
@@ -86,6 +122,7 @@ mod tests {
             pid: Some(42),
             exe: Some("/usr/bin/app".into()),
             fingerprint: fp.into(),
+            request: None,
         }
     }
 

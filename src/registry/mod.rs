@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{oneshot, watch};
 
-pub use audit::{AuditEntry, AuditQuery};
+pub use audit::{AuditEntry, AuditQuery, ProxiedCall};
 pub use error::RegistryError;
 pub use postgres::follow;
 pub use record::{AccountRecord, Doubt, Event, EventKind, NewAccount, Note, TokenRecord};

@@ -119,6 +119,9 @@ pub struct Engine {
     /// re-checks go on when the wall clock steps back (NTP), since the account's schedule is
     /// judged at least as late as that time plus the monotonic time elapsed since.
     anchors: Mutex<HashMap<AccountKey, Anchor>>,
+    /// Each account's budget at its provider, learned from throttled answers (the engine's
+    /// and the proxy's).
+    budgets: budget::Budgets,
 }
 
 /// Where an account's schedule stood on the monotonic clock.
@@ -179,7 +182,13 @@ impl Engine {
             incidents: Mutex::new(Incidents::default()),
             stopping: AtomicBool::new(false),
             anchors: Mutex::new(HashMap::new()),
+            budgets: budget::Budgets::default(),
         }
+    }
+
+    /// Each account's budget at its provider, which the proxy shares with the engine's probes.
+    pub fn budgets(&self) -> &budget::Budgets {
+        &self.budgets
     }
 
     /// Reports status changes through `notifier` (webhooks, a command).
@@ -252,5 +261,6 @@ impl Engine {
     }
 }
 
+pub mod budget;
 mod observe;
 mod work;

@@ -14,6 +14,7 @@ use crate::names::{AccountKey, Provider, Status};
 use crate::pacing::Class;
 use crate::providers::Verdict;
 use crate::registry::{AccountRecord, LeaseAnswer, Registry, RegistryError, TokenRecord};
+use crate::secret::Secret;
 use tokio::sync::SemaphorePermit;
 
 impl Engine {
@@ -53,6 +54,13 @@ impl Engine {
                 return;
             }
         }
+    }
+
+    /// Waits (at most `max`) until no work runs on the account: a caller whose token was just
+    /// refused learns whether a rotation under way replaced it.
+    pub async fn quiet(&self, key: &AccountKey, max: Duration) {
+        let lock = self.account_lock(key);
+        let _ = tokio::time::timeout(max, lock.lock()).await;
     }
 
     /// Refreshes (a renewing provider) or re-checks the account now, ignoring backoff; waits
@@ -177,6 +185,76 @@ impl Engine {
         };
         lease.give_back().await;
         result
+    }
+
+    /// Judges what an application's own call, forwarded by the proxy with `token`, got back:
+    /// passive evidence, through the same transition as a probe of the served token. A
+    /// refusal starts (or completes) a confirmation at once, and for a renewing provider a
+    /// refresh tells suspension from revocation, as after a probe; a pass counts as a probe
+    /// that passed, but is written only when it changes something (a busy application must
+    /// not write the registry on every call). Answers about a token no longer served (a
+    /// rotation raced the call), and answers that prove nothing, are dropped; so is the
+    /// answer when work on the account is already running, which reaches its own verdict.
+    pub async fn observed(&self, key: &AccountKey, token: &Secret, verdict: Verdict) {
+        let evidence = matches!(verdict, Verdict::Refused(_) | Verdict::Undocumented { .. });
+        let passed = matches!(verdict, Verdict::Pass { .. });
+        if !(evidence || passed) || self.stopping() {
+            return;
+        }
+        let about_served =
+            |a: &AccountRecord| a.current.as_ref().is_some_and(|t| t.access_token == *token);
+        let Ok(account) = self.account(key) else {
+            return;
+        };
+        if !about_served(&account) {
+            return;
+        }
+        if passed {
+            let now = self.clock.now();
+            let half = self.config.borrow().verify.interval / 2;
+            let recent = account
+                .last_verified_at
+                .is_some_and(|t| now.since(t) < half);
+            if account.status == Status::Active
+                && account.last_error.is_none()
+                && account.candidate.is_none()
+                && recent
+            {
+                return;
+            }
+        }
+        let lock = self.account_lock(key);
+        let Ok(_guard) = lock.try_lock() else {
+            return;
+        };
+        let Ok(account) = self.account(key) else {
+            return;
+        };
+        if !about_served(&account) {
+            return;
+        }
+        let generation = account.generation;
+        let Ok(lease) = self.lease(&account).await else {
+            return;
+        };
+        self.count_for_incidents(key, &verdict);
+        let record = match self
+            .apply(key, generation, Outcome::Probe(Probed::Served, verdict))
+            .await
+        {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(provider = %key.provider, account = %key.name, error = %e, "could not store what a proxied call proved");
+                return;
+            }
+        };
+        if evidence && !record.status.is_flagged() && self.upstreams.get(key.provider).renews() {
+            tracing::info!(provider = %key.provider, account = %key.name, "an application's call was refused the served token; refreshing to tell suspension from revocation");
+            let _ = self
+                .refresh(key, generation, Turn::Wait(Class::Urgent))
+                .await;
+        }
+        lease.give_back().await;
     }
 
     /// Takes the fleet-wide lease on the account for work planned from `account` (granted
@@ -371,10 +449,25 @@ impl Engine {
         }
         let _probing = (which == Probed::Candidate).then(|| self.probing_guard(key));
         let upstream = self.upstreams.get(key.provider);
-        let verdict = {
-            let _permit = self.take_turn(key.provider, turn).await;
-            upstream.probe(&token.access_token).await
+        let verdict = match self.budgets.spent_for(key) {
+            // The account's budget is spent (an application's call through the proxy was
+            // throttled): the probe takes its share by not calling until it is back.
+            Some(wait) => Verdict::Throttled {
+                wait,
+                message: format!(
+                    "{} throttled this account; its budget is back in {}s",
+                    key.provider,
+                    wait.as_secs().max(1)
+                ),
+            },
+            None => {
+                let _permit = self.take_turn(key.provider, turn).await;
+                upstream.probe(&token.access_token).await
+            }
         };
+        if let Verdict::Throttled { wait, .. } = &verdict {
+            self.budgets.throttle(key, *wait);
+        }
         self.metrics
             .verification(key.provider, verdict.metric_result());
         self.count_for_incidents(key, &verdict);

@@ -26,6 +26,8 @@ pub static TOKEN: Call = Call {
         account: false,
         list_and_detail: false,
         message: false,
+        data: false,
+        object: false,
     },
     rows: TOKEN_ROWS,
 };
@@ -39,6 +41,8 @@ pub static PROBE: Call = Call {
         account: false,
         list_and_detail: false,
         message: false,
+        data: false,
+        object: false,
     },
     rows: PROBE_ROWS,
 };

@@ -54,6 +54,8 @@ pub static RULES: Rules = Rules {
     read_add: account::new_account,
     served_headers: |_| Vec::new(),
     no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
+    // Each preset has its own API host; forwarding to them is not built yet.
+    proxy: None,
 };
 
 /// The probe of one account, as resolved from its credential and preset.

@@ -20,6 +20,8 @@ pub static REFRESH: Call = Call {
         account: false,
         list_and_detail: false,
         message: true,
+        data: false,
+        object: false,
     },
     rows: REFRESH_ROWS,
 };
@@ -33,12 +35,31 @@ pub static PROBE: Call = Call {
         account: true,
         list_and_detail: false,
         message: true,
+        data: false,
+        object: false,
     },
     rows: PROBE_ROWS,
 };
 
+/// An application's own call forwarded by the proxy (`/v1/proxy/shiphero/...`): any query,
+/// so a pass is any data without errors, and only the documented refusals of the token and
+/// throttling say more than nothing.
+pub static PROXIED: Call = Call {
+    name: "ShipHero POST /graphql (proxied)",
+    reads: Reads {
+        token: false,
+        form: false,
+        account: false,
+        list_and_detail: false,
+        message: true,
+        data: true,
+        object: false,
+    },
+    rows: PROXIED_ROWS,
+};
+
 /// Every ShipHero call, for tests that try each.
-pub static CALLS: &[&Call] = &[&REFRESH, &PROBE];
+pub static CALLS: &[&Call] = &[&REFRESH, &PROBE, &PROXIED];
 
 const REFRESH_ROWS: &[Row] = &[
     row(
@@ -145,6 +166,57 @@ const PROBE_ROWS: &[Row] = &[
         NullAccount,
         Undocumented,
         "UPSTREAM.md, the probe: null account data without errors is not a pass, and no document says it is a refusal",
+    ),
+];
+
+const PROXIED_ROWS: &[Row] = &[
+    row(
+        (200, 299),
+        Data,
+        Pass,
+        "UPSTREAM.md, ShipHero API: failures come in an errors array; data without errors is a working token",
+    ),
+    row(
+        (200, 299),
+        GraphqlCode(&[30]),
+        Throttled,
+        "ShipHero error glossary: code 30, not enough credits, with time_remaining",
+    ),
+    row(
+        (429, 429),
+        Any,
+        Throttled,
+        "UPSTREAM.md (UNCONFIRMED): throttling may come as HTTP 429 with Retry-After",
+    ),
+    row(
+        (200, 299),
+        GraphqlCode(AUTH_CODES),
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token may answer 200 with an errors entry",
+    ),
+    row(
+        (401, 403),
+        GraphqlCode(AUTH_CODES),
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
+    ),
+    row(
+        (401, 403),
+        Message,
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403 (ShipHero's {\"message\": ...})",
+    ),
+    row(
+        (401, 403),
+        OAuthError(REFUSING_OAUTH_ERRORS),
+        Refused,
+        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
+    ),
+    row(
+        (200, 299),
+        NullAccount,
+        Undocumented,
+        "UPSTREAM.md, the probe: null data without errors is not a pass, and no document says it is a refusal",
     ),
 ];
 

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::evidence::{Body, Judged, judge, shape};
-use super::{Answer, Issued, Rules, Upstream, Verdict, retry_after, send, summary};
+use super::{Answer, Issued, ProxyRules, Rules, Upstream, Verdict, retry_after, send, summary};
 use crate::jwt;
 use crate::metrics::Metrics;
 use crate::names::AccountKey;
@@ -48,7 +48,40 @@ pub static RULES: Rules = Rules {
     read_add: account::new_account,
     served_headers: |_| Vec::new(),
     no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
+    proxy: Some(&PROXY),
 };
+
+/// How the proxy forwards an application's ShipHero calls: to `shiphero.api_base`, judged on
+/// [`evidence::PROXIED`]; a GraphQL query may be sent twice, a mutation never.
+static PROXY: ProxyRules = ProxyRules {
+    api_base: |config| &config.shiphero.api_base,
+    judge: |answer| judge_call(&evidence::PROXIED, answer),
+    reads_body: true,
+    repeatable: |method, body| {
+        method == reqwest::Method::GET || (method == reqwest::Method::POST && is_query(body))
+    },
+};
+
+/// Whether a GraphQL request body asks only queries (`{"query": "query ..."}` or the
+/// shorthand `{ ... }`), which change nothing and may be repeated. Anything that cannot be
+/// read as such (a mutation, a batch, not JSON) is not.
+fn is_query(body: &[u8]) -> bool {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let Some(document) = request.get("query").and_then(Value::as_str) else {
+        return false;
+    };
+    // Comments (`# ...` to the end of a line) may come before the operation.
+    let first = document
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let operations =
+        document.matches("mutation").count() + document.matches("subscription").count();
+    (first.starts_with('{') || first.starts_with("query")) && operations == 0
+}
 
 /// A client for one ShipHero API base.
 #[derive(Clone)]
@@ -229,8 +262,14 @@ fn issued(body: &str) -> Result<Issued, Verdict> {
 }
 
 fn judge_probe(a: &Answer) -> Verdict {
+    judge_call(&evidence::PROBE, a)
+}
+
+/// What an answer to `call` (the probe, or an application's query through the proxy)
+/// proves about the account.
+fn judge_call(call: &super::evidence::Call, a: &Answer) -> Verdict {
     let status = a.status.as_u16();
-    let body = shape(&evidence::PROBE, &a.body);
+    let body = shape(call, &a.body);
     let request_id = serde_json::from_str::<Value>(&a.body).ok().and_then(|v| {
         v.pointer("/data/account/request_id")
             .or_else(|| v.pointer("/errors/0/request_id"))
@@ -248,7 +287,7 @@ fn judge_probe(a: &Answer) -> Verdict {
         },
         _ => error_text(a),
     };
-    match judge(&evidence::PROBE, status, &body) {
+    match judge(call, status, &body) {
         Judged::Pass => Verdict::Pass {
             identity: match body {
                 Body::AccountData { id } => id,

@@ -13,6 +13,8 @@ pub static PROBE: Call = Call {
         account: false,
         list_and_detail: true,
         message: false,
+        data: false,
+        object: false,
     },
     rows: PROBE_ROWS,
 };
@@ -26,12 +28,30 @@ pub static EXCHANGE: Call = Call {
         account: false,
         list_and_detail: true,
         message: false,
+        data: false,
+        object: false,
     },
     rows: EXCHANGE_ROWS,
 };
 
+/// An application's own call forwarded by the proxy (`/v1/proxy/shippo/...`): any endpoint,
+/// so a 403 is an ownership check on one object (not evidence), and a pass is Shippo's JSON.
+pub static PROXIED: Call = Call {
+    name: "Shippo API (proxied)",
+    reads: Reads {
+        token: false,
+        form: false,
+        account: false,
+        list_and_detail: true,
+        message: false,
+        data: false,
+        object: true,
+    },
+    rows: PROXIED_ROWS,
+};
+
 /// Every Shippo call, for tests that try each.
-pub static CALLS: &[&Call] = &[&PROBE, &EXCHANGE];
+pub static CALLS: &[&Call] = &[&PROBE, &EXCHANGE, &PROXIED];
 
 const PROBE_ROWS: &[Row] = &[
     row(
@@ -51,6 +71,39 @@ const PROBE_ROWS: &[Row] = &[
         Detail,
         Refused,
         "Shippo status codes: 403 on a list of the account's own objects: the token cannot act for its account",
+    ),
+    row(
+        (409, 409),
+        Any,
+        Throttled,
+        "Shippo status codes: 409 could be caused by too many concurrent calls",
+    ),
+    row(
+        (429, 429),
+        Any,
+        Throttled,
+        "Shippo rate limits: 429, maybe with X-RateLimit-Reset",
+    ),
+];
+
+const PROXIED_ROWS: &[Row] = &[
+    row(
+        (200, 299),
+        List,
+        Pass,
+        "Shippo API reference: list endpoints answer {\"results\": [...]}; a 2xx proves the token only with Shippo's JSON",
+    ),
+    row(
+        (200, 299),
+        Object,
+        Pass,
+        "Shippo API reference: objects carry object_id; a 2xx proves the token only with Shippo's JSON",
+    ),
+    row(
+        (401, 401),
+        Detail,
+        Refused,
+        "Shippo status codes: 401, the token provided does not exist",
     ),
     row(
         (409, 409),

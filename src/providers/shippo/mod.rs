@@ -18,7 +18,8 @@ use serde_json::Value;
 
 use super::evidence::{Body, Judged, judge, shape};
 use super::{
-    Answer, Issued, Rules, Upstream, Verdict, oauth_error_code, retry_after, send, summary,
+    Answer, Issued, ProxyRules, Rules, Upstream, Verdict, oauth_error_code, retry_after, send,
+    summary,
 };
 use crate::metrics::Metrics;
 use crate::names::AccountKey;
@@ -44,6 +45,17 @@ pub static RULES: Rules = Rules {
             key.name
         )
     },
+    proxy: Some(&PROXY),
+};
+
+/// How the proxy forwards an application's Shippo calls: to `shippo.api_base` with the
+/// configured `Shippo-API-Version` (from [`RULES`]' served headers), judged on
+/// [`evidence::PROXIED`]; only reads may be sent twice (a label bought twice costs money).
+static PROXY: ProxyRules = ProxyRules {
+    api_base: |config| &config.shippo.api_base,
+    judge: |answer| judge_call(&evidence::PROXIED, answer, server_now(answer)),
+    reads_body: false,
+    repeatable: |method, _| method == reqwest::Method::GET || method == reqwest::Method::HEAD,
 };
 
 /// A client for Shippo's API and OAuth hosts.
@@ -236,9 +248,15 @@ fn not_shippo(body: &Body) -> &'static str {
 }
 
 fn judge_probe(a: &Answer, server_now: Option<u64>) -> Verdict {
+    judge_call(&evidence::PROBE, a, server_now)
+}
+
+/// What an answer to `call` (the probe, or an application's call through the proxy) proves
+/// about the account.
+fn judge_call(call: &super::evidence::Call, a: &Answer, server_now: Option<u64>) -> Verdict {
     let status = a.status.as_u16();
-    let body = shape(&evidence::PROBE, &a.body);
-    match judge(&evidence::PROBE, status, &body) {
+    let body = shape(call, &a.body);
+    match judge(call, status, &body) {
         Judged::Pass => Verdict::Pass {
             identity: None,
             note: None,

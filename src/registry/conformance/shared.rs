@@ -24,6 +24,7 @@ pub(super) fn audit_entry(account: &str, at: i64, fingerprint: &str) -> AuditEnt
         pid: Some(42),
         exe: Some("/usr/bin/app".into()),
         fingerprint: fingerprint.into(),
+        request: None,
     }
 }
 

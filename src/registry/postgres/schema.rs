@@ -12,7 +12,8 @@ use crate::registry::seal::{self, Sealer};
 const MIGRATION_LOCK: i64 = 0x0053_4849_5054_4f4b; // "SHIPTOK"
 
 /// The schema, one entry per version, applied in order inside one transaction.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id bigserial PRIMARY KEY,
     provider text NOT NULL,
@@ -89,7 +90,13 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_account ON audit (provider, account, id);
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
-"#];
+"#,
+    // 2: calls forwarded by the proxy are audited with what was called and how it went
+    // (JSON: method, path, status, outcome, bytes, duration); NULL for a token read.
+    r#"
+ALTER TABLE audit ADD COLUMN request text;
+"#,
+];
 
 /// Applies the migrations this database lacks, one daemon at a time.
 pub(super) fn migrate(client: &mut Client) -> Result<(), RegistryError> {

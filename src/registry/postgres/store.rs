@@ -12,7 +12,7 @@ use crate::clock::Timestamp;
 use crate::names::{AccountKey, Status};
 use crate::registry::store::{Dump, DumpedEvent, LeaseAnswer, OAuthBegin, Save, Store};
 use crate::registry::{
-    AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, RegistryError, stored,
+    AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, ProxiedCall, RegistryError, stored,
 };
 use crate::secret::Secret;
 
@@ -351,8 +351,8 @@ impl Store for PgStore {
         self.with(|c, _, host, _| {
             let mut tx = c.transaction()?;
             let stmt = tx.prepare(
-                "INSERT INTO audit (host, at, last_at, count, provider, account, client, uid, gid, pid, exe, fingerprint)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "INSERT INTO audit (host, at, last_at, count, provider, account, client, uid, gid, pid, exe, fingerprint, request)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )?;
             for e in entries {
                 tx.execute(
@@ -370,6 +370,7 @@ impl Store for PgStore {
                         &e.pid,
                         &e.exe,
                         &e.fingerprint,
+                        &e.request.as_ref().map(ProxiedCall::to_column),
                     ],
                 )?;
             }
@@ -381,7 +382,7 @@ impl Store for PgStore {
     fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, RegistryError> {
         self.with(|c, _, _, _| {
             let rows = c.query(
-                "SELECT at, provider, account, client, uid, gid, pid, exe, fingerprint, last_at, count
+                "SELECT at, provider, account, client, uid, gid, pid, exe, fingerprint, last_at, count, request
                  FROM audit
                  WHERE ($1::text IS NULL OR (provider = $1 AND account = $2)) AND at >= $3
                  ORDER BY id DESC LIMIT $4",
@@ -408,6 +409,7 @@ impl Store for PgStore {
                     fingerprint: r.get(8),
                     last_at: Timestamp::from_millis(r.get(9)),
                     count: u64::try_from(r.get::<_, i64>(10)).unwrap_or(0),
+                    request: ProxiedCall::from_column(r.get(11)),
                 });
             }
             Ok(out)

@@ -4,15 +4,15 @@
 use rusqlite::{Connection, params};
 
 use crate::clock::Timestamp;
-use crate::registry::{AuditEntry, AuditQuery, RegistryError, stored};
+use crate::registry::{AuditEntry, AuditQuery, ProxiedCall, RegistryError, stored};
 
 /// [`Store::append_audit`](crate::registry::Store::append_audit) on SQLite.
 pub(super) fn append(conn: &mut Connection, entries: &[AuditEntry]) -> Result<(), RegistryError> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-                    "INSERT INTO audit (at, last_at, count, provider, account, client, uid, gid, pid, exe, fingerprint)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    "INSERT INTO audit (at, last_at, count, provider, account, client, uid, gid, pid, exe, fingerprint, request)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
         for e in entries {
             stmt.execute(params![
@@ -27,6 +27,7 @@ pub(super) fn append(conn: &mut Connection, entries: &[AuditEntry]) -> Result<()
                 e.pid,
                 e.exe,
                 e.fingerprint,
+                e.request.as_ref().map(ProxiedCall::to_column),
             ])?;
         }
     }
@@ -40,7 +41,7 @@ pub(super) fn query(
     query: &AuditQuery,
 ) -> Result<Vec<AuditEntry>, RegistryError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT at, provider, account, client, uid, gid, pid, exe, fingerprint, last_at, count
+        "SELECT at, provider, account, client, uid, gid, pid, exe, fingerprint, last_at, count, request
                  FROM audit
                  WHERE (?1 IS NULL OR (provider = ?1 AND account = ?2)) AND at >= ?3
                  ORDER BY id DESC LIMIT ?4",
@@ -68,6 +69,7 @@ pub(super) fn query(
                 fingerprint: r.get(8)?,
                 last_at: Timestamp::from_millis(r.get(9)?),
                 count: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
+                request: ProxiedCall::from_column(r.get(11)?),
             }))
         },
     )?;

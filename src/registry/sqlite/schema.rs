@@ -128,6 +128,11 @@ const MIGRATIONS: &[&str] = &[
     UPDATE events SET generation = (SELECT a.generation FROM accounts a
                                     WHERE a.provider = events.provider AND a.name = events.account);
     "#,
+    // 6: calls forwarded by the proxy are audited with what was called and how it went
+    // (JSON: method, path, status, outcome, bytes, duration); NULL for a token read.
+    r#"
+    ALTER TABLE audit ADD COLUMN request TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.
