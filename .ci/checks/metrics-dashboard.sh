@@ -15,7 +15,11 @@ def err(msg):
     errors.append(msg)
 
 # The metric names the daemon exports, read from the source that defines them.
+# src/metrics.rs and its children (src/metrics/*.rs, such as the proxy's series).
+import glob, os
 src = open(metrics_rs).read()
+for child in sorted(glob.glob(os.path.join(os.path.splitext(metrics_rs)[0], "*.rs"))):
+    src += open(child).read()
 names = set(re.findall(r'"(shiptoken_[a-z0-9_]+)"', src))
 histograms = set(re.findall(r'HistogramOpts::new\(\s*"(shiptoken_[a-z0-9_]+)"', src))
 known = set(names) - histograms

@@ -87,6 +87,16 @@ suspended_flagged() {
         '^shiptoken_account_status\{[^}]*account="demo-suspended"[^}]*status="suspended"\} 1$'
 }
 wait_for 60 "demo-suspended to be flagged suspended" suspended_flagged
+# An application's calls through the proxy, so its series (and their dashboard panels)
+# have data.
+sock=$(grep -o -- '--socket [^ ]*' "$work/dev.out" | head -n1 | cut -d' ' -f2)
+[ -S "$sock" ] || fail "no socket path in the dev daemon's output"
+for _ in 1 2 3; do
+    curl -fsS --max-time 5 --unix-socket "$sock" -H 'content-type: application/json' \
+        -d '{"query": "query { user_quota { credits_remaining } }"}' \
+        http://localhost/v1/proxy/shiphero/demo-active/graphql >/dev/null \
+        || fail "a call through the proxy failed"
+done
 say "promtool check metrics"
 curl -fsS --max-time 5 "$url" >"$work/scrape.txt"
 if ! lint=$(promtool check metrics <"$work/scrape.txt" 2>&1) || [ -n "$lint" ]; then

@@ -84,8 +84,11 @@ impl ProxyMetrics {
                 )),
             ),
         };
+        // Created at zero, so a dashboard shows the provider before its first queued call.
         for p in Provider::ALL {
             m.queue_depth.with_label_values(&[p.as_str()]).set(0);
+            m.queue_wait.with_label_values(&[p.as_str()]);
+            m.added.with_label_values(&[p.as_str()]);
         }
         m
     }

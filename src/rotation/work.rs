@@ -307,6 +307,18 @@ impl Engine {
             return Err(EngineError::Registry(RegistryError::Stale(key.clone())));
         }
         let generation = account.generation;
+        if let (Some(_), Work::Verify(_), Some(wait)) =
+            (planned_from, work, self.budgets.spent_for(key))
+        {
+            // The account's budget is spent (an application's call through the proxy was
+            // throttled): a scheduled probe takes its share by waiting until it is back; the
+            // next sweep plans it again. A probe asked for by hand still goes.
+            return Err(EngineError::Nothing(format!(
+                "{key}: {} throttled this account; the check waits {}s for its budget",
+                key.provider,
+                wait.as_secs().max(1)
+            )));
+        }
         // The first call's turn (pacing, then a permit) before the lease: a lease is held
         // only while its work runs, never while the work waits for its turn, since a shared
         // registry's lease can be shorter than the wait (another daemon would take it over
@@ -449,21 +461,9 @@ impl Engine {
         }
         let _probing = (which == Probed::Candidate).then(|| self.probing_guard(key));
         let upstream = self.upstreams.get(key.provider);
-        let verdict = match self.budgets.spent_for(key) {
-            // The account's budget is spent (an application's call through the proxy was
-            // throttled): the probe takes its share by not calling until it is back.
-            Some(wait) => Verdict::Throttled {
-                wait,
-                message: format!(
-                    "{} throttled this account; its budget is back in {}s",
-                    key.provider,
-                    wait.as_secs().max(1)
-                ),
-            },
-            None => {
-                let _permit = self.take_turn(key.provider, turn).await;
-                upstream.probe(&token.access_token).await
-            }
+        let verdict = {
+            let _permit = self.take_turn(key.provider, turn).await;
+            upstream.probe(&token.access_token).await
         };
         if let Verdict::Throttled { wait, .. } = &verdict {
             self.budgets.throttle(key, *wait);
