@@ -276,3 +276,59 @@ async fn shippo_calls_carry_the_api_version_and_a_revoked_token_is_flagged() {
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(json!(r.json()["error"]), json!("account_revoked"));
 }
+
+/// A caller without rights to an account gets 403 and nothing reaches the provider; the
+/// account it may use works. Runs the application as uid 1001 (needs root, as socket.rs).
+#[tokio::test]
+async fn a_caller_without_rights_gets_403_and_nothing_reaches_upstream() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped (needs root): running a client as another uid");
+        return;
+    }
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = reachable_tempdir();
+    let rules =
+        "[[socket.clients]]\nname = \"app\"\nuids = [1001]\naccounts = [\"shiphero/acme\"]\n";
+    let text = config_text(dir.path(), &fake.base_url(), rules)
+        .replace("[socket]\n", "[socket]\nmode = \"0666\"\n");
+    let d = Daemon::start(dir.path(), &text).await;
+    d.register(&fake, "acme", "ops@acme.test").await;
+    d.register(&fake, "beta", "ops@beta.test").await;
+    let before = fake.graphql_count("ops@beta.test");
+    let script = r#"
+import http.client, socket, sys
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sys.argv[1])
+for account in ("beta", "acme"):
+    c = C("localhost")
+    c.request("POST", "/v1/proxy/shiphero/%s/graphql" % account,
+              '{"query": "query { user_quota { credits_remaining } }"}',
+              {"Content-Type": "application/json"})
+    r = c.getresponse()
+    print(account, r.status, r.read().decode())
+"#;
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&d.socket)
+        .uid(1001)
+        .gid(1001)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("beta 403 "), "{stdout}");
+    assert!(lines[1].starts_with("acme 200 "), "{stdout}");
+    assert!(lines[1].contains("credits_remaining"), "{stdout}");
+    assert_eq!(
+        fake.graphql_count("ops@beta.test"),
+        before,
+        "a refused call reached ShipHero"
+    );
+}
