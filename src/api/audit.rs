@@ -236,6 +236,20 @@ impl AuditLog {
         let _ = self.admit(read, false);
     }
 
+    /// Whether a new entry could be audited now (what [`AuditLog::admit`] with `required`
+    /// checks): asked before the proxy forwards a call under `socket.audit_required`, since
+    /// a call cannot be taken back once sent.
+    pub fn can_audit(&self) -> Result<(), Unaudited> {
+        if self.inner.unwritable.load(Ordering::Relaxed) {
+            return Err(Unaudited::RegistryUnwritable);
+        }
+        let q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.entries.len() >= MAX_QUEUED {
+            return Err(Unaudited::QueueFull);
+        }
+        Ok(())
+    }
+
     /// Queues a read like [`AuditLog::record`]; with `required` (`socket.audit_required`)
     /// it is refused instead, and not queued, when it cannot be audited: the queue has no
     /// room for it, or the registry's last audit write failed (until one succeeds). A read

@@ -201,6 +201,16 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
         Ok(rule) => finish.client = rule,
         Err(e) => return refused(&mut finish, e),
     }
+    if config.socket.audit_required
+        && let Err(why) = state.audit.can_audit()
+    {
+        let e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            why.to_string(),
+        );
+        return refused(&mut finish, e);
+    }
     let url = match forward::upstream_url((rules.api_base)(&config), &rest) {
         Ok(u) => u,
         Err(forward::BadTarget(why)) => {

@@ -293,4 +293,41 @@ mod tests {
         );
         assert_eq!(j(&PROBE, 200, r#"{"ok":true}"#), Inconclusive);
     }
+
+    #[test]
+    fn an_applications_answer_passes_on_any_data_and_refuses_only_on_auth_codes() {
+        let q = |status, body| j(&PROXIED, status, body);
+        assert_eq!(q(200, r#"{"data":{"orders":{"data":[]}}}"#), Pass);
+        assert_eq!(q(200, r#"{"data":{"orders":null}}"#), Undocumented);
+        // An empty data object is nobody's documented answer: it proves nothing.
+        assert_eq!(q(200, r#"{"data":{}}"#), Inconclusive);
+        assert_eq!(
+            q(
+                200,
+                r#"{"errors":[{"code":401,"message":"x"}],"data":{"orders":null}}"#
+            ),
+            Refused
+        );
+        assert_eq!(q(401, r#"{"message":"Unauthorized"}"#), Refused);
+        // The application's own mistakes and missing scopes say nothing about the token.
+        assert_eq!(
+            q(
+                200,
+                r#"{"errors":[{"code":7,"message":"Missing required scope(s)"}]}"#
+            ),
+            Inconclusive
+        );
+        assert_eq!(
+            q(
+                200,
+                r#"{"errors":[{"code":5,"message":"not found"}],"data":{"order":null}}"#
+            ),
+            Inconclusive
+        );
+        assert_eq!(
+            q(200, r#"{"errors":[{"code":30,"message":"x"}]}"#),
+            Throttled
+        );
+        assert_eq!(q(502, "<html>bad gateway</html>"), Inconclusive);
+    }
 }

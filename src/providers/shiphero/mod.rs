@@ -498,4 +498,25 @@ mod tests {
             matches!(judge_probe(&answer(200, msg_only)), Verdict::Throttled { wait, .. } if wait == Duration::from_secs(5))
         );
     }
+
+    #[test]
+    fn only_graphql_queries_may_be_sent_twice() {
+        let post = reqwest::Method::POST;
+        assert!(is_query(
+            br#"{"query": "query { orders { data { id } } }"}"#
+        ));
+        assert!(is_query(br#"{"query": "{ account { data { id } } }"}"#));
+        assert!(is_query(b"{\"query\": \"# comment\\nquery Q { a }\"}"));
+        assert!(!is_query(
+            br#"{"query": "mutation { order_create(data: {}) { request_id } }"}"#
+        ));
+        assert!(!is_query(br#"{"query": "query { a } mutation M { b }"}"#));
+        assert!(!is_query(br#"[{"query": "{ a }"}]"#));
+        assert!(!is_query(b"not json"));
+        assert!((PROXY.repeatable)(&reqwest::Method::GET, b""));
+        assert!(!(PROXY.repeatable)(
+            &post,
+            br#"{"query": "mutation { x }"}"#
+        ));
+    }
 }

@@ -178,4 +178,23 @@ mod tests {
         assert_eq!(j(&EXCHANGE, 429, r#"{"detail":"slow down"}"#), Inconclusive);
         assert_eq!(j(&EXCHANGE, 503, HTML), Inconclusive);
     }
+
+    #[test]
+    fn an_applications_answer_passes_on_shippo_json_and_403_is_not_evidence() {
+        let q = |status, body| j(&PROXIED, status, body);
+        assert_eq!(q(200, r#"{"results":[]}"#), Pass);
+        assert_eq!(q(201, r#"{"object_id":"abc","status":"SUCCESS"}"#), Pass);
+        assert_eq!(q(401, r#"{"detail":"Token does not exist"}"#), Refused);
+        // One object the account does not own: an ownership check, not a dead token.
+        assert_eq!(
+            q(
+                403,
+                r#"{"detail":"You do not have permission to perform this action."}"#
+            ),
+            Inconclusive
+        );
+        assert_eq!(q(429, "{}"), Throttled);
+        assert_eq!(q(200, r#"{"ok":true}"#), Inconclusive);
+        assert_eq!(q(503, HTML), Inconclusive);
+    }
 }
