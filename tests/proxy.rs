@@ -238,6 +238,21 @@ async fn tricks_with_paths_and_headers_never_reach_another_host_or_leak_the_call
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json().get("errors").is_none(), "{}", r.body);
+    // A refusal from another endpoint is about that request's own credentials, not the
+    // account's token: it starts no refresh and flags nothing.
+    let refreshes = fake.refresh_count("ops@acme.test");
+    let r = send(
+        &d,
+        "POST",
+        "/v1/proxy/shiphero/acme/auth/refresh",
+        &[JSON],
+        r#"{"refresh_token": "not-a-refresh-token"}"#,
+    )
+    .await;
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.body);
+    assert_eq!(query(&d, "acme").await.status, 200);
+    assert_eq!(fake.refresh_count("ops@acme.test"), refreshes);
+    assert_eq!(d.account("shiphero/acme").await["status"], "active");
     // Unknown accounts and providers the proxy does not serve are refused without a call.
     let r = query(&d, "nobody").await;
     assert_eq!(r.status, 404, "{}", r.body);

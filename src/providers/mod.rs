@@ -142,6 +142,10 @@ pub struct Rules {
 pub struct ProxyRules {
     /// The API base requests are forwarded under, from the live configuration.
     pub api_base: for<'c> fn(&'c Config) -> &'c str,
+    /// Which proxied calls (method, path under the API base) are judged at all: only the
+    /// API whose answers the provider documents (ShipHero's `POST graphql`, not its
+    /// `auth/*` endpoints, whose refusals are about the request's own credentials).
+    pub judged: fn(&reqwest::Method, &str) -> bool,
     /// What a proxied answer (its whole body) proves about the account, on the provider's
     /// rows for its whole API: never the probe's, whose answers have a known shape.
     pub(crate) judge: fn(&Answer) -> Verdict,

@@ -209,19 +209,35 @@ impl Engine {
         if !about_served(&account) {
             return;
         }
+        let now = self.clock.now();
+        let (half, confirm_after) = {
+            let c = self.config.borrow();
+            (c.verify.interval / 2, c.verify.confirm_after)
+        };
         if passed {
-            let now = self.clock.now();
-            let half = self.config.borrow().verify.interval / 2;
+            // Nothing to learn while the token is proven and not in doubt (a refused refresh
+            // alert stays until a refresh succeeds): at most one write per half interval.
             let recent = account
                 .last_verified_at
                 .is_some_and(|t| now.since(t) < half);
             if account.status == Status::Active
-                && account.last_error.is_none()
                 && account.candidate.is_none()
+                && account.token_doubt.is_none()
                 && recent
             {
                 return;
             }
+        }
+        // Evidence already in doubt and not yet old enough to confirm it says nothing new:
+        // a busy application's failing calls write and refresh once, not once per call.
+        let first_sighting = account.token_doubt.is_none();
+        if evidence
+            && account
+                .token_doubt
+                .as_ref()
+                .is_some_and(|d| now.since(d.since) < confirm_after)
+        {
+            return;
         }
         let lock = self.account_lock(key);
         let Ok(_guard) = lock.try_lock() else {
@@ -248,7 +264,11 @@ impl Engine {
                 return;
             }
         };
-        if evidence && !record.status.is_flagged() && self.upstreams.get(key.provider).renews() {
+        if evidence
+            && first_sighting
+            && !record.status.is_flagged()
+            && self.upstreams.get(key.provider).renews()
+        {
             tracing::info!(provider = %key.provider, account = %key.name, "an application's call was refused the served token; refreshing to tell suspension from revocation");
             let _ = self
                 .refresh(key, generation, Turn::Wait(Class::Urgent))

@@ -90,7 +90,8 @@ pub fn upstream_url(api_base: &str, rest: &str) -> Result<url::Url, BadTarget> {
 
 /// The headers of `from` that may cross the proxy: without the hop-by-hop ones (and any the
 /// `Connection` header names), `Host`, `Content-Length` (the body is re-framed), and, for a
-/// request, the caller's `Authorization` and the daemon's own `Shiptoken-*` headers.
+/// request, the caller's `Authorization`, `Accept-Encoding` (a compressed answer could not
+/// be judged), `Expect` and the daemon's own `Shiptoken-*` headers.
 pub fn forwarded_headers(from: &HeaderMap, request: bool) -> HeaderMap {
     let named_by_connection: Vec<String> = from
         .get_all(header::CONNECTION)
@@ -106,7 +107,12 @@ pub fn forwarded_headers(from: &HeaderMap, request: bool) -> HeaderMap {
             || named_by_connection.iter().any(|c| c == n)
             || name == header::HOST
             || name == header::CONTENT_LENGTH
-            || (request && (name == header::AUTHORIZATION || n.starts_with(OWN_HEADER_PREFIX)));
+            || (request
+                && (name == header::AUTHORIZATION
+                    // The answer must reach the daemon readable, to be judged.
+                    || name == header::ACCEPT_ENCODING
+                    || name == header::EXPECT
+                    || n.starts_with(OWN_HEADER_PREFIX)));
         if !dropped {
             out.append(name.clone(), value.clone());
         }
@@ -183,6 +189,7 @@ mod tests {
             ("x-secret-hop", "1"),
             ("transfer-encoding", "chunked"),
             ("shiptoken-max-wait", "3"),
+            ("accept-encoding", "gzip"),
             ("content-type", "application/json"),
             ("x-request-id", "abc"),
         ] {

@@ -41,6 +41,18 @@ pub const PROXY_ROUTE: &str = "/v1/proxy/{provider}/{account}/{*path}";
 /// (and may be retried); a longer one (a large list, never an error) is streamed unjudged.
 const PEEK: usize = 64 * 1024;
 
+/// The methods forwarded: the APIs' own. `TRACE` (which echoes headers back, the token
+/// among them, through any hop that supports it) and `CONNECT` are not.
+const FORWARDED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
 /// How long a refused call waits for a rotation under way before its answer is passed back.
 const ROTATION_WAIT: Duration = Duration::from_secs(5);
 
@@ -87,6 +99,8 @@ struct Finish {
     started: Instant,
     outcome: ProxyOutcome,
     done: bool,
+    /// Bytes of a streamed request body sent so far.
+    streamed_in: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Finish {
@@ -97,11 +111,18 @@ impl Finish {
         }
         self.done = true;
         self.call.bytes_out = bytes_out;
+        self.call.outcome = self.outcome.as_str().into();
+        if let Some(sent) = &self.streamed_in {
+            self.call.bytes_in = sent.load(std::sync::atomic::Ordering::Relaxed);
+        }
         self.call.duration_ms =
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Only registered accounts get a series of their own: names from the request line
+        // of calls that were refused must not grow the metrics without bound.
+        let registered = self.state.registry.account(&self.key).is_some();
         self.state.metrics.proxy_request(
             self.key.provider,
-            &self.key.name,
+            if registered { &self.key.name } else { "-" },
             self.call.status,
             self.outcome,
         );
@@ -164,6 +185,7 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
         started,
         outcome: ProxyOutcome::Refused,
         done: false,
+        streamed_in: None,
     };
     let refused = |finish: &mut Finish, e: ApiError| {
         // A caller without access leaves no audit entry (it was handed nothing), as for a
@@ -174,10 +196,23 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
             finish.done = true;
             state
                 .metrics
-                .proxy_request(key.provider, &key.name, None, ProxyOutcome::Refused);
+                .proxy_request(key.provider, "-", None, ProxyOutcome::Refused);
         }
         e.into_response()
     };
+    // Access first: a peer without rights learns nothing else and leaves no audit entry.
+    match state.may_read(&config, &peer, &key) {
+        Ok(rule) => finish.client = rule,
+        Err(e) => return refused(&mut finish, e),
+    }
+    if !FORWARDED_METHODS.contains(&parts.method) {
+        let e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("the proxy does not forward {} requests", parts.method),
+        );
+        return refused(&mut finish, e);
+    }
     if !config.proxy.enabled {
         let e = ApiError::new(
             StatusCode::NOT_FOUND,
@@ -197,10 +232,6 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
         );
         return refused(&mut finish, e);
     };
-    match state.may_read(&config, &peer, &key) {
-        Ok(rule) => finish.client = rule,
-        Err(e) => return refused(&mut finish, e),
-    }
     if config.socket.audit_required
         && let Err(why) = state.audit.can_audit()
     {
@@ -262,22 +293,17 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
         forward::set(&mut headers, name, value);
     }
 
+    let judged = (rules.judged)(&parts.method, rest.split('?').next().unwrap_or(""));
+    let on_wait = |delta: i64| state.metrics.proxy_queue(key.provider, delta);
     let mut waited = Duration::ZERO;
     let mut retried = false;
     loop {
-        let served = match state.servable(&key).await {
-            Ok(s) => s,
+        let mut token = match served_token(&state, &key).await {
+            Ok(t) => t,
             Err(e) => return refused(&mut finish, e),
         };
-        let Some(token) = served.token().map(|t| t.access_token.clone()) else {
-            return refused(
-                &mut finish,
-                super::tokens::unusable(&served.record, state.clock.now()),
-            );
-        };
-        finish.fingerprint = token.fingerprint();
-        let on_wait = |delta: i64| state.metrics.proxy_queue(key.provider, delta);
-        match state
+        // Held until this call's answer is judged when it is the first after a throttle.
+        let _pilot = match state
             .engine
             .budgets()
             .admit(
@@ -288,25 +314,29 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
             )
             .await
         {
-            Admission::Go(w) => {
+            Admission::Go(w, pilot) => {
                 if !w.is_zero() {
                     state.metrics.proxy_waited(key.provider, w);
                     finish.outcome = ProxyOutcome::Queued;
                     waited += w;
-                    // The token may have been replaced while the call waited.
-                    continue;
+                    // The token may have been replaced, or the account flagged, meanwhile.
+                    token = match served_token(&state, &key).await {
+                        Ok(t) => t,
+                        Err(e) => return refused(&mut finish, e),
+                    };
                 }
+                pilot
             }
             Admission::Refused { retry_after, why } => {
                 finish.outcome = ProxyOutcome::Throttled;
                 finish.record(0);
                 return throttled_here(&key, retry_after, why);
             }
-        }
+        };
+        finish.fingerprint = token.fingerprint();
         if finish.outcome != ProxyOutcome::Queued {
             finish.outcome = ProxyOutcome::Forwarded;
         }
-        finish.call.outcome = finish.outcome.as_str().into();
         let request = state
             .proxy
             .get(key.provider)
@@ -320,13 +350,21 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
                 request.body(bytes.clone())
             }
             Outgoing::Stream(stream) => match stream.take() {
-                Some(b) => request.body(bounded_stream(b, config.proxy.max_request_bytes)),
+                Some(b) => {
+                    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    finish.streamed_in = Some(sent.clone());
+                    request.body(bounded_stream(b, config.proxy.max_request_bytes, sent))
+                }
                 None => request,
             },
         };
-        state
-            .metrics
-            .proxy_added(key.provider, started.elapsed().saturating_sub(waited));
+        if !retried {
+            // The daemon's own time: access, token, budget bookkeeping, the request built;
+            // not a throttle wait, and not a resend's wait for a rotation.
+            state
+                .metrics
+                .proxy_added(key.provider, started.elapsed().saturating_sub(waited));
+        }
         let mut answer = match request.send().await {
             Ok(a) => a,
             Err(e) => {
@@ -352,7 +390,8 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
             .into_response();
         }
         let answer_headers = answer.headers().clone();
-        let (prefix, complete) = match peek(&mut answer).await {
+        let peek_at_most = PEEK.min(usize::try_from(config.proxy.max_answer_bytes).unwrap_or(PEEK));
+        let (prefix, complete) = match peek(&mut answer, peek_at_most).await {
             Ok(p) => p,
             Err(e) => {
                 finish.record(0);
@@ -369,26 +408,29 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
                 config.proxy.max_answer_bytes,
             );
         }
-        let verdict = judge(rules, status, &answer_headers, &prefix, &token);
+        let verdict = if judged {
+            judge(rules, status, &answer_headers, &prefix, &token)
+        } else {
+            Verdict::Inconclusive("not a call whose answers are judged".into())
+        };
         if let Verdict::Throttled { wait, .. } = &verdict {
             state.engine.budgets().throttle(&key, *wait);
         }
-        let refused_token = matches!(verdict, Verdict::Refused(_));
-        observe(&state, &key, token.clone(), verdict);
-        if refused_token && repeatable && !retried {
-            // A rotation may have replaced the token while the call was under way: once work
-            // on the account is done, with a newer token stored, the call is sent once more.
+        drop(_pilot);
+        if matches!(verdict, Verdict::Refused(_)) && repeatable && !retried {
+            // A rotation may have replaced the token while the call was under way, or this
+            // refusal starts one (a renewing provider refreshes to tell suspension from
+            // revocation): once work on the account is done, with a newer token stored,
+            // the call is sent once more.
+            state.engine.observed(&key, &token, verdict).await;
             state.engine.quiet(&key, ROTATION_WAIT).await;
-            let newer = state
-                .servable(&key)
-                .await
-                .ok()
-                .and_then(|s| s.token().map(|t| t.access_token.clone()))
-                .is_some_and(|t| t != token);
+            let newer = served_token(&state, &key).await.is_ok_and(|t| t != token);
             if newer {
                 retried = true;
                 continue;
             }
+        } else {
+            observe(&state, &key, token.clone(), verdict);
         }
         let bytes_out = prefix.len() as u64;
         finish.record(bytes_out);
@@ -416,6 +458,15 @@ fn split_target(uri: &axum::http::Uri) -> Option<(String, String, String)> {
     Some((provider.to_string(), account.to_string(), rest.to_string()))
 }
 
+/// The token to send for `key` now, or the answer a token read would give instead.
+async fn served_token(state: &ApiState, key: &AccountKey) -> Result<Secret, ApiError> {
+    let served = state.servable(key).await?;
+    served
+        .token()
+        .map(|t| t.access_token.clone())
+        .ok_or_else(|| super::tokens::unusable(&served.record, state.clock.now()))
+}
+
 /// Reads a request body of at most `max` bytes.
 async fn read_bounded(body: Body, max: u64) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
@@ -432,13 +483,14 @@ async fn read_bounded(body: Body, max: u64) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(out))
 }
 
-/// A streamed request body that fails (so the upstream call fails) past `max` bytes.
-fn bounded_stream(body: Body, max: u64) -> reqwest::Body {
-    let mut sent = 0u64;
+/// A streamed request body that fails (so the upstream call fails) past `max` bytes;
+/// `sent` counts what went through, for the audit.
+fn bounded_stream(body: Body, max: u64, sent: Arc<std::sync::atomic::AtomicU64>) -> reqwest::Body {
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
-        sent += chunk.len() as u64;
-        if sent > max {
+        let total = sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
+            + chunk.len() as u64;
+        if total > max {
             return Err(std::io::Error::other(format!(
                 "the request body is larger than proxy.max_request_bytes ({max} bytes)"
             )));
@@ -448,10 +500,13 @@ fn bounded_stream(body: Body, max: u64) -> reqwest::Body {
     reqwest::Body::wrap_stream(stream)
 }
 
-/// Reads the answer until [`PEEK`] bytes or its end: the bytes, and whether that was all.
-async fn peek(answer: &mut reqwest::Response) -> Result<(Bytes, bool), reqwest::Error> {
+/// Reads the answer until `at_most` bytes or its end: the bytes, and whether that was all.
+async fn peek(
+    answer: &mut reqwest::Response,
+    at_most: usize,
+) -> Result<(Bytes, bool), reqwest::Error> {
     let mut out = Vec::new();
-    while out.len() < PEEK {
+    while out.len() < at_most {
         match answer.chunk().await? {
             Some(chunk) => out.extend_from_slice(&chunk),
             None => return Ok((Bytes::from(out), true)),

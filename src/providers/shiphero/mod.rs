@@ -55,6 +55,9 @@ pub static RULES: Rules = Rules {
 /// [`evidence::PROXIED`]; a GraphQL query may be sent twice, a mutation never.
 static PROXY: ProxyRules = ProxyRules {
     api_base: |config| &config.shiphero.api_base,
+    judged: |method, path| {
+        method == reqwest::Method::POST && path.trim_end_matches('/') == "graphql"
+    },
     judge: |answer| judge_call(&evidence::PROXIED, answer),
     reads_body: true,
     repeatable: |method, body| {

@@ -53,7 +53,23 @@ pub static RULES: Rules = Rules {
 /// [`evidence::PROXIED`]; only reads may be sent twice (a label bought twice costs money).
 static PROXY: ProxyRules = ProxyRules {
     api_base: |config| &config.shippo.api_base,
-    judge: |answer| judge_call(&evidence::PROXIED, answer, server_now(answer)),
+    // Shippo's OAuth endpoints live on another host: everything under api_base is its API.
+    judged: |_, _| true,
+    judge: |answer| match judge_call(&evidence::PROXIED, answer, server_now(answer)) {
+        // A 409 without a rate limit's headers is "too many concurrent calls": a moment's
+        // pause, not the default minute that would refuse every caller of the account.
+        Verdict::Throttled { message, .. }
+            if answer.status == reqwest::StatusCode::CONFLICT
+                && retry_after(&answer.headers).is_none()
+                && !answer.headers.contains_key("x-ratelimit-reset") =>
+        {
+            Verdict::Throttled {
+                wait: Duration::from_secs(1),
+                message,
+            }
+        }
+        other => other,
+    },
     reads_body: false,
     repeatable: |method, _| method == reqwest::Method::GET || method == reqwest::Method::HEAD,
 };
