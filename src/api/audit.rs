@@ -126,7 +126,7 @@ impl Read<'_> {
             && e.pid == self.peer.pid
             && e.exe.as_deref() == self.exe
             && e.fingerprint == self.fingerprint
-            && e.request.as_ref() == self.request
+            && e.request.as_ref().map(ProxiedCall::kind) == self.request.map(ProxiedCall::kind)
     }
 
     fn to_entry(&self) -> AuditEntry {
@@ -156,7 +156,15 @@ fn identity(
     request: Option<&ProxiedCall>,
 ) -> u64 {
     let mut h = DefaultHasher::new();
-    (account, client, peer, exe, fingerprint, request).hash(&mut h);
+    (
+        account,
+        client,
+        peer,
+        exe,
+        fingerprint,
+        request.map(ProxiedCall::kind),
+    )
+        .hash(&mut h);
     h.finish()
 }
 
@@ -265,6 +273,9 @@ impl AuditLog {
                 let entry = &mut q.entries[i];
                 entry.count += 1;
                 entry.last_at = entry.last_at.max(read.at);
+                if let (Some(total), Some(call)) = (&mut entry.request, read.request) {
+                    total.add(call);
+                }
                 return Ok(());
             }
             if q.entries.len() >= MAX_QUEUED {
@@ -423,6 +434,42 @@ mod tests {
             fingerprint: "f",
             request: None,
         }
+    }
+
+    #[test]
+    fn proxied_calls_of_one_kind_merge_with_their_totals() {
+        let log = AuditLog::new();
+        let account = AccountKey::parse("shiphero/a").unwrap();
+        let call = |status, ms| ProxiedCall {
+            method: "POST".into(),
+            path: "graphql".into(),
+            status: Some(status),
+            outcome: "forwarded".into(),
+            bytes_in: 10,
+            bytes_out: 100,
+            duration_ms: ms,
+        };
+        let (ok1, ok2, refused) = (call(200, 3), call(200, 5), call(401, 4));
+        for c in [&ok1, &ok2, &refused] {
+            log.record(Read {
+                request: Some(c),
+                ..read(&account, 1, 1001)
+            });
+        }
+        log.record(read(&account, 1, 1001));
+        let entries = log.take();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        let merged = entries[0].request.as_ref().unwrap();
+        assert_eq!(entries[0].count, 2);
+        assert_eq!(
+            (merged.bytes_in, merged.bytes_out, merged.duration_ms),
+            (20, 200, 8)
+        );
+        assert_eq!(entries[1].request.as_ref().unwrap().status, Some(401));
+        assert!(
+            entries[2].request.is_none(),
+            "a token read is its own entry"
+        );
     }
 
     #[test]

@@ -50,15 +50,29 @@ pub struct ProxiedCall {
     /// `forwarded`, `queued` (forwarded after waiting out a throttle), `refused` or
     /// `throttled` (answered 429 here, nothing sent).
     pub outcome: String,
-    /// Request body bytes sent upstream.
+    /// Request body bytes sent upstream (over the entry's `count` calls).
     pub bytes_in: u64,
-    /// Answer body bytes passed back.
+    /// Answer body bytes passed back (over the entry's `count` calls).
     pub bytes_out: u64,
-    /// From the request's arrival to the answer's last byte, in milliseconds.
+    /// From the request's arrival to the answer's last byte, in milliseconds (the sum over
+    /// the entry's `count` calls).
     pub duration_ms: u64,
 }
 
 impl ProxiedCall {
+    /// What makes two calls the same kind, so a busy application's calls merge into one
+    /// entry with a count (as repeated token reads do): method, path, status and outcome.
+    pub fn kind(&self) -> (&str, &str, Option<u16>, &str) {
+        (&self.method, &self.path, self.status, &self.outcome)
+    }
+
+    /// Adds another call of the same kind to this entry's totals.
+    pub fn add(&mut self, other: &ProxiedCall) {
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.duration_ms = self.duration_ms.saturating_add(other.duration_ms);
+    }
+
     /// The form stored in the registry's `request` column.
     pub fn to_column(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

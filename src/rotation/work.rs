@@ -56,6 +56,20 @@ impl Engine {
         }
     }
 
+    /// Whether a passing answer with `token` would change what is stored about the account
+    /// (see [`Engine::observed`]); cheap, for callers that would otherwise hand every pass over.
+    pub fn pass_is_news(&self, key: &AccountKey, token: &Secret) -> bool {
+        let Ok(account) = self.account(key) else {
+            return false;
+        };
+        let half = self.config.borrow().verify.interval / 2;
+        account
+            .current
+            .as_ref()
+            .is_some_and(|t| t.access_token == *token)
+            && pass_is_news(&account, self.clock.now(), half)
+    }
+
     /// Waits (at most `max`) until no work runs on the account: a caller whose token was just
     /// refused learns whether a rotation under way replaced it.
     pub async fn quiet(&self, key: &AccountKey, max: Duration) {
@@ -214,19 +228,8 @@ impl Engine {
             let c = self.config.borrow();
             (c.verify.interval / 2, c.verify.confirm_after)
         };
-        if passed {
-            // Nothing to learn while the token is proven and not in doubt (a refused refresh
-            // alert stays until a refresh succeeds): at most one write per half interval.
-            let recent = account
-                .last_verified_at
-                .is_some_and(|t| now.since(t) < half);
-            if account.status == Status::Active
-                && account.candidate.is_none()
-                && account.token_doubt.is_none()
-                && recent
-            {
-                return;
-            }
+        if passed && !pass_is_news(&account, now, half) {
+            return;
         }
         // Evidence already in doubt and not yet old enough to confirm it says nothing new:
         // a busy application's failing calls write and refresh once, not once per call.
@@ -651,6 +654,19 @@ fn steady_time(
         Some(a) if a.generation == record.generation => now.max(a.at.plus(a.instant.elapsed())),
         _ => now,
     }
+}
+
+/// Whether a pass of the served token tells something not stored: the token is in doubt,
+/// a candidate waits, the account is not active, or its last proof is older than `half` (at
+/// most one write per half `verify.interval`; a refused refresh alert alone is not news).
+fn pass_is_news(account: &AccountRecord, now: Timestamp, half: Duration) -> bool {
+    let recent = account
+        .last_verified_at
+        .is_some_and(|t| now.since(t) < half);
+    !(account.status == Status::Active
+        && account.candidate.is_none()
+        && account.token_doubt.is_none()
+        && recent)
 }
 
 /// Which token a probe-only operation checks: the candidate first, else the served one.

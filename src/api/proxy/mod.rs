@@ -101,6 +101,9 @@ struct Finish {
     done: bool,
     /// Bytes of a streamed request body sent so far.
     streamed_in: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Whether the account is registered (it served a token or a 409): only then is it a
+    /// metric label.
+    registered: bool,
 }
 
 impl Finish {
@@ -119,10 +122,9 @@ impl Finish {
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         // Only registered accounts get a series of their own: names from the request line
         // of calls that were refused must not grow the metrics without bound.
-        let registered = self.state.registry.account(&self.key).is_some();
         self.state.metrics.proxy_request(
             self.key.provider,
-            if registered { &self.key.name } else { "-" },
+            if self.registered { &self.key.name } else { "-" },
             self.call.status,
             self.outcome,
         );
@@ -186,6 +188,7 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
         outcome: ProxyOutcome::Refused,
         done: false,
         streamed_in: None,
+        registered: false,
     };
     let refused = |finish: &mut Finish, e: ApiError| {
         // A caller without access leaves no audit entry (it was handed nothing), as for a
@@ -298,7 +301,11 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
     let mut waited = Duration::ZERO;
     let mut retried = false;
     loop {
-        let mut token = match served_token(&state, &key).await {
+        let served = served_token(&state, &key).await;
+        finish.registered = served
+            .as_ref()
+            .map_or_else(|e| e.code != "unknown_account", |_| true);
+        let mut token = match served {
             Ok(t) => t,
             Err(e) => return refused(&mut finish, e),
         };
@@ -603,6 +610,10 @@ fn observe(state: &Arc<ApiState>, key: &AccountKey, token: Secret, verdict: Verd
         verdict,
         Verdict::Pass { .. } | Verdict::Refused(_) | Verdict::Undocumented { .. }
     ) {
+        return;
+    }
+    // A pass is usually nothing new (the token was proven a moment ago): no task for it.
+    if matches!(verdict, Verdict::Pass { .. }) && !state.engine.pass_is_news(key, &token) {
         return;
     }
     let engine = state.engine.clone();

@@ -283,7 +283,9 @@ fn judge_call(call: &super::evidence::Call, a: &Answer) -> Verdict {
         Some(id) => format!("{m} (request_id {id})"),
         None => m,
     };
-    let said = match &body {
+    // Built only for an answer that is not a pass: scrubbing every encoding of the token
+    // sent from the text costs more than judging the answer (the proxy judges every call).
+    let said = || match &body {
         Body::GraphqlError { code, message } => match code {
             Some(c) => format!("GraphQL error code {c}: {}", a.excerpt(message)),
             None => format!("GraphQL error: {}", a.excerpt(message)),
@@ -299,14 +301,16 @@ fn judge_call(call: &super::evidence::Call, a: &Answer) -> Verdict {
             note: request_id.map(|id| format!("request_id {id}")),
         },
         Judged::Refused => Verdict::Refused(with_id(format!(
-            "ShipHero API refused the token ({status}): {said}"
+            "ShipHero API refused the token ({status}): {}",
+            said()
         ))),
         Judged::Misconfigured => Verdict::Misconfigured(with_id(format!(
-            "the probe query is wrong for this token, not the account ({status}): {said}; check the developer user's scopes"
+            "the probe query is wrong for this token, not the account ({status}): {}; check the developer user's scopes",
+            said()
         ))),
         Judged::Throttled => Verdict::Throttled {
             wait: throttle_wait(a, &a.body),
-            message: with_id(format!("ShipHero throttled ({status}): {said}")),
+            message: with_id(format!("ShipHero throttled ({status}): {}", said())),
         },
         Judged::Undocumented => {
             let signature = match &body {
@@ -316,14 +320,16 @@ fn judge_call(call: &super::evidence::Call, a: &Answer) -> Verdict {
             };
             Verdict::Undocumented {
                 message: with_id(format!(
-                    "ShipHero API answered {status} with {signature}, which no document explains: {said}"
+                    "ShipHero API answered {status} with {signature}, which no document explains: {}",
+                    said()
                 )),
                 signature,
             }
         }
         Judged::Inconclusive => Verdict::Inconclusive(with_id(format!(
-            "ShipHero API answered {status}{}: {said}",
-            not_shiphero(&body)
+            "ShipHero API answered {status}{}: {}",
+            not_shiphero(&body),
+            said()
         ))),
     }
 }
