@@ -289,7 +289,7 @@ impl Metrics {
             sink_failures: counters(
                 r,
                 "shiptoken_sink_failures_total",
-                "File sink writes or removals that failed (the last file written stays), by what: write or remove",
+                "File sink writes or removals that failed (the last file written stays), by what: write, remove or render (a template)",
                 &["what"],
             ),
             proxy: proxy::ProxyMetrics::new(r),
@@ -313,7 +313,7 @@ impl Metrics {
         for result in ["written", "removed", "failed"] {
             self.sink_writes.with_label_values(&[result]);
         }
-        for what in ["write", "remove"] {
+        for what in ["write", "remove", "render"] {
             self.sink_failures.with_label_values(&[what]);
         }
         for p in Provider::ALL {

@@ -10,6 +10,7 @@
 
 pub mod folder;
 mod record;
+pub mod template;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -96,7 +97,15 @@ async fn step(
                 FileState::Absent => "created",
                 FileState::Holds(_) => "rotated",
             };
-            let contents = render(&sink.format, &token);
+            let contents = match render(&sink.format, &token) {
+                Ok(c) => c,
+                Err(why) => {
+                    state.metrics.sink_write("failed");
+                    state.metrics.sink_failure("render");
+                    tracing::error!(%account, path = %sink.path.display(), error = %why, "cannot render the sink's template; the last file written stays, will retry");
+                    return FileState::Unknown;
+                }
+            };
             let (s, c) = (sink.clone(), contents.clone());
             let written = tokio::task::spawn_blocking(move || write_sink(&s, &c))
                 .await
@@ -189,10 +198,11 @@ fn write_sink(sink: &SinkConfig, contents: &[u8]) -> std::io::Result<folder::Wri
     folder::write_in(&dir, name, contents, sink.mode, sink.group)
 }
 
-/// The file's contents in `format`.
-fn render(format: &SinkFormat, token: &ServedToken) -> Vec<u8> {
+/// The file's contents in `format`; only a template can fail to render.
+fn render(format: &SinkFormat, token: &ServedToken) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     match format {
+        SinkFormat::Template(t) => return template::render(t, token),
         SinkFormat::Token => out.extend_from_slice(token.access_token.expose().as_bytes()),
         SinkFormat::Json => {
             out.extend_from_slice(&token.json);
@@ -219,7 +229,7 @@ fn render(format: &SinkFormat, token: &ServedToken) -> Vec<u8> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Runs the sink's command, if any, on its own task the way `[notify] command` runs: argv
@@ -315,7 +325,8 @@ mod tests {
                 ("Shippo-API-Version".into(), "2018-02-08".into()),
             ],
         };
-        let text = |format: SinkFormat| String::from_utf8(render(&format, &token)).unwrap();
+        let text =
+            |format: SinkFormat| String::from_utf8(render(&format, &token).unwrap()).unwrap();
         assert_eq!(text(SinkFormat::Token), "oauth.tok");
         assert_eq!(text(SinkFormat::Json), "{\"access_token\":\"oauth.tok\"}\n");
         assert_eq!(

@@ -317,3 +317,64 @@ async fn a_sink_added_by_a_reload_is_written_and_reported_as_a_grant() {
     ))
     .await;
 }
+
+/// A `template` sink renders the operator's own file with the token and follows rotations;
+/// a template with a mistake is refused by `config check` with the key and the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_sink_renders_the_operators_file_and_a_bad_template_is_refused() {
+    let fake = FakeShipHero::start().await.unwrap();
+    let dir = sink_tempdir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let template = dir.path().join("app.yaml.j2");
+    std::fs::write(
+        &template,
+        "shiphero:\n  account: {{ account }}\n  token: \"{{ access_token }}\"\n  refresh_after: {{ refresh_after }}\n",
+    )
+    .unwrap();
+    let file = out.join("app.yaml");
+    let extra = format!(
+        "[[sink]]\naccount = \"shiphero/acme\"\npath = \"{}\"\nformat = \"template\"\ntemplate = \"{}\"\n",
+        file.display(),
+        template.display()
+    );
+    let d = Daemon::start(
+        dir.path(),
+        &config_text(dir.path(), &fake.base_url(), &extra),
+    )
+    .await;
+    d.register(&fake, "acme", "ops@acme.test").await;
+    let expected = |token: &str, after: &str| {
+        format!("shiphero:\n  account: acme\n  token: \"{token}\"\n  refresh_after: {after}\n")
+    };
+    let answer = d.call("GET", "/v1/tokens/shiphero/acme", None).await.1;
+    let first = answer["access_token"].as_str().unwrap().to_string();
+    wait_for_file(
+        &file,
+        &expected(&first, answer["refresh_after"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(d.cli(&["rotate", "shiphero/acme"]).await.code, 0);
+    let answer = d.call("GET", "/v1/tokens/shiphero/acme", None).await.1;
+    let second = answer["access_token"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    wait_for_file(
+        &file,
+        &expected(&second, answer["refresh_after"].as_str().unwrap()),
+    )
+    .await;
+
+    // A misspelt name is found when the configuration is read, not at the next rotation.
+    std::fs::write(&template, "token: {{ acces_token }}\n").unwrap();
+    let check = cli(
+        &["config", "check", "--config", d.config.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert_ne!(check.code, 0, "{check:?}");
+    assert!(
+        check.stderr.contains("sink[0].template")
+            && check.stderr.contains("line 1: undefined value"),
+        "{check:?}"
+    );
+}

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{Config, ConfigError, Invalid, Validator};
 use crate::names::{AccountKey, Provider};
 use crate::sinks::folder::Trusted as Folder;
+pub use crate::sinks::template::SinkTemplate;
 
 /// One `[[sink]]` entry as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,9 @@ pub struct RawSink {
     /// See [`EnvNames`].
     #[serde(default)]
     pub env_names: RawEnvNames,
+    /// The template file of a `format = "template"` sink (see [`SinkTemplate`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template: String,
     /// See [`SinkConfig::group`]: a group name or number; empty keeps the daemon's group.
     #[serde(default)]
     pub group: String,
@@ -65,6 +69,30 @@ pub struct RawEnvNames {
     pub api_version: String,
 }
 
+/// Reads and checks a sink's template file: an absolute path to a regular file that no
+/// other user may write (it decides what is written beside the token), whose template
+/// compiles and renders with a sample answer.
+fn read_template(path: &str) -> Result<SinkTemplate, String> {
+    use std::os::unix::fs::MetadataExt;
+    if path.is_empty() {
+        return Err("format = \"template\" needs template = \"/path/to/file\"".into());
+    }
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err("must be an absolute path".into());
+    }
+    let meta = std::fs::metadata(&path).map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err("is writable by every user; chmod o-w it".into());
+    }
+    let source = std::fs::read_to_string(&path).map_err(|e| format!("cannot be read: {e}"))?;
+    crate::sinks::template::check(&source)?;
+    Ok(SinkTemplate { path, source })
+}
+
 fn default_format() -> String {
     "token".into()
 }
@@ -88,6 +116,8 @@ pub enum SinkFormat {
     Env(EnvNames),
     /// The HTTP headers to send upstream, `Name: value`, one per line.
     Headers,
+    /// The operator's template, rendered with the token answer's fields.
+    Template(SinkTemplate),
 }
 
 /// The variable names an `env` sink (and `shiptoken exec`) writes.
@@ -188,14 +218,24 @@ impl Validator<'_> {
             "json" => SinkFormat::Json,
             "headers" => SinkFormat::Headers,
             "env" => SinkFormat::Env(self.env_names(i, account.provider, &s.env_names)?),
+            "template" => SinkFormat::Template(
+                read_template(&s.template).map_err(|why| bad("template", &s.template, &why))?,
+            ),
             other => {
                 return Err(bad(
                     "format",
                     other,
-                    "must be one of token, json, env, headers",
+                    "must be one of token, json, env, headers, template",
                 ));
             }
         };
+        if !matches!(format, SinkFormat::Template(_)) && !s.template.is_empty() {
+            return Err(bad(
+                "template",
+                &s.template,
+                "is only used with format = \"template\"",
+            ));
+        }
         if !matches!(format, SinkFormat::Env(_)) && s.env_names != RawEnvNames::default() {
             return Err(bad(
                 "env_names",

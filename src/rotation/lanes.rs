@@ -201,6 +201,11 @@ impl Lane {
     fn finish(&self, key: &AccountKey, sweep: Option<u64>, now: Timestamp) -> bool {
         let mut q = self.lock();
         q.running.remove(key);
+        if q.waiting.is_empty() && q.waiting.capacity() > 256 {
+            // A sweep that queued the whole fleet left a table sized for it; an idle daemon
+            // must not keep that memory until the next such sweep (issue 32 item 5).
+            q.waiting.shrink_to_fit();
+        }
         if let Some(s) = sweep
             && let Some(left) = q.open.get_mut(&s)
         {

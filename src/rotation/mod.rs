@@ -263,4 +263,5 @@ impl Engine {
 
 pub mod budget;
 mod observe;
+mod passive;
 mod work;

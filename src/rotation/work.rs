@@ -14,7 +14,6 @@ use crate::names::{AccountKey, Provider, Status};
 use crate::pacing::Class;
 use crate::providers::Verdict;
 use crate::registry::{AccountRecord, LeaseAnswer, Registry, RegistryError, TokenRecord};
-use crate::secret::Secret;
 use tokio::sync::SemaphorePermit;
 
 impl Engine {
@@ -54,27 +53,6 @@ impl Engine {
                 return;
             }
         }
-    }
-
-    /// Whether a passing answer with `token` would change what is stored about the account
-    /// (see [`Engine::observed`]); cheap, for callers that would otherwise hand every pass over.
-    pub fn pass_is_news(&self, key: &AccountKey, token: &Secret) -> bool {
-        let Ok(account) = self.account(key) else {
-            return false;
-        };
-        let half = self.config.borrow().verify.interval / 2;
-        account
-            .current
-            .as_ref()
-            .is_some_and(|t| t.access_token == *token)
-            && pass_is_news(&account, self.clock.now(), half)
-    }
-
-    /// Waits (at most `max`) until no work runs on the account: a caller whose token was just
-    /// refused learns whether a rotation under way replaced it.
-    pub async fn quiet(&self, key: &AccountKey, max: Duration) {
-        let lock = self.account_lock(key);
-        let _ = tokio::time::timeout(max, lock.lock()).await;
     }
 
     /// Refreshes (a renewing provider) or re-checks the account now, ignoring backoff; waits
@@ -201,89 +179,13 @@ impl Engine {
         result
     }
 
-    /// Judges what an application's own call, forwarded by the proxy with `token`, got back:
-    /// passive evidence, through the same transition as a probe of the served token. A
-    /// refusal starts (or completes) a confirmation at once, and for a renewing provider a
-    /// refresh tells suspension from revocation, as after a probe; a pass counts as a probe
-    /// that passed, but is written only when it changes something (a busy application must
-    /// not write the registry on every call). Answers about a token no longer served (a
-    /// rotation raced the call), and answers that prove nothing, are dropped; so is the
-    /// answer when work on the account is already running, which reaches its own verdict.
-    pub async fn observed(&self, key: &AccountKey, token: &Secret, verdict: Verdict) {
-        let evidence = matches!(verdict, Verdict::Refused(_) | Verdict::Undocumented { .. });
-        let passed = matches!(verdict, Verdict::Pass { .. });
-        if !(evidence || passed) || self.stopping() {
-            return;
-        }
-        let about_served =
-            |a: &AccountRecord| a.current.as_ref().is_some_and(|t| t.access_token == *token);
-        let Ok(account) = self.account(key) else {
-            return;
-        };
-        if !about_served(&account) {
-            return;
-        }
-        let now = self.clock.now();
-        let (half, confirm_after) = {
-            let c = self.config.borrow();
-            (c.verify.interval / 2, c.verify.confirm_after)
-        };
-        if passed && !pass_is_news(&account, now, half) {
-            return;
-        }
-        // Evidence already in doubt and not yet old enough to confirm it says nothing new:
-        // a busy application's failing calls write and refresh once, not once per call.
-        let first_sighting = account.token_doubt.is_none();
-        if evidence
-            && account
-                .token_doubt
-                .as_ref()
-                .is_some_and(|d| now.since(d.since) < confirm_after)
-        {
-            return;
-        }
-        let lock = self.account_lock(key);
-        let Ok(_guard) = lock.try_lock() else {
-            return;
-        };
-        let Ok(account) = self.account(key) else {
-            return;
-        };
-        if !about_served(&account) {
-            return;
-        }
-        let generation = account.generation;
-        let Ok(lease) = self.lease(&account).await else {
-            return;
-        };
-        self.count_for_incidents(key, &verdict);
-        let record = match self
-            .apply(key, generation, Outcome::Probe(Probed::Served, verdict))
-            .await
-        {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(provider = %key.provider, account = %key.name, error = %e, "could not store what a proxied call proved");
-                return;
-            }
-        };
-        if evidence
-            && first_sighting
-            && !record.status.is_flagged()
-            && self.upstreams.get(key.provider).renews()
-        {
-            tracing::info!(provider = %key.provider, account = %key.name, "an application's call was refused the served token; refreshing to tell suspension from revocation");
-            let _ = self
-                .refresh(key, generation, Turn::Wait(Class::Urgent))
-                .await;
-        }
-        lease.give_back().await;
-    }
-
     /// Takes the fleet-wide lease on the account for work planned from `account` (granted
     /// at once with SQLite). Another daemon holding it is [`EngineError::Elsewhere`]; a record
     /// another daemon saved since is loaded and the work refused as stale, to be planned again.
-    async fn lease(&self, account: &Arc<AccountRecord>) -> Result<Lease<'_>, EngineError> {
+    pub(super) async fn lease(
+        &self,
+        account: &Arc<AccountRecord>,
+    ) -> Result<Lease<'_>, EngineError> {
         if !self.registry.is_shared() {
             return Ok(Lease(None));
         }
@@ -308,7 +210,7 @@ impl Engine {
         }
     }
 
-    fn account(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
+    pub(super) fn account(&self, key: &AccountKey) -> Result<Arc<AccountRecord>, EngineError> {
         Ok(self
             .registry
             .account(key)
@@ -365,7 +267,7 @@ impl Engine {
 
     /// Renews the token, stores what was issued, then probes it. After a refused renewal,
     /// probes the served token to learn whether it still works.
-    async fn refresh(
+    pub(super) async fn refresh(
         &self,
         key: &AccountKey,
         generation: i64,
@@ -556,7 +458,7 @@ impl Engine {
     /// Judges `outcome` against the account's newest record and stores the result; the one
     /// path by which any upstream result reaches the registry. Work for a registration that
     /// is gone is dropped; a save that lost a race with other work is judged again.
-    async fn apply(
+    pub(super) async fn apply(
         &self,
         key: &AccountKey,
         generation: i64,
@@ -602,7 +504,7 @@ impl Engine {
 
 /// A call's turn at its provider: to be waited for (pacing, then a permit), or already
 /// taken (the first call of an operation, whose turn comes before its lease).
-enum Turn<'a> {
+pub(super) enum Turn<'a> {
     Wait(Class),
     Taken(Option<SemaphorePermit<'a>>),
 }
@@ -622,12 +524,12 @@ impl Engine {
 }
 
 /// The fleet-wide lease on an account while work on it runs, given back when dropped.
-struct Lease<'a>(Option<(&'a Registry, AccountKey)>);
+pub(super) struct Lease<'a>(Option<(&'a Registry, AccountKey)>);
 
 impl Lease<'_> {
     /// Gives the lease back once the work is stored, and waits until it is: the caller's
     /// answer must not reach someone who then finds the account still leased.
-    async fn give_back(mut self) {
+    pub(super) async fn give_back(mut self) {
         if let Some((registry, key)) = self.0.take() {
             registry.release_now(&key).await;
         }
@@ -654,19 +556,6 @@ fn steady_time(
         Some(a) if a.generation == record.generation => now.max(a.at.plus(a.instant.elapsed())),
         _ => now,
     }
-}
-
-/// Whether a pass of the served token tells something not stored: the token is in doubt,
-/// a candidate waits, the account is not active, or its last proof is older than `half` (at
-/// most one write per half `verify.interval`; a refused refresh alert alone is not news).
-fn pass_is_news(account: &AccountRecord, now: Timestamp, half: Duration) -> bool {
-    let recent = account
-        .last_verified_at
-        .is_some_and(|t| now.since(t) < half);
-    !(account.status == Status::Active
-        && account.candidate.is_none()
-        && account.token_doubt.is_none()
-        && recent)
 }
 
 /// Which token a probe-only operation checks: the candidate first, else the served one.
