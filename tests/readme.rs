@@ -189,9 +189,31 @@ async fn every_readme_command_works() {
             .contains(".TH shiptoken")
     );
 
-    // The Python client, standard library only.
+    // The Python clients, standard library only: the token read, then the proxied call
+    // (which reuses the first one's connection class).
     let python = blocks(&readme, "python");
-    assert_eq!(python.len(), 1, "one Python example expected");
+    assert_eq!(python.len(), 2, "two Python examples expected");
+    let script = [python[0].join("\n"), python[1].join("\n")]
+        .join("\n")
+        .replace(SYSTEM_SOCKET, daemon.socket.to_str().unwrap());
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("200 {'data': {'user_quota'")),
+        "the proxied call: {stdout}"
+    );
     let script = python[0]
         .join("\n")
         .replace(SYSTEM_SOCKET, daemon.socket.to_str().unwrap());
