@@ -438,8 +438,14 @@ impl Engine {
                 engine.work_one(&key, &queued).await;
                 let lane = &engine.lanes[index];
                 if lane.finish(&key, queued.sweep, engine.clock.now()) {
-                    // The lane is idle: hand back what the work used (see release_freed_memory).
+                    // The lane is idle: hand back what the work used (see release_freed_memory),
+                    // and again once the registry has committed the last saves and the
+                    // finished tasks are gone, which frees more.
                     release_freed_memory();
+                    tokio::spawn(async {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                        release_freed_memory();
+                    });
                 }
                 engine.note_swept();
             });
