@@ -17,8 +17,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,15 +60,6 @@ fn main() {
         .build()
         .unwrap();
     std::process::exit(runtime.block_on(run(options)));
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Where a request goes: the fake over TCP with the token, or the daemon's socket without.
@@ -195,59 +187,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn wait_for_socket(path: &Path) {
-    for _ in 0..500 {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("nothing answers on {}", path.display());
-}
-
 async fn run(options: Options) -> i32 {
-    assert!(
-        options.daemon.exists(),
-        "{} not found: cargo build --release first, or pass --daemon",
-        options.daemon.display()
-    );
     let dir = tempfile::tempdir().unwrap();
     let fake = shiptoken::sim::FakeShipHero::start().await.unwrap();
-    let user = fake.add_user("bench@acme.test");
-    let socket = dir.path().join("shiptoken.sock");
-    let config = dir.path().join("shiptoken.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\n[log]\nlevel = \"warn\"\nformat = \"text\"\n[socket]\npath = \"{}\"\n\
-             [metrics]\nlisten = \"\"\n[shiphero]\napi_base = \"{}\"\n[shippo]\ncallback_listen = \"\"\n",
-            dir.path().join("state").display(),
-            socket.display(),
-            fake.base_url()
-        ),
-    )
-    .unwrap();
-    let _daemon = Killed(
-        Command::new(&options.daemon)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_socket(&socket).await;
-    let body = serde_json::json!({
-        "provider": "shiphero", "account": "bench", "email": "bench@acme.test",
-        "refresh_token": user.refresh_token,
-    });
-    let added = shiptoken::client::call(&socket, "POST", "/v1/accounts", Some(&body))
-        .await
-        .unwrap();
-    assert_eq!(added.status, 201, "{:?}", added.body);
-    let answer = shiptoken::client::call(&socket, "GET", "/v1/tokens/shiphero/bench", None)
-        .await
-        .unwrap();
-    let token = answer.body["access_token"].as_str().unwrap().to_string();
+    let (_daemon, socket, answer) =
+        common::daemon_with_one_account(&options.daemon, dir.path(), &fake).await;
+    let token = answer["access_token"].as_str().unwrap().to_string();
     let direct = Target::Direct {
         addr: fake.addr(),
         token,

@@ -15,8 +15,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -99,72 +101,15 @@ fn minimal_responder(path: &Path, size: usize) {
     });
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for_socket(path: &Path) {
-    for _ in 0..500 {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("nothing answers on {}", path.display());
-}
-
 async fn run(options: Options) -> i32 {
-    assert!(
-        options.daemon.exists(),
-        "{} not found: cargo build --release first, or pass --daemon",
-        options.daemon.display()
-    );
     let dir = tempfile::tempdir().unwrap();
     let fake = shiptoken::sim::FakeShipHero::start().await.unwrap();
-    let user = fake.add_user("bench@acme.test");
-    let daemon_socket = dir.path().join("shiptoken.sock");
-    let config = dir.path().join("shiptoken.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\n[log]\nlevel = \"warn\"\nformat = \"text\"\n[socket]\npath = \"{}\"\n\
-             [metrics]\nlisten = \"\"\n[shiphero]\napi_base = \"{}\"\n[shippo]\ncallback_listen = \"\"\n",
-            dir.path().join("state").display(),
-            daemon_socket.display(),
-            fake.base_url()
-        ),
-    )
-    .unwrap();
-    let _daemon = Killed(
-        Command::new(&options.daemon)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_socket(&daemon_socket).await;
-    let body = serde_json::json!({
-        "provider": "shiphero", "account": "bench", "email": "bench@acme.test",
-        "refresh_token": user.refresh_token,
-    });
-    let added = shiptoken::client::call(&daemon_socket, "POST", "/v1/accounts", Some(&body))
-        .await
-        .unwrap();
-    assert_eq!(added.status, 201, "{:?}", added.body);
-    let answer = shiptoken::client::call(&daemon_socket, "GET", "/v1/tokens/shiphero/bench", None)
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-    let size = answer.body.to_string().len();
+    let (_daemon, daemon_socket, answer) =
+        common::daemon_with_one_account(&options.daemon, dir.path(), &fake).await;
+    let size = answer.to_string().len();
 
     let minimal_socket = dir.path().join("minimal.sock");
-    let _minimal = Killed(
+    let _minimal = common::Killed(
         Command::new(std::env::current_exe().unwrap())
             .arg("--minimal-responder")
             .arg(&minimal_socket)
@@ -172,7 +117,7 @@ async fn run(options: Options) -> i32 {
             .spawn()
             .unwrap(),
     );
-    wait_for_socket(&minimal_socket).await;
+    common::wait_for_socket(&minimal_socket).await;
 
     let targets = [
         ("minimal responder", minimal_socket, "/"),

@@ -1,5 +1,7 @@
 //! What the benchmarks share: a fleet of ShipHero accounts registered straight into a
-//! registry (as `accounts add` would, then proven), each known to the simulated ShipHero.
+//! registry (as `accounts add` would, then proven), each known to the simulated ShipHero;
+//! and the release daemon started with one account, for the socket and proxy benchmarks.
+//! Each benchmark uses part of it (hence the `dead_code` allowances).
 
 use shiptoken::clock::{Clock, Timestamp};
 use shiptoken::names::{AccountKey, Status};
@@ -8,11 +10,13 @@ use shiptoken::secret::Secret;
 use shiptoken::sim::FakeShipHero;
 
 /// A ShipHero access token's life.
+#[allow(dead_code)]
 const LIFETIME: std::time::Duration = std::time::Duration::from_secs(28 * 86_400);
 
 /// Registers `n` active accounts `shiphero/merchant-<i>` whose tokens were issued at `issued`
 /// (20 days ago: due for a refresh; now: nothing due) and proven now. Returns their emails,
 /// by which the simulator counts their calls.
+#[allow(dead_code)]
 pub async fn register_fleet(
     registry: &Registry,
     fake: &FakeShipHero,
@@ -59,4 +63,79 @@ pub async fn register_fleet(
         r??;
     }
     Ok(emails)
+}
+
+/// A child process killed (and reaped) when dropped, so a benchmark that panics leaves no
+/// daemon behind.
+#[allow(dead_code)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something answers on the Unix socket at `path` (10 s at most).
+#[allow(dead_code)]
+pub async fn wait_for_socket(path: &std::path::Path) {
+    for _ in 0..500 {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("nothing answers on {}", path.display());
+}
+
+/// The release daemon at `daemon`, started in `dir` against `fake` with one ShipHero account
+/// `shiphero/bench` registered and proven: the daemon, its socket and the token answer.
+#[allow(dead_code, clippy::unwrap_used)]
+pub async fn daemon_with_one_account(
+    daemon: &std::path::Path,
+    dir: &std::path::Path,
+    fake: &FakeShipHero,
+) -> (Killed, std::path::PathBuf, serde_json::Value) {
+    assert!(
+        daemon.exists(),
+        "{} not found: cargo build --release first, or pass --daemon",
+        daemon.display()
+    );
+    let user = fake.add_user("bench@acme.test");
+    let socket = dir.join("shiptoken.sock");
+    let config = dir.join("shiptoken.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[log]\nlevel = \"warn\"\nformat = \"text\"\n[socket]\npath = \"{}\"\n\
+             [metrics]\nlisten = \"\"\n[shiphero]\napi_base = \"{}\"\n[shippo]\ncallback_listen = \"\"\n",
+            dir.join("state").display(),
+            socket.display(),
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let child = Killed(
+        std::process::Command::new(daemon)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_socket(&socket).await;
+    let body = serde_json::json!({
+        "provider": "shiphero", "account": "bench", "email": "bench@acme.test",
+        "refresh_token": user.refresh_token,
+    });
+    let added = shiptoken::client::call(&socket, "POST", "/v1/accounts", Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    let answer = shiptoken::client::call(&socket, "GET", "/v1/tokens/shiphero/bench", None)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    (child, socket, answer.body)
 }

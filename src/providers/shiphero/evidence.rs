@@ -88,6 +88,45 @@ const REFRESH_ROWS: &[Row] = &[
     ),
 ];
 
+// Rows that the probe and an application's proxied calls share: the same answer means the
+// same thing whichever query got it.
+const THROTTLED_CODE_30: Row = row(
+    (200, 299),
+    GraphqlCode(&[30]),
+    Throttled,
+    "ShipHero error glossary: code 30, not enough credits, with time_remaining",
+);
+const THROTTLED_429: Row = row(
+    (429, 429),
+    Any,
+    Throttled,
+    "UPSTREAM.md (UNCONFIRMED): throttling may come as HTTP 429 with Retry-After",
+);
+const REFUSED_200_AUTH_CODE: Row = row(
+    (200, 299),
+    GraphqlCode(AUTH_CODES),
+    Refused,
+    "UPSTREAM.md (UNCONFIRMED): an invalid access token may answer 200 with an errors entry",
+);
+const REFUSED_4XX_AUTH_CODE: Row = row(
+    (401, 403),
+    GraphqlCode(AUTH_CODES),
+    Refused,
+    "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
+);
+const REFUSED_4XX_MESSAGE: Row = row(
+    (401, 403),
+    Message,
+    Refused,
+    "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403 (ShipHero's {\"message\": ...})",
+);
+const REFUSED_4XX_OAUTH: Row = row(
+    (401, 403),
+    OAuthError(REFUSING_OAUTH_ERRORS),
+    Refused,
+    "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
+);
+
 const PROBE_ROWS: &[Row] = &[
     row(
         (200, 299),
@@ -95,18 +134,8 @@ const PROBE_ROWS: &[Row] = &[
         Pass,
         "UPSTREAM.md, the probe: the token works when there are no errors and data.account.data is not null",
     ),
-    row(
-        (200, 299),
-        GraphqlCode(&[30]),
-        Throttled,
-        "ShipHero error glossary: code 30, not enough credits, with time_remaining",
-    ),
-    row(
-        (429, 429),
-        Any,
-        Throttled,
-        "UPSTREAM.md (UNCONFIRMED): throttling may come as HTTP 429 with Retry-After",
-    ),
+    THROTTLED_CODE_30,
+    THROTTLED_429,
     row(
         (200, 400),
         GraphqlCode(&[7]),
@@ -125,30 +154,10 @@ const PROBE_ROWS: &[Row] = &[
         Misconfigured,
         "GraphQL specification, validation: the schema rejects the probe query, not the token",
     ),
-    row(
-        (200, 299),
-        GraphqlCode(AUTH_CODES),
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token may answer 200 with an errors entry",
-    ),
-    row(
-        (401, 403),
-        GraphqlCode(AUTH_CODES),
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
-    ),
-    row(
-        (401, 403),
-        Message,
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403 (ShipHero's {\"message\": ...})",
-    ),
-    row(
-        (401, 403),
-        OAuthError(REFUSING_OAUTH_ERRORS),
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
-    ),
+    REFUSED_200_AUTH_CODE,
+    REFUSED_4XX_AUTH_CODE,
+    REFUSED_4XX_MESSAGE,
+    REFUSED_4XX_OAUTH,
     row(
         (200, 299),
         GraphqlUncoded,
@@ -176,42 +185,12 @@ const PROXIED_ROWS: &[Row] = &[
         Pass,
         "UPSTREAM.md, ShipHero API: failures come in an errors array; data without errors is a working token",
     ),
-    row(
-        (200, 299),
-        GraphqlCode(&[30]),
-        Throttled,
-        "ShipHero error glossary: code 30, not enough credits, with time_remaining",
-    ),
-    row(
-        (429, 429),
-        Any,
-        Throttled,
-        "UPSTREAM.md (UNCONFIRMED): throttling may come as HTTP 429 with Retry-After",
-    ),
-    row(
-        (200, 299),
-        GraphqlCode(AUTH_CODES),
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token may answer 200 with an errors entry",
-    ),
-    row(
-        (401, 403),
-        GraphqlCode(AUTH_CODES),
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
-    ),
-    row(
-        (401, 403),
-        Message,
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403 (ShipHero's {\"message\": ...})",
-    ),
-    row(
-        (401, 403),
-        OAuthError(REFUSING_OAUTH_ERRORS),
-        Refused,
-        "UPSTREAM.md (UNCONFIRMED): an invalid access token answers 401/403",
-    ),
+    THROTTLED_CODE_30,
+    THROTTLED_429,
+    REFUSED_200_AUTH_CODE,
+    REFUSED_4XX_AUTH_CODE,
+    REFUSED_4XX_MESSAGE,
+    REFUSED_4XX_OAUTH,
 ];
 
 #[cfg(test)]

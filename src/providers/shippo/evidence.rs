@@ -53,70 +53,56 @@ pub static PROXIED: Call = Call {
 /// Every Shippo call, for tests that try each.
 pub static CALLS: &[&Call] = &[&PROBE, &EXCHANGE, &PROXIED];
 
+// Rows that the probe and an application's proxied calls share.
+const PASS_LIST: Row = row(
+    (200, 299),
+    List,
+    Pass,
+    "Shippo API reference: list endpoints answer {\"results\": [...]}; a 2xx proves the token only with Shippo's JSON",
+);
+const REFUSED_401: Row = row(
+    (401, 401),
+    Detail,
+    Refused,
+    "Shippo status codes: 401, the token provided does not exist",
+);
+const THROTTLED_409: Row = row(
+    (409, 409),
+    Any,
+    Throttled,
+    "Shippo status codes: 409 could be caused by too many concurrent calls",
+);
+const THROTTLED_429: Row = row(
+    (429, 429),
+    Any,
+    Throttled,
+    "Shippo rate limits: 429, maybe with X-RateLimit-Reset",
+);
+
 const PROBE_ROWS: &[Row] = &[
-    row(
-        (200, 299),
-        List,
-        Pass,
-        "Shippo API reference: list endpoints answer {\"results\": [...]}; a 2xx proves the token only with Shippo's JSON",
-    ),
-    row(
-        (401, 401),
-        Detail,
-        Refused,
-        "Shippo status codes: 401, the token provided does not exist",
-    ),
+    PASS_LIST,
+    REFUSED_401,
     row(
         (403, 403),
         Detail,
         Refused,
         "Shippo status codes: 403 on a list of the account's own objects: the token cannot act for its account",
     ),
-    row(
-        (409, 409),
-        Any,
-        Throttled,
-        "Shippo status codes: 409 could be caused by too many concurrent calls",
-    ),
-    row(
-        (429, 429),
-        Any,
-        Throttled,
-        "Shippo rate limits: 429, maybe with X-RateLimit-Reset",
-    ),
+    THROTTLED_409,
+    THROTTLED_429,
 ];
 
 const PROXIED_ROWS: &[Row] = &[
-    row(
-        (200, 299),
-        List,
-        Pass,
-        "Shippo API reference: list endpoints answer {\"results\": [...]}; a 2xx proves the token only with Shippo's JSON",
-    ),
+    PASS_LIST,
     row(
         (200, 299),
         Object,
         Pass,
         "Shippo API reference: objects carry object_id; a 2xx proves the token only with Shippo's JSON",
     ),
-    row(
-        (401, 401),
-        Detail,
-        Refused,
-        "Shippo status codes: 401, the token provided does not exist",
-    ),
-    row(
-        (409, 409),
-        Any,
-        Throttled,
-        "Shippo status codes: 409 could be caused by too many concurrent calls",
-    ),
-    row(
-        (429, 429),
-        Any,
-        Throttled,
-        "Shippo rate limits: 429, maybe with X-RateLimit-Reset",
-    ),
+    REFUSED_401,
+    THROTTLED_409,
+    THROTTLED_429,
 ];
 
 const EXCHANGE_ROWS: &[Row] = &[
