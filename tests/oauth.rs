@@ -313,6 +313,9 @@ async fn forged_replayed_and_expired_states_never_reach_shippo() {
 
     // Expired: the link is followed 31 minutes later (the daemon's clock moves; the fake's
     // code would still be good, so only the state's expiry can refuse it).
+    // Two links for one account, neither followed: only the newer one's expiry is reported.
+    env.connect("again").await;
+    env.connect("again").await;
     let url = env.connect("late").await;
     let location = env.authorize(&url).await;
     let (status, body) = env
@@ -328,6 +331,35 @@ async fn forged_replayed_and_expired_states_never_reach_shippo() {
         "an expired state reached Shippo"
     );
     assert_eq!(env.status_of("late").await.as_deref(), Some("pending"));
+    // ...and `accounts list` says why it is still pending and what to do.
+    let account = common::wait_for("the expired link to be reported", || async {
+        let (_, a) = env.call("GET", "/v1/accounts/shippo/late", None).await;
+        a["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connect link expired"))
+            .then_some(a)
+    })
+    .await;
+    assert!(
+        account["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("shiptoken shippo connect late"),
+        "{account}"
+    );
+    assert_eq!(account["status"], "pending");
+    let events = common::wait_for("the newer link of `again` to be reported", || async {
+        let (_, events) = env
+            .call("GET", "/v1/accounts/shippo/again/events", None)
+            .await;
+        events
+            .to_string()
+            .contains("connect link expired")
+            .then_some(events)
+    })
+    .await;
+    let expired = events.to_string().matches("connect link expired").count();
+    assert_eq!(expired, 1, "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

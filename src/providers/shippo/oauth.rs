@@ -90,6 +90,9 @@ pub struct OAuthFlow {
     engine: Arc<Engine>,
     /// The daemon's clock, so tests can expire a state by moving it.
     clock: Clock,
+    /// Each account's newest link, by its expiry: only the newest link's expiry is reported.
+    newest_link:
+        Arc<std::sync::Mutex<std::collections::HashMap<AccountKey, crate::clock::Timestamp>>>,
 }
 
 impl OAuthFlow {
@@ -107,6 +110,7 @@ impl OAuthFlow {
             client,
             engine,
             clock,
+            newest_link: Arc::default(),
         }
     }
 
@@ -154,6 +158,17 @@ impl OAuthFlow {
             link_expires_at = %expires_at.to_rfc3339(),
             "Shippo OAuth flow started; waiting for the callback"
         );
+        self.newest_link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), expires_at);
+        tokio::spawn(report_expiry(
+            self.registry.clone(),
+            self.clock.clone(),
+            self.newest_link.clone(),
+            key,
+            expires_at,
+        ));
         Ok(self.shippo.authorize_url(&self.client, state.expose()))
     }
 
@@ -586,6 +601,53 @@ footer{{margin-top:1.25rem;color:#59636e;font-size:.85rem}}
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// Once a connect link has expired, says so in the account's `last_error` and history if
+/// the account still waits for its first token and no newer link was issued, so `accounts
+/// list` tells why it is still `pending` and what to do. Follows the daemon's clock (which
+/// tests and dev mode move), looking once a second; a restart forgets the links it watched.
+async fn report_expiry(
+    registry: Registry,
+    clock: Clock,
+    newest_link: Arc<
+        std::sync::Mutex<std::collections::HashMap<AccountKey, crate::clock::Timestamp>>,
+    >,
+    key: AccountKey,
+    expires_at: crate::clock::Timestamp,
+) {
+    loop {
+        let now = clock.now();
+        if now >= expires_at {
+            break;
+        }
+        tokio::time::sleep(expires_at.since(now).min(Duration::from_secs(1))).await;
+    }
+    {
+        let mut newest = newest_link.lock().unwrap_or_else(|e| e.into_inner());
+        if newest.get(&key) != Some(&expires_at) {
+            return;
+        }
+        newest.remove(&key);
+    }
+    let waiting = registry.account(&key).is_some_and(|a| {
+        a.status == crate::names::Status::Pending && a.current.is_none() && a.candidate.is_none()
+    });
+    if !waiting {
+        return;
+    }
+    let message = format!(
+        "the connect link expired at {} before Shippo called back; run `shiptoken shippo connect {}` for a new one",
+        expires_at.to_rfc3339(),
+        key.name
+    );
+    tracing::warn!(provider = %key.provider, account = %key.name, "{message}");
+    if let Err(e) = registry
+        .record_connect_failure(&key, message, clock.now())
+        .await
+    {
+        tracing::warn!(provider = %key.provider, account = %key.name, error = %e, "could not record that the connect link expired");
+    }
 }
 
 #[cfg(test)]
