@@ -23,21 +23,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `get`'s median may be at most this fraction of `pizauth show`'s.
 const TARGET: f64 = 0.8;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One program to time: what to run and the token it must print.
 struct Target {
@@ -83,8 +76,11 @@ fn run() -> i32 {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("shiptoken.sock");
-    let (fake, started) = runtime.block_on(start_daemon(&daemon, dir.path(), &socket));
+    let fake = runtime
+        .block_on(shiptoken::sim::FakeShipHero::start())
+        .unwrap();
+    let (started, socket, _) =
+        runtime.block_on(common::daemon_with_one_account(&daemon, dir.path(), &fake));
 
     let mut targets = vec![Target {
         name: "shiptoken get",
@@ -195,55 +191,6 @@ fn run() -> i32 {
         if ok { "PASS" } else { "FAIL" }
     );
     i32::from(!ok)
-}
-
-/// Starts the release daemon on its own state folder with one ShipHero account that holds a
-/// token.
-async fn start_daemon(
-    daemon: &Path,
-    dir: &Path,
-    socket: &Path,
-) -> (shiptoken::sim::FakeShipHero, Killed) {
-    let fake = shiptoken::sim::FakeShipHero::start().await.unwrap();
-    let user = fake.add_user("bench@acme.test");
-    let config = dir.join("shiptoken.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\n[log]\nlevel = \"warn\"\nformat = \"text\"\n[socket]\npath = \"{}\"\n\
-             [metrics]\nlisten = \"\"\n[shiphero]\napi_base = \"{}\"\n[shippo]\ncallback_listen = \"\"\n",
-            dir.join("state").display(),
-            socket.display(),
-            fake.base_url()
-        ),
-    )
-    .unwrap();
-    let child = Killed(
-        Command::new(daemon)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut up = false;
-    for _ in 0..500 {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(up, "nothing answers on {}", socket.display());
-    let body = serde_json::json!({
-        "provider": "shiphero", "account": "bench", "email": "bench@acme.test",
-        "refresh_token": user.refresh_token,
-    });
-    let added = shiptoken::client::call(socket, "POST", "/v1/accounts", Some(&body))
-        .await
-        .unwrap();
-    assert_eq!(added.status, 201, "{:?}", added.body);
-    (fake, child)
 }
 
 /// Runs `command` once with its output discarded: the wall time from spawn to exit, and the

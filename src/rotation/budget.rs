@@ -116,31 +116,26 @@ impl Budgets {
             let until = {
                 let mut accounts = self.lock();
                 let now = Instant::now();
+                let waited_for = if waited {
+                    started.elapsed()
+                } else {
+                    Duration::ZERO
+                };
                 let Some(spent) = accounts.get_mut(key) else {
-                    let waited = if waited {
-                        started.elapsed()
-                    } else {
-                        Duration::ZERO
-                    };
-                    return Admission::Go(waited, None);
+                    return Admission::Go(waited_for, None);
                 };
                 let throttled = spent.until.filter(|u| *u > now);
                 if throttled.is_none() && !spent.pilot {
-                    let waited = if waited {
-                        started.elapsed()
-                    } else {
-                        Duration::ZERO
-                    };
                     if spent.until.is_none() {
                         Self::forget_if_idle(&mut accounts, key);
-                        return Admission::Go(waited, None);
+                        return Admission::Go(waited_for, None);
                     }
                     spent.pilot = true;
                     let pilot = Pilot {
                         budgets: self,
                         key: key.clone(),
                     };
-                    return Admission::Go(waited, Some(pilot));
+                    return Admission::Go(waited_for, Some(pilot));
                 }
                 // Throttled, or a pilot shows whether the budget is back: wait, if allowed.
                 let wake = throttled.unwrap_or(deadline);

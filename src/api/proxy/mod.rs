@@ -32,8 +32,6 @@ use crate::registry::ProxiedCall;
 use crate::rotation::budget::Admission;
 use crate::secret::Secret;
 
-pub use forward::OWN_HEADER_PREFIX;
-
 /// The route, as the router and the metrics name it.
 pub const PROXY_ROUTE: &str = "/v1/proxy/{provider}/{account}/{*path}";
 
@@ -140,10 +138,48 @@ impl Finish {
     }
 }
 
-/// `/v1/proxy/{provider}/{account}/{*path}`, any method.
+/// `/v1/proxy/{provider}/{account}/{*path}`, any method. A request refused before its body
+/// was read has the body read and dropped first (bounded): answering while the caller is
+/// still sending makes the server close the connection under it, and the caller sees a
+/// broken pipe instead of the answer.
 pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
-    let started = Instant::now();
     let (parts, body) = request.into_parts();
+    let mut unread = Some(body);
+    let response = forward_call(state, parts, &mut unread).await;
+    if let Some(body) = unread {
+        discard(body).await;
+    }
+    response
+}
+
+/// How much of a refused request's body is read and dropped, and for how long, before the
+/// answer; a larger or slower one gets its answer with the connection closed after it.
+const DISCARD_AT_MOST: usize = 64 * 1024;
+const DISCARD_FOR: Duration = Duration::from_secs(1);
+
+/// Reads and drops a body the call did not use, within [`DISCARD_AT_MOST`] and
+/// [`DISCARD_FOR`].
+async fn discard(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0;
+    let _ = tokio::time::timeout(DISCARD_FOR, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DISCARD_AT_MOST {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The proxied call itself; takes the request body out of `unread` when it uses it.
+async fn forward_call(
+    state: Arc<ApiState>,
+    parts: axum::http::request::Parts,
+    unread: &mut Option<Body>,
+) -> Response {
+    let started = Instant::now();
     let Some((provider, account, rest)) = split_target(&parts.uri) else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
@@ -270,18 +306,24 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
     // A body that decides whether the call may be repeated, or that may be sent twice (a
     // read's, which is empty), is read first (bounded); any other streams through.
     let reads = matches!(parts.method, Method::GET | Method::HEAD);
-    let mut body = if rules.reads_body || idempotent || reads {
-        match read_bounded(body, config.proxy.max_request_bytes).await {
+    let body = if rules.reads_body || idempotent || reads {
+        let Some(unread) = unread.take() else {
+            return refused(
+                &mut finish,
+                ApiError::bad_request("the request body is gone"),
+            );
+        };
+        match read_bounded(unread, config.proxy.max_request_bytes).await {
             Ok(bytes) => Outgoing::Read(bytes),
             Err(e) => return refused(&mut finish, e),
         }
     } else {
-        Outgoing::Stream(Some(body))
+        Outgoing::Stream
     };
     let repeatable = match &body {
         Outgoing::Read(bytes) => idempotent || (rules.repeatable)(&parts.method, bytes),
         // A streamed body is gone once sent: such a call is never sent twice.
-        Outgoing::Stream(_) => false,
+        Outgoing::Stream => false,
     };
     let max_wait = parts
         .headers
@@ -351,12 +393,13 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
             .headers(headers.clone())
             .bearer_auth(token.expose())
             .timeout(config.proxy.timeout);
-        let request = match &mut body {
+        let request = match &body {
             Outgoing::Read(bytes) => {
                 finish.call.bytes_in = bytes.len() as u64;
                 request.body(bytes.clone())
             }
-            Outgoing::Stream(stream) => match stream.take() {
+            // Taken at the send, so a refusal before it still finds the body to discard.
+            Outgoing::Stream => match unread.take() {
                 Some(b) => {
                     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
                     finish.streamed_in = Some(sent.clone());
@@ -448,10 +491,11 @@ pub(super) async fn proxy(State(state): Shared, request: Request) -> Response {
     }
 }
 
-/// The request body: read (it decides repeatability, or may be sent twice) or streamed.
+/// The request body: read (it decides repeatability, or may be sent twice), or streamed
+/// from the request at the send.
 enum Outgoing {
     Read(Bytes),
-    Stream(Option<Body>),
+    Stream,
 }
 
 /// `(provider, account, rest)` from the raw request target `/v1/proxy/<p>/<a>/<rest>`; the
@@ -554,31 +598,14 @@ fn stream_back(
         finish.call.bytes_out = passed;
         Ok(chunk)
     });
-    let body = RecordOnEnd {
-        inner: Box::pin(body),
-    };
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = status;
     *response.headers_mut() = forward::forwarded_headers(headers, false);
     response
 }
 
-/// A streamed answer body whose [`Finish`] (inside the stream's closure) records the call
-/// when the stream is dropped: at its end, or when the caller went away.
-struct RecordOnEnd<S> {
-    inner: std::pin::Pin<Box<S>>,
-}
-
-impl<S: futures_util::Stream> futures_util::Stream for RecordOnEnd<S> {
-    type Item = S::Item;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
+/// However the call ends (its answer's last byte, the caller going away, an early return),
+/// it is recorded once.
 impl Drop for Finish {
     fn drop(&mut self) {
         let passed = self.call.bytes_out;
@@ -662,10 +689,4 @@ fn unreachable_upstream(key: &AccountKey, e: &reqwest::Error) -> Response {
         ),
     )
     .into_response()
-}
-
-impl std::fmt::Debug for ProxyClients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProxyClients")
-    }
 }
