@@ -46,6 +46,19 @@ impl MasterKey {
         &self.0
     }
 
+    /// A public identifier of the key, for telling keys apart in messages and for the
+    /// advisory locks by which the daemons sharing a PostgreSQL registry show which keys they
+    /// hold: 32 bits of a SHA-256 of the key under a label of its own, which says nothing
+    /// about the key itself.
+    pub fn id(&self) -> i32 {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"shiptoken key id\0")
+            .chain_update(self.0)
+            .finalize();
+        i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+    }
+
     /// The file form: base64 and a newline.
     pub fn encode(&self) -> String {
         let mut s = base64::engine::general_purpose::STANDARD.encode(self.0);
@@ -103,6 +116,30 @@ impl KeySource {
         let mut name = self.path().as_os_str().to_owned();
         name.push(".new");
         PathBuf::from(name)
+    }
+
+    /// Where the key a rotation at `at` replaced is kept: `<key>.before-<UTC time>`, e.g.
+    /// `secret.key.before-20261207T170000Z`. Backups taken before that moment open only with
+    /// it; the operator deletes it once no such backup is kept.
+    pub fn retired_path(&self, at: crate::clock::Timestamp) -> PathBuf {
+        let stamp: String = at
+            .to_rfc3339()
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':'))
+            .collect();
+        let mut name = self.path().as_os_str().to_owned();
+        name.push(format!(".before-{stamp}"));
+        let base = PathBuf::from(name);
+        // Two rotations within a second keep both keys.
+        let mut candidate = base.clone();
+        let mut n = 1;
+        while candidate.symlink_metadata().is_ok() {
+            n += 1;
+            let mut name = base.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            candidate = PathBuf::from(name);
+        }
+        candidate
     }
 
     /// Whether shiptoken may replace the file (a systemd credential is the system's to manage).
@@ -289,6 +326,41 @@ pub fn write_key(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
     sync_parent(path).map_err(err("flush the folder of"))
 }
 
+/// Makes the pending key (`<key>.new`, see [`KeySource::pending_path`]) the key, once the
+/// registry is sealed with it. The key it replaces is first copied to
+/// [`KeySource::retired_path`], durably, and kept there: backups taken before need it. A crash
+/// at any step leaves the old key with the pending one beside it (the next start finishes the
+/// job) or the new key with the old one kept. Returns where the old key now is.
+pub fn install_pending(
+    source: &KeySource,
+    at: crate::clock::Timestamp,
+) -> Result<PathBuf, KeyError> {
+    let current = source.path();
+    let retired = source.retired_path(at);
+    let old = std::fs::read(current).map_err(|e| KeyError::Read {
+        path: current.to_path_buf(),
+        source: e,
+    })?;
+    let err = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KeyError::Write { what, path, source }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&retired)
+        .map_err(err("keep the old key as", &retired))?;
+    file.write_all(&old)
+        .and_then(|()| file.sync_all())
+        .map_err(err("keep the old key as", &retired))?;
+    drop(file);
+    std::fs::rename(source.pending_path(), current)
+        .map_err(err("install the new key as", current))?;
+    sync_parent(current).map_err(err("flush the folder of", current))?;
+    Ok(retired)
+}
+
 /// `key generate FILE`: a new random key in a new file, mode 0600, written atomically. An
 /// existing file is never replaced.
 pub fn generate_file(path: &Path) -> Result<(), KeyError> {
@@ -399,6 +471,30 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(mode, 0o600);
         assert_eq!(source.load(false).ok(), Some(k));
+    }
+
+    #[test]
+    fn installing_the_pending_key_keeps_the_old_one_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = KeySource::StateFile(dir.path().join(DEFAULT_KEY_FILE));
+        let (old, next) = (MasterKey::generate(), MasterKey::generate());
+        write_key(source.path(), &old).unwrap();
+        write_key(&source.pending_path(), &next).unwrap();
+        let at = crate::clock::Timestamp::parse_rfc3339("2026-12-07T17:00:00Z").unwrap();
+        let retired = install_pending(&source, at).unwrap();
+        assert!(
+            retired.ends_with("secret.key.before-20261207T170000Z"),
+            "{retired:?}"
+        );
+        assert_eq!(source.load(false).unwrap(), next);
+        let kept = KeySource::ConfigFile(retired.clone()).load(false).unwrap();
+        assert_eq!(kept, old);
+        assert!(!source.pending_path().exists());
+        // A second rotation in the same second keeps both old keys.
+        write_key(&source.pending_path(), &MasterKey::generate()).unwrap();
+        let again = install_pending(&source, at).unwrap();
+        assert_ne!(again, retired);
+        assert_eq!(KeySource::ConfigFile(again).load(false).unwrap(), next);
     }
 
     #[test]

@@ -578,3 +578,78 @@ async fn the_proxy_cuts_and_restores_connections() {
     let again = common::postgres::connect(&through).await.unwrap();
     again.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_key_rotates_once_every_daemon_holds_the_next_one() {
+    let url = database_or_skip!();
+    let mut f = Fleet::start(
+        &url,
+        Setup {
+            own_keys: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    f.register(0, "acme").await;
+    let token = served(&f.d[0], "shiphero/acme").await.unwrap();
+    f.wait_all_serve("shiphero/acme", &token).await;
+    let home = |d: &Daemon| d.config.parent().unwrap().to_path_buf();
+    let homes: Vec<_> = f.d.iter().map(home).collect();
+    let key = |i: usize| homes[i].join("fleet.key");
+    let next = |i: usize| homes[i].join("fleet.key.new");
+    let old_key = std::fs::read(key(0)).unwrap();
+
+    // No next key yet: the rotation says how to make one and share it.
+    let out = f.d[0].cli(&["key", "rotate"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("shiptoken key generate") && out.stderr.contains("fleet.key.new"),
+        "{out:?}"
+    );
+    // On one host only: the others would not open what it seals.
+    let made = common::cli(&["key", "generate", next(0).to_str().unwrap()], None).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    f.d[0].signal(libc::SIGHUP);
+    f.d[0].wait_for_log("staged the next key").await;
+    let out = f.d[0].cli(&["key", "rotate"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("daemon-b, daemon-c"), "{out:?}");
+    assert_eq!(served(&f.d[1], "shiphero/acme").await.unwrap(), token);
+
+    // Copied everywhere and reloaded: the rotation goes ahead.
+    for i in 1..3 {
+        std::fs::copy(next(0), next(i)).unwrap();
+        f.d[i].signal(libc::SIGHUP);
+        f.d[i].wait_for_log("staged the next key").await;
+    }
+    let new_key = std::fs::read(next(0)).unwrap();
+    let out = f.d[0].cli(&["key", "rotate"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("re-sealed 1 account(s)"), "{out:?}");
+    assert_eq!(std::fs::read(key(0)).unwrap(), new_key);
+    let kept: Vec<_> = std::fs::read_dir(&homes[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().unwrap().contains("fleet.key.before-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), old_key);
+
+    // Daemon B moves to the new key at its next write, and its rotated token reaches all.
+    assert_eq!(f.d[1].cli(&["rotate", "shiphero/acme"]).await.code, 0);
+    f.d[1].wait_for_log("installed it").await;
+    assert_eq!(std::fs::read(key(1)).unwrap(), new_key);
+    let rotated = served(&f.d[1], "shiphero/acme").await.unwrap();
+    assert_ne!(rotated, token);
+    f.wait_all_serve("shiphero/acme", &rotated).await;
+
+    // B restarts on the new key; C, which wrote nothing, finishes its move as it starts.
+    for (d, home) in f.d.iter_mut().zip(&homes).skip(1) {
+        d.stop().await;
+        let config = d.config.clone();
+        *d = Daemon::start_with(home, &config, &[]).await;
+        assert_eq!(std::fs::read(home.join("fleet.key")).unwrap(), new_key);
+        wait_served(d, "shiphero/acme", &rotated).await;
+    }
+    assert_eq!(f.d[2].cli(&["rotate", "shiphero/acme"]).await.code, 0);
+}

@@ -75,6 +75,12 @@ impl From<RegistryError> for ApiError {
             RegistryError::TimeOutOfRange { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
             }
+            RegistryError::KeyFileChanged { .. }
+            | RegistryError::KeyNotReplaceable { .. }
+            | RegistryError::NextKeyMissing { .. }
+            | RegistryError::NextKeyNotEverywhere { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "key_rotation_refused", e.to_string())
+            }
             RegistryError::Stale(_) | RegistryError::LeaseLost(_) => {
                 ApiError::new(StatusCode::CONFLICT, "account_changed", e.to_string())
             }

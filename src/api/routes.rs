@@ -55,6 +55,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/shippo/connect", post(shippo_connect))
         .route("/v1/audit", get(read_audit))
+        .route("/v1/key/rotate", post(rotate_key))
         .route(
             super::proxy::PROXY_ROUTE,
             axum::routing::any(super::proxy::proxy),
@@ -291,6 +292,26 @@ async fn rotate_account(
     state.require_admin(&peer, "rotate tokens", Some(&key))?;
     let record = state.engine.rotate_now(&key).await?;
     Ok(axum::Json(state.account_json(&record)).into_response())
+}
+
+/// `POST /v1/key/rotate` (admin): re-seals every token with a new key while the daemon
+/// serves, and keeps the old key beside the new one for the backups that need it.
+async fn rotate_key(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let peer = peer_of(request.extensions())?;
+    state.require_admin(&peer, "rotate the key", None)?;
+    let done = state.registry.rotate_key().await?;
+    tracing::info!(
+        uid = peer.uid,
+        accounts = done.accounts,
+        event = "key_rotated",
+        "key rotated"
+    );
+    Ok(axum::Json(json!({
+        "accounts": done.accounts,
+        "key_file": done.key_file,
+        "old_key_file": done.old_key_file,
+    }))
+    .into_response())
 }
 
 async fn verify_account(

@@ -67,6 +67,43 @@ fn default_socket() -> PathBuf {
     PathBuf::from(crate::config::RawConfig::default().socket.path)
 }
 
+/// `key rotate` through the running daemon, which re-seals while it serves. `Ok(false)` when
+/// no daemon answers on the socket: the caller rotates offline.
+pub(super) fn rotate_key_online(socket: &Path) -> Result<bool, Failed> {
+    let reply = match client::call_blocking(socket, "POST", "/v1/key/rotate", None) {
+        Ok(reply) => reply,
+        Err(ClientError::Unreachable { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    expect_ok(&reply)?;
+    let text = |k: &str| {
+        reply
+            .body
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let accounts = reply
+        .body
+        .get("accounts")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    say(format_args!(
+        "re-sealed {accounts} account(s) with a new key, now in {}, while the daemon served",
+        text("key_file")
+    ));
+    say_old_key(&text("old_key_file"));
+    Ok(true)
+}
+
+/// What every rotation says about the key it replaced.
+pub(crate) fn say_old_key(old_key_file: &str) {
+    say(format_args!(
+        "the old key is kept in {old_key_file}: backups taken before this rotation open only with it; delete it once no such backup is kept"
+    ));
+}
+
 /// `key generate FILE`: the key is never printed, only where it is.
 pub(super) fn generate_key(file: &Path) -> ExitCode {
     match crate::keys::generate_file(file) {

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub(crate) use commands::say_old_key;
 pub use render::{Screen, lifetime_bar, relative, render_watch, say, say_raw};
 pub use run::{Process, run};
 
@@ -227,10 +228,11 @@ pub enum KeyCommand {
         /// The file to create.
         file: PathBuf,
     },
-    /// Re-seal every token with a new key, in one transaction; run with the daemon stopped.
+    /// Re-seal every token with a new key, in one transaction: a running daemon does it while
+    /// it serves; the old key is kept as `<key file>.before-<UTC time>` for older backups.
     Rotate {
-        /// Write the new key here instead of replacing the key file (required when the key
-        /// is the systemd credential shiptoken.key).
+        /// With the daemon stopped: write the new key here instead of replacing the key file
+        /// (required when the key is the systemd credential shiptoken.key).
         #[arg(long, value_name = "FILE")]
         new_key_out: Option<PathBuf>,
     },

@@ -109,11 +109,21 @@ pub fn run(cli: &Cli, process: &impl Process) -> ExitCode {
         Command::Backup { file } => process
             .on_runtime(|| async { offline::with_config(cli, |c| crate::backup::backup(c, file)) }),
         Command::Key(KeyCommand::Generate { file }) => commands::generate_key(file),
-        Command::Key(KeyCommand::Rotate { new_key_out }) => process.on_runtime(|| async {
-            offline::with_config(cli, |c| {
-                crate::backup::rotate_key(c, new_key_out.as_deref())
+        Command::Key(KeyCommand::Rotate { new_key_out }) => {
+            // A running daemon rotates while it serves; only without one is it done here.
+            if new_key_out.is_none() {
+                match socket_path(cli).and_then(|s| commands::rotate_key_online(&s)) {
+                    Ok(true) => return ExitCode::SUCCESS,
+                    Ok(false) => {}
+                    Err(e) => return exit_with(Err(e)),
+                }
+            }
+            process.on_runtime(|| async {
+                offline::with_config(cli, |c| {
+                    crate::backup::rotate_key(c, new_key_out.as_deref())
+                })
             })
-        }),
+        }
         Command::Registry(RegistryCommand::Migrate { to, password_file }) => {
             process.on_runtime(|| async {
                 offline::with_config(cli, |c| {

@@ -67,6 +67,10 @@ impl Reloader {
         // systemd pairs RELOADING=1 with the READY=1 that follows, failed or not.
         inner.notifier.reloading();
         let status = registry_status(&inner.registry);
+        // A shared registry's next key is copied to every host, then each is reloaded.
+        if let Err(e) = inner.registry.stage_next_key().await {
+            tracing::error!(error = %e, "reload: cannot stage the next key; `key rotate` waits for it");
+        }
         let current = inner.config.borrow().clone();
         match reload(
             inner.file.as_deref(),

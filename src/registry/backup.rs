@@ -181,7 +181,7 @@ pub fn rotate_key(config: &Config, new_key_out: Option<&Path>) -> anyhow::Result
     sqlite_only(
         config,
         "key rotate",
-        "migrate it to SQLite (registry migrate --to DIR), rotate there, and migrate back, as docs/deployment.md says",
+        "start the daemon and run `shiptoken key rotate` again: a shared registry is rotated by a running daemon, with the next key on every host first (docs/deployment.md)",
     )?;
     let mut progress = Progress::new("re-sealing accounts");
     let done = super::sqlite::rekey::rotate_key(
@@ -200,10 +200,9 @@ pub fn rotate_key(config: &Config, new_key_out: Option<&Path>) -> anyhow::Result
         crate::cli::say(format_args!(
             "install it as the key (the systemd credential shiptoken.key, or key_file) before starting the daemon; the old key no longer opens the registry"
         ));
-    } else {
-        crate::cli::say(format_args!(
-            "the old key no longer opens the registry; back up the new one"
-        ));
+    }
+    if let Some(old) = &done.old_key_path {
+        crate::cli::say_old_key(&old.display().to_string());
     }
     Ok(())
 }

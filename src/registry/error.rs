@@ -123,4 +123,59 @@ pub enum RegistryError {
         /// The key file tried.
         key: PathBuf,
     },
+    /// `key rotate` found the key file no longer holding the key the running daemon seals
+    /// with.
+    #[error(
+        "the key file {key} no longer holds the key this registry is sealed with (was it replaced while the daemon ran?); put the key back, then run `shiptoken key rotate` again"
+    )]
+    KeyFileChanged {
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The key is a systemd credential, which only the system can replace.
+    #[error(
+        "the key is the systemd credential {key}, which shiptoken cannot replace while it runs: stop the daemon, run `shiptoken key rotate --new-key-out FILE`, install FILE as the credential shiptoken.key, and start it again"
+    )]
+    KeyNotReplaceable {
+        /// The credential.
+        key: PathBuf,
+    },
+    /// A shared registry is rotated to a key every host holds already; this one has none.
+    #[error(
+        "a PostgreSQL registry is shared, so its next key must be on every host before the rotation: make it with `shiptoken key generate {pending}`, copy that file to the same place on every host sharing the registry (mode 0600), run `systemctl reload shiptoken` on each, then `shiptoken key rotate` again (docs/deployment.md)"
+    )]
+    NextKeyMissing {
+        /// Where the next key belongs.
+        pending: PathBuf,
+    },
+    /// Daemons sharing the registry that do not hold the next key: rotating now would seal
+    /// tokens they cannot open.
+    #[error(
+        "not rotated: the daemon(s) on {hosts} sharing this registry do not hold the next key; copy {pending} to the same place on each (mode 0600), run `systemctl reload shiptoken` there, then `shiptoken key rotate` again"
+    )]
+    NextKeyNotEverywhere {
+        /// Their `registry.host_name`s, comma-separated.
+        hosts: String,
+        /// Where the next key belongs.
+        pending: PathBuf,
+    },
+    /// The registry moved to the new key, but the key file could not be replaced; the next
+    /// start of the daemon installs it.
+    #[error(
+        "the registry is sealed with the new key in {pending}, but it could not be installed as the key: {source}; fix that and restart the daemon, which installs it (do not delete {pending})"
+    )]
+    KeyNotInstalled {
+        /// The new key, waiting.
+        pending: PathBuf,
+        /// Why.
+        source: KeyError,
+    },
+    /// Another daemon sharing the registry rotated to a key this one does not hold.
+    #[error(
+        "another daemon sharing the registry rotated its key to one this host does not hold, so nothing is written here; copy the key file from a host that rotated to {key} (mode 0600) and restart this daemon"
+    )]
+    KeyRotatedElsewhere {
+        /// This host's key file.
+        key: PathBuf,
+    },
 }

@@ -22,6 +22,7 @@ pub mod postgres;
 #[path = "no_postgres.rs"]
 pub mod postgres;
 mod record;
+mod rekey;
 pub mod seal;
 mod sqlite;
 pub mod store;
@@ -42,11 +43,11 @@ pub use audit::{AuditEntry, AuditQuery, ProxiedCall};
 pub use error::RegistryError;
 pub use postgres::follow;
 pub use record::{AccountRecord, Doubt, Event, EventKind, NewAccount, Note, TokenRecord};
+pub use rekey::KeyRotated;
 pub use sqlite::SCHEMA_VERSION;
 pub use store::{Dump, LeaseAnswer, OAuthBegin, Save, Store};
 
 use crate::clock::Timestamp;
-#[cfg(feature = "postgres")]
 use crate::keys::KeySource;
 use crate::names::AccountKey;
 use crate::secret::Secret;
@@ -108,6 +109,8 @@ pub struct Registry {
     health: WriteHealth,
     /// PostgreSQL, shared with other daemons: leases are taken before upstream work.
     shared: bool,
+    /// Where the key that seals the registry comes from (`key rotate` replaces it).
+    key: KeySource,
     /// Why other daemons' changes are not reaching this one, while they are not.
     feed_problem: Arc<Mutex<Option<String>>>,
     /// Where records stored by other daemons are reported (see [`Registry::remote_changes`]).
@@ -151,11 +154,12 @@ impl Registry {
     ) -> Result<Registry, RegistryError> {
         let state_dir = state_dir.to_path_buf();
         let shared = options.postgres.is_some();
+        let key = KeySource::resolve(options.key_file.as_deref(), &state_dir);
         let (path, store, records) = match options.postgres.clone() {
             #[cfg(feature = "postgres")]
             Some(target) => {
                 let path = PathBuf::from(&target.shown);
-                let key_source = KeySource::resolve(options.key_file.as_deref(), &state_dir);
+                let key_source = key.clone();
                 let (store, records) = tokio::task::spawn_blocking(move || {
                     postgres::open_blocking(&target, &key_source)
                 })
@@ -211,6 +215,7 @@ impl Registry {
             path,
             health,
             shared,
+            key,
             feed_problem: Arc::default(),
             remote: Arc::default(),
         })

@@ -58,6 +58,7 @@ pub enum SealError {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: Arc<XChaCha20Poly1305>,
+    id: i32,
 }
 
 impl Sealer {
@@ -65,7 +66,13 @@ impl Sealer {
     pub fn new(key: &MasterKey) -> Sealer {
         Sealer {
             cipher: Arc::new(XChaCha20Poly1305::new(key.bytes().into())),
+            id: key.id(),
         }
+    }
+
+    /// The key's public identifier ([`MasterKey::id`]).
+    pub fn id(&self) -> i32 {
+        self.id
     }
 
     /// Seals `plain` bound to `ad`.
@@ -127,9 +134,15 @@ impl Sealer {
             .map(|v| self.seal(v, &ad(provider, account, column)))
             .transpose()
     }
+}
+
+/// What opens sealed values: one key ([`Sealer`]) or any key of a ring ([`Keyring`]).
+pub trait Opener {
+    /// Opens a value sealed under `ad`.
+    fn open_sealed(&self, stored: &str, ad: &str) -> Result<String, SealError>;
 
     /// Opens a token column's stored value from its place (see [`Sealer::seal_column`]).
-    pub fn open_column(
+    fn open_column(
         &self,
         provider: &str,
         account: &str,
@@ -137,8 +150,83 @@ impl Sealer {
         stored: Option<&str>,
     ) -> Result<Option<String>, SealError> {
         stored
-            .map(|v| self.open(v, &ad(provider, account, column)))
+            .map(|v| self.open_sealed(v, &ad(provider, account, column)))
             .transpose()
+    }
+}
+
+impl Opener for Sealer {
+    fn open_sealed(&self, stored: &str, ad: &str) -> Result<String, SealError> {
+        self.open(stored, ad)
+    }
+}
+
+impl Opener for Keyring {
+    fn open_sealed(&self, stored: &str, ad: &str) -> Result<String, SealError> {
+        self.open(stored, ad)
+    }
+}
+
+/// The key that seals, and the others that still open: the next key staged on every host of a
+/// shared registry before it is rotated to, or the previous one while the other daemons of the
+/// fleet move to the new key. Opening tries the sealing key first, so the common case costs
+/// one decryption.
+#[derive(Clone)]
+pub struct Keyring {
+    seal: Sealer,
+    also: Vec<Sealer>,
+}
+
+impl Keyring {
+    /// A ring of one key.
+    pub fn new(seal: Sealer) -> Keyring {
+        Keyring {
+            seal,
+            also: Vec::new(),
+        }
+    }
+
+    /// The key new values are sealed with.
+    pub fn sealer(&self) -> &Sealer {
+        &self.seal
+    }
+
+    /// Every key of the ring, the sealing one first.
+    pub fn keys(&self) -> impl Iterator<Item = &Sealer> {
+        std::iter::once(&self.seal).chain(&self.also)
+    }
+
+    /// Adds a key that opens (a no-op for a key already in the ring).
+    pub fn add(&mut self, key: Sealer) {
+        if self.keys().all(|k| k.id() != key.id()) {
+            self.also.push(key);
+        }
+    }
+
+    /// Seals with `next` from now on; the key it replaces still opens.
+    pub fn promote(&mut self, next: Sealer) {
+        self.also.retain(|k| k.id() != next.id());
+        let old = std::mem::replace(&mut self.seal, next);
+        if old.id() != self.seal.id() {
+            self.also.push(old);
+        }
+    }
+
+    /// Opens with whichever key sealed `stored`; the sealing key's error when none does.
+    pub fn open(&self, stored: &str, ad: &str) -> Result<String, SealError> {
+        let first = self.seal.open(stored, ad);
+        if first.is_ok() || self.also.is_empty() {
+            return first;
+        }
+        self.also
+            .iter()
+            .find_map(|k| k.open(stored, ad).ok())
+            .ok_or_else(|| first.err().unwrap_or(SealError::WrongKey))
+    }
+
+    /// The key of the ring that opens a stored key check, if any.
+    pub fn opener_of_check(&self, stored: &str) -> Option<&Sealer> {
+        self.keys().find(|k| opens_key_check(k, stored))
     }
 }
 
@@ -207,6 +295,39 @@ mod tests {
             s.open("plain-token", "x"),
             Err(SealError::Malformed)
         ));
+    }
+
+    #[test]
+    fn a_keyring_opens_with_every_key_and_seals_with_one() {
+        let (old, next) = (
+            Sealer::new(&MasterKey::generate()),
+            Sealer::new(&MasterKey::generate()),
+        );
+        let ad = "shiphero/acme/access_token";
+        let by_old = old.seal("tok-old", ad).unwrap();
+        let mut ring = Keyring::new(old.clone());
+        ring.add(next.clone());
+        ring.add(next.clone());
+        assert_eq!(ring.keys().count(), 2);
+        assert_eq!(ring.open(&by_old, ad).unwrap(), "tok-old");
+        ring.promote(next.clone());
+        assert_eq!(ring.sealer().id(), next.id());
+        let by_ring = ring
+            .sealer()
+            .seal_column("shiphero", "acme", "access_token", Some("t"))
+            .unwrap();
+        assert_eq!(next.open(by_ring.as_deref().unwrap(), ad).unwrap(), "t");
+        assert!(old.open(by_ring.as_deref().unwrap(), ad).is_err());
+        // The replaced key still opens what it sealed.
+        assert_eq!(ring.open(&by_old, ad).unwrap(), "tok-old");
+        let stranger = Sealer::new(&MasterKey::generate());
+        let by_stranger = stranger.seal("x", ad).unwrap();
+        assert!(matches!(
+            ring.open(&by_stranger, ad),
+            Err(SealError::WrongKey)
+        ));
+        let check = key_check(&old).unwrap();
+        assert_eq!(ring.opener_of_check(&check).map(Sealer::id), Some(old.id()));
     }
 
     #[test]

@@ -13,8 +13,10 @@ use crate::clock::Timestamp;
 use crate::names::AccountKey;
 use crate::secret::Secret;
 
+use std::path::Path;
 use std::time::Duration;
 
+use super::seal::Sealer;
 use super::{AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, Note, RegistryError};
 
 /// One record to store, with the history notes it adds.
@@ -137,6 +139,24 @@ pub trait Store {
 
     /// Writes `dump` into this registry, which must hold no account yet.
     fn import(&mut self, dump: &Dump) -> Result<(), RegistryError>;
+
+    /// Re-seals every stored secret with `next` in one transaction and seals with it from
+    /// then on (`key rotate` of a running daemon). `current` must be the key the registry is
+    /// sealed with ([`RegistryError::KeyFileChanged`] names `key_file` when not). How many
+    /// accounts were re-sealed.
+    fn rekey(
+        &mut self,
+        current: &Sealer,
+        next: &Sealer,
+        key_file: &Path,
+    ) -> Result<u64, RegistryError>;
+
+    /// Takes `key` as one that opens values besides the sealing key: the next key, staged on
+    /// every host of a shared registry before one of them rotates to it. A registry only one
+    /// daemon writes has nothing to stage.
+    fn stage_key(&mut self, _key: &Sealer) -> Result<(), RegistryError> {
+        Ok(())
+    }
 
     /// Takes the right to do upstream work on the account for `lease`, fleet-wide, if its
     /// stored registration and revision are still `record`'s. A single-host backend has no

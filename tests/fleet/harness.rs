@@ -49,6 +49,9 @@ pub(crate) struct Setup<'a> {
     /// Whether the daemons open their metrics and Shippo callback listeners. Only the tests
     /// that use them do: fewer listeners, fewer ports to find.
     pub(crate) listeners: bool,
+    /// Whether each daemon has its own copy of the key (`<its folder>/fleet.key`), as hosts
+    /// do, instead of all reading one file.
+    pub(crate) own_keys: bool,
 }
 
 /// A new key file in `dir`, mode 0600, as `keys.rs` expects one.
@@ -83,6 +86,14 @@ impl Fleet {
             };
             let home = dir.path().join(host);
             std::fs::create_dir(&home).unwrap();
+            let key = match setup.own_keys {
+                true => {
+                    let own = home.join("fleet.key");
+                    std::fs::copy(&key, &own).unwrap();
+                    own
+                }
+                false => key.clone(),
+            };
             let base = shippo.base_url();
             // Shippo OAuth needs the callback listener; without listeners, only the API.
             let (metrics_listen, shippo_section) = match setup.listeners {

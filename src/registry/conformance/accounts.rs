@@ -237,6 +237,82 @@ pub(super) fn tokens_are_sealed_at_rest_and_open_again(backend: Factory<'_>) {
     assert_eq!(b.stored_secrets().len(), 2);
 }
 
+pub(super) fn a_rekey_moves_every_token_to_the_new_key(backend: Factory<'_>) {
+    use crate::keys::{KeySource, MasterKey};
+    use crate::registry::seal::Sealer;
+    let b = backend("a");
+    let key_file = b.key_path();
+    let mut store = b.open("host-a");
+    let acme = store.insert(&shiphero("acme"), T0).unwrap();
+    let token = TokenRecord {
+        access_token: Secret::new("access-current-1234"),
+        issued_at: T0,
+        expires_at: None,
+    };
+    let saved = save(
+        store.as_mut(),
+        &acme,
+        |r| r.current = Some(token.clone()),
+        &[],
+    )
+    .unwrap();
+    let before = b.stored_secrets();
+    let old_key = KeySource::ConfigFile(key_file.clone()).load(false).unwrap();
+    let (current, next_key) = (Sealer::new(&old_key), MasterKey::generate());
+    let next = Sealer::new(&next_key);
+
+    // A key file that no longer holds the registry's key changes nothing.
+    let stranger = Sealer::new(&MasterKey::generate());
+    assert!(matches!(
+        store.rekey(&stranger, &next, &key_file),
+        Err(RegistryError::KeyFileChanged { .. })
+    ));
+    assert_eq!(b.stored_secrets(), before);
+
+    // A daemon sharing the registry that cannot open the next key holds the rotation back.
+    let mut other = b.shared().then(|| b.open("host-b"));
+    if let Some(other) = other.as_mut() {
+        let refused = store.rekey(&current, &next, &key_file);
+        assert!(
+            matches!(&refused, Err(RegistryError::NextKeyNotEverywhere { hosts, .. }) if hosts == "host-b"),
+            "{refused:?}"
+        );
+        assert_eq!(b.stored_secrets(), before);
+        other.stage_key(&next).unwrap();
+    }
+    assert_eq!(store.rekey(&current, &next, &key_file).unwrap(), 1);
+    let after = b.stored_secrets();
+    assert_eq!(after.len(), before.len());
+    assert!(
+        after.iter().all(|v| !before.contains(v)),
+        "every value sealed again"
+    );
+
+    // The rotating store goes on reading and writing.
+    assert_eq!(store.load(&acme.key).unwrap(), saved);
+    let saved = save(store.as_mut(), &saved, |r| r.failures = 1, &[]).unwrap();
+    // Another daemon moves to the new key at its next write.
+    if let Some(mut other) = other {
+        let stored = other.load(&acme.key).unwrap();
+        assert_eq!(stored, saved);
+        save(other.as_mut(), &stored, |r| r.failures = 2, &[]).unwrap();
+    }
+    // The old key no longer opens the registry; the new one opens everything.
+    assert!(matches!(
+        b.try_open("host-c").map(|_| ()),
+        Err(RegistryError::WrongKey { .. })
+    ));
+    crate::keys::write_key(&key_file, &next_key).unwrap();
+    let mut restarted = b.open("host-c");
+    let read = restarted.load(&acme.key).unwrap();
+    assert_eq!(read.current, Some(token));
+    assert!(read.failures >= 1);
+    assert_eq!(
+        restarted.refresh_token(&acme.key).unwrap(),
+        Some(Secret::new("refresh-acme-aaaaaaaa"))
+    );
+}
+
 pub(super) fn history_belongs_to_one_registration(backend: Factory<'_>) {
     let b = backend("a");
     let mut store = b.open("host-a");

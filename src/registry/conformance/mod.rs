@@ -25,7 +25,13 @@ use crate::secret::Secret;
 pub(super) trait Backend {
     /// A store on it, as the daemon named `host` opens it; every call opens another (a
     /// second daemon, or the same one restarted).
-    fn open(&self, host: &str) -> Box<dyn Store + Send>;
+    fn open(&self, host: &str) -> Box<dyn Store + Send> {
+        self.try_open(host).unwrap()
+    }
+    /// [`Backend::open`], or why the daemon would not start.
+    fn try_open(&self, host: &str) -> Result<Box<dyn Store + Send>, RegistryError>;
+    /// The key file every store of it is opened with.
+    fn key_path(&self) -> PathBuf;
     /// Whether several daemons share it (leases are real).
     fn shared(&self) -> bool;
     /// Every stored value of the token columns, as stored.
@@ -108,10 +114,13 @@ impl Sqlite {
 }
 
 impl Backend for Sqlite {
-    fn open(&self, _host: &str) -> Box<dyn Store + Send> {
-        let (conn, _) =
-            super::sqlite::open_blocking(self.dir.path(), &self.db(), Some(&self.key)).unwrap();
-        Box::new(conn)
+    fn try_open(&self, _host: &str) -> Result<Box<dyn Store + Send>, RegistryError> {
+        let (conn, _) = super::sqlite::open_blocking(self.dir.path(), &self.db(), Some(&self.key))?;
+        Ok(Box::new(conn))
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.key.clone()
     }
 
     fn shared(&self) -> bool {
@@ -185,13 +194,15 @@ impl Postgres {
 
 #[cfg(feature = "postgres")]
 impl Backend for Postgres {
-    fn open(&self, host: &str) -> Box<dyn Store + Send> {
+    fn try_open(&self, host: &str) -> Result<Box<dyn Store + Send>, RegistryError> {
         let target = super::postgres::PostgresTarget::new(&self.db.url, None, host).unwrap();
-        Box::new(
-            super::postgres::open_blocking(&target, &self.key)
-                .unwrap()
-                .0,
-        )
+        Ok(Box::new(
+            super::postgres::open_blocking(&target, &self.key)?.0,
+        ))
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.key.path().to_path_buf()
     }
 
     fn shared(&self) -> bool {
@@ -270,6 +281,7 @@ conformance!(
     accounts::a_batch_of_saves_is_all_or_nothing,
     accounts::tokens_are_sealed_at_rest_and_open_again,
     accounts::history_belongs_to_one_registration,
+    accounts::a_rekey_moves_every_token_to_the_new_key,
     accounts::unknown_rows_are_refused_never_read_as_another_provider,
     shared::oauth_states_are_spent_once_superseded_and_expire,
     shared::the_audit_is_written_filtered_and_pruned,

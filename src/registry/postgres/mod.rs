@@ -19,6 +19,7 @@
 //! (leases and fences) and [`follow`] (the change feed).
 
 pub mod follow;
+mod keys;
 mod lease;
 mod rows;
 mod schema;
@@ -39,7 +40,8 @@ use crate::names::AccountKey;
 use crate::registry::seal::Sealer;
 use crate::registry::store::Store;
 use crate::registry::{AccountRecord, RegistryError};
-use schema::{check_key, migrate};
+use keys::PgKeys;
+use schema::migrate;
 
 /// The channel every write notifies, with `generation revision provider/name`.
 pub const CHANNEL: &str = "shiptoken_accounts";
@@ -54,7 +56,7 @@ impl From<postgres::Error> for RegistryError {
 pub(crate) struct PgStore {
     target: PostgresTarget,
     client: Option<Client>,
-    sealer: Sealer,
+    keys: PgKeys,
     /// Fences of the leases this daemon holds.
     leases: HashMap<AccountKey, i64>,
     /// The last failed connection attempt and its error: calls within [`RECONNECT_AFTER`]
@@ -78,11 +80,11 @@ pub(crate) fn open_blocking(
         crate::keys::KeyError::Missing { path } => crate::keys::KeyError::SharedMissing { path },
         e => e,
     })?);
-    check_key(&mut client, &sealer, target, key)?;
+    let keys = PgKeys::unlock(&mut client, sealer, key, target)?;
     let mut store = PgStore {
         target: target.clone(),
         client: Some(client),
-        sealer,
+        keys,
         leases: HashMap::new(),
         down: None,
     };
@@ -143,7 +145,7 @@ impl PgStore {
         &mut self,
         f: impl FnOnce(
             &mut Client,
-            &Sealer,
+            &mut PgKeys,
             &str,
             &mut HashMap<AccountKey, i64>,
         ) -> Result<R, RegistryError>,
@@ -155,7 +157,10 @@ impl PgStore {
             {
                 return Err(RegistryError::Postgres(error.clone()));
             }
-            match connect(&self.target) {
+            match connect(&self.target).and_then(|mut client| {
+                self.keys.hold(&mut client)?;
+                Ok(client)
+            }) {
                 Ok(client) => {
                     if self.down.take().is_some() {
                         tracing::info!(registry = %self.target.shown, "connected to the PostgreSQL registry again");
@@ -171,7 +176,7 @@ impl PgStore {
         let Some(client) = self.client.as_mut() else {
             return Err(RegistryError::Closed);
         };
-        let result = f(client, &self.sealer, &self.target.host, &mut self.leases);
+        let result = f(client, &mut self.keys, &self.target.host, &mut self.leases);
         if client.is_closed() {
             self.client = None;
         }

@@ -6,7 +6,7 @@ use postgres::{GenericClient, Row};
 use super::CHANNEL;
 use crate::clock::Timestamp;
 use crate::names::AccountKey;
-use crate::registry::seal::Sealer;
+use crate::registry::seal::{Keyring, Opener as _};
 use crate::registry::{AccountRecord, Doubt, NewAccount, RegistryError, TokenRecord, stored};
 use crate::secret::Secret;
 
@@ -19,7 +19,7 @@ pub(super) const SELECT_ACCOUNT: &str = "
            renew_doubt_reason
     FROM accounts";
 
-pub(super) fn row_to_record(row: &Row, sealer: &Sealer) -> Result<AccountRecord, RegistryError> {
+pub(super) fn row_to_record(row: &Row, sealer: &Keyring) -> Result<AccountRecord, RegistryError> {
     let provider: String = row.get(0);
     let name: String = row.get(1);
     let (key, status) = stored::account(&provider, name.clone(), row.get(5))?;
@@ -70,13 +70,15 @@ pub(super) fn row_to_record(row: &Row, sealer: &Sealer) -> Result<AccountRecord,
 
 /// Seals `value` for its column, or NULL.
 pub(super) fn sealed(
-    sealer: &Sealer,
+    sealer: &Keyring,
     key: &AccountKey,
     column: &str,
     value: Option<&Secret>,
 ) -> Result<Option<String>, RegistryError> {
     let value = value.map(Secret::expose);
-    Ok(sealer.seal_column(key.provider.as_str(), &key.name, column, value)?)
+    Ok(sealer
+        .sealer()
+        .seal_column(key.provider.as_str(), &key.name, column, value)?)
 }
 
 /// Tells every daemon (this one too) that `record` changed, at commit.
@@ -122,7 +124,7 @@ pub(super) fn insert_event(
 /// (the lease this daemon holds on it).
 pub(super) fn write_record(
     c: &mut impl GenericClient,
-    sealer: &Sealer,
+    sealer: &Keyring,
     r: &AccountRecord,
     expected: Option<i64>,
     fence: Option<i64>,
@@ -190,7 +192,7 @@ pub(super) fn write_record(
 
 pub(super) fn load_one(
     c: &mut impl GenericClient,
-    sealer: &Sealer,
+    sealer: &Keyring,
     key: &AccountKey,
 ) -> Result<AccountRecord, RegistryError> {
     let sql = format!("{SELECT_ACCOUNT} WHERE provider = $1 AND name = $2");

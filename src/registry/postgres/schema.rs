@@ -1,12 +1,9 @@
-//! The PostgreSQL schema: its migrations, applied one daemon at a time, and the key check
-//! every daemon sharing the registry must pass.
+//! The PostgreSQL schema: its migrations, applied one daemon at a time (the key check every
+//! daemon must pass is in [`super::keys`]).
 
 use postgres::Client;
 
-use super::PostgresTarget;
-use crate::keys::KeySource;
 use crate::registry::RegistryError;
-use crate::registry::seal::{self, Sealer};
 
 /// Serializes migrations of daemons starting at once (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x0053_4849_5054_4f4b; // "SHIPTOK"
@@ -127,28 +124,4 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), RegistryError> {
     )?;
     tx.commit()?;
     Ok(())
-}
-
-/// Proves `sealer` is the registry's key; the first daemon to start writes the check.
-pub(super) fn check_key(
-    client: &mut Client,
-    sealer: &Sealer,
-    target: &PostgresTarget,
-    key: &KeySource,
-) -> Result<(), RegistryError> {
-    client.execute(
-        "INSERT INTO meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING",
-        &[&seal::key_check(sealer)?],
-    )?;
-    let stored: String = client
-        .query_one("SELECT value FROM meta WHERE key = 'key_check'", &[])?
-        .get(0);
-    if seal::opens_key_check(sealer, &stored) {
-        Ok(())
-    } else {
-        Err(RegistryError::WrongKey {
-            db: target.shown.clone().into(),
-            key: key.path().to_path_buf(),
-        })
-    }
 }

@@ -1,6 +1,7 @@
 //! [`Store`] on PostgreSQL: each call one transaction on the owner thread's connection, every
 //! write notifying the change feed at commit. Leases are in [`super::lease`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::rows::{
@@ -10,6 +11,7 @@ use super::rows::{
 use super::{PgStore, duplicate};
 use crate::clock::Timestamp;
 use crate::names::{AccountKey, Status};
+use crate::registry::seal::{Opener as _, Sealer};
 use crate::registry::store::{Dump, DumpedEvent, LeaseAnswer, OAuthBegin, Save, Store};
 use crate::registry::{
     AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, ProxiedCall, RegistryError, stored,
@@ -18,36 +20,37 @@ use crate::secret::Secret;
 
 impl Store for PgStore {
     fn load_all(&mut self) -> Result<Vec<AccountRecord>, RegistryError> {
-        self.with(|c, sealer, _, _| {
+        self.with(|c, keys, _, _| {
             c.query(SELECT_ACCOUNT, &[])?
                 .iter()
-                .map(|row| row_to_record(row, sealer))
+                .map(|row| row_to_record(row, keys))
                 .collect()
         })
     }
 
     fn load(&mut self, key: &AccountKey) -> Result<AccountRecord, RegistryError> {
-        self.with(|c, sealer, _, _| load_one(c, sealer, key))
+        self.with(|c, keys, _, _| load_one(c, keys, key))
     }
 
     fn load_some(&mut self, keys: &[AccountKey]) -> Result<Vec<AccountRecord>, RegistryError> {
         let names: Vec<String> = keys.iter().map(AccountKey::to_string).collect();
-        self.with(|c, sealer, _, _| {
+        self.with(|c, keys, _, _| {
             let sql = format!("{SELECT_ACCOUNT} WHERE provider || '/' || name = ANY($1)");
             c.query(&sql, &[&names])?
                 .iter()
-                .map(|row| row_to_record(row, sealer))
+                .map(|row| row_to_record(row, keys))
                 .collect()
         })
     }
 
     fn save_all(&mut self, saves: &[Save<'_>]) -> Result<(), RegistryError> {
-        self.with(|c, sealer, host, leases| {
+        self.with(|c, keys, host, leases| {
             let mut tx = c.transaction()?;
+            keys.follow(&mut tx)?;
             for save in saves {
                 let r = save.record;
                 let fence = leases.get(&r.key).copied();
-                write_record(&mut tx, sealer, r, save.expected, fence)?;
+                write_record(&mut tx, keys, r, save.expected, fence)?;
                 for note in save.notes {
                     insert_event(
                         &mut tx,
@@ -67,8 +70,9 @@ impl Store for PgStore {
     }
 
     fn insert(&mut self, new: &NewAccount, now: Timestamp) -> Result<AccountRecord, RegistryError> {
-        self.with(|c, sealer, host, _| {
+        self.with(|c, keys, host, _| {
             let mut tx = c.transaction()?;
+            keys.follow(&mut tx)?;
             check_unique(&mut tx, new)?;
             let generation: i64 = tx
                 .query_one("SELECT nextval('account_generations')", &[])?
@@ -88,15 +92,10 @@ impl Store for PgStore {
                     &new.last_name,
                     &now.millis(),
                     &generation,
-                    &sealed(
-                        sealer,
-                        &new.key,
-                        "refresh_token",
-                        new.refresh_token.as_ref(),
-                    )?,
+                    &sealed(keys, &new.key, "refresh_token", new.refresh_token.as_ref())?,
                     &new.refresh_token.as_ref().map(Secret::fingerprint),
                     &sealed(
-                        sealer,
+                        keys,
                         &new.key,
                         "candidate_token",
                         access.map(|t| &t.access_token),
@@ -117,7 +116,7 @@ impl Store for PgStore {
                 Some(&detail),
             )?;
             notify(&mut tx, &new.key, generation, 0)?;
-            let record = load_one(&mut tx, sealer, &new.key)?;
+            let record = load_one(&mut tx, keys, &new.key)?;
             tx.commit().map_err(|e| duplicate(e, &new.key))?;
             Ok(record)
         })
@@ -147,7 +146,7 @@ impl Store for PgStore {
     }
 
     fn refresh_token(&mut self, key: &AccountKey) -> Result<Option<Secret>, RegistryError> {
-        self.with(|c, sealer, _, _| {
+        self.with(|c, keys, _, _| {
             let row = c
                 .query_opt(
                     "SELECT refresh_token FROM accounts WHERE provider = $1 AND name = $2",
@@ -156,26 +155,29 @@ impl Store for PgStore {
                 .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
             let stored = row.get::<_, Option<&str>>(0);
             let plain =
-                sealer.open_column(key.provider.as_str(), &key.name, "refresh_token", stored)?;
+                keys.open_column(key.provider.as_str(), &key.name, "refresh_token", stored)?;
             Ok(plain.map(Secret::new))
         })
     }
 
     fn set_refresh_token(&mut self, key: &AccountKey, token: &Secret) -> Result<(), RegistryError> {
-        self.with(|c, sealer, _, _| {
-            let changed = c.execute(
+        self.with(|c, keys, _, _| {
+            let mut tx = c.transaction()?;
+            keys.follow(&mut tx)?;
+            let changed = tx.execute(
                 "UPDATE accounts SET refresh_token = $3, refresh_fingerprint = $4
                  WHERE provider = $1 AND name = $2",
                 &[
                     &key.provider.as_str(),
                     &key.name,
-                    &sealed(sealer, key, "refresh_token", Some(token))?,
+                    &sealed(keys, key, "refresh_token", Some(token))?,
                     &token.fingerprint(),
                 ],
             )?;
             if changed == 0 {
                 return Err(RegistryError::NotFound(key.clone()));
             }
+            tx.commit()?;
             Ok(())
         })
     }
@@ -220,7 +222,7 @@ impl Store for PgStore {
             added_detail,
             now,
         } = *begin;
-        self.with(|c, sealer, host, _| {
+        self.with(|c, keys, host, _| {
             let mut tx = c.transaction()?;
             let status: Option<String> = tx
                 .query_opt(
@@ -273,7 +275,7 @@ impl Store for PgStore {
                     &host,
                 ],
             )?;
-            let record = load_one(&mut tx, sealer, key)?;
+            let record = load_one(&mut tx, keys, key)?;
             tx.commit()?;
             Ok(record)
         })
@@ -455,7 +457,7 @@ impl Store for PgStore {
     }
 
     fn import(&mut self, dump: &Dump) -> Result<(), RegistryError> {
-        self.with(|c, sealer, host, _| {
+        self.with(|c, keys, host, _| {
             let mut tx = c.transaction()?;
             let held: i64 = tx.query_one("SELECT count(*) FROM accounts", &[])?.get(0);
             if held > 0 {
@@ -477,11 +479,11 @@ impl Store for PgStore {
                         &r.status_since.millis(),
                         &r.created_at.millis(),
                         &r.generation,
-                        &sealed(sealer, &r.key, "refresh_token", refresh.as_ref())?,
+                        &sealed(keys, &r.key, "refresh_token", refresh.as_ref())?,
                         &refresh.as_ref().map(Secret::fingerprint),
                     ],
                 )?;
-                write_record(&mut tx, sealer, r, None, None)?;
+                write_record(&mut tx, keys, r, None, None)?;
             }
             let newest = dump.accounts.iter().map(|(r, _)| r.generation).max().unwrap_or(0);
             if newest > 0 {
@@ -510,5 +512,18 @@ impl Store for PgStore {
 
     fn release(&mut self, key: &AccountKey) -> Result<(), RegistryError> {
         self.give_back(key)
+    }
+
+    fn rekey(
+        &mut self,
+        current: &Sealer,
+        next: &Sealer,
+        key_file: &Path,
+    ) -> Result<u64, RegistryError> {
+        self.with(|c, keys, _, _| keys.rekey(c, current, next, key_file))
+    }
+
+    fn stage_key(&mut self, key: &Sealer) -> Result<(), RegistryError> {
+        self.with(|c, keys, _, _| keys.stage(c, key))
     }
 }

@@ -134,9 +134,9 @@ fn unlock(conn: &mut Connection, path: &Path, source: &KeySource) -> Result<(), 
                 .filter(|s| matches!(seal::check_key(conn, s), Ok(KeyCheck::Matches)));
             match next {
                 Some(next) if source.replaceable() => {
-                    std::fs::rename(&pending, source.path())
-                        .map_err(io_err("cannot install the rotated key", source.path()))?;
-                    tracing::warn!(key_file = %source.path().display(), "finished an interrupted key rotation: installed the new key");
+                    let old =
+                        crate::keys::install_pending(source, crate::clock::Clock::system_now())?;
+                    tracing::warn!(key_file = %source.path().display(), old_key_file = %old.display(), "finished an interrupted key rotation: installed the new key; the old key is kept for backups taken before");
                     seal::register(conn, &next)?;
                     return Ok(());
                 }

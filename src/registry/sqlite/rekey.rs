@@ -1,10 +1,11 @@
-//! `shiptoken key rotate`: re-seals every token under a new key, offline.
+//! `shiptoken key rotate` with the daemon stopped: re-seals every token under a new key.
+//! (A running daemon rotates itself: `registry::rekey`.)
 //!
-//! It runs with the daemon stopped (the state lock proves it), because the running daemon
-//! seals with the key it loaded at start-up. The new key is written beside the old one
+//! The state lock proves no daemon runs. The new key is written beside the old one
 //! (`<key>.new`) before the registry changes, all values move to it in one transaction, and
-//! only then does it replace the old key: a crash at any point leaves a key that opens the
-//! registry, and the next start-up finishes an interrupted rotation (see `unlock`).
+//! only then does it replace the old key, which is kept at `<key>.before-<time>`: a crash at
+//! any point leaves a key that opens the registry, and the next start-up finishes an
+//! interrupted rotation (see `unlock`).
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,8 @@ pub struct Rotated {
     pub key_path: PathBuf,
     /// Whether the new key must still be installed by the operator (systemd credential).
     pub install_needed: bool,
+    /// Where the replaced key is kept, when shiptoken replaced it.
+    pub old_key_path: Option<PathBuf>,
 }
 
 /// Why `key rotate` refused or failed.
@@ -31,7 +34,7 @@ pub struct Rotated {
 pub enum RekeyError {
     /// The daemon (or another command) holds the state folder.
     #[error(
-        "the state folder {0} is in use (is the daemon running?); stop it first, e.g. `systemctl stop shiptoken`, then run `shiptoken key rotate` again"
+        "the state folder {0} is in use by a running daemon whose socket did not answer: run `shiptoken key rotate` as a user its [[socket.clients]] let administer (it rotates while serving), or stop it first"
     )]
     InUse(PathBuf),
     /// No registry to rotate.
@@ -96,24 +99,16 @@ pub fn rotate_key(
     let tx = conn.transaction().map_err(RegistryError::from)?;
     let accounts = seal::reseal_all(&tx, from, &Sealer::new(&new_key), progress)?;
     tx.commit().map_err(RegistryError::from)?;
-    let key_path = if install_needed {
-        target
+    let (key_path, old_key_path) = if install_needed {
+        (target, None)
     } else {
-        std::fs::rename(&target, source.path()).map_err(|e| KeyError::Write {
-            what: "install the new key as",
-            path: source.path().to_path_buf(),
-            source: e,
-        })?;
-        keys::sync_parent(source.path()).map_err(|e| KeyError::Write {
-            what: "flush the folder of",
-            path: source.path().to_path_buf(),
-            source: e,
-        })?;
-        source.path().to_path_buf()
+        let old = keys::install_pending(&source, crate::clock::Clock::system_now())?;
+        (source.path().to_path_buf(), Some(old))
     };
     Ok(Rotated {
         accounts,
         key_path,
         install_needed,
+        old_key_path,
     })
 }

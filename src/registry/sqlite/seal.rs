@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::registry::RegistryError;
 use crate::registry::seal::{
-    SECRET_COLUMNS, Sealer, ad, key_check, opens_key_check, seal_plaintext,
+    Opener as _, SECRET_COLUMNS, Sealer, ad, key_check, opens_key_check, seal_plaintext,
 };
 
 /// Registers `seal(value, provider, account, column)` and `unseal(...)` on `conn`; both map

@@ -1,6 +1,8 @@
 //! [`Store`] on SQLite: each call one transaction on the owner thread's connection. Tokens
 //! are sealed at the SQL boundary (the `seal`/`unseal` functions of [`super::seal`]).
 
+use std::path::Path;
+
 use rusqlite::{Connection, params};
 
 use super::rows::{
@@ -8,6 +10,7 @@ use super::rows::{
 };
 use crate::clock::Timestamp;
 use crate::names::AccountKey;
+use crate::registry::seal::Sealer;
 use crate::registry::store::{Dump, DumpedEvent, OAuthBegin, Save, Store};
 use crate::registry::{
     AccountRecord, AuditEntry, AuditQuery, Event, NewAccount, RegistryError, stored,
@@ -282,5 +285,25 @@ impl Store for Connection {
         }
         tx.commit()?;
         super::audit::append(self, &dump.audit)
+    }
+
+    fn rekey(
+        &mut self,
+        current: &Sealer,
+        next: &Sealer,
+        key_file: &Path,
+    ) -> Result<u64, RegistryError> {
+        let tx = self.transaction()?;
+        if super::seal::check_key(&tx, current)? == super::seal::KeyCheck::Differs {
+            return Err(RegistryError::KeyFileChanged {
+                key: key_file.to_path_buf(),
+            });
+        }
+        let accounts = super::seal::reseal_all(&tx, Some(current), next, |_, _| {})?;
+        tx.commit()?;
+        // Every later statement seals and opens with the new key; the owner thread runs one
+        // job at a time, so no write slips in between.
+        super::seal::register(self, next)?;
+        Ok(accounts)
     }
 }
