@@ -318,6 +318,9 @@ pub struct UpstreamSettings {
     /// How many of this provider's calls may be in flight at once (`[<provider>] concurrency`,
     /// by default `rotation.concurrency`).
     pub concurrency: usize,
+    /// The provider's own share of a token's life after which it is renewed, where its
+    /// section sets one (`oauth2.rotate_at`); `None`: `rotation.rotate_at`.
+    pub rotate_at: Option<f64>,
 }
 
 impl Config {

@@ -12,7 +12,7 @@ use rand::Rng;
 use super::judge::Probed;
 use crate::clock::Timestamp;
 use crate::config::Config;
-use crate::names::{AccountKey, Status};
+use crate::names::{AccountKey, Provider, Status};
 use crate::registry::{AccountRecord, TokenRecord};
 use crate::window::Window;
 
@@ -30,8 +30,11 @@ pub enum Work {
 /// The settings [`plan`] needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
-    /// Fraction of a lifetime after which a token is refreshed.
+    /// Fraction of a lifetime after which a token is refreshed (`rotation.rotate_at`).
     pub rotate_at: f64,
+    /// A provider's own fraction where its section sets one (`oauth2.rotate_at`), in the
+    /// order of [`Provider::ALL`].
+    pub provider_rotate_at: [Option<f64>; Provider::ALL.len()],
     /// How often tokens are probed.
     pub verify_interval: Duration,
     /// When routine refreshes may run; `None`: at any time.
@@ -43,9 +46,21 @@ impl Policy {
     pub fn from_config(c: &Config) -> Policy {
         Policy {
             rotate_at: c.rotation.rotate_at,
+            provider_rotate_at: Provider::ALL.map(|p| c.upstream(p).rotate_at),
             verify_interval: c.verify.interval,
             window: c.rotation.window,
         }
+    }
+}
+
+impl Policy {
+    /// The fraction of a lifetime after which `provider`'s tokens are refreshed.
+    pub fn rotate_at_for(&self, provider: Provider) -> f64 {
+        Provider::ALL
+            .iter()
+            .position(|p| *p == provider)
+            .and_then(|i| self.provider_rotate_at[i])
+            .unwrap_or(self.rotate_at)
     }
 }
 
@@ -96,7 +111,7 @@ fn spread_point(
 /// only after the deadline, the spread point stands: expiry beats the window. `None` for
 /// tokens that never expire.
 pub fn refresh_point(key: &AccountKey, token: &TokenRecord, policy: &Policy) -> Option<Timestamp> {
-    let (point, deadline) = spread_point(key, token, policy.rotate_at)?;
+    let (point, deadline) = spread_point(key, token, policy.rotate_at_for(key.provider))?;
     let Some(window) = policy.window else {
         return Some(point);
     };
@@ -187,7 +202,12 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy, renews: boo
     // minutes ahead is another daemon sharing the registry whose clock runs a little fast:
     // judged by age as usual, or every daemon behind it would refresh what it stores.
     let due = now.plus(CLOCK_SKEW) < current.issued_at
-        || spread_point(&account.key, current, policy.rotate_at).is_none_or(|(_, deadline)| {
+        || spread_point(
+            &account.key,
+            current,
+            policy.rotate_at_for(account.key.provider),
+        )
+        .is_none_or(|(_, deadline)| {
             refresh_point(&account.key, current, &policy).is_none_or(|p| now >= p)
                 && window_allows(policy.window, now, deadline)
         });
@@ -228,6 +248,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             rotate_at: 0.5,
+            provider_rotate_at: [None; Provider::ALL.len()],
             verify_interval: Duration::from_secs(6 * 3600),
             window: None,
         }
@@ -282,6 +303,26 @@ mod tests {
             access_token: Secret::new("t"),
             issued_at: issued,
             expires_at: Some(issued.plus(lifetime)),
+        }
+    }
+
+    #[test]
+    fn a_provider_with_its_own_share_renews_a_one_hour_token_from_40_minutes() {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let config = crate::config::tests::load("").unwrap();
+        let p = Policy::from_config(&config);
+        assert_eq!(p.rotate_at_for(Provider::ShipHero), 0.5);
+        assert!((p.rotate_at_for(Provider::OAuth2) - 2.0 / 3.0).abs() < 1e-9);
+        for i in 0..50 {
+            let mut a = shiphero_account(Some(token(t0(), HOUR)));
+            a.key = AccountKey::parse(&format!("oauth2/carrier{i}")).unwrap();
+            let point = refresh_point(&a.key, a.current.as_ref().unwrap(), &p).unwrap();
+            let after = point.since(t0());
+            assert!(after >= HOUR * 2 / 3, "{i}: {after:?}");
+            assert!(after < HOUR * 3 / 4, "{i}: {after:?}");
+            // The same account under rotation.rotate_at alone would renew at half its life.
+            let shared = refresh_point(&a.key, a.current.as_ref().unwrap(), &policy()).unwrap();
+            assert!(shared.since(t0()) < HOUR * 2 / 3);
         }
     }
 

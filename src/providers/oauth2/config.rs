@@ -23,21 +23,29 @@ pub struct RawOAuth2 {
     /// oauth2 calls in flight at once; absent: `rotation.concurrency`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i64>,
+    /// Share of a token's life after which it is renewed (in place of `rotation.rotate_at`).
+    pub rotate_at: f64,
     /// Presets the operator adds, by name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub presets: BTreeMap<String, Preset>,
 }
+
+/// The default `oauth2.rotate_at`: a carrier's 1-hour token is renewed from 40 minutes, which
+/// leaves 20 for a renewal that fails to be retried before the token ends (a 28-day ShipHero
+/// token can afford 0.5; an hour cannot).
+pub const DEFAULT_ROTATE_AT: f64 = 2.0 / 3.0;
 
 impl Default for RawOAuth2 {
     fn default() -> Self {
         RawOAuth2 {
             timeout: "30s".into(),
             // The carriers publish no token-endpoint limit (UPSTREAM.md); 10,000 accounts with
-            // 1-hour tokens renewed at about 0.55 of their life make 5 token calls a second,
+            // 1-hour tokens renewed at about 0.7 of their life make 4 token calls a second,
             // and probes come on top.
             max_requests_per_second: 10,
             burst: 20,
             concurrency: None,
+            rotate_at: DEFAULT_ROTATE_AT,
             presets: BTreeMap::new(),
         }
     }
@@ -52,6 +60,8 @@ pub struct OAuth2Config {
     pub pace: crate::pacing::Rate,
     /// How many oauth2 calls may be in flight at once.
     pub concurrency: usize,
+    /// Share of a token's life after which it is renewed.
+    pub rotate_at: f64,
     /// Every preset by name: built in, then the operator's.
     pub presets: BTreeMap<String, Preset>,
 }
@@ -88,6 +98,7 @@ impl OAuth2Config {
                 Some(n) => v.concurrency("oauth2.concurrency", n)?,
                 None => default_concurrency,
             },
+            rotate_at: v.fraction("oauth2.rotate_at", raw.rotate_at)?,
             presets,
         })
     }
@@ -98,6 +109,7 @@ impl OAuth2Config {
             timeout: self.timeout,
             pace: self.pace,
             concurrency: self.concurrency,
+            rotate_at: Some(self.rotate_at),
         }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! Each account carries its own settings (its [`account::Credential`], stored as its refresh
 //! credential). A token is renewed from the answer's `expires_in` like ShipHero's, at
-//! `rotation.rotate_at` of its life. Without a probe, a token the endpoint just issued counts
+//! `oauth2.rotate_at` of its life (default 2/3: an hour leaves less room than 28 days). Without a probe, a token the endpoint just issued counts
 //! as proven by its issue: the endpoint authenticated the client to issue it.
 
 pub mod account;

@@ -82,6 +82,7 @@ impl ShipHeroConfig {
             timeout: self.timeout,
             pace: self.pace,
             concurrency: self.concurrency,
+            rotate_at: None,
         }
     }
 }

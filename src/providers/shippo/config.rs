@@ -161,6 +161,7 @@ impl ShippoConfig {
             timeout: self.timeout,
             pace: self.pace,
             concurrency: self.concurrency,
+            rotate_at: None,
         }
     }
 }
