@@ -19,7 +19,7 @@
 //! more than 1.1x the ideal (`--max-ratio`), idle RSS over 31 MB (`--max-idle-mb`). With a
 //! wrapper as `--bin` (strace slowing fsync), memory and CPU are the daemon's, not strace's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 mod common;
+use common::{cpu_ticks, daemon_pid, status_kb};
 use shiptoken::clock::{Clock, Timestamp};
 use shiptoken::registry::Registry;
 use shiptoken::sim::FakeShipHero;
@@ -93,40 +94,6 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// A `/proc/<pid>/status` field in kB.
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The daemon's pid: `pid` itself, or its child when `--bin` is a wrapper (a script that
-/// execs strace, which runs the daemon as its child).
-fn daemon_pid(pid: u32) -> u32 {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() == "shiptoken" {
-        return pid;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()
-        .and_then(|c| c.split_whitespace().next()?.parse().ok())
-        .unwrap_or(pid)
-}
-
-/// User plus system CPU time of the process, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields after its closing parenthesis are fixed.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 /// The simulated ShipHero alone: `concurrency` clients sending probes with an unknown token
 /// (answered after the same latency) as fast as they can.
 async fn measure_fake(fake: &FakeShipHero, concurrency: usize, total: usize) -> f64 {
@@ -156,37 +123,6 @@ async fn measure_fake(fake: &FakeShipHero, concurrency: usize, total: usize) -> 
         let _ = w.await;
     }
     total as f64 / started.elapsed().as_secs_f64()
-}
-
-fn config_text(dir: &Path, shiphero: &str, concurrency: usize) -> String {
-    format!(
-        r#"state_dir = "{state}"
-
-[log]
-level = "info"
-format = "text"
-
-[socket]
-path = "{socket}"
-
-[metrics]
-listen = ""
-
-[rotation]
-concurrency = {concurrency}
-
-[shiphero]
-api_base = "{shiphero}"
-# Pacing set out of the way: this measures the daemon, not the configured rate.
-max_requests_per_second = 1000000
-burst = 100000
-
-[shippo]
-callback_listen = ""
-"#,
-        state = dir.join("state").display(),
-        socket = dir.join("shiptoken.sock").display(),
-    )
 }
 
 #[tokio::main]
@@ -234,7 +170,11 @@ async fn main() -> anyhow::Result<()> {
     let config = dir.path().join("shiptoken.toml");
     std::fs::write(
         &config,
-        config_text(dir.path(), &fake.base_url(), args.concurrency),
+        common::sweep_config(
+            dir.path(),
+            args.concurrency,
+            &format!("[shiphero]\napi_base = \"{}\"", fake.base_url()),
+        ),
     )?;
     let socket = dir.path().join("shiptoken.sock");
     let log = std::fs::File::create(dir.path().join("daemon.log"))?;

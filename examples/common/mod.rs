@@ -1,6 +1,7 @@
 //! What the benchmarks share: a fleet of ShipHero accounts registered straight into a
 //! registry (as `accounts add` would, then proven), each known to the simulated ShipHero;
-//! and the release daemon started with one account, for the socket and proxy benchmarks.
+//! the release daemon started with one account, for the socket and proxy benchmarks; and
+//! what the sweep benchmarks read of a process in /proc.
 //! Each benchmark uses part of it (hence the `dead_code` allowances).
 
 use shiptoken::clock::{Clock, Timestamp};
@@ -23,9 +24,8 @@ pub async fn register_fleet(
     n: usize,
     issued: Timestamp,
 ) -> anyhow::Result<Vec<String>> {
-    let now = Clock::system().now();
     let mut emails = Vec::with_capacity(n);
-    let mut pending = tokio::task::JoinSet::new();
+    let mut news = Vec::with_capacity(n);
     for i in 0..n {
         let email = format!("ops{i}@merchant{i}.test");
         let user = fake.add_user(&email);
@@ -42,10 +42,21 @@ pub async fn register_fleet(
                 expires_at: Some(issued.plus(LIFETIME)),
             }),
         };
+        news.push(new);
+    }
+    register_proven(registry, news).await?;
+    Ok(emails)
+}
+
+/// Registers each account and stores it as proven now, what a passing first probe leaves,
+/// with many in flight so the registry thread never waits for the benchmark.
+#[allow(dead_code)]
+pub async fn register_proven(registry: &Registry, news: Vec<NewAccount>) -> anyhow::Result<()> {
+    let now = Clock::system().now();
+    let mut pending = tokio::task::JoinSet::new();
+    for new in news {
         let registry = registry.clone();
-        // Many in flight so the registry thread never waits for us.
         pending.spawn(async move {
-            // Registered as proven: what a passing first probe leaves.
             let mut record = (*registry.add(new, now).await?).clone();
             record.current = record.candidate.take();
             record.status = Status::Active;
@@ -62,7 +73,40 @@ pub async fn register_fleet(
     while let Some(r) = pending.join_next().await {
         r??;
     }
-    Ok(emails)
+    Ok(())
+}
+
+/// The configuration of a sweep benchmark's daemon in `dir`: `concurrency` calls in flight
+/// and `section` (the provider's, its pacing set out of the way, since a benchmark measures
+/// the daemon, not the configured rate).
+#[allow(dead_code)]
+pub fn sweep_config(dir: &std::path::Path, concurrency: usize, section: &str) -> String {
+    format!(
+        r#"state_dir = "{state}"
+
+[log]
+level = "info"
+format = "text"
+
+[socket]
+path = "{socket}"
+
+[metrics]
+listen = ""
+
+[rotation]
+concurrency = {concurrency}
+
+{section}
+max_requests_per_second = 1000000
+burst = 100000
+
+[shippo]
+callback_listen = ""
+"#,
+        state = dir.join("state").display(),
+        socket = dir.join("shiptoken.sock").display(),
+    )
 }
 
 /// A child process killed (and reaped) when dropped, so a benchmark that panics leaves no
@@ -138,4 +182,41 @@ pub async fn daemon_with_one_account(
         .unwrap();
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     (child, socket, answer.body)
+}
+
+/// A `/proc/<pid>/status` field in kB.
+#[allow(dead_code)]
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The daemon's pid: `pid` itself, or its child when `--bin` is a wrapper (a script that
+/// execs strace, which runs the daemon as its child).
+#[allow(dead_code)]
+pub fn daemon_pid(pid: u32) -> u32 {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "shiptoken" {
+        return pid;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
+}
+
+/// User plus system CPU time of the process, in clock ticks (1/100 s on Linux).
+#[allow(dead_code)]
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields after its closing parenthesis are fixed.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }

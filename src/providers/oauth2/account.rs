@@ -24,7 +24,7 @@ const PREFIX: &str = "oauth2v1.";
 
 /// One account's settings; every key but the client id and secret may come from its preset.
 /// No `Debug`: it holds the client secret and the refresh token.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     /// The preset the other keys default from.

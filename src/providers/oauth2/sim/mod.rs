@@ -60,6 +60,10 @@ struct State {
     lifetime: u64,
     /// Whether a refresh grant answers a new refresh token (and invalidates the old one).
     rotate_refresh: bool,
+    /// How long every answer waits (benchmarks set a carrier's round trip).
+    latency: std::time::Duration,
+    /// Every request, answered or not.
+    total_requests: u64,
 }
 
 /// What handlers and handles share.
@@ -86,6 +90,8 @@ impl FakeCarrier {
                 tokens: HashMap::new(),
                 lifetime: 14_399,
                 rotate_refresh: false,
+                latency: std::time::Duration::ZERO,
+                total_requests: 0,
             }),
             events: Notify::new(),
         });
@@ -150,6 +156,16 @@ impl FakeCarrier {
     /// Sets the lifetime of the tokens issued from now on, in seconds.
     pub fn set_lifetime(&self, seconds: u64) {
         lock(&self.shared.state).lifetime = seconds;
+    }
+
+    /// Delays every answer by `d`, as a carrier's round trip would.
+    pub fn set_latency(&self, d: std::time::Duration) {
+        lock(&self.shared.state).latency = d;
+    }
+
+    /// Every request so far, answered or not.
+    pub fn total_requests(&self) -> u64 {
+        lock(&self.shared.state).total_requests
     }
 
     /// Makes refresh grants rotate the refresh token.

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
 use super::{CarrierMode, FEDEX_TOKEN_PATH, PROBE_PATH, Shared, Shutdown, UPS_TOKEN_PATH, issue};
-use crate::sim::{form_decode, lock, random_hex};
+use crate::sim::{form_decode, lock, random_hex, sleep_or_shutdown};
 
 /// Which carrier a token path answers like.
 #[derive(Clone, Copy, PartialEq)]
@@ -23,12 +23,32 @@ enum Style {
     FedEx,
 }
 
-pub(super) fn router(shared: Arc<Shared>, _shutdown: Shutdown) -> Router {
+pub(super) fn router(shared: Arc<Shared>, shutdown: Shutdown) -> Router {
+    let gate = shared.clone();
     Router::new()
         .route(UPS_TOKEN_PATH, post(ups))
         .route(FEDEX_TOKEN_PATH, post(fedex))
         .route(PROBE_PATH, get(probe))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let (gate, shutdown) = (gate.clone(), shutdown.clone());
+                async move {
+                    let latency = gate.begin_request();
+                    sleep_or_shutdown(&shutdown, latency).await;
+                    next.run(request).await
+                }
+            },
+        ))
         .with_state(shared)
+}
+
+impl Shared {
+    /// Counts a request; how long its answer waits.
+    fn begin_request(&self) -> std::time::Duration {
+        let mut st = lock(&self.state);
+        st.total_requests += 1;
+        st.latency
+    }
 }
 
 async fn ups(Extract(s): Extract<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
