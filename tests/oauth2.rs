@@ -78,7 +78,8 @@ async fn served(d: &Daemon, key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ups_client_credentials_account_rotates_and_is_read_through_get_a_sink_and_exec() {
     let fake = FakeCarrier::start().await.unwrap();
-    // UPS's answer, with a short life: `expires_in` "6" as a string, renewed at rotation.rotate_at (0.5 plus spread: 3 to 3.6 s).
+    // UPS's answer, with a short life: `expires_in` "6" as a string, renewed at
+    // oauth2.rotate_at (2/3 plus the spread: 4 to 4.5 s).
     fake.set_lifetime(6);
     let secret = fake.add_client("ups-app");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -282,4 +283,31 @@ async fn serve_dev_has_a_ups_demo_account_that_works() {
     )
     .await;
     assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_before_a_restart_is_still_probed() {
+    let fake = FakeCarrier::start().await.unwrap();
+    // UPS's own 4-hour lifetime: nothing is renewed during the test, only probed.
+    let secret = fake.add_client("ups-app");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut d = daemon(dir.path(), &fake, "").await;
+    add(&d, dir.path(), "ups", "fake-ups", "ups-app", &secret, None).await;
+    d.wait_for_status("oauth2/ups", "active").await;
+    let token = served(&d, "oauth2/ups").await;
+    d.stop().await;
+
+    let d = Daemon::start_with(dir.path(), &d.config, &[]).await;
+    assert_eq!(served(&d, "oauth2/ups").await, token);
+    // Revoked at the carrier while the daemon was down: the probe of the token it issued
+    // before the restart says so, and a confirmed invalid_client flags the account.
+    fake.set_mode("ups-app", CarrierMode::Revoked);
+    let account = d.wait_for_status("oauth2/ups", "revoked").await;
+    assert!(
+        account["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{account}"
+    );
 }

@@ -114,8 +114,13 @@ pub trait Upstream: Send + Sync {
     /// Gets a new access token from the refresh credential. Never a `Pass` in the error.
     fn renew<'a>(&'a self, refresh: &'a Secret) -> BoxFuture<'a, Result<Issued, Verdict>>;
 
-    /// Proves the token works with a real API call.
-    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict>;
+    /// Proves the token works with a real API call. `credential` is the account's stored
+    /// refresh credential when the provider's [`Rules::probe_reads_credential`] asks for it.
+    fn probe<'a>(
+        &'a self,
+        token: &'a Secret,
+        credential: Option<&'a Secret>,
+    ) -> BoxFuture<'a, Verdict>;
 
     /// What the daemon knows of this provider without a client (the same as [`rules`]).
     fn rules(&self) -> &'static Rules;
@@ -136,6 +141,9 @@ pub struct Rules {
     pub no_token_hint: fn(&AccountKey) -> String,
     /// How the authenticating proxy forwards applications' calls; `None`: not proxied.
     pub proxy: Option<&'static ProxyRules>,
+    /// Whether a probe needs the account's stored credential (a carrier account's probe is
+    /// part of its settings, which live in the credential); read from the registry per probe.
+    pub probe_reads_credential: bool,
 }
 
 /// What the proxy (`/v1/proxy/<provider>/<account>/<path>`) must know of a provider's API.

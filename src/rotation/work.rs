@@ -386,9 +386,15 @@ impl Engine {
         }
         let _probing = (which == Probed::Candidate).then(|| self.probing_guard(key));
         let upstream = self.upstreams.get(key.provider);
+        let credential = match upstream.rules().probe_reads_credential {
+            true => self.registry.refresh_token(key).await?,
+            false => None,
+        };
         let verdict = {
             let _permit = self.take_turn(key.provider, turn).await;
-            upstream.probe(&token.access_token).await
+            upstream
+                .probe(&token.access_token, credential.as_ref())
+                .await
         };
         if let Verdict::Throttled { wait, .. } = &verdict {
             self.budgets.throttle(key, *wait);

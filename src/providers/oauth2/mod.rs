@@ -16,13 +16,10 @@ pub mod presets;
 #[cfg(feature = "dev")]
 pub mod sim;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::evidence::{Body, Judged, judge, shape};
 use super::{Answer, Issued, Rules, Upstream, Verdict, excerpt, retry_after, send, summary};
@@ -44,10 +41,6 @@ const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(30);
 /// lives an hour, so a longer wait would let it expire.
 const LONGEST_THROTTLE: Duration = Duration::from_secs(300);
 
-/// How many issued tokens' probes are remembered; past it the memory starts again and
-/// those tokens count as proven by their issue until their next renewal.
-const REMEMBERED_PROBES: usize = 100_000;
-
 /// What the oauth2 provider states once.
 pub static RULES: Rules = Rules {
     calls: evidence::CALLS,
@@ -56,6 +49,7 @@ pub static RULES: Rules = Rules {
     no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
     // Each preset has its own API host; forwarding to them is not built yet.
     proxy: None,
+    probe_reads_credential: true,
 };
 
 /// The probe of one account, as resolved from its credential and preset.
@@ -75,17 +69,12 @@ struct TokenRequest {
     probe: Option<Probe>,
 }
 
-/// The client of every oauth2 account: one pool, the presets, and the probe each issued token
-/// is checked with (the engine's probe call names the token, not the account).
+/// The client of every oauth2 account: one pool and the presets. Everything else about an
+/// account (its grant, endpoint, probe) is in its stored credential, which each call gets.
 pub struct OAuth2 {
     http: reqwest::Client,
     metrics: Metrics,
     presets: std::collections::BTreeMap<String, Preset>,
-    probes: Mutex<HashMap<[u8; 32], Probe>>,
-}
-
-fn fingerprint(token: &Secret) -> [u8; 32] {
-    Sha256::digest(token.expose().as_bytes()).into()
 }
 
 impl OAuth2 {
@@ -99,7 +88,6 @@ impl OAuth2 {
             http,
             metrics,
             presets,
-            probes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -175,29 +163,24 @@ impl OAuth2 {
         let mut sent = vec![&secret, credential];
         sent.extend(refresh.as_ref());
         let answer = send(&self.metrics, Provider::OAuth2, "token", request, &sent).await?;
-        let issued = judge_token(&answer, &c)?;
-        self.remember(&issued.access_token, t.probe);
-        Ok(issued)
-    }
-
-    fn remember(&self, token: &Secret, probe: Option<Probe>) {
-        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
-        if probes.len() >= REMEMBERED_PROBES {
-            probes.clear();
-        }
-        if let Some(p) = probe {
-            probes.insert(fingerprint(token), p);
-        }
+        judge_token(&answer, &c)
     }
 
     /// The account's probe with `token`, or a pass when it has none: the endpoint issued it.
-    pub async fn probe(&self, token: &Secret) -> Verdict {
-        let probe = self
-            .probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fingerprint(token))
-            .cloned();
+    /// The probe is the one `credential` (the account's stored settings) and its preset name
+    /// today, so a token issued before a restart or a reload is probed like any other.
+    pub async fn probe(&self, token: &Secret, credential: Option<&Secret>) -> Verdict {
+        let Some(credential) = credential else {
+            return Verdict::Misconfigured("the account has no stored credential to probe with; add it again with `accounts add oauth2`".into());
+        };
+        let c = match Credential::decode(credential) {
+            Ok(c) => c,
+            Err(e) => return Verdict::Misconfigured(e),
+        };
+        let probe = match self.resolve(&c) {
+            Ok(t) => t.probe,
+            Err(verdict) => return verdict,
+        };
         let Some(p) = probe else {
             return Verdict::Pass {
                 identity: None,
@@ -246,8 +229,12 @@ impl Upstream for OAuth2 {
         Box::pin(self.token(refresh))
     }
 
-    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
-        Box::pin(OAuth2::probe(self, token))
+    fn probe<'a>(
+        &'a self,
+        token: &'a Secret,
+        credential: Option<&'a Secret>,
+    ) -> BoxFuture<'a, Verdict> {
+        Box::pin(OAuth2::probe(self, token, credential))
     }
 
     fn rules(&self) -> &'static Rules {

@@ -49,6 +49,7 @@ pub static RULES: Rules = Rules {
     served_headers: |_| Vec::new(),
     no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
     proxy: Some(&PROXY),
+    probe_reads_credential: false,
 };
 
 /// How the proxy forwards an application's ShipHero calls: to `shiphero.api_base`, judged on
@@ -166,7 +167,11 @@ impl Upstream for ShipHero {
         Box::pin(self.refresh(refresh))
     }
 
-    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
+    fn probe<'a>(
+        &'a self,
+        token: &'a Secret,
+        _credential: Option<&'a Secret>,
+    ) -> BoxFuture<'a, Verdict> {
         Box::pin(ShipHero::probe(self, token))
     }
 

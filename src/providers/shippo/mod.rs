@@ -46,6 +46,7 @@ pub static RULES: Rules = Rules {
         )
     },
     proxy: Some(&PROXY),
+    probe_reads_credential: false,
 };
 
 /// How the proxy forwards an application's Shippo calls: to `shippo.api_base` with the
@@ -220,7 +221,11 @@ impl Upstream for Shippo {
         })
     }
 
-    fn probe<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, Verdict> {
+    fn probe<'a>(
+        &'a self,
+        token: &'a Secret,
+        _credential: Option<&'a Secret>,
+    ) -> BoxFuture<'a, Verdict> {
         Box::pin(Shippo::probe(self, token))
     }
 
