@@ -239,6 +239,10 @@ impl Running {
             version = env!("CARGO_PKG_VERSION"),
             "shiptoken ready"
         );
+        core.tracker.spawn(report_stranded(
+            core.registry.clone(),
+            core.config.borrow().clone(),
+        ));
         let notifier = &self.systemd.notifier;
         notifier.ready(&crate::systemd::registry_status(&core.registry));
         core.tracker.spawn(crate::systemd::supervise(
@@ -435,6 +439,23 @@ fn fit_limits(config: &Config) -> anyhow::Result<LimitsConfig> {
         tracing::warn!("{warning}");
     }
     Ok(limits)
+}
+
+/// Logs an ERROR for each account the configuration cannot serve any more (its provider's
+/// [`crate::providers::Rules::stranded`]), at start-up rather than at its next token call.
+async fn report_stranded(registry: Registry, config: Arc<Config>) {
+    for account in registry.accounts() {
+        let Some(stranded) = crate::providers::rules(account.key.provider).stranded else {
+            continue;
+        };
+        let why = match registry.refresh_token(&account.key).await {
+            Ok(Some(credential)) => stranded(&config, &credential),
+            _ => None,
+        };
+        if let Some(why) = why {
+            tracing::error!(provider = %account.key.provider, account = %account.key.name, "{} {why}; its next token call will fail", account.key);
+        }
+    }
 }
 
 /// The daemon's own uid, which may always administer.

@@ -286,7 +286,7 @@ async fn serve_dev_has_a_ups_demo_account_that_works() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_issued_before_a_restart_is_still_probed() {
+async fn after_a_restart_a_carrier_token_is_still_probed_and_a_lost_preset_is_told() {
     let fake = FakeCarrier::start().await.unwrap();
     // UPS's own 4-hour lifetime: nothing is renewed during the test, only probed.
     let secret = fake.add_client("ups-app");
@@ -297,7 +297,7 @@ async fn a_token_issued_before_a_restart_is_still_probed() {
     let token = served(&d, "oauth2/ups").await;
     d.stop().await;
 
-    let d = Daemon::start_with(dir.path(), &d.config, &[]).await;
+    let mut d = Daemon::start_with(dir.path(), &d.config, &[]).await;
     assert_eq!(served(&d, "oauth2/ups").await, token);
     // Revoked at the carrier while the daemon was down: the probe of the token it issued
     // before the restart says so, and a confirmed invalid_client flags the account.
@@ -310,4 +310,18 @@ async fn a_token_issued_before_a_restart_is_still_probed() {
             .contains("invalid_client"),
         "{account}"
     );
+
+    // The operator drops the preset the account names: the next start says so at once.
+    d.stop().await;
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let (before, after) = text.split_once("[oauth2.presets.fake-ups]").unwrap();
+    let after = after.split_once("[oauth2.presets.fake-fedex]").unwrap().1;
+    std::fs::write(
+        &d.config,
+        format!("{before}[oauth2.presets.fake-fedex]{after}"),
+    )
+    .unwrap();
+    let d = Daemon::start_with(dir.path(), &d.config, &[]).await;
+    d.wait_for_log("oauth2/ups names the preset \"fake-ups\", which is neither built in nor in [oauth2.presets]")
+        .await;
 }

@@ -149,7 +149,14 @@ fn warn_needs_restart(current: &Config, new: &Config) {
         ),
         ("shiphero", current.shiphero != new.shiphero),
         ("shippo", current.shippo != new.shippo),
-        ("oauth2", current.oauth2 != new.oauth2),
+        // Its rotate_at applies at once, as rotation.rotate_at does.
+        (
+            "oauth2",
+            crate::config::OAuth2Config {
+                rotate_at: new.oauth2.rotate_at,
+                ..current.oauth2.clone()
+            } != new.oauth2,
+        ),
         ("limits", current.limits != new.limits),
         // The lease applies at once; where the registry is and who this daemon is do not.
         (

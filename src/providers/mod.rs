@@ -144,6 +144,10 @@ pub struct Rules {
     /// Whether a probe needs the account's stored credential (a carrier account's probe is
     /// part of its settings, which live in the credential); read from the registry per probe.
     pub probe_reads_credential: bool,
+    /// Why the configuration cannot serve an account with this stored credential (a carrier
+    /// account naming a preset the configuration lost), told at start-up rather than at the
+    /// account's next token call; `None` for providers whose settings are all in the config.
+    pub stranded: Option<fn(&Config, &Secret) -> Option<String>>,
 }
 
 /// What the proxy (`/v1/proxy/<provider>/<account>/<path>`) must know of a provider's API.

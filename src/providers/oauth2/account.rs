@@ -224,6 +224,18 @@ pub fn new_account(fields: AddFields, _now: Timestamp) -> Read {
     })
 }
 
+/// Why `config` cannot serve the account whose stored credential this is: a preset that is
+/// neither built in nor in `[oauth2.presets]` any more.
+pub fn stranded(config: &crate::config::Config, credential: &Secret) -> Option<String> {
+    let c = Credential::decode(credential).ok()?;
+    (!config.oauth2.presets.contains_key(&c.preset)).then(|| {
+        format!(
+            "names the preset \"{}\", which is neither built in nor in [oauth2.presets]: put it back in the configuration and restart, or add the account again with another preset",
+            c.preset
+        )
+    })
+}
+
 fn check(c: &Credential) -> Result<(), String> {
     crate::names::validate_account_name(&c.preset)
         .map_err(|_| format!("preset \"{}\" is not a preset name", c.preset))?;

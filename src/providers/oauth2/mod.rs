@@ -50,6 +50,7 @@ pub static RULES: Rules = Rules {
     // Each preset has its own API host; forwarding to them is not built yet.
     proxy: None,
     probe_reads_credential: true,
+    stranded: Some(account::stranded),
 };
 
 /// The probe of one account, as resolved from its credential and preset.

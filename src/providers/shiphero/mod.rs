@@ -50,6 +50,7 @@ pub static RULES: Rules = Rules {
     no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
     proxy: Some(&PROXY),
     probe_reads_credential: false,
+    stranded: None,
 };
 
 /// How the proxy forwards an application's ShipHero calls: to `shiphero.api_base`, judged on

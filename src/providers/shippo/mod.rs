@@ -47,6 +47,7 @@ pub static RULES: Rules = Rules {
     },
     proxy: Some(&PROXY),
     probe_reads_credential: false,
+    stranded: None,
 };
 
 /// How the proxy forwards an application's Shippo calls: to `shippo.api_base` with the
