@@ -240,6 +240,8 @@ async fn register_demo_carrier(
         form: Default::default(),
         headers: Default::default(),
         refresh_token: None,
+        // The demo's API is the simulator: `/v1/proxy/oauth2/demo-ups/api/ping` works.
+        api_base: Some(base.clone()),
         probe_method: None,
         probe_url: Some(format!("{base}{PROBE_PATH}")),
         probe_status: None,

@@ -325,3 +325,93 @@ async fn after_a_restart_a_carrier_token_is_still_probed_and_a_lost_preset_is_to
     d.wait_for_log("oauth2/ups names the preset \"fake-ups\", which is neither built in nor in [oauth2.presets]")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_api_is_called_through_the_proxy_and_its_refusal_is_evidence() {
+    let fake = FakeCarrier::start().await.unwrap();
+    let secret = fake.add_client("ups-app");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = fake.base_url();
+    // Scheduled probes out of the way: the application's call is the first to see trouble
+    // (the probe then confirms it, as it would a probe's own evidence).
+    let extra = format!(
+        r#"[verify]
+interval = "1h"
+suspended_interval = "2s"
+confirm_after = "2s"
+
+[oauth2.presets.fake-ups]
+token_url = "{base}{UPS_TOKEN_PATH}"
+api_base = "{base}"
+auth = "basic"
+probe_url = "{base}{PROBE_PATH}"
+"#
+    );
+    let d = Daemon::start(
+        dir.path(),
+        &config_text(dir.path(), "http://127.0.0.1:9", &extra),
+    )
+    .await;
+    add(&d, dir.path(), "ups", "fake-ups", "ups-app", &secret, None).await;
+    // A generic account without an API host cannot be proxied, and says how to give one.
+    let other = fake.add_client("other-app");
+    let token_url = format!("{base}{UPS_TOKEN_PATH}");
+    let secret_file = dir.path().join("other.secret");
+    std::fs::write(&secret_file, &other).unwrap();
+    let out = d
+        .cli(&[
+            "accounts",
+            "add",
+            "oauth2",
+            "other",
+            "--preset",
+            "generic",
+            "--client-id",
+            "other-app",
+            "--client-secret-file",
+            secret_file.to_str().unwrap(),
+            "--token-url",
+            &token_url,
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    d.wait_for_status("oauth2/ups", "active").await;
+
+    // The application never holds the token: the proxy adds it, the carrier accepts it.
+    let (status, body) = d
+        .call("GET", &format!("/v1/proxy/oauth2/ups{PROBE_PATH}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ok"], true, "{body}");
+    let (status, body) = d
+        .call("GET", &format!("/v1/proxy/oauth2/other{PROBE_PATH}"), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("--api-base"), "{body}");
+
+    // Revoked at the carrier: the application's own call is the first to see it, and the
+    // confirmed refusal flags the account long before the next scheduled probe.
+    fake.set_mode("ups-app", CarrierMode::Revoked);
+    let (status, _) = d
+        .call("GET", &format!("/v1/proxy/oauth2/ups{PROBE_PATH}"), None)
+        .await;
+    assert_eq!(status, 401);
+    let account = d.wait_for_status("oauth2/ups", "revoked").await;
+    assert!(
+        account["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{account}"
+    );
+    let before = fake.total_requests();
+    let (status, body) = d
+        .call("GET", &format!("/v1/proxy/oauth2/ups{PROBE_PATH}"), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        fake.total_requests(),
+        before,
+        "a flagged account's call reached the carrier"
+    );
+}

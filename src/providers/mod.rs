@@ -141,9 +141,10 @@ pub struct Rules {
     pub no_token_hint: fn(&AccountKey) -> String,
     /// How the authenticating proxy forwards applications' calls; `None`: not proxied.
     pub proxy: Option<&'static ProxyRules>,
-    /// Whether a probe needs the account's stored credential (a carrier account's probe is
-    /// part of its settings, which live in the credential); read from the registry per probe.
-    pub probe_reads_credential: bool,
+    /// Whether probes and proxied calls need the account's stored credential (a carrier
+    /// account's probe and API host are its settings, which live in the credential); read
+    /// from the registry for each.
+    pub reads_credential: bool,
     /// Why the configuration cannot serve an account with this stored credential (a carrier
     /// account naming a preset the configuration lost), told at start-up rather than at the
     /// account's next token call; `None` for providers whose settings are all in the config.
@@ -152,8 +153,10 @@ pub struct Rules {
 
 /// What the proxy (`/v1/proxy/<provider>/<account>/<path>`) must know of a provider's API.
 pub struct ProxyRules {
-    /// The API base requests are forwarded under, from the live configuration.
-    pub api_base: for<'c> fn(&'c Config) -> &'c str,
+    /// The API base requests are forwarded under, from the live configuration and, where the
+    /// provider's [`Rules::reads_credential`], the account's stored credential; or why the
+    /// account has none.
+    pub api_base: fn(&Config, Option<&Secret>) -> Result<String, String>,
     /// Which proxied calls (method, path under the API base) are judged at all: only the
     /// API whose answers the provider documents (ShipHero's `POST graphql`, not its
     /// `auth/*` endpoints, whose refusals are about the request's own credentials).

@@ -386,7 +386,7 @@ impl Engine {
         }
         let _probing = (which == Probed::Candidate).then(|| self.probing_guard(key));
         let upstream = self.upstreams.get(key.provider);
-        let credential = match upstream.rules().probe_reads_credential {
+        let credential = match upstream.rules().reads_credential {
             true => self.registry.refresh_token(key).await?,
             false => None,
         };

@@ -28,6 +28,26 @@ pub const OWN_HEADER_PREFIX: &str = "shiptoken-";
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadTarget(pub String);
 
+/// The upstream URL of a proxied call to `key`: `rest` under the provider's API base for that
+/// account (a carrier account's comes from its stored credential), or why there is none.
+pub async fn target(
+    registry: &crate::registry::Registry,
+    rules: &crate::providers::ProxyRules,
+    config: &crate::config::Config,
+    key: &crate::names::AccountKey,
+    rest: &str,
+) -> Result<url::Url, BadTarget> {
+    let credential = match crate::providers::rules(key.provider).reads_credential {
+        true => registry
+            .refresh_token(key)
+            .await
+            .map_err(|e| BadTarget(e.to_string()))?,
+        false => None,
+    };
+    let base = (rules.api_base)(config, credential.as_ref()).map_err(BadTarget)?;
+    upstream_url(&base, rest)
+}
+
 /// The upstream URL for `rest` (the raw request target after `/v1/proxy/<p>/<a>/`, query
 /// included) under `api_base`, or why there is none.
 pub fn upstream_url(api_base: &str, rest: &str) -> Result<url::Url, BadTarget> {

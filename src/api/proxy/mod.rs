@@ -281,7 +281,7 @@ async fn forward_call(
         );
         return refused(&mut finish, e);
     }
-    let url = match forward::upstream_url((rules.api_base)(&config), &rest) {
+    let url = match forward::target(&state.registry, rules, &config, &key, &rest).await {
         Ok(u) => u,
         Err(forward::BadTarget(why)) => {
             return refused(

@@ -52,6 +52,9 @@ pub struct Credential {
     /// client credentials (4.4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// The API host the proxy forwards to, overriding the preset's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
     /// The probe's method, overriding the preset's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_method: Option<String>,
@@ -145,6 +148,10 @@ pub struct AddArgs {
     /// An extra header of the token request, NAME=VALUE (repeatable).
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = pair)]
     pub header: Vec<(String, String)>,
+    /// The API host applications' calls through the proxy go to, instead of the preset's
+    /// (required with `generic` to use the proxy).
+    #[arg(long)]
+    pub api_base: Option<String>,
     /// A cheap API call proving a token, e.g. https://api.example.com/v1/ping.
     #[arg(long)]
     pub probe_url: Option<String>,
@@ -180,6 +187,7 @@ impl AddArgs {
             form: self.form.iter().cloned().collect(),
             headers: self.header.iter().cloned().collect(),
             refresh_token,
+            api_base: self.api_base.clone(),
             probe_method: self.probe_method.clone(),
             probe_url: self.probe_url.clone(),
             probe_status: self.probe_status,
@@ -258,7 +266,11 @@ fn check(c: &Credential) -> Result<(), String> {
             return Err(format!("header \"{name}\" is not a valid HTTP header"));
         }
     }
-    for (what, url) in [("token_url", &c.token_url), ("probe_url", &c.probe_url)] {
+    for (what, url) in [
+        ("token_url", &c.token_url),
+        ("probe_url", &c.probe_url),
+        ("api_base", &c.api_base),
+    ] {
         if let Some(u) = url {
             check_url(u).map_err(|e| format!("{what}: {e}"))?;
         }
@@ -281,6 +293,7 @@ mod tests {
             form: BTreeMap::new(),
             headers: BTreeMap::new(),
             refresh_token: None,
+            api_base: None,
             probe_method: None,
             probe_url: None,
             probe_status: None,

@@ -80,7 +80,10 @@ impl OAuth2Config {
             crate::names::validate_account_name(name).map_err(|_| {
                 v.invalid(&key, name, "use 1-64 characters of a-z 0-9 . _ -".into())
             })?;
-            for url in [&preset.token_url, &preset.probe_url].into_iter().flatten() {
+            for url in [&preset.token_url, &preset.probe_url, &preset.api_base]
+                .into_iter()
+                .flatten()
+            {
                 check_url(url).map_err(|e| v.invalid(&key, url, e))?;
             }
             presets.insert(name.clone(), preset.clone());

@@ -47,10 +47,31 @@ pub static RULES: Rules = Rules {
     read_add: account::new_account,
     served_headers: |_| Vec::new(),
     no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
-    // Each preset has its own API host; forwarding to them is not built yet.
-    proxy: None,
-    probe_reads_credential: true,
+    proxy: Some(&PROXY),
+    reads_credential: true,
     stranded: Some(account::stranded),
+};
+
+/// How the proxy forwards an application's carrier calls: to the account's API host (its own
+/// `api_base`, else its preset's), judged on the probe's RFC 6750 rows with any 2xx a pass;
+/// only reads may be sent twice.
+static PROXY: super::ProxyRules = super::ProxyRules {
+    api_base: |config, credential| {
+        let c = Credential::decode(credential.ok_or("the account has no stored credential")?)?;
+        let preset = config.oauth2.presets.get(&c.preset);
+        c.api_base
+            .or_else(|| preset.and_then(|p| p.api_base.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "the account has no API host: preset \"{}\" names none; add the account again with --api-base",
+                    c.preset
+                )
+            })
+    },
+    judged: |_, _| true,
+    judge: |answer| judge_api(answer, None),
+    reads_body: false,
+    repeatable: |method, _| matches!(*method, reqwest::Method::GET | reqwest::Method::HEAD),
 };
 
 /// The probe of one account, as resolved from its credential and preset.
@@ -193,7 +214,7 @@ impl OAuth2 {
             .request(p.method.clone(), &p.url)
             .bearer_auth(token.expose());
         match send(&self.metrics, Provider::OAuth2, "probe", request, &[token]).await {
-            Ok(answer) => judge_probe(&answer, p.status),
+            Ok(answer) => judge_api(&answer, Some(p.status)),
             Err(verdict) => verdict,
         }
     }
@@ -362,14 +383,22 @@ fn bearer_error(header: &str) -> Option<String> {
     })
 }
 
-fn judge_probe(a: &Answer, expected: u16) -> Verdict {
+/// What an API answer proves: the probe's (`expected`: the status a working token gets) or a
+/// proxied call's (`None`: any 2xx passes, and a scope the call needs is the caller's
+/// business, not evidence about the account).
+fn judge_api(a: &Answer, expected: Option<u16>) -> Verdict {
     let status = a.status.as_u16();
-    if status == expected {
+    let passes = expected.map_or(a.status.is_success(), |e| status == e);
+    if passes {
         return Verdict::Pass {
             identity: None,
             note: None,
         };
     }
+    let what = expected.map_or_else(
+        || "a proxied call".to_string(),
+        |e| format!("the probe (expected {e})"),
+    );
     let body = probe_body(a);
     let said = match &body {
         Body::OAuthError(code) => format!("WWW-Authenticate error=\"{code}\""),
@@ -383,6 +412,9 @@ fn judge_probe(a: &Answer, expected: u16) -> Verdict {
         Judged::Refused => {
             Verdict::Refused(format!("the API refused the token ({status}): {said}"))
         }
+        Judged::Misconfigured if expected.is_none() => Verdict::Inconclusive(format!(
+            "{what} needs a scope the token lacks ({status}): {said}"
+        )),
         Judged::Misconfigured => Verdict::Misconfigured(format!(
             "the probe needs a scope the token lacks, not the account ({status}): {said}"
         )),
@@ -390,11 +422,11 @@ fn judge_probe(a: &Answer, expected: u16) -> Verdict {
             wait: retry_after(&a.headers)
                 .unwrap_or(DEFAULT_THROTTLE_WAIT)
                 .min(LONGEST_THROTTLE),
-            message: format!("the API throttled the probe ({status})"),
+            message: format!("the API throttled {what} ({status})"),
         },
-        Judged::Undocumented | Judged::Inconclusive => Verdict::Inconclusive(format!(
-            "the probe answered {status}, expected {expected}: {said}"
-        )),
+        Judged::Undocumented | Judged::Inconclusive => {
+            Verdict::Inconclusive(format!("{what} answered {status}: {said}"))
+        }
     }
 }
 

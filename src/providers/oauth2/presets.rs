@@ -38,6 +38,10 @@ pub struct Preset {
     /// Extra headers of the token request.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// The host of the carrier's API, under which the proxy forwards an application's calls
+    /// (`/v1/proxy/oauth2/<account>/<path>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
     /// The probe's method (default GET).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_method: Option<String>,

@@ -25,6 +25,7 @@ fn credential(refresh: Option<&str>) -> Credential {
         form: BTreeMap::new(),
         headers: BTreeMap::new(),
         refresh_token: refresh.map(str::to_string),
+        api_base: None,
         probe_method: None,
         probe_url: None,
         probe_status: None,
@@ -100,7 +101,7 @@ fn token_endpoint_verdicts() {
 #[test]
 fn probes_read_the_bearer_challenge_only() {
     assert!(matches!(
-        judge_probe(&answer(200, "{}"), 200),
+        judge_api(&answer(200, "{}"), Some(200)),
         Verdict::Pass { .. }
     ));
     let mut a = answer(401, "");
@@ -110,20 +111,68 @@ fn probes_read_the_bearer_challenge_only() {
             .parse()
             .unwrap(),
     );
-    assert!(matches!(judge_probe(&a, 200), Verdict::Refused(_)));
+    assert!(matches!(judge_api(&a, Some(200)), Verdict::Refused(_)));
     let mut a = answer(403, "");
     a.headers.insert(
         "www-authenticate",
         r#"Bearer error="insufficient_scope""#.parse().unwrap(),
     );
-    assert!(matches!(judge_probe(&a, 200), Verdict::Misconfigured(_)));
+    assert!(matches!(
+        judge_api(&a, Some(200)),
+        Verdict::Misconfigured(_)
+    ));
     // A JSON error without the challenge is not the API's word on the token.
     let a = answer(401, r#"{"error":"invalid_token"}"#);
-    assert!(matches!(judge_probe(&a, 200), Verdict::Inconclusive(_)));
+    assert!(matches!(judge_api(&a, Some(200)), Verdict::Inconclusive(_)));
     assert!(matches!(
-        judge_probe(&answer(502, "<html>"), 200),
+        judge_api(&answer(502, "<html>"), Some(200)),
         Verdict::Inconclusive(_)
     ));
+}
+
+#[test]
+fn a_proxied_answer_passes_on_any_success_and_a_missing_scope_is_not_evidence() {
+    for status in [200, 201, 204] {
+        assert!(matches!(
+            judge_api(&answer(status, ""), None),
+            Verdict::Pass { .. }
+        ));
+    }
+    let mut a = answer(401, "");
+    a.headers.insert(
+        "www-authenticate",
+        r#"Bearer error="invalid_token""#.parse().unwrap(),
+    );
+    assert!(matches!(judge_api(&a, None), Verdict::Refused(_)));
+    let mut a = answer(403, "");
+    a.headers.insert(
+        "www-authenticate",
+        r#"Bearer error="insufficient_scope""#.parse().unwrap(),
+    );
+    assert!(matches!(judge_api(&a, None), Verdict::Inconclusive(_)));
+    assert!(matches!(
+        judge_api(&answer(404, "{}"), None),
+        Verdict::Inconclusive(_)
+    ));
+}
+
+#[test]
+fn the_proxy_goes_to_the_account_api_host_else_its_preset_one() {
+    let config = crate::config::tests::load("").unwrap();
+    let base = |c: &Credential| (PROXY.api_base)(&config, Some(&c.encode()));
+    let mut c = Credential {
+        preset: "fedex".into(),
+        ..Credential::default()
+    };
+    assert_eq!(base(&c).unwrap(), "https://apis.fedex.com");
+    c.api_base = Some("https://api.example.test".into());
+    assert_eq!(base(&c).unwrap(), "https://api.example.test");
+    let generic = Credential {
+        preset: "generic".into(),
+        ..Credential::default()
+    };
+    assert!(base(&generic).unwrap_err().contains("--api-base"));
+    assert!((PROXY.api_base)(&config, None).is_err());
 }
 
 #[test]

@@ -49,14 +49,14 @@ pub static RULES: Rules = Rules {
     served_headers: |_| Vec::new(),
     no_token_hint: |key: &AccountKey| format!("{key} has no token yet"),
     proxy: Some(&PROXY),
-    probe_reads_credential: false,
+    reads_credential: false,
     stranded: None,
 };
 
 /// How the proxy forwards an application's ShipHero calls: to `shiphero.api_base`, judged on
 /// [`evidence::PROXIED`]; a GraphQL query may be sent twice, a mutation never.
 static PROXY: ProxyRules = ProxyRules {
-    api_base: |config| &config.shiphero.api_base,
+    api_base: |config, _| Ok(config.shiphero.api_base.clone()),
     judged: |method, path| {
         method == reqwest::Method::POST && path.trim_end_matches('/') == "graphql"
     },

@@ -46,7 +46,7 @@ pub static RULES: Rules = Rules {
         )
     },
     proxy: Some(&PROXY),
-    probe_reads_credential: false,
+    reads_credential: false,
     stranded: None,
 };
 
@@ -54,7 +54,7 @@ pub static RULES: Rules = Rules {
 /// configured `Shippo-API-Version` (from [`RULES`]' served headers), judged on
 /// [`evidence::PROXIED`]; only reads may be sent twice (a label bought twice costs money).
 static PROXY: ProxyRules = ProxyRules {
-    api_base: |config| &config.shippo.api_base,
+    api_base: |config, _| Ok(config.shippo.api_base.clone()),
     // Shippo's OAuth endpoints live on another host: everything under api_base is its API.
     judged: |_, _| true,
     judge: |answer| match judge_call(&evidence::PROXIED, answer, server_now(answer)) {
