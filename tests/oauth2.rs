@@ -15,15 +15,26 @@ use shiptoken::providers::oauth2::sim::{
 /// A daemon with presets for the fake's UPS and FedEx paths (an operator's presets), checking
 /// every second and flagging evidence seen again 2 seconds after it was first seen.
 async fn daemon(dir: &std::path::Path, fake: &FakeCarrier, extra: &str) -> Daemon {
+    daemon_checking_every(dir, fake, "1s", extra).await
+}
+
+/// [`daemon`], with scheduled probes `interval` apart.
+async fn daemon_checking_every(
+    dir: &std::path::Path,
+    fake: &FakeCarrier,
+    interval: &str,
+    extra: &str,
+) -> Daemon {
     let base = fake.base_url();
     let extra = format!(
         r#"[verify]
-interval = "1s"
+interval = "{interval}"
 suspended_interval = "2s"
 confirm_after = "2s"
 
 [oauth2.presets.fake-ups]
 token_url = "{base}{UPS_TOKEN_PATH}"
+api_base = "{base}"
 auth = "basic"
 probe_url = "{base}{PROBE_PATH}"
 
@@ -331,31 +342,13 @@ async fn a_carrier_api_is_called_through_the_proxy_and_its_refusal_is_evidence()
     let fake = FakeCarrier::start().await.unwrap();
     let secret = fake.add_client("ups-app");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let base = fake.base_url();
     // Scheduled probes out of the way: the application's call is the first to see trouble
     // (the probe then confirms it, as it would a probe's own evidence).
-    let extra = format!(
-        r#"[verify]
-interval = "1h"
-suspended_interval = "2s"
-confirm_after = "2s"
-
-[oauth2.presets.fake-ups]
-token_url = "{base}{UPS_TOKEN_PATH}"
-api_base = "{base}"
-auth = "basic"
-probe_url = "{base}{PROBE_PATH}"
-"#
-    );
-    let d = Daemon::start(
-        dir.path(),
-        &config_text(dir.path(), "http://127.0.0.1:9", &extra),
-    )
-    .await;
+    let d = daemon_checking_every(dir.path(), &fake, "1h", "").await;
     add(&d, dir.path(), "ups", "fake-ups", "ups-app", &secret, None).await;
     // A generic account without an API host cannot be proxied, and says how to give one.
     let other = fake.add_client("other-app");
-    let token_url = format!("{base}{UPS_TOKEN_PATH}");
+    let token_url = format!("{}{UPS_TOKEN_PATH}", fake.base_url());
     let secret_file = dir.path().join("other.secret");
     std::fs::write(&secret_file, &other).unwrap();
     let out = d
