@@ -34,7 +34,7 @@ pub struct Rotated {
 pub enum RekeyError {
     /// The daemon (or another command) holds the state folder.
     #[error(
-        "the state folder {0} is in use by a running daemon whose socket did not answer: run `shiptoken key rotate` as a user its [[socket.clients]] let administer (it rotates while serving), or stop it first"
+        "the state folder {0} is in use by a running daemon whose socket did not answer: run `shiptoken key rotate` as the daemon's user or one in socket.admin_uids (it rotates while serving), or stop it first"
     )]
     InUse(PathBuf),
     /// No registry to rotate.
