@@ -80,6 +80,19 @@ async fn add(
     assert_eq!(out.code, 0, "{out:?}");
 }
 
+/// Waits until `key` is flagged `revoked`, its last error naming the carrier's
+/// `invalid_client`.
+async fn revoked_for_invalid_client(d: &Daemon, key: &str) {
+    let account = d.wait_for_status(key, "revoked").await;
+    assert!(
+        account["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{account}"
+    );
+}
+
 async fn served(d: &Daemon, key: &str) -> String {
     let out = d.cli(&["get", key]).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -144,14 +157,7 @@ async fn a_ups_client_credentials_account_rotates_and_is_read_through_get_a_sink
 
     // The client is revoked: invalid_client, confirmed, flags the account.
     fake.set_mode("ups-app", CarrierMode::Revoked);
-    let account = d.wait_for_status("oauth2/ups", "revoked").await;
-    assert!(
-        account["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("invalid_client"),
-        "{account}"
-    );
+    revoked_for_invalid_client(&d, "oauth2/ups").await;
     let out = d.cli(&["get", "oauth2/ups"]).await;
     assert_ne!(out.code, 0);
 }
@@ -313,14 +319,7 @@ async fn after_a_restart_a_carrier_token_is_still_probed_and_a_lost_preset_is_to
     // Revoked at the carrier while the daemon was down: the probe of the token it issued
     // before the restart says so, and a confirmed invalid_client flags the account.
     fake.set_mode("ups-app", CarrierMode::Revoked);
-    let account = d.wait_for_status("oauth2/ups", "revoked").await;
-    assert!(
-        account["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("invalid_client"),
-        "{account}"
-    );
+    revoked_for_invalid_client(&d, "oauth2/ups").await;
 
     // The operator drops the preset the account names: the next start says so at once.
     d.stop().await;
@@ -389,14 +388,7 @@ async fn a_carrier_api_is_called_through_the_proxy_and_its_refusal_is_evidence()
         .call("GET", &format!("/v1/proxy/oauth2/ups{PROBE_PATH}"), None)
         .await;
     assert_eq!(status, 401);
-    let account = d.wait_for_status("oauth2/ups", "revoked").await;
-    assert!(
-        account["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("invalid_client"),
-        "{account}"
-    );
+    revoked_for_invalid_client(&d, "oauth2/ups").await;
     let before = fake.total_requests();
     let (status, body) = d
         .call("GET", &format!("/v1/proxy/oauth2/ups{PROBE_PATH}"), None)
