@@ -7,7 +7,7 @@
 //! no save slips in between; only then is the key file replaced, after a copy of the old key
 //! is kept at `<key>.before-<time>`. A crash before the replacement leaves the new key
 //! waiting beside the old one, and the next start installs it (see `sqlite::unlock` and
-//! `postgres::schema::check_key`).
+//! `postgres::keys::PgKeys::unlock`).
 
 use std::path::PathBuf;
 
