@@ -423,23 +423,19 @@ impl Registry {
         if !self.shared {
             return Ok(LeaseAnswer::Granted);
         }
-        let (record, cache, health, remote) = (
-            record.clone(),
-            self.cache.clone(),
-            self.health.clone(),
-            self.remote.clone(),
-        );
-        let answer = self
-            .call(move |store| {
-                let answer = store.lease(&record, lease)?;
-                if answer == LeaseAnswer::Moved {
-                    merge_from_store(store, &cache, &health, &record.key, &remote)?;
-                }
-                Ok(answer)
-            })
-            .await?;
+        let (reply, answer) = oneshot::channel();
+        let job = owner::LeaseJob {
+            record: record.clone(),
+            lease,
+            reply,
+        };
+        self.jobs
+            .send(owner::Job::Lease(job))
+            .map_err(|_| RegistryError::Closed)?;
+        let answer = answer.await.map_err(|_| RegistryError::Closed)??;
         if answer == LeaseAnswer::Moved {
-            self.changes.send_modify(|n| *n += 1);
+            // Memory learns the stored record before the caller plans again from it.
+            self.reload(vec![record.key.clone()]).await?;
         }
         Ok(answer)
     }
@@ -450,15 +446,13 @@ impl Registry {
         if !self.shared {
             return;
         }
-        let key = key.clone();
-        let done = self
-            .call(move |store| {
-                store.release(&key)?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = done {
-            tracing::debug!(error = %e, "cannot give a lease back; it runs out by itself");
+        let (done, given_back) = oneshot::channel();
+        if self
+            .jobs
+            .send(owner::Job::Release(key.clone(), Some(done)))
+            .is_ok()
+        {
+            let _ = given_back.await;
         }
     }
 
@@ -468,12 +462,7 @@ impl Registry {
         if !self.shared {
             return;
         }
-        let key = key.clone();
-        let _ = self.jobs.send(owner::Job::Call(Box::new(move |store| {
-            if let Err(e) = store.release(&key) {
-                tracing::debug!(account = %key, error = %e, "cannot give the lease back; it runs out by itself");
-            }
-        })));
+        let _ = self.jobs.send(owner::Job::Release(key.clone(), None));
     }
 
     /// Loads these accounts from the store into memory (other daemons changed them), in one

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::store::{Save, Store};
+use super::store::{LeaseAnswer, Save, Store};
 use super::{AccountRecord, Cache, Note, RegistryError, WriteHealth, publish, read};
 use crate::clock::Timestamp;
 use crate::names::AccountKey;
@@ -44,6 +44,22 @@ pub(super) enum Job {
     Call(StoreCall),
     /// A record to store, group-committed with the saves queued beside it.
     Save(SaveJob),
+    /// A fleet-wide lease to take, taken together with the leases queued beside it.
+    Lease(LeaseJob),
+    /// A lease to give back, given back together with the others queued beside it; `done`
+    /// is told once it is.
+    Release(AccountKey, Option<oneshot::Sender<()>>),
+}
+
+/// One lease to take and whom to tell.
+pub(super) struct LeaseJob {
+    /// The record the work was planned from: the lease is granted only while it is the
+    /// stored one.
+    pub record: Arc<AccountRecord>,
+    /// How long the lease lasts unless given back.
+    pub lease: Duration,
+    /// Told the answer.
+    pub reply: oneshot::Sender<Result<LeaseAnswer, RegistryError>>,
 }
 
 /// One record to store and whom to tell.
@@ -81,13 +97,19 @@ pub(super) fn run(
         };
         let mut calls = Vec::new();
         let mut saves = Vec::new();
+        let mut leases = Vec::new();
+        let mut releases = Vec::new();
         let mut next = Some(first);
+        let mut taken = 0;
         while let Some(job) = next.take() {
             match job {
                 Job::Call(f) => calls.push(f),
                 Job::Save(s) => saves.push(s),
+                Job::Lease(l) => leases.push(l),
+                Job::Release(key, done) => releases.push((key, done)),
             }
-            if calls.len() + saves.len() < MAX_ROUND {
+            taken += 1;
+            if taken < MAX_ROUND {
                 next = rx.try_recv().ok();
             }
         }
@@ -98,10 +120,58 @@ pub(super) fn run(
         for f in calls {
             guarded("a registry job", || f(&mut *conn));
         }
+        // Leases given back go before leases taken, so an account released and asked for
+        // again in one round is free when asked for.
+        if !releases.is_empty() {
+            guarded("giving leases back", || give_back(conn, releases));
+        }
+        if !leases.is_empty() {
+            guarded("taking leases", || take_leases(conn, leases));
+        }
         if !saves.is_empty() {
             guarded("storing account records", || {
                 commit(conn, &cache, &health, saves)
             });
+        }
+    }
+}
+
+/// Takes a round's leases in one statement where the store can (one commit instead of one
+/// per account: on PostgreSQL the commits, not the upstream calls, bounded a daemon's sweep).
+fn take_leases(conn: &mut dyn Store, jobs: Vec<LeaseJob>) {
+    let wanted: Vec<(&AccountRecord, Duration)> =
+        jobs.iter().map(|j| (&*j.record, j.lease)).collect();
+    let answers = conn.lease_all(&wanted);
+    drop(wanted);
+    match answers {
+        Ok(answers) => {
+            for (job, answer) in jobs.into_iter().zip(answers) {
+                let _ = job.reply.send(Ok(answer));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            let mut first = Some(e);
+            for job in jobs {
+                let error = first
+                    .take()
+                    .unwrap_or_else(|| RegistryError::Postgres(why.clone()));
+                let _ = job.reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Gives a round's leases back together. A lease that cannot be given back runs out by
+/// itself, so a failure is only logged.
+fn give_back(conn: &mut dyn Store, jobs: Vec<(AccountKey, Option<oneshot::Sender<()>>)>) {
+    let keys: Vec<AccountKey> = jobs.iter().map(|(k, _)| k.clone()).collect();
+    if let Err(e) = conn.release_all(&keys) {
+        tracing::debug!(accounts = keys.len(), error = %e, "cannot give leases back; they run out by themselves");
+    }
+    for (_, done) in jobs {
+        if let Some(done) = done {
+            let _ = done.send(());
         }
     }
 }

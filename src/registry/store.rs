@@ -173,6 +173,20 @@ pub trait Store {
     fn release(&mut self, _key: &AccountKey) -> Result<(), RegistryError> {
         Ok(())
     }
+
+    /// [`Store::lease`] for several accounts at once, answers in the same order. A backend
+    /// that can take them in one statement does; an error fails them all.
+    fn lease_all(
+        &mut self,
+        wanted: &[(&AccountRecord, Duration)],
+    ) -> Result<Vec<LeaseAnswer>, RegistryError> {
+        wanted.iter().map(|(r, l)| self.lease(r, *l)).collect()
+    }
+
+    /// [`Store::release`] for several accounts at once.
+    fn release_all(&mut self, keys: &[AccountKey]) -> Result<(), RegistryError> {
+        keys.iter().try_for_each(|k| self.release(k))
+    }
 }
 
 /// An OAuth flow to start ([`Store::begin_oauth`]).

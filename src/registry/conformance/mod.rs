@@ -287,5 +287,6 @@ conformance!(
     shared::the_audit_is_written_filtered_and_pruned,
     shared::export_and_import_carry_everything,
     shared::a_lease_lost_stores_nothing,
+    shared::leases_taken_together_answer_each_account,
     shared::two_writers_racing_a_save_one_wins_the_other_is_stale,
 );

@@ -280,6 +280,53 @@ pub(super) fn a_lease_lost_stores_nothing(backend: Factory<'_>) {
     assert_eq!(a.lease(&newer, short).unwrap(), LeaseAnswer::Granted);
 }
 
+pub(super) fn leases_taken_together_answer_each_account(backend: Factory<'_>) {
+    let b = backend("a");
+    let (mut a, mut other) = (b.open("host-a"), b.open("host-b"));
+    let lease = Duration::from_secs(30);
+    let free = a.insert(&shiphero("free"), T0).unwrap();
+    let held = a.insert(&shiphero("held"), T0).unwrap();
+    let moved = a.insert(&shiphero("moved"), T0).unwrap();
+    let newer = save(other.as_mut(), &moved, |r| r.failures = 1, &[]).unwrap();
+    if b.shared() {
+        assert_eq!(other.lease(&held, lease).unwrap(), LeaseAnswer::Granted);
+    }
+    let answers = a
+        .lease_all(&[(&free, lease), (&held, lease), (&moved, lease)])
+        .unwrap();
+    if !b.shared() {
+        assert_eq!(answers, vec![LeaseAnswer::Granted; 3]);
+        return;
+    }
+    assert_eq!(
+        answers,
+        vec![
+            LeaseAnswer::Granted,
+            LeaseAnswer::Busy {
+                holder: "host-b".into()
+            },
+            LeaseAnswer::Moved,
+        ],
+        "each answer in the order asked"
+    );
+    // The lease taken together is held like one taken alone: the other daemon is refused,
+    // and this daemon's saves under it are stored.
+    assert_eq!(
+        other.lease(&free, lease).unwrap(),
+        LeaseAnswer::Busy {
+            holder: "host-a".into()
+        }
+    );
+    save(a.as_mut(), &free, |r| r.failures = 3, &[]).unwrap();
+    // Given back together, both accounts are free for the other daemon at once.
+    assert_eq!(a.lease(&newer, lease).unwrap(), LeaseAnswer::Granted);
+    a.release_all(&[free.key.clone(), newer.key.clone()])
+        .unwrap();
+    let stored = a.load(&free.key).unwrap();
+    assert_eq!(other.lease(&stored, lease).unwrap(), LeaseAnswer::Granted);
+    assert_eq!(other.lease(&newer, lease).unwrap(), LeaseAnswer::Granted);
+}
+
 pub(super) fn two_writers_racing_a_save_one_wins_the_other_is_stale(backend: Factory<'_>) {
     let b = backend("a");
     let mut setup = b.open("host-a");

@@ -21,7 +21,7 @@ impl PgStore {
         record: &AccountRecord,
         lease: Duration,
     ) -> Result<LeaseAnswer, RegistryError> {
-        let millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let millis = lease_millis(lease);
         self.with(|c, _, host, leases| {
             // A lease given back between the UPDATE and the SELECT below is taken on the
             // next try, never reported as held by nobody.
@@ -33,6 +33,107 @@ impl PgStore {
             Ok(LeaseAnswer::Busy {
                 holder: "another daemon".into(),
             })
+        })
+    }
+
+    /// [`Store::lease_all`](crate::registry::Store::lease_all): every lease that is free is
+    /// taken in one statement, so a round of leases costs one commit rather than one each
+    /// (a daemon's sweep was bound by those commits). A row another transaction holds locked
+    /// is skipped rather than waited for, which keeps two daemons taking overlapping batches
+    /// from deadlocking; it and any lease not taken are then asked for one at a time, which
+    /// tells `Busy` from `Moved`.
+    pub(super) fn take_leases(
+        &mut self,
+        wanted: &[(&AccountRecord, Duration)],
+    ) -> Result<Vec<LeaseAnswer>, RegistryError> {
+        if let [(record, lease)] = wanted {
+            return Ok(vec![self.take_lease(record, *lease)?]);
+        }
+        let granted = self.with(|c, _, host, leases| {
+            let providers: Vec<&str> = wanted
+                .iter()
+                .map(|(r, _)| r.key.provider.as_str())
+                .collect();
+            let names: Vec<&str> = wanted.iter().map(|(r, _)| r.key.name.as_str()).collect();
+            let generations: Vec<i64> = wanted.iter().map(|(r, _)| r.generation).collect();
+            let revisions: Vec<i64> = wanted.iter().map(|(r, _)| r.revision).collect();
+            let millis: Vec<i64> = wanted.iter().map(|(_, l)| lease_millis(*l)).collect();
+            let order: Vec<i32> = (0..wanted.len())
+                .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+                .collect();
+            let rows = c.query(
+                "WITH wanted AS (
+                     SELECT * FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[],
+                                          $6::int8[], $7::int4[])
+                         AS w(provider, name, generation, revision, millis, i)
+                 ), free AS (
+                     SELECT a.provider, a.name, w.millis, w.i
+                     FROM accounts a JOIN wanted w
+                       ON a.provider = w.provider AND a.name = w.name
+                      AND a.generation = w.generation AND a.revision = w.revision
+                     WHERE a.lease_until IS NULL OR a.lease_until < now()
+                     ORDER BY a.provider, a.name
+                     FOR UPDATE OF a SKIP LOCKED
+                 )
+                 UPDATE accounts a SET lease_owner = $1,
+                        lease_until = now() + free.millis * interval '1 millisecond',
+                        lease_fence = a.lease_fence + 1
+                 FROM free WHERE a.provider = free.provider AND a.name = free.name
+                 RETURNING free.i, a.lease_fence",
+                &[
+                    &host,
+                    &providers,
+                    &names,
+                    &generations,
+                    &revisions,
+                    &millis,
+                    &order,
+                ],
+            )?;
+            let mut granted = vec![false; wanted.len()];
+            for row in rows {
+                let (i, fence): (i32, i64) = (row.get(0), row.get(1));
+                if let Some((record, _)) = usize::try_from(i).ok().and_then(|i| wanted.get(i)) {
+                    leases.insert(record.key.clone(), fence);
+                    granted[usize::try_from(i).unwrap_or_default()] = true;
+                }
+            }
+            Ok(granted)
+        })?;
+        wanted
+            .iter()
+            .zip(granted)
+            .map(|((record, lease), granted)| {
+                if granted {
+                    Ok(LeaseAnswer::Granted)
+                } else {
+                    self.take_lease(record, *lease)
+                }
+            })
+            .collect()
+    }
+
+    /// [`Store::release_all`](crate::registry::Store::release_all): the leases this daemon
+    /// holds among `keys`, in one statement.
+    pub(super) fn give_back_all(&mut self, keys: &[AccountKey]) -> Result<(), RegistryError> {
+        let held: Vec<(AccountKey, i64)> = keys
+            .iter()
+            .filter_map(|k| self.leases.remove(k).map(|fence| (k.clone(), fence)))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.with(|c, _, _, _| {
+            let providers: Vec<&str> = held.iter().map(|(k, _)| k.provider.as_str()).collect();
+            let names: Vec<&str> = held.iter().map(|(k, _)| k.name.as_str()).collect();
+            let fences: Vec<i64> = held.iter().map(|(_, f)| *f).collect();
+            c.execute(
+                "UPDATE accounts a SET lease_owner = NULL, lease_until = NULL
+                 FROM unnest($1::text[], $2::text[], $3::int8[]) AS h(provider, name, fence)
+                 WHERE a.provider = h.provider AND a.name = h.name AND a.lease_fence = h.fence",
+                &[&providers, &names, &fences],
+            )?;
+            Ok(())
         })
     }
 
@@ -51,6 +152,11 @@ impl PgStore {
             Ok(())
         })
     }
+}
+
+/// A lease's length as PostgreSQL is told it.
+fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// One attempt at a lease: `None` when the lease was given back while we looked.

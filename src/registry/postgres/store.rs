@@ -514,6 +514,17 @@ impl Store for PgStore {
         self.give_back(key)
     }
 
+    fn lease_all(
+        &mut self,
+        wanted: &[(&AccountRecord, Duration)],
+    ) -> Result<Vec<LeaseAnswer>, RegistryError> {
+        self.take_leases(wanted)
+    }
+
+    fn release_all(&mut self, keys: &[AccountKey]) -> Result<(), RegistryError> {
+        self.give_back_all(keys)
+    }
+
     fn rekey(
         &mut self,
         current: &Sealer,
