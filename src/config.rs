@@ -164,7 +164,7 @@ impl ClientRule {
             .iter()
             .any(|pattern| match pattern.split_once('/') {
                 Some((provider, "*")) => provider == key.provider.as_str(),
-                Some((provider, name)) => provider == key.provider.as_str() && name == key.name,
+                Some((provider, name)) => provider == key.provider.as_str() && name == &*key.name,
                 None => false,
             })
     }

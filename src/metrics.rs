@@ -431,7 +431,7 @@ impl Metrics {
         self.last_rotation.reset();
         self.last_verification.reset();
         for a in accounts {
-            let (p, n) = (a.key.provider.as_str(), a.key.name.as_str());
+            let (p, n) = (a.key.provider.as_str(), a.key.name.as_ref());
             for s in Status::ALL {
                 self.account_status
                     .with_label_values(&[p, n, s.as_str()])

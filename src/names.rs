@@ -97,8 +97,10 @@ pub fn validate_account_name(name: &str) -> Result<(), NameError> {
 pub struct AccountKey {
     /// The provider.
     pub provider: Provider,
-    /// The account's name, unique per provider.
-    pub name: String,
+    /// The account's name, unique per provider. Shared, because keys are cloned into every
+    /// per-account map (the in-memory copy, the incident counts, the lanes' queues): a clone
+    /// is a reference count, not an allocation that outlives a sweep between its buffers.
+    pub name: std::sync::Arc<str>,
 }
 
 impl AccountKey {
@@ -109,7 +111,7 @@ impl AccountKey {
         validate_account_name(name)?;
         Ok(AccountKey {
             provider,
-            name: name.to_string(),
+            name: name.into(),
         })
     }
 

@@ -45,7 +45,7 @@ pub(super) fn new_account(req: AddAccount, now: Timestamp) -> Result<NewAccount,
     let fields = AddFields {
         key: AccountKey {
             provider,
-            name: req.account,
+            name: req.account.into(),
         },
         email: non_empty("email", req.email).map_err(ApiError::bad_request)?,
         first_name: req.first_name,

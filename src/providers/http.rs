@@ -248,6 +248,10 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// How long a connection of the engine's clients ([`http_client`]) stays pooled unused.
+/// The pool closes it within twice this.
+pub const POOL_IDLE: Duration = Duration::from_secs(4);
+
 /// A `reqwest` client with the defaults (see [`client_builder`]).
 pub fn plain_client() -> reqwest::Client {
     client_builder()
@@ -265,6 +269,11 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
     client_builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
+        // The engine's calls come in bursts (a sweep) or minutes apart, so a connection idle
+        // for a few seconds is rarely used again, while each one pooled holds a socket and
+        // about 30 KB of buffers: reqwest's 90 s kept a sweep's 64 connections per provider
+        // long after it. Applications' calls go through the proxy's own clients.
+        .pool_idle_timeout(POOL_IDLE)
         .user_agent(concat!("shiptoken/", env!("CARGO_PKG_VERSION")))
         // Redirects on token endpoints are never legitimate; following one could send a
         // credential somewhere else.

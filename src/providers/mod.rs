@@ -16,7 +16,7 @@ pub mod shiphero;
 pub mod shippo;
 
 pub(crate) use http::{Answer, excerpt, oauth_error_code, retry_after, send, summary};
-pub use http::{client_builder, http_client, http_get, plain_client};
+pub use http::{POOL_IDLE, client_builder, http_client, http_get, plain_client};
 
 use std::time::Duration;
 

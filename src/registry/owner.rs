@@ -380,7 +380,7 @@ mod tests {
         }
         let (conn, records) =
             open_blocking(dir.path(), &dir.path().join("registry.db"), None).unwrap();
-        let by_name = |n: &str| records.iter().find(|r| r.key.name == n).cloned().unwrap();
+        let by_name = |n: &str| records.iter().find(|r| &*r.key.name == n).cloned().unwrap();
         let cache: Cache = Arc::new(RwLock::new(
             records
                 .iter()
@@ -425,7 +425,7 @@ mod tests {
         assert!(
             stored
                 .iter()
-                .all(|r| (r.status == Status::Active) == (r.key.name != "b"))
+                .all(|r| (r.status == Status::Active) == (&*r.key.name != "b"))
         );
     }
 }

@@ -65,6 +65,29 @@ pub struct AccountRecord {
     /// Evidence against the refresh credential (ShipHero refused a refresh); cleared by a
     /// successful refresh.
     pub renew_doubt: Option<Doubt>,
+    /// When this daemon saved the record, by its clock and by the monotonic clock. Memory
+    /// only: `None` for a record read from the store or saved by another daemon.
+    pub saved: Option<SavedAt>,
+}
+
+/// The daemon's time and the monotonic instant at which it saved a record: the anchor that
+/// keeps an account's schedule running when the wall clock steps back (NTP), since its time
+/// is judged at least as late as `at` plus the monotonic time elapsed since. Kept in the
+/// record rather than in a map beside it, so it costs no key and leaves with the record.
+#[derive(Clone, Copy, Debug)]
+pub struct SavedAt {
+    /// The daemon's time given to the save.
+    pub at: Timestamp,
+    /// The monotonic instant of the save.
+    pub instant: std::time::Instant,
+}
+
+#[cfg(test)]
+impl PartialEq for SavedAt {
+    /// Records compare by what is stored; when memory stamped them is not part of that.
+    fn eq(&self, _: &SavedAt) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +116,7 @@ impl AccountRecord {
             upstream_id: None,
             token_doubt: None,
             renew_doubt: None,
+            saved: None,
         }
     }
 }

@@ -14,7 +14,10 @@ use super::RegistryError;
 /// The account a stored `provider` and `name` name.
 pub(crate) fn key(provider: &str, name: String) -> Result<AccountKey, RegistryError> {
     match Provider::parse(provider) {
-        Some(provider) => Ok(AccountKey { provider, name }),
+        Some(provider) => Ok(AccountKey {
+            provider,
+            name: name.into(),
+        }),
         None => Err(RegistryError::UnknownRow(format!("{provider}/{name}"))),
     }
 }
@@ -26,7 +29,13 @@ pub(crate) fn account(
     status: &str,
 ) -> Result<(AccountKey, Status), RegistryError> {
     match (Provider::parse(provider), Status::parse(status)) {
-        (Some(provider), Some(status)) => Ok((AccountKey { provider, name }, status)),
+        (Some(provider), Some(status)) => Ok((
+            AccountKey {
+                provider,
+                name: name.into(),
+            },
+            status,
+        )),
         _ => Err(RegistryError::UnknownRow(format!(
             "{provider}/{name} (status {status})"
         ))),
@@ -35,7 +44,10 @@ pub(crate) fn account(
 
 /// The account of a stored audit row, or `None` (logged) for one this build cannot read.
 pub(crate) fn audit_key(provider: &str, name: String) -> Option<AccountKey> {
-    let key = Provider::parse(provider).map(|provider| AccountKey { provider, name });
+    let key = Provider::parse(provider).map(|provider| AccountKey {
+        provider,
+        name: name.into(),
+    });
     if key.is_none() {
         tracing::warn!(
             provider,

@@ -187,8 +187,13 @@ impl ProviderState {
                 self.take(&key);
             }
         }
+        // A sweep of the whole fleet fills both; once its results leave the window, so does
+        // the memory they took.
         if self.order.capacity() > 64 && self.order.len() < self.order.capacity() / 4 {
             self.order.shrink_to_fit();
+        }
+        if self.results.capacity() > 64 && self.results.len() < self.results.capacity() / 4 {
+            self.results.shrink_to_fit();
         }
     }
 

@@ -115,24 +115,9 @@ pub struct Engine {
     incidents: Mutex<Incidents>,
     /// Set on shutdown: no new upstream call starts; a token already issued is still stored.
     stopping: AtomicBool,
-    /// Per account, the daemon's time and a monotonic instant at its last save: retries and
-    /// re-checks go on when the wall clock steps back (NTP), since the account's schedule is
-    /// judged at least as late as that time plus the monotonic time elapsed since.
-    anchors: Mutex<HashMap<AccountKey, Anchor>>,
     /// Each account's budget at its provider, learned from throttled answers (the engine's
     /// and the proxy's).
     budgets: budget::Budgets,
-}
-
-/// Where an account's schedule stood on the monotonic clock.
-#[derive(Clone, Copy, Debug)]
-struct Anchor {
-    /// The registration the anchor belongs to.
-    generation: i64,
-    /// The daemon's time at the save.
-    at: Timestamp,
-    /// The monotonic instant of the save.
-    instant: std::time::Instant,
 }
 
 /// Removes the account from `probing` and wakes waiting readers, however the probe ends.
@@ -181,7 +166,6 @@ impl Engine {
             notifier: Notifier::disabled(),
             incidents: Mutex::new(Incidents::default()),
             stopping: AtomicBool::new(false),
-            anchors: Mutex::new(HashMap::new()),
             budgets: budget::Budgets::default(),
         }
     }
@@ -255,9 +239,50 @@ impl Engine {
         self.lane(provider).permits.acquire().await.ok()
     }
 
-    fn account_lock(&self, key: &AccountKey) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock that keeps this daemon's work on one account one at a time. Its entry leaves
+    /// the map with its last user, so the map holds only accounts being worked on.
+    fn account_lock<'a>(&'a self, key: &'a AccountKey) -> AccountLock<'a> {
         let mut locks = self.account_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(key.clone()).or_default().clone()
+        let lock = locks.entry(key.clone()).or_default().clone();
+        AccountLock {
+            engine: self,
+            key,
+            lock,
+        }
+    }
+}
+
+/// One user's share of an account's lock ([`Engine::account_lock`]); lock it with `lock` or
+/// `try_lock`, and keep it beside the guard.
+struct AccountLock<'a> {
+    engine: &'a Engine,
+    key: &'a AccountKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::ops::Deref for AccountLock<'_> {
+    type Target = tokio::sync::Mutex<()>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.lock
+    }
+}
+
+impl Drop for AccountLock<'_> {
+    fn drop(&mut self) {
+        let mut locks = self
+            .engine
+            .account_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Shares are only handed out under this map's lock, so two (the map's and this one)
+        // means nobody else holds or waits for it.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(self.key);
+            if locks.capacity() > 64 && locks.len() < locks.capacity() / 4 {
+                locks.shrink_to_fit();
+            }
+        }
     }
 }
 

@@ -109,7 +109,7 @@ impl Engine {
         let key = &after.key;
         for note in notes {
             let detail = note.detail.as_deref().unwrap_or("");
-            let (p, a, kind) = (key.provider, key.name.as_str(), note.kind.as_str());
+            let (p, a, kind) = (key.provider, key.name.as_ref(), note.kind.as_str());
             match note.kind {
                 EventKind::Rotated => {
                     tracing::info!(provider = %p, account = a, event = kind, detail, "issued a new access token; probing it")
@@ -161,7 +161,7 @@ impl Engine {
             self.notifier.status_changed(StatusChange {
                 event: "account.status_changed",
                 provider: key.provider,
-                account: key.name.clone(),
+                account: key.name.to_string(),
                 previous_status: before.status,
                 status: after.status,
                 at: self.clock.now(),

@@ -1,7 +1,6 @@
 //! The engine's work: sweeps, the manual rotate and verify, and the one path every upstream
 //! result takes into the registry ([`Engine::apply`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,21 +17,13 @@ use tokio::sync::SemaphorePermit;
 
 impl Engine {
     /// For each account, the time its schedule is judged at: `now`, or later when the wall
-    /// clock stepped back since the account was last saved (its save time plus the monotonic
-    /// time elapsed since). Forgets anchors of accounts that are gone.
+    /// clock stepped back since the account was last saved (see [`steady_time`]).
     pub(super) fn steady_times(
         &self,
         accounts: &[Arc<AccountRecord>],
         now: Timestamp,
     ) -> Vec<Timestamp> {
-        let live: HashMap<&AccountKey, i64> =
-            accounts.iter().map(|r| (&r.key, r.generation)).collect();
-        let mut anchors = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
-        anchors.retain(|k, a| live.get(k) == Some(&a.generation));
-        accounts
-            .iter()
-            .map(|r| steady_time(anchors.get(&r.key), r, now))
-            .collect()
+        accounts.iter().map(|r| steady_time(r, now)).collect()
     }
 
     /// Waits (at most `max`) while a freshly issued token of the account is being probed, so
@@ -425,10 +416,7 @@ impl Engine {
     /// account's steady time (see [`Engine::steady_times`]), so spans and backoffs keep
     /// running when the wall clock steps back.
     fn rules(&self, record: &AccountRecord, outcome: &Outcome) -> Rules {
-        let now = {
-            let anchors = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
-            steady_time(anchors.get(&record.key), record, self.clock.now())
-        };
+        let now = steady_time(record, self.clock.now());
         let threshold = self.threshold();
         let signature = match outcome {
             Outcome::Probe(_, Verdict::Undocumented { signature, .. }) => Some(signature.as_str()),
@@ -483,15 +471,6 @@ impl Engine {
             let (next, notes) = transition(&current, outcome.clone(), &rules);
             match self.registry.save(next, notes.clone(), rules.now).await {
                 Ok(saved) => {
-                    let anchor = super::Anchor {
-                        generation,
-                        at: rules.now,
-                        instant: std::time::Instant::now(),
-                    };
-                    self.anchors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.clone(), anchor);
                     self.report(&current, &saved, &notes);
                     return Ok(saved);
                 }
@@ -553,14 +532,10 @@ impl Drop for Lease<'_> {
 
 /// The account's steady time: `now`, or its last save's time plus the monotonic time
 /// elapsed since, whichever is later.
-fn steady_time(
-    anchor: Option<&super::Anchor>,
-    record: &AccountRecord,
-    now: Timestamp,
-) -> Timestamp {
-    match anchor {
-        Some(a) if a.generation == record.generation => now.max(a.at.plus(a.instant.elapsed())),
-        _ => now,
+fn steady_time(record: &AccountRecord, now: Timestamp) -> Timestamp {
+    match record.saved {
+        Some(s) => now.max(s.at.plus(s.instant.elapsed())),
+        None => now,
     }
 }
 

@@ -54,7 +54,7 @@ impl PgStore {
                 .iter()
                 .map(|(r, _)| r.key.provider.as_str())
                 .collect();
-            let names: Vec<&str> = wanted.iter().map(|(r, _)| r.key.name.as_str()).collect();
+            let names: Vec<&str> = wanted.iter().map(|(r, _)| r.key.name.as_ref()).collect();
             let generations: Vec<i64> = wanted.iter().map(|(r, _)| r.generation).collect();
             let revisions: Vec<i64> = wanted.iter().map(|(r, _)| r.revision).collect();
             let millis: Vec<i64> = wanted.iter().map(|(_, l)| lease_millis(*l)).collect();
@@ -125,7 +125,7 @@ impl PgStore {
         }
         self.with(|c, _, _, _| {
             let providers: Vec<&str> = held.iter().map(|(k, _)| k.provider.as_str()).collect();
-            let names: Vec<&str> = held.iter().map(|(k, _)| k.name.as_str()).collect();
+            let names: Vec<&str> = held.iter().map(|(k, _)| k.name.as_ref()).collect();
             let fences: Vec<i64> = held.iter().map(|(_, f)| *f).collect();
             c.execute(
                 "UPDATE accounts a SET lease_owner = NULL, lease_until = NULL
@@ -147,7 +147,7 @@ impl PgStore {
             c.execute(
                 "UPDATE accounts SET lease_owner = NULL, lease_until = NULL
                  WHERE provider = $1 AND name = $2 AND lease_fence = $3",
-                &[&key.provider.as_str(), &key.name, &fence],
+                &[&key.provider.as_str(), &key.name.as_ref(), &fence],
             )?;
             Ok(())
         })
@@ -179,7 +179,7 @@ fn try_lease(
             &host,
             &millis,
             &key.provider.as_str(),
-            &key.name,
+            &key.name.as_ref(),
             &record.generation,
             &record.revision,
         ],
@@ -191,7 +191,7 @@ fn try_lease(
     let row = c.query_opt(
         "SELECT generation, revision, CASE WHEN lease_until >= now() THEN lease_owner END
          FROM accounts WHERE provider = $1 AND name = $2",
-        &[&key.provider.as_str(), &key.name],
+        &[&key.provider.as_str(), &key.name.as_ref()],
     )?;
     let Some(row) = row else {
         return Err(RegistryError::NotFound(key.clone()));

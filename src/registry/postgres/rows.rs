@@ -64,6 +64,7 @@ pub(super) fn row_to_record(row: &Row, sealer: &Keyring) -> Result<AccountRecord
         upstream_id: row.get(22),
         token_doubt: doubt(23, row.get(25)),
         renew_doubt: doubt(26, None),
+        saved: None,
         key,
     })
 }
@@ -78,7 +79,7 @@ pub(super) fn sealed(
     let value = value.map(Secret::expose);
     Ok(sealer
         .sealer()
-        .seal_column(key.provider.as_str(), &key.name, column, value)?)
+        .seal_column(key.provider.as_str(), key.name.as_ref(), column, value)?)
 }
 
 /// Tells every daemon (this one too) that `record` changed, at commit.
@@ -108,7 +109,7 @@ pub(super) fn insert_event(
         &[
             &at.millis(),
             &key.provider.as_str(),
-            &key.name,
+            &key.name.as_ref(),
             &generation,
             &kind,
             &detail,
@@ -143,7 +144,7 @@ pub(super) fn write_record(
            AND ($25::bigint IS NULL OR lease_fence = $25)",
         &[
             &r.key.provider.as_str(),
-            &r.key.name,
+            &r.key.name.as_ref(),
             &r.generation,
             &r.status.as_str(),
             &r.status_since.millis(),
@@ -181,7 +182,7 @@ pub(super) fn write_record(
     let fence_now: Option<i64> = c
         .query_opt(
             "SELECT lease_fence FROM accounts WHERE provider = $1 AND name = $2 AND generation = $3",
-            &[&r.key.provider.as_str(), &r.key.name, &r.generation],
+            &[&r.key.provider.as_str(), &r.key.name.as_ref(), &r.generation],
         )?
         .map(|row| row.get(0));
     match (fence, fence_now) {
@@ -196,7 +197,7 @@ pub(super) fn load_one(
     key: &AccountKey,
 ) -> Result<AccountRecord, RegistryError> {
     let sql = format!("{SELECT_ACCOUNT} WHERE provider = $1 AND name = $2");
-    match c.query_opt(&sql, &[&key.provider.as_str(), &key.name])? {
+    match c.query_opt(&sql, &[&key.provider.as_str(), &key.name.as_ref()])? {
         Some(row) => row_to_record(&row, sealer),
         None => Err(RegistryError::NotFound(key.clone())),
     }
@@ -209,7 +210,7 @@ pub(super) fn check_unique(
 ) -> Result<(), RegistryError> {
     let exists = c.query_opt(
         "SELECT 1 FROM accounts WHERE provider = $1 AND name = $2",
-        &[&new.key.provider.as_str(), &new.key.name],
+        &[&new.key.provider.as_str(), &new.key.name.as_ref()],
     )?;
     if exists.is_some() {
         return Err(RegistryError::AccountExists(new.key.clone()));

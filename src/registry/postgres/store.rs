@@ -86,7 +86,7 @@ impl Store for PgStore {
                  VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7, $8, $9, $10, $11, $12)",
                 &[
                     &new.key.provider.as_str(),
-                    &new.key.name,
+                    &new.key.name.as_ref(),
                     &new.email,
                     &new.first_name,
                     &new.last_name,
@@ -128,7 +128,7 @@ impl Store for PgStore {
             let generation: i64 = tx
                 .query_opt(
                     "DELETE FROM accounts WHERE provider = $1 AND name = $2 RETURNING generation",
-                    &[&key.provider.as_str(), &key.name],
+                    &[&key.provider.as_str(), &key.name.as_ref()],
                 )?
                 .ok_or_else(|| RegistryError::NotFound(key.clone()))?
                 .get(0);
@@ -136,7 +136,7 @@ impl Store for PgStore {
             // A link issued for this account must not complete for one registered again.
             tx.execute(
                 "DELETE FROM oauth_states WHERE provider = $1 AND account = $2",
-                &[&key.provider.as_str(), &key.name],
+                &[&key.provider.as_str(), &key.name.as_ref()],
             )?;
             notify(&mut tx, key, generation, i64::MAX)?;
             tx.commit()?;
@@ -150,12 +150,16 @@ impl Store for PgStore {
             let row = c
                 .query_opt(
                     "SELECT refresh_token FROM accounts WHERE provider = $1 AND name = $2",
-                    &[&key.provider.as_str(), &key.name],
+                    &[&key.provider.as_str(), &key.name.as_ref()],
                 )?
                 .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
             let stored = row.get::<_, Option<&str>>(0);
-            let plain =
-                keys.open_column(key.provider.as_str(), &key.name, "refresh_token", stored)?;
+            let plain = keys.open_column(
+                key.provider.as_str(),
+                key.name.as_ref(),
+                "refresh_token",
+                stored,
+            )?;
             Ok(plain.map(Secret::new))
         })
     }
@@ -169,7 +173,7 @@ impl Store for PgStore {
                  WHERE provider = $1 AND name = $2",
                 &[
                     &key.provider.as_str(),
-                    &key.name,
+                    &key.name.as_ref(),
                     &sealed(keys, key, "refresh_token", Some(token))?,
                     &token.fingerprint(),
                 ],
@@ -195,7 +199,7 @@ impl Store for PgStore {
                  ORDER BY id DESC LIMIT $4",
                 &[
                     &key.provider.as_str(),
-                    &key.name,
+                    &key.name.as_ref(),
                     &generation,
                     &i64::try_from(limit).unwrap_or(i64::MAX),
                 ],
@@ -227,7 +231,7 @@ impl Store for PgStore {
             let status: Option<String> = tx
                 .query_opt(
                     "SELECT status FROM accounts WHERE provider = $1 AND name = $2 FOR UPDATE",
-                    &[&key.provider.as_str(), &key.name],
+                    &[&key.provider.as_str(), &key.name.as_ref()],
                 )?
                 .map(|r| r.get(0));
             match status {
@@ -243,7 +247,7 @@ impl Store for PgStore {
                     tx.execute(
                         "INSERT INTO accounts (provider, name, status, status_since, created_at, generation)
                          VALUES ($1, $2, 'pending', $3, $3, $4)",
-                        &[&key.provider.as_str(), &key.name, &now.millis(), &generation],
+                        &[&key.provider.as_str(), &key.name.as_ref(), &now.millis(), &generation],
                     )
                     .map_err(|e| duplicate(e, key))?;
                     insert_event(
@@ -261,7 +265,7 @@ impl Store for PgStore {
             tx.execute(
                 "DELETE FROM oauth_states
                  WHERE (provider = $1 AND account = $2 AND used_at IS NULL) OR expires_at <= $3",
-                &[&key.provider.as_str(), &key.name, &now.millis()],
+                &[&key.provider.as_str(), &key.name.as_ref(), &now.millis()],
             )?;
             tx.execute(
                 "INSERT INTO oauth_states (state_hash, provider, account, created_at, expires_at, host)
@@ -269,7 +273,7 @@ impl Store for PgStore {
                 &[
                     &state_hash,
                     &key.provider.as_str(),
-                    &key.name,
+                    &key.name.as_ref(),
                     &now.millis(),
                     &expires_at.millis(),
                     &host,
@@ -300,7 +304,7 @@ impl Store for PgStore {
                     let status: Option<String> = tx
                         .query_opt(
                             "SELECT status FROM accounts WHERE provider = $1 AND name = $2",
-                            &[&key.provider.as_str(), &key.name],
+                            &[&key.provider.as_str(), &key.name.as_ref()],
                         )?
                         .map(|r| r.get(0));
                     // Removed or connected some other way since the link was made.
@@ -326,7 +330,7 @@ impl Store for PgStore {
                     "DELETE FROM accounts WHERE provider = $1 AND name = $2 AND status = 'pending'
                        AND access_token IS NULL AND candidate_token IS NULL
                      RETURNING generation",
-                    &[&key.provider.as_str(), &key.name],
+                    &[&key.provider.as_str(), &key.name.as_ref()],
                 )?
                 .map(|r| r.get(0));
             if let Some(generation) = gone {
@@ -365,7 +369,7 @@ impl Store for PgStore {
                         &e.last_at.millis(),
                         &i64::try_from(e.count).unwrap_or(i64::MAX),
                         &e.account.provider.as_str(),
-                        &e.account.name,
+                        &e.account.name.as_ref(),
                         &e.client,
                         &i64::from(e.uid),
                         &i64::from(e.gid),
@@ -390,7 +394,7 @@ impl Store for PgStore {
                  ORDER BY id DESC LIMIT $4",
                 &[
                     &query.account.as_ref().map(|k| k.provider.as_str()),
-                    &query.account.as_ref().map(|k| k.name.as_str()),
+                    &query.account.as_ref().map(|k| k.name.as_ref()),
                     &query.since.map_or(i64::MIN, Timestamp::millis),
                     &i64::try_from(query.limit).unwrap_or(i64::MAX),
                 ],
@@ -471,7 +475,7 @@ impl Store for PgStore {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     &[
                         &r.key.provider.as_str(),
-                        &r.key.name,
+                        &r.key.name.as_ref(),
                         &r.email,
                         &r.first_name,
                         &r.last_name,

@@ -63,6 +63,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AccountRecord
         upstream_id: r.get(22)?,
         token_doubt: doubt(r.get(23)?, r.get(24)?, r.get(25)?),
         renew_doubt: doubt(r.get(26)?, r.get(27)?, None),
+        saved: None,
     }))
 }
 
@@ -73,7 +74,7 @@ pub(crate) fn write_record(
     r: &AccountRecord,
     expect: Option<i64>,
 ) -> Result<(), RegistryError> {
-    let (p, n) = (r.key.provider.as_str(), r.key.name.as_str());
+    let (p, n) = (r.key.provider.as_str(), r.key.name.as_ref());
     let millis = |t: Option<Timestamp>| t.map(Timestamp::millis);
     let id: Option<i64> = tx
         .query_row(

@@ -228,7 +228,7 @@ impl Store for Connection {
             return Err(RegistryError::NotEmpty(format!("{held} account(s)")));
         }
         for (r, refresh) in &dump.accounts {
-            let (p, n) = (r.key.provider.as_str(), r.key.name.as_str());
+            let (p, n) = (r.key.provider.as_str(), r.key.name.as_ref());
             tx.execute(
                 "INSERT INTO accounts (provider, name, email, first_name, last_name, status,
                                        status_since, created_at, generation)
