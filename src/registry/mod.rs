@@ -185,13 +185,13 @@ impl Registry {
                 (path, store, records)
             }
         };
-        // The map's keys share the records' names (`AccountKey` clones are reference counts),
-        // so no allocation sits between two records to pin them once a sweep replaces them.
+        // Every record first, then the map: built in turn, the map's growing tables sat
+        // between the records, so when a sweep replaced the records their memory stayed pinned
+        // between allocations that live on (measured after a 10,000-account sweep: 7 MB more
+        // idle RSS, docs/scale.md). The keys share the records' names, so they allocate nothing.
+        let records: Vec<Arc<AccountRecord>> = records.into_iter().map(Arc::new).collect();
         let cache: Cache = Arc::new(RwLock::new(
-            records
-                .into_iter()
-                .map(|r| (r.key.clone(), Arc::new(r)))
-                .collect(),
+            records.into_iter().map(|r| (r.key.clone(), r)).collect(),
         ));
         let health = WriteHealth {
             unsaved: Arc::default(),
