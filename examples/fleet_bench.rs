@@ -15,9 +15,9 @@
 //! idle. It also measures the simulated ShipHero alone, to tell whether it is the
 //! bottleneck. The figures go in docs/scale.md.
 //!
-//! Exits 1 when an account was not rotated and checked, or on a miss of issue 17's targets:
-//! more than 1.1x the ideal (`--max-ratio`), idle RSS over 24 MB (issue 32) (`--max-idle-mb`). With a
-//! wrapper as `--bin` (strace slowing fsync), memory and CPU are the daemon's, not strace's.
+//! Exits 1 when an account was not rotated and checked, or on a miss of a target: more than
+//! 1.1x the ideal (`--max-ratio`, issue 17), idle RSS over 24 MB (`--max-idle-mb`, issue 32).
+//! With a wrapper as `--bin` (strace slowing fsync), memory and CPU are the daemon's, not strace's.
 
 use std::path::PathBuf;
 use std::process::Stdio;
