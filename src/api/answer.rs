@@ -14,6 +14,7 @@
 //! rebuilt when either differs, so it can never outlive the token it carries.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use axum::body::Bytes;
@@ -123,7 +124,12 @@ impl Answer {
 #[derive(Default)]
 pub struct Answers {
     by_account: RwLock<HashMap<AccountKey, Arc<Answer>>>,
+    /// Answers built since stale ones were last dropped.
+    built: AtomicUsize,
 }
+
+/// The fewest answers built between two walks that drop stale ones.
+const PRUNE_EVERY: usize = 64;
 
 impl Answers {
     /// The answer for `served` under `config`: the cached one when it was built from exactly
@@ -145,10 +151,24 @@ impl Answers {
             return cached;
         }
         let answer = Arc::new(Answer::build(key, served, config)?);
-        self.by_account
+        let mut by_account = self
+            .by_account
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), answer.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        by_account.insert(key.clone(), answer.clone());
+        // An answer goes stale when its account's token or status changes, and would stay
+        // (its token's text, and its record's memory through the `Weak`) until that account
+        // is read again. So every so often, once as many answers were built as half the map
+        // holds, the stale ones go: O(1) per answer built, and after a sweep replaced every
+        // record the map is back to the accounts read since.
+        let built = self.built.fetch_add(1, Ordering::Relaxed) + 1;
+        if built >= PRUNE_EVERY.max(by_account.len() / 2) {
+            self.built.store(0, Ordering::Relaxed);
+            by_account.retain(|_, a| a.record.strong_count() > 0);
+            if by_account.len() < by_account.capacity() / 4 {
+                by_account.shrink_to_fit();
+            }
+        }
         Some(answer)
     }
 
@@ -237,6 +257,33 @@ mod tests {
         assert_eq!(left, vec![other.clone()]);
         answers.forget(&other);
         assert!(answers.by_account.read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_answers_are_dropped_as_new_ones_are_built() {
+        let answers = Answers::default();
+        let config = defaults();
+        let keys: Vec<AccountKey> = (0..1000)
+            .map(|i| AccountKey::parse(&format!("shiphero/a{i}")).unwrap())
+            .collect();
+        let first: Vec<Servable> = keys.iter().map(|k| served(k, "old")).collect();
+        for (k, s) in keys.iter().zip(&first) {
+            answers.get(k, s, &config).unwrap();
+        }
+        // A sweep replaces every record; applications then read half of the accounts, each
+        // several times (a cached answer builds nothing).
+        drop(first);
+        let read: Vec<Servable> = keys.iter().take(500).map(|k| served(k, "new")).collect();
+        for _ in 0..3 {
+            for (k, s) in keys.iter().zip(&read) {
+                assert_eq!(
+                    body(&answers.get(k, s, &config).unwrap())["access_token"],
+                    "new"
+                );
+            }
+        }
+        // 500 answers built, at least half of the 1,000 held: the stale half is gone.
+        assert_eq!(answers.by_account.read().unwrap().len(), 500);
     }
 
     #[test]
