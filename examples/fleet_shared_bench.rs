@@ -202,7 +202,8 @@ impl Fleet {
         std::fs::write(&key, MasterKey::generate().encode())?;
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let db = Database::create(&args.postgres, run).await?;
-        let target = PostgresTarget::new(&db.url, None, "bench-setup").map_err(anyhow::Error::msg)?;
+        let target =
+            PostgresTarget::new(&db.url, None, "bench-setup").map_err(anyhow::Error::msg)?;
         let emails = {
             let registry = Registry::open_with(
                 &dir.path().join("setup"),
@@ -214,7 +215,8 @@ impl Fleet {
             )
             .await?;
             let now = Clock::system().now();
-            let issued = Timestamp::from_millis(now.millis() - i64::try_from((20 * DAY).as_millis())?);
+            let issued =
+                Timestamp::from_millis(now.millis() - i64::try_from((20 * DAY).as_millis())?);
             common::register_fleet(&registry, &fake, args.accounts, issued).await?
         };
         let before = fake.total_requests();
@@ -299,7 +301,11 @@ async fn run(args: &Args, daemons: usize, run: usize) -> anyhow::Result<(f64, us
     let elapsed = fleet.started.elapsed().as_secs_f64() + args.latency.as_secs_f64();
     // A second refresh, were there one, would come within the next sweeps: wait two.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let counts: Vec<usize> = fleet.emails.iter().map(|e| fleet.fake.refresh_count(e)).collect();
+    let counts: Vec<usize> = fleet
+        .emails
+        .iter()
+        .map(|e| fleet.fake.refresh_count(e))
+        .collect();
     let (min, max) = (
         counts.iter().copied().min().unwrap_or(0),
         counts.iter().copied().max().unwrap_or(0),
@@ -307,7 +313,6 @@ async fn run(args: &Args, daemons: usize, run: usize) -> anyhow::Result<(f64, us
     fleet.stop().await;
     Ok((elapsed, min, max))
 }
-
 
 /// One write's timings.
 #[derive(Default)]
@@ -353,8 +358,18 @@ async fn run_writes(args: &Args, daemons: usize) -> anyhow::Result<bool> {
         let account = format!("merchant-{}", (i * 7919) % args.accounts);
         for (timed, method, path, body) in [
             (&mut add, "POST", "/v1/accounts".to_string(), Some(&body)),
-            (&mut rotate, "POST", format!("/v1/accounts/shiphero/{account}/rotate"), None),
-            (&mut verify, "POST", format!("/v1/accounts/shiphero/{account}/verify"), None),
+            (
+                &mut rotate,
+                "POST",
+                format!("/v1/accounts/shiphero/{account}/rotate"),
+                None,
+            ),
+            (
+                &mut verify,
+                "POST",
+                format!("/v1/accounts/shiphero/{account}/verify"),
+                None,
+            ),
         ] {
             let at = Instant::now();
             let reply = shiptoken::client::call(&socket, method, &path, body).await?;
@@ -373,9 +388,7 @@ async fn run_writes(args: &Args, daemons: usize) -> anyhow::Result<bool> {
     let own = 2 * add.done.len() + 2 * rotate.done.len() + verify.done.len();
     let fleet_calls = (fleet.fake.total_requests() - refreshes_from).saturating_sub(own);
     fleet.stop().await;
-    println!(
-        "| operation | done | 409 elsewhere | p50 | p95 | max | its upstream calls |"
-    );
+    println!("| operation | done | 409 elsewhere | p50 | p95 | max | its upstream calls |");
     println!("|---|---|---|---|---|---|---|");
     let latency_ms = args.latency.as_secs_f64() * 1000.0;
     let mut within = true;

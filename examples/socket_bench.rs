@@ -164,7 +164,13 @@ async fn run(options: Options) -> i32 {
     // every run", not at the median.
     let floor_ratios: Vec<f64> = throughputs
         .get(2)
-        .map(|floor| throughputs[1].iter().zip(floor).map(|(s, c)| s / c).collect())
+        .map(|floor| {
+            throughputs[1]
+                .iter()
+                .zip(floor)
+                .map(|(s, c)| s / c)
+                .collect()
+        })
         .unwrap_or_default();
     let mut figures = Vec::new();
     for (i, (name, _, _)) in targets.iter().enumerate() {

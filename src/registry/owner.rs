@@ -149,16 +149,26 @@ fn take_leases(conn: &mut dyn Store, jobs: Vec<LeaseJob>) {
                 let _ = job.reply.send(Ok(answer));
             }
         }
-        Err(e) => {
-            let why = e.to_string();
-            let mut first = Some(e);
-            for job in jobs {
-                let error = first
-                    .take()
-                    .unwrap_or_else(|| RegistryError::Postgres(why.clone()));
-                let _ = job.reply.send(Err(error));
-            }
-        }
+        Err(e) => fail_all(
+            jobs.into_iter().map(|j| j.reply),
+            e,
+            RegistryError::Postgres,
+        ),
+    }
+}
+
+/// Tells every waiter of a batch that failed: the first gets the error itself, the others
+/// its text as `others` (errors are not `Clone`).
+fn fail_all<T>(
+    replies: impl IntoIterator<Item = oneshot::Sender<Result<T, RegistryError>>>,
+    e: RegistryError,
+    others: fn(String) -> RegistryError,
+) {
+    let why = e.to_string();
+    let mut first = Some(e);
+    for reply in replies {
+        let error = first.take().unwrap_or_else(|| others(why.clone()));
+        let _ = reply.send(Err(error));
     }
 }
 
@@ -244,14 +254,11 @@ fn commit(conn: &mut dyn Store, cache: &Cache, health: &WriteHealth, batch: Vec<
             {
                 tracing::debug!(account = %key, error = %load, "cannot reload the account after a refused save");
             }
-            let why = e.to_string();
-            let mut first = Some(e);
-            for job in current {
-                let error = first
-                    .take()
-                    .unwrap_or_else(|| RegistryError::Unwritable(why.clone()));
-                let _ = job.reply.send(Err(error));
-            }
+            fail_all(
+                current.into_iter().map(|j| j.reply),
+                e,
+                RegistryError::Unwritable,
+            );
         }
     }
 }
