@@ -95,7 +95,7 @@ async fn state(dir: &std::path::Path) -> Arc<ApiState> {
         .unwrap();
     // Stored as proven, which is what a passing first probe leaves.
     let mut proven = (*added).clone();
-    proven.current = proven.candidate.take();
+    proven.current = proven.candidate.take().map(|c| *c);
     proven.status = shiptoken::names::Status::Active;
     registry
         .save(proven, Vec::new(), clock.now())

@@ -58,7 +58,7 @@ pub async fn register_proven(registry: &Registry, news: Vec<NewAccount>) -> anyh
         let registry = registry.clone();
         pending.spawn(async move {
             let mut record = (*registry.add(new, now).await?).clone();
-            record.current = record.candidate.take();
+            record.current = record.candidate.take().map(|c| *c);
             record.status = Status::Active;
             record.last_verified_at = Some(now);
             registry.save(record, Vec::new(), now).await?;

@@ -27,8 +27,8 @@ pub(super) async fn account_detail(
         .account(&key)
         .ok_or_else(|| RegistryError::NotFound(key.clone()))?;
     let confirm_after = config.verify.confirm_after;
-    let doubt = |d: &Option<Doubt>| -> Value {
-        d.as_ref().map_or(Value::Null, |d| {
+    let doubt = |d: Option<&Doubt>| -> Value {
+        d.map_or(Value::Null, |d| {
             json!({
                 "since": d.since,
                 "reason": d.reason,
@@ -45,8 +45,8 @@ pub(super) async fn account_detail(
         "next_check_at": a
             .last_verified_at
             .map(|v| next_check(&key, v, config.verify.interval)),
-        "token_doubt": doubt(&a.token_doubt),
-        "renew_doubt": doubt(&a.renew_doubt),
+        "token_doubt": doubt(a.token_doubt.as_deref()),
+        "renew_doubt": doubt(a.renew_doubt.as_deref()),
         "sinks": config
             .sinks
             .iter()

@@ -52,7 +52,7 @@ impl Servable {
     /// The token served.
     pub(super) fn token(&self) -> Option<&TokenRecord> {
         match self.which {
-            Probed::Candidate => self.record.candidate.as_ref(),
+            Probed::Candidate => self.record.candidate.as_deref(),
             Probed::Served => self.record.current.as_ref(),
         }
     }
@@ -83,7 +83,7 @@ impl ApiState {
             Probed::Served
         };
         let newest = match which {
-            Probed::Candidate => record.candidate.as_ref(),
+            Probed::Candidate => record.candidate.as_deref(),
             Probed::Served => record.current.as_ref(),
         };
         match newest {

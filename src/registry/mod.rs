@@ -609,7 +609,7 @@ fn absorb(
 /// Refuses a record whose times no calendar of ours can print (past year 9999): such a value
 /// would make every later listing of the account fail.
 fn check_times(r: &AccountRecord) -> Result<(), RegistryError> {
-    [&r.current, &r.candidate]
+    [r.current.as_ref(), r.candidate.as_deref()]
         .into_iter()
         .flatten()
         .try_for_each(check_token_times)

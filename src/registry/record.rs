@@ -46,8 +46,10 @@ pub struct AccountRecord {
     pub next_attempt_at: Option<Timestamp>,
     /// The token served to applications.
     pub current: Option<TokenRecord>,
-    /// A newer token not yet proven by a probe.
-    pub candidate: Option<TokenRecord>,
+    /// A newer token not yet proven by a probe. Boxed, like the doubts below: each is rare and
+    /// short-lived, and the record is held in memory once per account (boxing the three took
+    /// it from 528 to 360 bytes, docs/scale.md).
+    pub candidate: Option<Box<TokenRecord>>,
     /// Whether a refresh token is stored.
     pub has_refresh_token: bool,
     /// This registration of the account: a number never given to another, so work started
@@ -61,10 +63,10 @@ pub struct AccountRecord {
     pub upstream_id: Option<String>,
     /// Evidence against the token (a refusal, or an undocumented answer), not yet confirmed
     /// or already flagged; cleared by a passing probe.
-    pub token_doubt: Option<Doubt>,
+    pub token_doubt: Option<Box<Doubt>>,
     /// Evidence against the refresh credential (ShipHero refused a refresh); cleared by a
     /// successful refresh.
-    pub renew_doubt: Option<Doubt>,
+    pub renew_doubt: Option<Box<Doubt>>,
     /// When this daemon saved the record, by its clock and by the monotonic clock. Memory
     /// only: `None` for a record read from the store or saved by another daemon.
     pub saved: Option<SavedAt>,

@@ -30,7 +30,7 @@ pub(crate) async fn activate(
     now: Timestamp,
 ) -> Arc<AccountRecord> {
     let mut r = (*reg.account(key).unwrap()).clone();
-    r.current = r.candidate.take();
+    r.current = r.candidate.take().map(|c| *c);
     r.status = Status::Active;
     r.last_verified_at = Some(now);
     let note = Note {
@@ -56,7 +56,7 @@ async fn a_saved_token_survives_reopening_and_stale_work_is_refused() {
             expires_at: Some(t0.plus(std::time::Duration::from_secs(60))),
         };
         let mut r = (*reg.account(&acme).unwrap()).clone();
-        r.candidate = Some(tok.clone());
+        r.candidate = Some(Box::new(tok.clone()));
         let stale = r.clone();
         reg.save(r, vec![], t0).await.unwrap();
         // Computed from a revision that is no longer stored: refused, nothing written.
@@ -161,14 +161,14 @@ async fn saves_queued_together_are_all_stored_and_a_panic_does_not_close_the_reg
             let (reg, k) = (reg.clone(), k.clone());
             tasks.spawn(async move {
                 let mut r = (*reg.account(&k).unwrap()).clone();
-                r.candidate = Some(TokenRecord {
+                r.candidate = Some(Box::new(TokenRecord {
                     access_token: Secret::new(format!("tok-{}", k.name)),
                     issued_at: t0,
                     expires_at: None,
-                });
+                }));
                 let first = reg.save(r, vec![], t0).await.unwrap();
                 let mut r = (*first).clone();
-                r.current = r.candidate.take();
+                r.current = r.candidate.take().map(|c| *c);
                 r.status = Status::Active;
                 reg.save(r, vec![], t0).await.unwrap();
             });

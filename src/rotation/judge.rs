@@ -128,7 +128,7 @@ impl Transition<'_> {
             Some(exp) => format!("new token, expires {}", exp.to_rfc3339()),
             None => "new token".to_string(),
         };
-        self.r.candidate = Some(token);
+        self.r.candidate = Some(Box::new(token));
         self.r.last_rotated_at = Some(self.now());
         // The refresh credential works again, whatever was doubted before.
         self.r.renew_doubt = None;
@@ -142,7 +142,7 @@ impl Transition<'_> {
         if which == Probed::Candidate
             && let Some(c) = self.r.candidate.take()
         {
-            self.r.current = Some(c);
+            self.r.current = Some(*c);
         }
     }
 
@@ -208,11 +208,11 @@ impl Transition<'_> {
                     .is_some_and(|t| t >= d.since)
             });
         let doubt = match self.r.token_doubt.take() {
-            Some(d) if d.signature == signature && !shared => Doubt { reason, ..d },
+            Some(d) if d.signature == signature && !shared => Doubt { reason, ..*d },
             Some(d) if d.signature == signature => Doubt {
                 since: self.now(),
                 reason,
-                ..d
+                ..*d
             },
             _ => {
                 let first = Doubt {
@@ -245,7 +245,7 @@ impl Transition<'_> {
             }
             _ => message,
         };
-        self.r.token_doubt = Some(doubt.clone());
+        self.r.token_doubt = Some(Box::new(doubt.clone()));
         match target {
             Some(status) if confirmed || self.r.status.is_flagged() => self.flag(status, message),
             _ => self.suspect(&doubt, message),
@@ -294,7 +294,7 @@ impl Transition<'_> {
 
     fn renew_refused(&mut self, reason: String) {
         let doubt = match self.r.renew_doubt.take() {
-            Some(d) => Doubt { reason, ..d },
+            Some(d) => Doubt { reason, ..*d },
             None => {
                 self.note(EventKind::RefreshRefused, reason.clone());
                 Doubt {
@@ -311,7 +311,7 @@ impl Transition<'_> {
             .is_some_and(|t| t.expires_at.is_none_or(|e| e > self.now()))
             && self.r.token_doubt.is_none()
             && !self.r.status.is_flagged();
-        self.r.renew_doubt = Some(doubt.clone());
+        self.r.renew_doubt = Some(Box::new(doubt.clone()));
         if self.confirmed(&doubt) && !served_works {
             return self.flag(Status::Revoked, doubt.reason);
         }

@@ -170,7 +170,7 @@ pub fn plan(account: &AccountRecord, now: Timestamp, policy: Policy, renews: boo
     let expired = |t: &TokenRecord| !usable(t, now);
     if account.status == Status::Active
         && account.current.as_ref().is_some_and(expired)
-        && account.candidate.as_ref().is_none_or(expired)
+        && account.candidate.as_deref().is_none_or(expired)
     {
         return Some(Work::Expire);
     }
@@ -589,7 +589,7 @@ mod tests {
     #[test]
     fn an_unproven_candidate_is_probed_first() {
         let mut a = shiphero_account(Some(token(t0(), 28 * DAY)));
-        a.candidate = Some(token(t0(), 28 * DAY));
+        a.candidate = Some(Box::new(token(t0(), 28 * DAY)));
         assert_eq!(
             plan(&a, t0(), policy(), true),
             Some(Work::Verify(Probed::Candidate))

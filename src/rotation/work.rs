@@ -366,7 +366,7 @@ impl Engine {
     ) -> Result<Arc<AccountRecord>, EngineError> {
         let account = self.account(key)?;
         let token = match which {
-            Probed::Candidate => account.candidate.clone(),
+            Probed::Candidate => account.candidate.as_deref().cloned(),
             Probed::Served => account.current.clone(),
         };
         let Some(token) = token.filter(|_| account.generation == generation) else {

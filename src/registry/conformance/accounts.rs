@@ -34,7 +34,7 @@ pub(super) fn accounts_are_added_read_listed_and_removed(backend: Factory<'_>) {
             T0,
         )
         .unwrap();
-    assert_eq!(shop.candidate, Some(tok));
+    assert_eq!(shop.candidate, Some(Box::new(tok)));
     assert!(!shop.has_refresh_token);
     assert!(shop.generation > acme.generation, "generations grow");
 
@@ -208,7 +208,7 @@ pub(super) fn tokens_are_sealed_at_rest_and_open_again(backend: Factory<'_>) {
         &acme,
         |r| {
             r.current = Some(current.clone());
-            r.candidate = Some(candidate.clone());
+            r.candidate = Some(Box::new(candidate.clone()));
         },
         &[],
     )
@@ -218,7 +218,7 @@ pub(super) fn tokens_are_sealed_at_rest_and_open_again(backend: Factory<'_>) {
     let read = other.load(&acme.key).unwrap();
     assert_eq!(read, saved);
     assert_eq!(read.current, Some(current));
-    assert_eq!(read.candidate, Some(candidate));
+    assert_eq!(read.candidate, Some(Box::new(candidate)));
     assert_eq!(
         other.refresh_token(&acme.key).unwrap(),
         Some(Secret::new("refresh-acme-aaaaaaaa"))

@@ -56,13 +56,13 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AccountRecord
         failures: u32::try_from(r.get::<_, i64>(11)?).unwrap_or(u32::MAX),
         next_attempt_at: ts(r.get(12)?),
         current: token(r.get(13)?, r.get(14)?, r.get(15)?),
-        candidate: token(r.get(16)?, r.get(17)?, r.get(18)?),
+        candidate: token(r.get(16)?, r.get(17)?, r.get(18)?).map(Box::new),
         has_refresh_token: r.get::<_, Option<bool>>(19)?.unwrap_or(false),
         generation: r.get(20)?,
         revision: r.get(21)?,
         upstream_id: r.get(22)?,
-        token_doubt: doubt(r.get(23)?, r.get(24)?, r.get(25)?),
-        renew_doubt: doubt(r.get(26)?, r.get(27)?, None),
+        token_doubt: doubt(r.get(23)?, r.get(24)?, r.get(25)?).map(Box::new),
+        renew_doubt: doubt(r.get(26)?, r.get(27)?, None).map(Box::new),
         saved: None,
     }))
 }

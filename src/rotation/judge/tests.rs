@@ -68,7 +68,7 @@ fn kinds(notes: &[Note]) -> Vec<EventKind> {
 #[test]
 fn a_refused_fresh_token_is_never_served_and_flags_only_when_seen_again_later() {
     let mut a = active("shiphero");
-    a.candidate = Some(token("fresh", t0()));
+    a.candidate = Some(Box::new(token("fresh", t0())));
     let (b, notes) = transition(
         &a,
         Outcome::Probe(Probed::Candidate, refused()),
@@ -81,7 +81,7 @@ fn a_refused_fresh_token_is_never_served_and_flags_only_when_seen_again_later() 
     assert_eq!(b.next_attempt_at, Some(t0().plus(15 * MIN)));
     // Seen again before confirm_after: still only a doubt.
     let mut c = b.clone();
-    c.candidate = Some(token("fresh2", t0()));
+    c.candidate = Some(Box::new(token("fresh2", t0())));
     let (c, _) = transition(
         &c,
         Outcome::Probe(Probed::Candidate, refused()),
@@ -90,7 +90,7 @@ fn a_refused_fresh_token_is_never_served_and_flags_only_when_seen_again_later() 
     assert_eq!(c.status, Status::Active);
     // Seen again after it: suspended, since the refresh itself was accepted.
     let mut d = c.clone();
-    d.candidate = Some(token("fresh3", t0()));
+    d.candidate = Some(Box::new(token("fresh3", t0())));
     let (d, notes) = transition(
         &d,
         Outcome::Probe(Probed::Candidate, refused()),
@@ -112,7 +112,7 @@ fn a_refused_fresh_token_is_never_served_and_flags_only_when_seen_again_later() 
 #[test]
 fn an_inconclusive_probe_of_a_fresh_token_serves_the_fresh_token() {
     let mut a = active("shiphero");
-    a.candidate = Some(token("fresh", t0()));
+    a.candidate = Some(Box::new(token("fresh", t0())));
     let v = Verdict::Inconclusive(
         "ShipHero API answered 503 with a body that is not ShipHero's JSON".into(),
     );
@@ -179,7 +179,7 @@ fn a_served_token_expiring_after_a_confirmed_refused_refresh_is_revoked_not_expi
 #[test]
 fn a_token_of_another_account_is_never_served() {
     let mut a = active("shiphero");
-    a.candidate = Some(token("someone-elses", t0()));
+    a.candidate = Some(Box::new(token("someone-elses", t0())));
     let other = Verdict::Pass {
         identity: Some("QWNjb3VudDoy".into()),
         note: None,
@@ -221,7 +221,7 @@ fn an_undocumented_answer_flags_only_when_the_others_pass() {
     lonely.others_passed_at = None;
     let (b, _) = transition(&a, Outcome::Probe(Probed::Served, null()), &lonely);
     let mut c = b.clone();
-    c.candidate = Some(token("fresh", t0()));
+    c.candidate = Some(Box::new(token("fresh", t0())));
     let mut later = rules(t0().plus(20 * MIN), true);
     // The others last passed before this account first got the answer: no help.
     later.others_passed_at = Some(Timestamp::from_secs(t0().secs() - 60));
@@ -244,11 +244,11 @@ fn an_undocumented_answer_flags_only_when_the_others_pass() {
 #[test]
 fn an_incident_holds_flags() {
     let mut a = active("shippo");
-    a.token_doubt = Some(Doubt {
+    a.token_doubt = Some(Box::new(Doubt {
         since: t0(),
         reason: "x".into(),
         signature: None,
-    });
+    }));
     let mut held = rules(t0().plus(30 * MIN), false);
     held.hold = Some("incident at shippo".into());
     let (b, notes) = transition(&a, Outcome::Probe(Probed::Served, refused()), &held);
@@ -327,7 +327,7 @@ proptest! {
         let mut first_seen = None;
         for gap in gaps {
             now = now.plus(Duration::from_secs(gap));
-            a.candidate = renews.then(|| token("fresh", now));
+            a.candidate = renews.then(|| Box::new(token("fresh", now)));
             let which = if renews { Probed::Candidate } else { Probed::Served };
             let (next, _) = transition(&a, Outcome::Probe(which, refused()), &rules(now, renews));
             let since = *first_seen.get_or_insert(now);
@@ -342,7 +342,7 @@ proptest! {
     fn a_flag_clears_on_the_first_passing_probe(status in any_status(), renews in any::<bool>()) {
         let mut a = active(if renews { "shiphero" } else { "shippo" });
         a.status = status;
-        a.token_doubt = Some(Doubt { since: t0(), reason: "x".into(), signature: None });
+        a.token_doubt = Some(Box::new(Doubt { since: t0(), reason: "x".into(), signature: None }));
         let (b, _) = transition(&a, Outcome::Probe(Probed::Served, pass()), &rules(t0(), renews));
         prop_assert_eq!(b.status, Status::Active);
         prop_assert!(b.token_doubt.is_none());
