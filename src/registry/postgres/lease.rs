@@ -93,10 +93,11 @@ impl PgStore {
             let mut granted = vec![false; wanted.len()];
             for row in rows {
                 let (i, fence): (i32, i64) = (row.get(0), row.get(1));
-                if let Some((record, _)) = usize::try_from(i).ok().and_then(|i| wanted.get(i)) {
-                    leases.insert(record.key.clone(), fence);
-                    granted[usize::try_from(i).unwrap_or_default()] = true;
-                }
+                let Some(i) = usize::try_from(i).ok().filter(|i| *i < wanted.len()) else {
+                    continue;
+                };
+                leases.insert(wanted[i].0.key.clone(), fence);
+                granted[i] = true;
             }
             Ok(granted)
         })?;
