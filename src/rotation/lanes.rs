@@ -314,8 +314,8 @@ impl Engine {
         let policy = self.policy();
         let mut due: Vec<Vec<Due>> = self.lanes.iter().map(|_| Vec::new()).collect();
         let accounts = self.registry.accounts();
-        let anchors = self.steady_times(&accounts, now);
-        for (a, steady) in accounts.iter().zip(anchors) {
+        for a in &accounts {
+            let steady = super::work::steady_time(a, now);
             let renews = self.upstreams.get(a.key.provider).renews();
             // Schedules (backoff, checks, refresh points) on the steady time; expiry on the
             // wall clock alone.

@@ -16,16 +16,6 @@ use crate::registry::{AccountRecord, LeaseAnswer, Registry, RegistryError, Token
 use tokio::sync::SemaphorePermit;
 
 impl Engine {
-    /// For each account, the time its schedule is judged at: `now`, or later when the wall
-    /// clock stepped back since the account was last saved (see [`steady_time`]).
-    pub(super) fn steady_times(
-        &self,
-        accounts: &[Arc<AccountRecord>],
-        now: Timestamp,
-    ) -> Vec<Timestamp> {
-        accounts.iter().map(|r| steady_time(r, now)).collect()
-    }
-
     /// Waits (at most `max`) while a freshly issued token of the account is being probed, so
     /// a reader gets the outcome: the promoted token, a flag, or an inconclusive candidate.
     pub async fn settle(&self, key: &AccountKey, max: Duration) {
@@ -413,7 +403,7 @@ impl Engine {
     }
 
     /// The rules a transition of `record` by `outcome` is judged by now. Its `now` is the
-    /// account's steady time (see [`Engine::steady_times`]), so spans and backoffs keep
+    /// account's steady time (see [`steady_time`]), so spans and backoffs keep
     /// running when the wall clock steps back.
     fn rules(&self, record: &AccountRecord, outcome: &Outcome) -> Rules {
         let now = steady_time(record, self.clock.now());
@@ -530,9 +520,10 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// The account's steady time: `now`, or its last save's time plus the monotonic time
-/// elapsed since, whichever is later.
-fn steady_time(record: &AccountRecord, now: Timestamp) -> Timestamp {
+/// The time the account's schedule is judged at: `now`, or later when the wall clock stepped
+/// back since this daemon saved the account (its save time plus the monotonic time elapsed
+/// since, [`AccountRecord::saved`]).
+pub(super) fn steady_time(record: &AccountRecord, now: Timestamp) -> Timestamp {
     match record.saved {
         Some(s) => now.max(s.at.plus(s.instant.elapsed())),
         None => now,
