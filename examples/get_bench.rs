@@ -154,13 +154,13 @@ fn run() -> i32 {
     for t in targets.iter_mut() {
         t.times.sort();
         t.faults.sort();
-        let median = percentile(&t.times, 0.5);
+        let median = common::percentile(&t.times, 0.5);
         println!(
             "{:<15} {:>7.0} us {:>7.0} us {:>7.0} us {:>13}",
             t.name,
             micros(median),
-            micros(percentile(&t.times, 0.1)),
-            micros(percentile(&t.times, 0.9)),
+            micros(common::percentile(&t.times, 0.1)),
+            micros(common::percentile(&t.times, 0.9)),
             t.faults[t.faults.len() / 2]
         );
         medians.push(median);
@@ -221,9 +221,4 @@ fn children_faults() -> i64 {
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }

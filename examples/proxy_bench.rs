@@ -183,10 +183,6 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 async fn run(options: Options) -> i32 {
     let dir = tempfile::tempdir().unwrap();
     let fake = shiptoken::sim::FakeShipHero::start().await.unwrap();
@@ -220,12 +216,12 @@ async fn run(options: Options) -> i32 {
         }
         eprintln!(
             "round {round}: direct median {:.1} us p99 {:.1} us {dr:.0} req/s | proxy median {:.1} us p99 {:.1} us {pr:.0} req/s | token read {:.1} us idle, {:.1} us beside 16 proxy connections",
-            micros(percentile(&d, 0.5)),
-            micros(percentile(&d, 0.99)),
-            micros(percentile(&p, 0.5)),
-            micros(percentile(&p, 0.99)),
-            micros(percentile(&idle, 0.5)),
-            micros(percentile(&busy, 0.5)),
+            micros(common::percentile(&d, 0.5)),
+            micros(common::percentile(&d, 0.99)),
+            micros(common::percentile(&p, 0.5)),
+            micros(common::percentile(&p, 0.99)),
+            micros(common::percentile(&idle, 0.5)),
+            micros(common::percentile(&busy, 0.5)),
         );
         d_lat.extend(d);
         p_lat.extend(p);
@@ -239,25 +235,27 @@ async fn run(options: Options) -> i32 {
     }
     d_rps.sort_by(f64::total_cmp);
     p_rps.sort_by(f64::total_cmp);
-    let added_median = micros(percentile(&p_lat, 0.5)) - micros(percentile(&d_lat, 0.5));
-    let added_p99 = micros(percentile(&p_lat, 0.99)) - micros(percentile(&d_lat, 0.99));
+    let added_median =
+        micros(common::percentile(&p_lat, 0.5)) - micros(common::percentile(&d_lat, 0.5));
+    let added_p99 =
+        micros(common::percentile(&p_lat, 0.99)) - micros(common::percentile(&d_lat, 0.99));
     println!("\n{} rounds of {} calls", options.rounds, options.requests);
     println!(
         "direct with the token:  median {:>7.1} us  p99 {:>7.1} us  {:>7.0} req/s (16 connections)",
-        micros(percentile(&d_lat, 0.5)),
-        micros(percentile(&d_lat, 0.99)),
+        micros(common::percentile(&d_lat, 0.5)),
+        micros(common::percentile(&d_lat, 0.99)),
         d_rps[d_rps.len() / 2]
     );
     println!(
         "through the proxy:      median {:>7.1} us  p99 {:>7.1} us  {:>7.0} req/s (16 connections)",
-        micros(percentile(&p_lat, 0.5)),
-        micros(percentile(&p_lat, 0.99)),
+        micros(common::percentile(&p_lat, 0.5)),
+        micros(common::percentile(&p_lat, 0.99)),
         p_rps[p_rps.len() / 2]
     );
     println!(
         "token read median: {:.1} us idle, {:.1} us beside 16 busy proxy connections",
-        micros(percentile(&idle_reads, 0.5)),
-        micros(percentile(&busy_reads, 0.5))
+        micros(common::percentile(&idle_reads, 0.5)),
+        micros(common::percentile(&busy_reads, 0.5))
     );
     let ok = added_median <= 150.0 && added_p99 <= 1000.0;
     println!(

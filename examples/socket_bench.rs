@@ -147,8 +147,8 @@ async fn run(options: Options) -> i32 {
             eprintln!(
                 "round {}: {name:<17} median {:>6.1} us  p99 {:>6.1} us  {:>8.0} req/s",
                 round + 1,
-                micros(percentile(&lat, 0.5)),
-                micros(percentile(&lat, 0.99)),
+                micros(common::percentile(&lat, 0.5)),
+                micros(common::percentile(&lat, 0.99)),
                 rps
             );
             latencies[i].extend(lat);
@@ -176,8 +176,8 @@ async fn run(options: Options) -> i32 {
     for (i, (name, _, _)) in targets.iter().enumerate() {
         latencies[i].sort();
         throughputs[i].sort_by(f64::total_cmp);
-        let median = percentile(&latencies[i], 0.5);
-        let p99 = percentile(&latencies[i], 0.99);
+        let median = common::percentile(&latencies[i], 0.5);
+        let p99 = common::percentile(&latencies[i], 0.99);
         let rps = throughputs[i][throughputs[i].len() / 2];
         println!(
             "{name:<17} {:>9.1} us {:>9.1} us {:>10.0} req/s",
@@ -238,11 +238,6 @@ fn c_floor(dir: &Path, socket: &Path, size: usize) -> Option<common::Killed> {
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;

@@ -184,6 +184,12 @@ pub async fn daemon_with_one_account(
     (child, socket, answer.body)
 }
 
+/// The value at share `p` (0-1) of `sorted`, which is sorted and not empty.
+#[allow(dead_code)]
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// A `/proc/<pid>/status` field in kB.
 #[allow(dead_code)]
 pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
