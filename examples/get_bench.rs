@@ -4,7 +4,7 @@
 //! exit against the same on another design.
 //!
 //! ```text
-//! cargo build --release --bin shiptoken --example get_bench
+//! cargo build --release --bin shiptoken && cargo build --release --example get_bench
 //! target/release/examples/get_bench [--pizauth PATH [--pizauth-account NAME]]
 //! ```
 //!
@@ -13,7 +13,8 @@
 //! directory, i.e. `target/release/shiptoken`), `--pizauth PATH` (or `PIZAUTH=PATH`): a pizauth
 //! binary whose server is already running and holds a token for `--pizauth-account` (or
 //! `PIZAUTH_ACCOUNT`, default `bench`); README "Performance" says how one was set up. Exits 1
-//! when `get`'s median is above 0.8x `pizauth show`'s, or when either command fails; without
+//! when `get`'s median is above 1.0x `pizauth show`'s (issue 32: ahead of pizauth in every run,
+//! aiming at 0.9x, which it reports), or when either command fails; without
 //! pizauth the comparison is reported as skipped, never as passed.
 //!
 //! `--baseline PATH`: another `shiptoken` build (e.g. one of the commit before a change, copied
@@ -29,8 +30,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `get`'s median may be at most this fraction of `pizauth show`'s.
-const TARGET: f64 = 0.8;
+/// `get`'s median may be at most this fraction of `pizauth show`'s: ahead of it (issue 32).
+const TARGET: f64 = 1.0;
+
+/// What issue 32 aims at below [`TARGET`], reported beside it.
+const AIM: f64 = 0.9;
 
 /// One program to time: what to run and the token it must print.
 struct Target {
@@ -187,8 +191,9 @@ fn run() -> i32 {
     let ratio = get.as_secs_f64() / show.as_secs_f64();
     let ok = ratio <= TARGET;
     println!(
-        "\n`get` median {ratio:.2}x `pizauth show`'s (target <= {TARGET}x): {}",
-        if ok { "PASS" } else { "FAIL" }
+        "\n`get` median {ratio:.2}x `pizauth show`'s (target <= {TARGET}x): {} (aim {AIM}x: {})",
+        if ok { "PASS" } else { "FAIL" },
+        if ratio <= AIM { "reached" } else { "not reached" }
     );
     i32::from(!ok)
 }
