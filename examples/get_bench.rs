@@ -193,7 +193,11 @@ fn run() -> i32 {
     println!(
         "\n`get` median {ratio:.2}x `pizauth show`'s (target <= {TARGET}x): {} (aim {AIM}x: {})",
         if ok { "PASS" } else { "FAIL" },
-        if ratio <= AIM { "reached" } else { "not reached" }
+        if ratio <= AIM {
+            "reached"
+        } else {
+            "not reached"
+        }
     );
     i32::from(!ok)
 }
