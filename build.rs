@@ -9,10 +9,12 @@
 //!   `libgcc_s.so.1`: loading that library cost every process about 0.12 ms on this project's
 //!   machines (its constructor probes the CPU with `cpuid`, a VM exit each, and the loader
 //!   maps and relocates it). Same unwinder, same code; panics and backtraces work as before.
-//! - The functions a `get` runs placed together (`link/get.order`, lld's
-//!   `--symbol-ordering-file`): scattered over the 7 MB of code they cost about 40 page faults,
-//!   placed together a handful. `scripts/get-order.sh` writes the list; a name the build no
-//!   longer has is skipped, so a stale list costs speed, never a build.
+//! - The functions that run placed together (`link/hot.order`, lld's
+//!   `--symbol-ordering-file`): first those of a `get`, which scattered over the 7 MB of code
+//!   cost it about 40 page faults and placed together a handful; then the daemon's, which
+//!   scattered kept most of the code resident (docs/scale.md). `scripts/link-order.sh` writes
+//!   the list; a name the build no longer has is skipped, so a stale list costs speed and
+//!   memory, never a build.
 //!
 //! Each is taken only when building for the machine's own glibc (the first needs 2.36) and,
 //! for the ordering, with the toolchain's own lld (the default linker of
@@ -23,7 +25,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=link/get.order");
+    println!("cargo:rerun-if-changed=link/hot.order");
     println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
@@ -39,7 +41,7 @@ fn main() {
     }
     if target == "x86_64-unknown-linux-gnu" && default_linker() {
         let order = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
-            .join("link/get.order");
+            .join("link/hot.order");
         if order.is_file() {
             println!(
                 "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
